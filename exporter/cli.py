@@ -1,0 +1,212 @@
+"""Command line: run (the default), check-config, doctor, version.
+
+Flags follow the Prometheus exporters' style and each can also be set by an environment variable:
+AUTOGLM_EXPORTER_ + the flag name upper-cased with dots and dashes as underscores
+(--web.listen-address -> AUTOGLM_EXPORTER_WEB_LISTEN_ADDRESS). A flag beats its variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+from collections.abc import Sequence
+
+from . import __version__, logsetup
+from .collectors import COLLECTOR_CLASSES
+from .config import ConfigError, load_config
+from .daemon import Daemon, Options
+from .server import ListenAddressError
+from .webconfig import WebConfigError, load_web_config
+
+EXIT_OK, EXIT_BROKEN, EXIT_BAD_CONFIG = 0, 1, 2
+DEFAULT_LISTEN_ADDRESS = ":9877"
+ENV_PREFIX = "AUTOGLM_EXPORTER_"
+COMMANDS = ("run", "check-config", "doctor", "version")
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    pass
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").upper().replace(".", "_").replace("-", "_")
+
+
+def _env(flag: str, default: str | None) -> str | None:
+    return os.environ.get(env_name(flag), default)
+
+
+def _env_bool(flag: str) -> bool | None:
+    value = os.environ.get(env_name(flag))
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"{env_name(flag)}={value!r}: expected true or false")
+
+
+def _daemon_flags() -> argparse.ArgumentParser:
+    """The flags shared by `run` and `doctor`."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        default=_env("config.file", None),
+        help="YAML config file; without it the built-in defaults watch the seed's setup",
+    )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=_env("web.listen-address", DEFAULT_LISTEN_ADDRESS),
+        help=f"address to serve on (default {DEFAULT_LISTEN_ADDRESS})",
+    )
+    parser.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default=_env("web.telemetry-path", "/metrics"),
+        help="path of the metrics page (default /metrics)",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=_env("web.config.file", None),
+        help="exporter-toolkit web config: TLS and basic auth",
+    )
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=list(logsetup.LEVELS),
+        default=_env("log.level", "info"),
+    )
+    parser.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=list(logsetup.FORMATS),
+        default=_env("log.format", "logfmt"),
+    )
+    for name in COLLECTOR_CLASSES:
+        flag = f"collector.{name}"
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument(
+            f"--{flag}",
+            dest=f"collector_{name}",
+            action="store_true",
+            default=None,
+            help=f"enable the {name} collector (default: as in the config file)",
+        )
+        group.add_argument(
+            f"--no-{flag}",
+            dest=f"collector_{name}",
+            action="store_false",
+            help=f"disable the {name} collector",
+        )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoglm-exporter",
+        description="Prometheus exporter for an LLM inference service: measures every link of the chain.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    flags = _daemon_flags()
+    commands.add_parser("run", parents=[flags], help="run the exporter (the default command)")
+    check = commands.add_parser("check-config", help="validate a config file; exit 2 when it is bad")
+    check.add_argument("file")
+    doctor = commands.add_parser(
+        "doctor", parents=[flags], help="run every collector once and print the chain"
+    )
+    doctor.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
+    doctor.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    overrides = {}
+    for name in COLLECTOR_CLASSES:
+        flag_value = getattr(args, f"collector_{name}")
+        value = flag_value if flag_value is not None else _env_bool(f"collector.{name}")
+        if value is not None:
+            overrides[name] = value
+    if args.log_level not in logsetup.LEVELS:
+        raise UsageError(f"unknown log level {args.log_level!r}")
+    if args.log_format not in logsetup.FORMATS:
+        raise UsageError(f"unknown log format {args.log_format!r}")
+    if (
+        not args.telemetry_path.startswith("/")
+        or args.telemetry_path.startswith("/-/")
+        or args.telemetry_path == "/"
+    ):
+        raise UsageError(f"--web.telemetry-path {args.telemetry_path!r}: must be a path like /metrics")
+    return Options(
+        config_file=args.config_file,
+        listen_address=args.listen_address,
+        telemetry_path=args.telemetry_path,
+        web_config_file=args.web_config_file,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        collector_overrides=overrides,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "run")  # `autoglm-exporter --flags` means `autoglm-exporter run --flags`
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "version":
+            print(f"autoglm-exporter {__version__} (python {platform.python_version()})")
+            return EXIT_OK
+        if args.command == "check-config":
+            return _check_config(args.file)
+        options = options_from(args)
+    except UsageError as exc:
+        print(f"autoglm-exporter: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    logsetup.configure(options.log_level, options.log_format)
+    if args.command == "doctor":
+        from .doctor import run_doctor
+
+        return run_doctor(options, as_json=args.json, color=not args.no_color and sys.stdout.isatty())
+    return _run(options)
+
+
+def _check_config(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    enabled = [name for name in COLLECTOR_CLASSES if config.collector(name).enabled]
+    services = ", ".join(s.name for s in config.services) or "none"
+    print(f"{path}: OK (collectors: {', '.join(enabled) or 'none'}; services: {services})")
+    return EXIT_OK
+
+
+def _run(options: Options) -> int:
+    try:
+        config = load_config(options.config_file)
+        web_config = load_web_config(options.web_config_file) if options.web_config_file else None
+        daemon = Daemon(options, config, web_config)
+    except (ConfigError, WebConfigError, ListenAddressError) as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except OSError as exc:
+        log.error("cannot listen", extra={"address": options.listen_address, "error": exc.strerror})
+        return EXIT_BROKEN
+    return daemon.serve()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The long-running exporter: config, collectors on a schedule, the HTTP server, signals, reload."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from . import __version__
+from .collectors import build_collectors
+from .collectors.base import Collector
+from .config import Config, ConfigError, load_config
+from .runner import CollectorRunner
+from .scheduler import CollectorScheduler
+from .server import ExporterHTTPServer, ServerHooks, parse_listen_address
+from .store import Store
+from .webconfig import WebConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    config_file: str | None = None
+    listen_address: str = ":9877"
+    telemetry_path: str = "/metrics"
+    web_config_file: str | None = None
+    log_level: str = "info"
+    log_format: str = "logfmt"
+    collector_overrides: Mapping[str, bool] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(self, options: Options, config: Config, web_config: WebConfig | None) -> None:
+        self.options = options
+        self.store = Store()
+        self.scheduler = CollectorScheduler()
+        self.runners: dict[str, CollectorRunner] = {}
+        self.config = config
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reload_requested = threading.Event()
+        host, port = parse_listen_address(options.listen_address)
+        self.server = ExporterHTTPServer(
+            (host, port), self.store, ServerHooks(reload=self.reload), options.telemetry_path, web_config
+        )
+        self.apply(config)
+
+    def apply(self, config: Config) -> None:
+        """Schedule the collectors of `config`, keeping runners whose collector did not change."""
+        fresh = build_collectors(config, self.options.collector_overrides)
+        runners: dict[str, CollectorRunner] = {}
+        for collector in fresh:
+            old = self.runners.get(collector.name)
+            timeout = config.collector(collector.name).timeout
+            if old is not None and _same(old.collector, collector):
+                old.timeout = timeout
+                runners[collector.name] = old
+            else:
+                runners[collector.name] = CollectorRunner(collector, self.store, timeout)
+        self.runners = runners
+        self.config = config
+        self.store.set_collectors(runners)
+        jobs = [(runner, config.collector(name).interval) for name, runner in runners.items()]
+        self.scheduler.start(jobs, config.jitter)
+        log.info("collectors scheduled", extra={"collectors": ",".join(runners), "config": config.source})
+
+    def reload(self) -> tuple[bool, str]:
+        """Load the config file again; a bad file keeps the running config."""
+        with self._reload_lock:
+            try:
+                config = load_config(self.options.config_file)
+            except ConfigError as exc:
+                self.store.set_reload_result(False)
+                log.error("config reload failed, keeping the previous config", extra={"error": str(exc)})
+                return False, str(exc)
+            self.apply(config)
+            self.store.set_reload_result(True)
+            log.info("config reloaded", extra={"config": config.source})
+            return True, "config reloaded"
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def serve(self, install_signals: bool = True) -> int:
+        """Serve until SIGTERM/SIGINT (or request_stop); SIGHUP reloads. Returns the exit code."""
+        if install_signals:
+            signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+            signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+            signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
+        self.server.start_background()
+        log.info(
+            "listening",
+            extra={
+                "address": self.options.listen_address,
+                "scheme": self.server.scheme,
+                "version": __version__,
+            },
+        )
+        while not self._stop.wait(0.2):
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self.reload()
+        log.info("stopping")
+        self.scheduler.stop()
+        self.server.stop()
+        return 0
+
+
+def _same(old: Collector, new: Collector) -> bool:
+    return type(old) is type(new) and old.settings == new.settings

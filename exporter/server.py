@@ -1,0 +1,222 @@
+"""The HTTP side: /metrics from the store's cached bytes, health, readiness, reload, log level.
+
+The server knows nothing of collectors; it reads the store and calls back into the daemon for
+reload. TLS handshakes happen in the connection's own thread, so a slow or hostile client cannot
+stall the accept loop; idle keep-alive connections time out.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from . import __version__, logsetup
+from .store import Store
+from .webconfig import BasicAuthenticator, WebConfig
+
+log = logging.getLogger(__name__)
+
+CONNECTION_IDLE_TIMEOUT = 30.0
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
+@dataclass
+class ServerHooks:
+    """What the server may ask of the daemon."""
+
+    reload: Callable[[], tuple[bool, str]]
+
+
+class ListenAddressError(ValueError):
+    pass
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """':9877' (all interfaces), '127.0.0.1:9877' or '[::1]:9877' -> (host, port)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ListenAddressError(f"invalid listen address {address!r}: expected HOST:PORT or :PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port_text)
+
+
+class ExporterHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        store: Store,
+        hooks: ServerHooks,
+        telemetry_path: str = "/metrics",
+        web_config: WebConfig | None = None,
+    ) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, _Handler)
+        self.store = store
+        self.hooks = hooks
+        self.telemetry_path = telemetry_path
+        self.web_config = web_config
+        self.authenticator: BasicAuthenticator | None = web_config.authenticator() if web_config else None
+        self.extra_headers = dict(getattr(web_config, "headers", {}) or {})
+        context = web_config.ssl_context() if web_config else None
+        if context is not None:
+            self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+        self.scheme = "https" if context is not None else "http"
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def start_background(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name="http-server", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        # A client that drops the connection or fails the TLS handshake is not our error.
+        log.debug("connection error", extra={"client": client_address[0]}, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ExporterHTTPServer
+    protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection
+    timeout = CONNECTION_IDLE_TIMEOUT
+    server_version = f"autoglm-exporter/{__version__}"
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(TLS_HANDSHAKE_TIMEOUT)
+            self.request.do_handshake()
+        super().setup()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        log.debug("http request", extra={"request": format % args})
+
+    # --- routing ------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def _dispatch(self, method: str) -> None:
+        self._drain_body()
+        if not self._authorized():
+            self._send(401, b"Unauthorized\n", extra={"WWW-Authenticate": 'Basic realm="autoglm-exporter"'})
+            return
+        path = urlsplit(self.path).path
+        routes: dict[tuple[str, str], Callable[[], None]] = {
+            ("GET", self.server.telemetry_path): self._metrics,
+            ("GET", "/-/healthy"): lambda: self._send(200, b"Healthy\n"),
+            ("GET", "/-/ready"): self._ready,
+            ("POST", "/-/reload"): self._reload,
+            ("PUT", "/-/reload"): self._reload,
+            ("GET", "/-/log-level"): self._log_level,
+            ("POST", "/-/log-level"): self._log_level,
+            ("PUT", "/-/log-level"): self._log_level,
+            ("GET", "/"): self._landing,
+        }
+        handler = routes.get((method, path))
+        if handler is not None:
+            handler()
+        elif any(route_path == path for _, route_path in routes):
+            self._send(405, b"Method Not Allowed\n")
+        else:
+            self._send(404, b"Not Found\n")
+
+    def _authorized(self) -> bool:
+        authenticator = self.server.authenticator
+        return authenticator is None or authenticator.check(self.headers.get("Authorization"))
+
+    def _drain_body(self) -> None:
+        # Read (and ignore) a request body so the keep-alive stream stays in sync.
+        length = self.headers.get("Content-Length")
+        if length and length.isdigit() and 0 < int(length) <= 65536:
+            self._body = self.rfile.read(int(length))
+        else:
+            self._body = b""
+            if length and length != "0":
+                self.close_connection = True
+
+    # --- endpoints ----------------------------------------------------------------------------
+
+    def _metrics(self) -> None:
+        compressed = "gzip" in self.headers.get("Accept-Encoding", "")
+        body, content_type = self.server.store.render(self.headers.get("Accept", ""), compressed)
+        extra = {"Content-Encoding": "gzip"} if compressed else {}
+        self._send(200, body, content_type=content_type, extra=extra)
+
+    def _ready(self) -> None:
+        if self.server.store.ready():
+            self._send(200, b"Ready\n")
+        else:
+            self._send(503, b"Not ready: collectors have not finished their first run\n")
+
+    def _reload(self) -> None:
+        ok, message = self.server.hooks.reload()
+        self._send(200 if ok else 500, (message + "\n").encode())
+
+    def _log_level(self) -> None:
+        if self.command == "GET":
+            self._send(200, (logsetup.current_level() + "\n").encode())
+            return
+        query = parse_qs(urlsplit(self.path).query)
+        level = (query.get("level") or [self._body.decode("utf-8", "replace").strip()])[0]
+        try:
+            logsetup.set_level(level)
+        except ValueError as exc:
+            self._send(400, (str(exc) + "\n").encode())
+            return
+        log.warning("log level changed", extra={"level": level})
+        self._send(200, (level + "\n").encode())
+
+    def _landing(self) -> None:
+        metrics = html.escape(self.server.telemetry_path)
+        page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>autoglm-exporter</title></head>
+<body><h1>autoglm-exporter {html.escape(__version__)}</h1>
+<p>Watches an LLM inference service link by link and names the first broken one.</p>
+<ul>
+<li><a href="{metrics}">{metrics}</a>: metrics for Prometheus</li>
+<li><a href="/-/healthy">/-/healthy</a>: the exporter itself is up</li>
+<li><a href="/-/ready">/-/ready</a>: every collector has run once</li>
+<li><a href="/-/log-level">/-/log-level</a>: the log level (POST level=debug to change it)</li>
+</ul></body></html>
+"""
+        self._send(200, page.encode(), content_type="text/html; charset=utf-8")
+
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain; charset=utf-8",
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in {**self.server.extra_headers, **(extra or {})}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)

@@ -1,0 +1,217 @@
+"""The store: the latest finished Result of every collector, its health, and the rendered page.
+
+Collectors publish here; /metrics, the diagnosis and doctor only read. Rendering happens at most
+once per publish: the bytes for each format are cached until the next publish, so a scrape costs
+a dictionary lookup, never a collector run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import platform
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .collectors.base import ERROR_KINDS, Result
+from .metricspec import Family, counter, gauge, info
+
+SUCCESS = gauge(
+    "autoglm_exporter_collector_success", "1 when the collector's last run succeeded, else 0.", "collector"
+)
+DURATION = gauge(
+    "autoglm_exporter_collector_duration_seconds", "How long the collector's last run took.", "collector"
+)
+LAST_SUCCESS = gauge(
+    "autoglm_exporter_collector_last_success_timestamp_seconds",
+    "When the collector last succeeded, in seconds since the epoch; 0 if never.",
+    "collector",
+)
+ERRORS = counter(
+    "autoglm_exporter_collector_errors",
+    "Failed runs of the collector by kind of failure.",
+    "collector",
+    "kind",
+)
+STUCK = gauge(
+    "autoglm_exporter_collector_stuck",
+    "1 while a run of the collector is still going past its deadline; no new run starts until it returns.",
+    "collector",
+)
+RELOAD_OK = gauge(
+    "autoglm_exporter_config_last_reload_successful", "1 when the last configuration load succeeded, else 0."
+)
+RELOAD_TIME = gauge(
+    "autoglm_exporter_config_last_reload_success_timestamp_seconds",
+    "When the configuration was last loaded successfully, in seconds since the epoch.",
+)
+BUILD_INFO = info(
+    "autoglm_exporter_build",
+    "Version of the exporter and of the Python running it.",
+    "version",
+    "python_version",
+)
+SELF_METRICS = (SUCCESS, DURATION, LAST_SUCCESS, ERRORS, STUCK, RELOAD_OK, RELOAD_TIME, BUILD_INFO)
+
+MAX_CACHED_PAGES = 8
+
+
+@dataclass
+class CollectorHealth:
+    runs: int = 0
+    success: bool = False
+    duration: float = 0.0
+    last_success: float = 0.0
+    stuck: bool = False
+    last_error: str | None = None
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
+
+
+class Store:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._results: dict[str, Result] = {}
+        self._health: dict[str, CollectorHealth] = {}
+        self._reload_ok = True
+        self._reload_time = time.time()
+        self._version = 0
+        self._rendered: dict[tuple[str, bool], tuple[int, bytes]] = {}
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_StoreView(self))
+
+    # --- writers ----------------------------------------------------------------------------
+
+    def set_collectors(self, names: Iterable[str]) -> None:
+        """The enabled set changed (start, reload): keep health of survivors, forget the rest."""
+        with self._lock:
+            wanted = list(names)
+            self._health = {name: self._health.get(name) or CollectorHealth() for name in wanted}
+            self._results = {name: r for name, r in self._results.items() if name in self._health}
+            self._version += 1
+
+    def publish_success(self, name: str, result: Result, duration: float) -> None:
+        with self._lock:
+            health = self._health.get(name)
+            if health is None:
+                return  # removed by a reload while it ran
+            health.runs += 1
+            health.success = True
+            health.duration = duration
+            health.last_success = time.time()
+            health.last_error = None
+            self._results[name] = result
+            self._version += 1
+
+    def publish_failure(
+        self, name: str, kind: str, message: str, duration: float, stuck: bool = False
+    ) -> None:
+        """A failed run's series are dropped, never served stale; its self-metrics say why."""
+        with self._lock:
+            health = self._health.get(name)
+            if health is None:
+                return
+            health.runs += 1
+            health.success = False
+            health.duration = duration
+            health.last_error = message
+            health.errors[kind] = health.errors.get(kind, 0) + 1
+            health.stuck = health.stuck or stuck
+            self._results.pop(name, None)
+            self._version += 1
+
+    def set_stuck(self, name: str, stuck: bool) -> None:
+        with self._lock:
+            health = self._health.get(name)
+            if health is not None and health.stuck != stuck:
+                health.stuck = stuck
+                self._version += 1
+
+    def set_reload_result(self, ok: bool) -> None:
+        with self._lock:
+            self._reload_ok = ok
+            if ok:
+                self._reload_time = time.time()
+            self._version += 1
+
+    # --- readers ----------------------------------------------------------------------------
+
+    def facts(self) -> dict[str, Any]:
+        with self._lock:
+            return {name: result.facts for name, result in self._results.items()}
+
+    def health(self) -> dict[str, CollectorHealth]:
+        with self._lock:
+            return self._copy_health()
+
+    def _copy_health(self) -> dict[str, CollectorHealth]:
+        return {name: replace(h, errors=dict(h.errors)) for name, h in self._health.items()}
+
+    def ready(self) -> bool:
+        """Ready once every enabled collector has finished at least one run."""
+        with self._lock:
+            return all(h.runs > 0 for h in self._health.values())
+
+    def render(self, accept: str = "", compressed: bool = False) -> tuple[bytes, str]:
+        """The page for this Accept header (text format or OpenMetrics) and its content type."""
+        encoder, content_type = choose_encoder(accept)
+        key = (content_type, compressed)
+        with self._lock:
+            version = self._version
+            cached = self._rendered.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1], content_type
+        body = encoder(self._registry)
+        if compressed:
+            body = gzip.compress(body, compresslevel=1)
+        with self._lock:
+            if len(self._rendered) >= MAX_CACHED_PAGES:
+                self._rendered.clear()  # Accept headers come from clients: keep the cache bounded
+            # A publish during rendering makes this page one version old: cache it under the old
+            # version so the next scrape renders again.
+            self._rendered[key] = (version, body)
+        return body, content_type
+
+    def _snapshot(self) -> tuple[list[Family], dict[str, CollectorHealth], bool, float]:
+        with self._lock:
+            families = [family for result in self._results.values() for family in result.families]
+            return families, self._copy_health(), self._reload_ok, self._reload_time
+
+
+class _StoreView(Collector):
+    """A prometheus_client collector over the store's snapshot plus the self-metrics."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterable[Metric]:
+        families, health, reload_ok, reload_time = self.store._snapshot()
+        families += _self_metrics(health, reload_ok, reload_time)
+        return cast(list[Metric], families)
+
+
+def _self_metrics(health: dict[str, CollectorHealth], reload_ok: bool, reload_time: float) -> list[Family]:
+    success, duration, last, errors, stuck = (
+        s.family() for s in (SUCCESS, DURATION, LAST_SUCCESS, ERRORS, STUCK)
+    )
+    for name, h in sorted(health.items()):
+        success.add_metric([name], 1 if h.success else 0)
+        duration.add_metric([name], h.duration)
+        last.add_metric([name], h.last_success)
+        stuck.add_metric([name], 1 if h.stuck else 0)
+        for kind, count in sorted(h.errors.items()):
+            errors.add_metric([name, kind], count)
+    families = [success, duration, last, errors, stuck]
+    families.append(RELOAD_OK.single(1 if reload_ok else 0))
+    families.append(RELOAD_TIME.single(reload_time))
+    build = BUILD_INFO.family()
+    build.add_metric([], {"version": __version__, "python_version": platform.python_version()})
+    families.append(build)
+    return families

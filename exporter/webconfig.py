@@ -1,0 +1,475 @@
+"""The exporter-toolkit web config file (``--web.config.file``): TLS and basic auth.
+
+Same YAML format as node_exporter's ``web-config.yml``, restricted to the keys this
+exporter implements. Validation is strict and reports every problem at once, each
+prefixed with its YAML path, so one edit-and-retry fixes the whole file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import secrets
+import ssl
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import bcrypt
+import yaml
+
+CLIENT_AUTH_TYPES = (
+    "NoClientCert",
+    "RequestClientCert",
+    "RequireAnyClientCert",
+    "VerifyClientCertIfGiven",
+    "RequireAndVerifyClientCert",
+)
+# Types that verify a client certificate, and so need a CA to verify it against.
+_VERIFYING_AUTH_TYPES = ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
+# Python's ssl module has no verify callback, so it cannot *require* a client
+# certificate without also verifying it. Rejecting beats silently changing meaning.
+_UNSUPPORTED_AUTH_TYPES = {
+    "RequireAnyClientCert": (
+        "RequireAnyClientCert is not supported (Python's ssl module cannot require a client "
+        "certificate without verifying it); use RequireAndVerifyClientCert with client_ca_file"
+    ),
+}
+_VERIFY_MODES = {
+    "NoClientCert": ssl.CERT_NONE,
+    # Requesting a certificate nobody verifies or looks at grants nothing, so not
+    # asking at all is equivalent for access control (and works with stdlib ssl).
+    "RequestClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+
+TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+_INSECURE_TLS_VERSIONS = ("TLS10", "TLS11")
+
+# The only response headers exporter-toolkit lets a web config set, with the
+# values it allows (None: free-form).
+ALLOWED_HEADERS: Mapping[str, tuple[str, ...] | None] = MappingProxyType(
+    {
+        "Content-Security-Policy": None,
+        "Strict-Transport-Security": None,
+        "X-Content-Type-Options": ("nosniff",),
+        "X-Frame-Options": ("deny", "sameorigin"),
+        "X-XSS-Protection": None,
+    }
+)
+
+_TOP_KEYS = ("tls_server_config", "basic_auth_users", "http_server_config")
+_TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version")
+_HTTP_KEYS = ("headers",)
+
+_BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+_BCRYPT_MAX_PASSWORD = 72  # bytes; bcrypt>=5 raises beyond this instead of truncating
+_MAX_AUTH_HEADER = 4096  # longer headers are refused before base64-decoding them
+
+
+class WebConfigError(Exception):
+    """The web config is unusable; ``errors`` lists every problem found."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = list(errors)
+        super().__init__(f"bad web config {source}:\n  " + "\n  ".join(self.errors))
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert_file: str
+    key_file: str
+    client_auth_type: str = "NoClientCert"
+    client_ca_file: str | None = None
+    min_version: str = "TLS12"
+    # The web config file this came from, only for error messages.
+    source: str = field(default="", repr=False, compare=False)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Build a server-side context; files are (re)read on every call."""
+        errors: list[str] = []
+        prefix = "tls_server_config"
+        for key, path in (
+            ("cert_file", self.cert_file),
+            ("key_file", self.key_file),
+            ("client_ca_file", self.client_ca_file),
+        ):
+            if path is not None:
+                _check_readable(path, f"{prefix}.{key}", errors)
+        if errors:
+            raise WebConfigError(self.source, errors)
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = TLS_VERSIONS[self.min_version]
+        ctx.options |= ssl.OP_NO_RENEGOTIATION
+
+        # load_cert_chain cannot say whether the cert or the key is bad, so parse
+        # the certificate on its own first to blame the right file.
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=self.cert_file)
+        except ssl.SSLError:
+            errors.append(f"{prefix}.cert_file: no PEM certificate in {self.cert_file}")
+        else:
+            try:
+                # Without a password callback OpenSSL would prompt on the terminal
+                # for an encrypted key and hang the server.
+                ctx.load_cert_chain(self.cert_file, self.key_file, password=_refuse_password)
+            except _EncryptedKeyError:
+                errors.append(f"{prefix}.key_file: encrypted private keys are not supported: {self.key_file}")
+            except ssl.SSLError as exc:
+                if exc.reason == "KEY_VALUES_MISMATCH":
+                    errors.append(
+                        f"{prefix}.key_file: private key does not match the certificate in cert_file"
+                    )
+                else:
+                    errors.append(f"{prefix}.key_file: no usable PEM private key in {self.key_file}")
+
+        if self.client_ca_file is not None:
+            try:
+                ctx.load_verify_locations(cafile=self.client_ca_file)
+            except ssl.SSLError:
+                errors.append(f"{prefix}.client_ca_file: no PEM certificate in {self.client_ca_file}")
+        ctx.verify_mode = _VERIFY_MODES[self.client_auth_type]
+
+        if errors:
+            raise WebConfigError(self.source, errors)
+        return ctx
+
+
+class _EncryptedKeyError(Exception):
+    pass
+
+
+def _refuse_password() -> bytes:
+    raise _EncryptedKeyError
+
+
+def _check_readable(path: str, where: str, errors: list[str]) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        errors.append(f"{where}: file not found: {path}")
+    except OSError as exc:
+        errors.append(f"{where}: cannot read {path}: {exc.strerror}")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    tls: TLSConfig | None = None
+    basic_auth_users: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Built once so its verdict cache is shared by every request.
+    _authenticator: BasicAuthenticator | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Frozen, so freeze the mappings too (and detach them from the caller's dicts).
+        users = MappingProxyType(dict(self.basic_auth_users))
+        object.__setattr__(self, "basic_auth_users", users)
+        object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+        object.__setattr__(self, "_authenticator", BasicAuthenticator(users) if users else None)
+
+    def __repr__(self) -> str:
+        # Password hashes are secrets (offline-crackable): show user names only.
+        users = {user: "<redacted>" for user in self.basic_auth_users}
+        return f"WebConfig(tls={self.tls!r}, basic_auth_users={users!r}, headers={dict(self.headers)!r})"
+
+    __str__ = __repr__
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls.ssl_context() if self.tls is not None else None
+
+    def authenticator(self) -> BasicAuthenticator | None:
+        """The shared authenticator, or None when no users are configured."""
+        return self._authenticator
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_web_config(path: str) -> WebConfig:
+    """Read and strictly validate a web config file; raise WebConfigError listing all problems."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise WebConfigError(path, ["file not found"]) from None
+    except OSError as exc:
+        raise WebConfigError(path, [f"cannot read file: {exc.strerror}"]) from None
+
+    try:
+        doc = yaml.load(raw, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise WebConfigError(path, [f"YAML syntax error at {where}: {problem}"]) from None
+    except yaml.YAMLError as exc:
+        raise WebConfigError(path, [f"YAML syntax error: {exc}"]) from None
+
+    # Relative paths are relative to the config file, as in exporter-toolkit.
+    base_dir = os.path.dirname(os.path.abspath(path))
+    errors: list[str] = []
+    config = _parse(doc, base_dir, path, errors)
+    if errors:
+        raise WebConfigError(path, errors)
+    return config
+
+
+def _parse(doc: Any, base_dir: str, source: str, errors: list[str]) -> WebConfig:
+    if doc is None:  # empty file: plain HTTP, no auth
+        return WebConfig()
+    if not isinstance(doc, dict):
+        errors.append(f"(top level): must be a mapping, got {_kind(doc)}")
+        return WebConfig()
+    _reject_unknown(doc, _TOP_KEYS, "", errors)
+
+    tls = None
+    if doc.get("tls_server_config") is not None:
+        tls = _parse_tls(doc["tls_server_config"], base_dir, source, errors)
+    users = _parse_users(doc.get("basic_auth_users"), errors)
+    headers = _parse_http(doc.get("http_server_config"), errors)
+    return WebConfig(tls=tls, basic_auth_users=users, headers=headers)
+
+
+def _parse_tls(section: Any, base_dir: str, source: str, errors: list[str]) -> TLSConfig | None:
+    where = "tls_server_config"
+    if not isinstance(section, dict):
+        errors.append(f"{where}: must be a mapping, got {_kind(section)}")
+        return None
+    _reject_unknown(section, _TLS_KEYS, where, errors)
+    n_errors = len(errors)
+
+    def file_path(key: str, required: bool) -> str | None:
+        value = section.get(key)
+        if value is None or value == "":
+            if required:
+                errors.append(f"{where}.{key}: required when tls_server_config is set")
+            return None
+        if not isinstance(value, str):
+            errors.append(f"{where}.{key}: must be a string, got {_kind(value)}")
+            return None
+        resolved = os.path.join(base_dir, value)  # join() keeps absolute paths as they are
+        if not os.path.exists(resolved):
+            errors.append(f"{where}.{key}: file not found: {resolved}")
+        elif not os.path.isfile(resolved):
+            errors.append(f"{where}.{key}: not a regular file: {resolved}")
+        return resolved
+
+    cert_file = file_path("cert_file", required=True)
+    key_file = file_path("key_file", required=True)
+    client_ca_file = file_path("client_ca_file", required=False)
+    ca_given = section.get("client_ca_file") not in (None, "")
+
+    client_auth_type = section.get("client_auth_type", "NoClientCert")
+    if client_auth_type not in CLIENT_AUTH_TYPES:
+        errors.append(
+            f"{where}.client_auth_type: must be one of {', '.join(CLIENT_AUTH_TYPES)}, "
+            f"got {client_auth_type!r}"
+        )
+    elif client_auth_type in _UNSUPPORTED_AUTH_TYPES:
+        errors.append(f"{where}.client_auth_type: {_UNSUPPORTED_AUTH_TYPES[client_auth_type]}")
+    elif client_auth_type in _VERIFYING_AUTH_TYPES and not ca_given:
+        errors.append(f"{where}.client_ca_file: required when client_auth_type is {client_auth_type}")
+    elif client_auth_type == "NoClientCert" and ca_given:
+        # Same rule as exporter-toolkit: a CA that is never used is a config mistake.
+        errors.append(f"{where}.client_ca_file: set, but client_auth_type is NoClientCert")
+
+    min_version = section.get("min_version", "TLS12")
+    if min_version in _INSECURE_TLS_VERSIONS:
+        errors.append(f"{where}.min_version: {min_version} is insecure and not supported; use TLS12 or TLS13")
+    elif min_version not in TLS_VERSIONS:
+        errors.append(f"{where}.min_version: must be one of {', '.join(TLS_VERSIONS)}, got {min_version!r}")
+
+    if len(errors) > n_errors or cert_file is None or key_file is None:
+        return None
+    return TLSConfig(
+        cert_file=cert_file,
+        key_file=key_file,
+        client_auth_type=client_auth_type,
+        client_ca_file=client_ca_file,
+        min_version=min_version,
+        source=source,
+    )
+
+
+def _parse_users(section: Any, errors: list[str]) -> dict[str, str]:
+    where = "basic_auth_users"
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        errors.append(f"{where}: must be a mapping of user name to bcrypt hash, got {_kind(section)}")
+        return {}
+    users: dict[str, str] = {}
+    for user, hashed in section.items():
+        if not isinstance(user, str):
+            errors.append(f"{where}.{user}: user name must be a string, got {_kind(user)}")
+            continue
+        if ":" in user or "\0" in user:
+            # Basic auth splits user:password at the first colon, so such a user
+            # could never log in; NUL would make verdict-cache keys ambiguous.
+            errors.append(f"{where}.{user}: user name must not contain ':' or NUL")
+            continue
+        # Never echo the value: it is a password hash.
+        if not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
+            errors.append(f"{where}.{user}: must be a bcrypt hash string")
+            continue
+        users[user] = hashed
+    return users
+
+
+def _parse_http(section: Any, errors: list[str]) -> dict[str, str]:
+    where = "http_server_config"
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        errors.append(f"{where}: must be a mapping, got {_kind(section)}")
+        return {}
+    _reject_unknown(section, _HTTP_KEYS, where, errors)
+    raw = section.get("headers")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errors.append(f"{where}.headers: must be a mapping of header name to value, got {_kind(raw)}")
+        return {}
+    headers: dict[str, str] = {}
+    for name, value in raw.items():
+        path = f"{where}.headers.{name}"
+        if name not in ALLOWED_HEADERS:
+            errors.append(f"{path}: header can not be configured; allowed: {', '.join(ALLOWED_HEADERS)}")
+            continue
+        if not isinstance(value, str):
+            errors.append(f"{path}: must be a string, got {_kind(value)}")
+            continue
+        allowed = ALLOWED_HEADERS[name]
+        if allowed is not None and value not in allowed:
+            errors.append(f"{path}: must be one of {', '.join(allowed)}, got {value!r}")
+        elif any(ch in value for ch in "\r\n\0"):
+            errors.append(f"{path}: must not contain CR, LF or NUL")  # header injection
+        elif value:  # blank means unset, as in exporter-toolkit's docs
+            headers[name] = value
+    return headers
+
+
+def _reject_unknown(section: dict[Any, Any], known: tuple[str, ...], where: str, errors: list[str]) -> None:
+    for key in section:
+        if key not in known:
+            errors.append(f"{where}.{key}: unknown key" if where else f"{key}: unknown key")
+
+
+def _kind(value: Any) -> str:
+    kinds = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer"}
+    if value is None:
+        return "null"
+    return kinds.get(type(value), type(value).__name__)
+
+
+class BasicAuthenticator:
+    """Checks ``Authorization: Basic`` headers against bcrypt hashes, caching verdicts.
+
+    bcrypt costs tens of milliseconds by design and Prometheus sends the same
+    credentials every scrape, so verdicts are cached under a salted SHA-256 of the
+    credentials; plaintext passwords are never stored.
+    """
+
+    CACHE_SIZE = 256
+
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self._users = dict(users)
+        for user, hashed in self._users.items():
+            if not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
+                raise ValueError(f"user {user!r}: not a bcrypt hash")
+        # Unknown users are checked against a real hash of the highest cost in use,
+        # so they take as long as known ones (no user enumeration by timing).
+        self._dummy_hash = max(self._users.values(), key=lambda h: int(h[4:6]), default=None)
+        self._salt = secrets.token_bytes(32)
+        self._cache: OrderedDict[bytes, bool] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        # One bcrypt at a time, as exporter-toolkit does: a flood of bad passwords
+        # then costs one core, not all of them.
+        self._bcrypt_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"BasicAuthenticator(users={sorted(self._users)!r})"
+
+    def check(self, authorization_header: str | None) -> bool:
+        """True only for a well-formed Basic header with a valid user and password."""
+        credentials = _parse_basic(authorization_header)
+        if credentials is None:
+            return False
+        user, password = credentials
+        if len(password) > _BCRYPT_MAX_PASSWORD or "\0" in user or self._dummy_hash is None:
+            return False
+
+        key = hashlib.sha256(self._salt + user.encode() + b"\0" + password).digest()
+        verdict = self._cached(key)
+        if verdict is not None:
+            return verdict
+        with self._bcrypt_lock:
+            # Another thread may have checked the same credentials while we waited.
+            verdict = self._cached(key)
+            if verdict is None:
+                verdict = self._verify(user, password)
+                self._remember(key, verdict)
+        return verdict
+
+    def _verify(self, user: str, password: bytes) -> bool:
+        hashed = self._users.get(user)
+        try:
+            ok = bcrypt.checkpw(password, (hashed or self._dummy_hash or "").encode())
+        except ValueError:  # malformed hash; validation should have prevented it
+            return False
+        return ok and hashed is not None
+
+    def _cached(self, key: bytes) -> bool | None:
+        with self._cache_lock:
+            verdict = self._cache.get(key)
+            if verdict is not None:
+                self._cache.move_to_end(key)
+            return verdict
+
+    def _remember(self, key: bytes, verdict: bool) -> None:
+        with self._cache_lock:
+            self._cache[key] = verdict
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+
+def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
+    """Split ``Basic base64(user:password)`` into (user, password bytes); None if malformed."""
+    if not isinstance(header, str) or len(header) > _MAX_AUTH_HEADER:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII input
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        return None
+    return user, password.encode("utf-8")
