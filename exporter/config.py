@@ -7,6 +7,7 @@ turn a check off), and all problems are collected so a user fixes the file in on
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,7 +129,9 @@ class _Checker:
             return {}
         for key in value:
             if key not in allowed:
-                self.fail(f"{path}.{key}" if path else str(key), "unknown key")
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                self.fail(f"{path}.{key}" if path else str(key), f"unknown key{hint}")
         return value
 
     def duration(self, raw: dict[str, Any], key: str, path: str, default: float) -> float:

@@ -12,11 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bcrypt
 import pytest
-
 from autoglm_exporter import webconfig
 from autoglm_exporter.webconfig import (
     BasicAuthenticator,
@@ -86,7 +85,7 @@ def config_errors(path: str) -> list[str]:
     return info.value.errors
 
 
-def basic(user: str | bytes, password: str | bytes = b"") -> str:
+def basic(user: str | bytes, password: str = "") -> str:
     raw = user if isinstance(user, bytes) else f"{user}:{password}".encode()
     return "Basic " + base64.b64encode(raw).decode()
 
@@ -164,7 +163,10 @@ http_server_config:
     )
     assert dict(config.basic_auth_users) == {"alice": ALICE_HASH, "bob": BOB_HASH}
     # A blank header value means "unset", as in exporter-toolkit.
-    assert dict(config.headers) == {"X-Frame-Options": "deny", "Content-Security-Policy": "default-src 'none'"}
+    assert dict(config.headers) == {
+        "X-Frame-Options": "deny",
+        "Content-Security-Policy": "default-src 'none'",
+    }
     assert isinstance(config.ssl_context(), ssl.SSLContext)
     assert config.authenticator() is not None
     # One shared authenticator, so its verdict cache survives across requests.
@@ -233,7 +235,10 @@ BAD_CONFIGS: dict[str, tuple[str, list[str]]] = {
     ),
     "unknown http key": ("http_server_config:\n  http2: false\n", ["http_server_config.http2: unknown key"]),
     "top level not a mapping": ("- a\n- b\n", ["(top level): must be a mapping, got a list"]),
-    "tls not a mapping": ("tls_server_config: yes\n", ["tls_server_config: must be a mapping, got a boolean"]),
+    "tls not a mapping": (
+        "tls_server_config: yes\n",
+        ["tls_server_config: must be a mapping, got a boolean"],
+    ),
     "cert and key required": (
         "tls_server_config: {{}}\n",
         [
@@ -261,7 +266,8 @@ BAD_CONFIGS: dict[str, tuple[str, list[str]]] = {
         ],
     ),
     "RequireAnyClientCert cannot be done with stdlib ssl": (
-        "tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n  client_auth_type: RequireAnyClientCert\n",
+        "tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+        "  client_auth_type: RequireAnyClientCert\n",
         [
             "tls_server_config.client_auth_type: RequireAnyClientCert is not supported (Python's ssl "
             "module cannot require a client certificate without verifying it); use "
@@ -274,7 +280,8 @@ BAD_CONFIGS: dict[str, tuple[str, list[str]]] = {
         ["tls_server_config.client_ca_file: required when client_auth_type is RequireAndVerifyClientCert"],
     ),
     "verify-if-given needs a CA too": (
-        "tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n  client_auth_type: VerifyClientCertIfGiven\n",
+        "tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+        "  client_auth_type: VerifyClientCertIfGiven\n",
         ["tls_server_config.client_ca_file: required when client_auth_type is VerifyClientCertIfGiven"],
     ),
     "CA without a client auth policy": (
@@ -309,7 +316,10 @@ BAD_CONFIGS: dict[str, tuple[str, list[str]]] = {
         "basic_auth_users:\n  alice: '{alice_hash_2x}'\n",
         ["basic_auth_users.alice: must be a bcrypt hash string"],
     ),
-    "hash not a string": ("basic_auth_users:\n  alice: 12\n", ["basic_auth_users.alice: must be a bcrypt hash string"]),
+    "hash not a string": (
+        "basic_auth_users:\n  alice: 12\n",
+        ["basic_auth_users.alice: must be a bcrypt hash string"],
+    ),
     "user name with a colon": (
         "basic_auth_users:\n  'al:ice': '{alice_hash}'\n",
         ["basic_auth_users.al:ice: user name must not contain ':' or NUL"],
@@ -401,7 +411,9 @@ def test_yaml_syntax_error_has_line_number(tmp_path: Path) -> None:
         "YAML syntax error at line 4, column 1: expected ',' or ']', but got '<stream end>'"
     ]
     path = write_config(tmp_path, "tls_server_config:\n  cert_file: a\n key_file: b\n")
-    assert config_errors(path) == ["YAML syntax error at line 3, column 2: expected <block end>, but found '<block mapping start>'"]
+    assert config_errors(path) == [
+        "YAML syntax error at line 3, column 2: expected <block end>, but found '<block mapping start>'"
+    ]
 
 
 def test_duplicate_keys_are_rejected(tmp_path: Path) -> None:
@@ -435,7 +447,9 @@ def test_ssl_context_key_does_not_match_cert(certs: Certs) -> None:
     tls = TLSConfig(str(certs.cert), str(certs.other_key), source="web.yml")
     with pytest.raises(WebConfigError) as info:
         tls.ssl_context()
-    assert info.value.errors == ["tls_server_config.key_file: private key does not match the certificate in cert_file"]
+    assert info.value.errors == [
+        "tls_server_config.key_file: private key does not match the certificate in cert_file"
+    ]
     assert str(info.value).startswith("bad web config web.yml:\n  ")
 
 
@@ -460,7 +474,9 @@ def test_ssl_context_not_pem(certs: Certs) -> None:
 def test_ssl_context_file_removed_after_load(tmp_path: Path, certs: Certs) -> None:
     key = tmp_path / "server.key"
     shutil.copy(certs.key, key)
-    config = load_web_config(write_config(tmp_path, f"tls_server_config:\n  cert_file: {certs.cert}\n  key_file: {key}\n"))
+    config = load_web_config(
+        write_config(tmp_path, f"tls_server_config:\n  cert_file: {certs.cert}\n  key_file: {key}\n")
+    )
     key.unlink()
     with pytest.raises(WebConfigError) as info:
         config.ssl_context()
@@ -695,7 +711,6 @@ def test_config_is_immutable(tmp_path: Path) -> None:
     users["mallory"] = ALICE_HASH  # the caller's dict is copied, not shared
     assert "mallory" not in config.basic_auth_users
     with pytest.raises(TypeError):
-        config.basic_auth_users["mallory"] = ALICE_HASH  # type: ignore[index]
+        cast(Any, config.basic_auth_users)["mallory"] = ALICE_HASH
     with pytest.raises(AttributeError):
-        config.tls = None  # type: ignore[misc]
-
+        cast(Any, config).tls = None

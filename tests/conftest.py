@@ -1,0 +1,148 @@
+"""Shared helpers: free ports, bounded waits, a real exporter process, real binaries."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll until predicate returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (httpx.HTTPError, OSError) as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Exposition text -> {(sample name, sorted labels): value}."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def sample(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def require_binary(name: str) -> str:
+    """A real component the tests need. Missing is a failure, never a skip: `make test` installs it."""
+    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run `make test`, which installs it (see README)")
+    return path
+
+
+@dataclass
+class ExporterProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    scheme: str = "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def get(self, path: str = "/metrics", **kwargs: Any) -> httpx.Response:
+        kwargs.setdefault("timeout", 5.0)
+        return httpx.get(self.url + path, **kwargs)
+
+    def metrics(self) -> dict:
+        response = self.get()
+        response.raise_for_status()
+        return parse_metrics(response.text)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return int(self.process.returncode)
+
+
+@pytest.fixture
+def start_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
+    """Start the real exporter (`python -m autoglm_exporter`) and wait until it is ready."""
+    started: list[ExporterProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, wait_ready: bool = True, scheme: str = "http",
+              **http: Any) -> ExporterProcess:
+        port = free_port()
+        log_path = tmp_path / f"exporter-{len(started)}.log"
+        full_env = {**os.environ, **(env or {})}
+        command = [sys.executable, "-m", "autoglm_exporter", *args]
+        if not any(a.startswith("--web.listen-address") for a in args) and "AUTOGLM_EXPORTER_WEB_LISTEN_ADDRESS" not in (env or {}):
+            command.append(f"--web.listen-address=127.0.0.1:{port}")
+        elif env and "AUTOGLM_EXPORTER_WEB_LISTEN_ADDRESS" in env:
+            port = int(env["AUTOGLM_EXPORTER_WEB_LISTEN_ADDRESS"].rsplit(":", 1)[1])
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path)
+        exporter = ExporterProcess(process, port, log_path, scheme)
+        started.append(exporter)
+        if wait_ready:
+            def ready() -> bool:
+                assert process.poll() is None, f"exporter exited early:\n{exporter.log()}"
+                return exporter.get("/-/ready", **http).status_code == 200
+            wait_until(ready, timeout=15)
+        return exporter
+
+    yield start
+    for exporter in started:
+        exporter.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def child_processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start real helper processes (python -c CODE); all are killed after the test."""
+    children: list[subprocess.Popen[bytes]] = []
+
+    def spawn(code: str, *argv: str) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE)
+        children.append(child)
+        return child
+
+    yield spawn
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait(5)
+        if child.stdout:
+            child.stdout.close()

@@ -1,0 +1,94 @@
+"""The config file: defaults that match the seed, strict validation, every error with its path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from autoglm_exporter.config import ConfigError, default_config, load_config, parse_config
+
+from .conftest import FIXTURES
+
+CONFIGS = FIXTURES / "configs"
+
+BAD_CONFIGS = {
+    "unknown_keys.yml": [
+        "colectors: unknown key (did you mean collectors?)",
+        "global.intervall: unknown key (did you mean interval?)",
+        "services[0].match.cmd: unknown key (did you mean cmdline?)",
+    ],
+    "bad_values.yml": [
+        "global.interval: must be a duration like 10s, 500ms or 1m, got '-1s'",
+        "global.timeout: must be > 0",
+        "collectors.system.enabled: must be true or false, got 'yes'",
+        "collectors.system.interval: must be a duration like 10s, 500ms or 1m, got 'soon'",
+        "services[0].match.cmdline: invalid regular expression: missing ), unterminated subpattern at position 0",
+        "services[0].match.port: must be a TCP port 1-65535, got 70000",
+        "services[1].name: is required",
+        "services[1].match: needs at least one of cmdline, exe, pidfile, port",
+        "services[2].name: duplicate service name 'api'",
+        "services[3].name: must start with a letter or _ and hold only letters, digits, _ . -",
+    ],
+    "not_a_mapping.yml": ["top level must be a mapping"],
+    "bad_yaml.yml": ["line 3, column 11: invalid YAML: mapping values are not allowed here"],
+}
+
+
+def test_defaults_watch_the_seed_setup() -> None:
+    config = default_config()
+    services = {s.name: s for s in config.services}
+    assert services["open-autoglm"].port == 8080
+    assert services["vllm"].port == 8000
+    assert config.interval == 10.0
+    assert all(config.collector(name).enabled for name in ("system", "process"))
+    assert load_config(None) == config
+
+
+def test_good_file_is_read_with_units_and_inheritance() -> None:
+    config = load_config(str(CONFIGS / "good.yml"))
+    assert (config.interval, config.timeout, config.jitter) == (5.0, 2.5, 0.0)
+    assert config.collector("system").interval == 60.0
+    assert config.collector("system").timeout == 2.5  # inherited from global
+    assert config.collector("process").timeout == 3.0
+    api, engine = config.services
+    assert api.match.port == 8080 and api.port == 8080  # expected port defaults to the matched one
+    assert api.include_children
+    assert engine.match.pidfile == "/run/vllm.pid" and engine.port == 8000
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_bad_file_reports_every_error_with_its_path(name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(CONFIGS / name))
+    assert caught.value.errors == BAD_CONFIGS[name]
+
+
+def test_missing_file_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="cannot read file: No such file or directory"):
+        load_config("/nonexistent/autoglm.yml")
+
+
+def test_empty_services_list_watches_no_service() -> None:
+    assert parse_config("services: []").services == ()
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_check_config_command_exits_2_and_prints_all_errors(name: str) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "autoglm_exporter", "check-config", str(CONFIGS / name)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert run.returncode == 2
+    for error in BAD_CONFIGS[name]:
+        assert error in run.stderr
+
+
+def test_check_config_command_accepts_a_good_file() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "autoglm_exporter", "check-config", str(CONFIGS / "good.yml")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "OK" in run.stdout and "api, engine" in run.stdout
