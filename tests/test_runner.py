@@ -1,0 +1,142 @@
+"""Deadlines, stuck collectors and the store: a hung read never hangs /metrics or piles up threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+
+from autoglm_exporter.collectors.base import Collector, CollectorError, Result
+from autoglm_exporter.metricspec import gauge
+from autoglm_exporter.runner import CollectorRunner
+from autoglm_exporter.scheduler import CollectorScheduler
+from autoglm_exporter.server import ExporterHTTPServer, ServerHooks
+from autoglm_exporter.store import Store
+
+from .conftest import parse_metrics, sample, wait_until
+
+VALUE = gauge("autoglm_test_value", "A value the test collector reports.")
+
+
+class Hanging(Collector):
+    """Blocks like a wedged NVML call until the test releases it."""
+
+    name = "hanging"
+    metrics = (VALUE,)
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+        self.hang = True
+
+    def collect(self) -> Result:
+        self.calls += 1
+        if self.hang:
+            self.release.wait(30)
+        return Result([VALUE.single(42)])
+
+
+class Failing(Collector):
+    name = "failing"
+    metrics = (VALUE,)
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+    def collect(self) -> Result:
+        if self.error:
+            raise self.error
+        return Result([VALUE.single(7)])
+
+
+def _page(store: Store) -> dict:
+    return parse_metrics(store.render()[0].decode())
+
+
+def test_a_failed_run_drops_its_series_and_counts_the_kind() -> None:
+    store = Store()
+    collector = Failing()
+    store.set_collectors(["failing"])
+    runner = CollectorRunner(collector, store, timeout=5)
+    assert runner.run_once()
+    assert sample(_page(store), "autoglm_test_value") == 7
+    collector.error = CollectorError("parse_error", "garbage in /proc/stat")
+    assert not runner.run_once()
+    page = _page(store)
+    assert sample(page, "autoglm_test_value") is None  # never served stale
+    assert sample(page, "autoglm_exporter_collector_success", collector="failing") == 0
+    assert sample(page, "autoglm_exporter_collector_errors_total", collector="failing", kind="parse_error") == 1
+    collector.error = ZeroDivisionError("a bug")
+    runner.run_once()
+    page = _page(store)
+    assert sample(page, "autoglm_exporter_collector_errors_total", collector="failing", kind="internal") == 1
+    assert sample(page, "autoglm_exporter_collector_errors_total", collector="failing", kind="timeout") == 0
+
+
+def test_a_hung_collector_is_stuck_and_never_started_twice() -> None:
+    store = Store()
+    collector = Hanging()
+    store.set_collectors(["hanging"])
+    runner = CollectorRunner(collector, store, timeout=0.1)
+    threads_before = threading.active_count()
+    assert not runner.run_once()
+    page = _page(store)
+    assert sample(page, "autoglm_exporter_collector_stuck", collector="hanging") == 1
+    assert sample(page, "autoglm_exporter_collector_errors_total", collector="hanging", kind="timeout") == 1
+    for _ in range(20):
+        assert not runner.run_once()
+    assert collector.calls == 1  # the stuck call was not started again
+    assert threading.active_count() <= threads_before + 1
+    page = _page(store)
+    assert sample(page, "autoglm_exporter_collector_errors_total", collector="hanging", kind="skipped_stuck") == 20
+    collector.hang = False
+    collector.release.set()
+    wait_until(lambda: sample(_page(store), "autoglm_exporter_collector_stuck", collector="hanging") == 0)
+    assert runner.run_once()
+    assert sample(_page(store), "autoglm_test_value") == 42
+
+
+def test_metrics_stay_fast_and_threads_flat_while_a_collector_hangs() -> None:
+    """The real scheduler and HTTP server, a collector that hangs on every run, many intervals."""
+    store = Store()
+    collector = Hanging()
+    store.set_collectors(["hanging"])
+    scheduler = CollectorScheduler()
+    server = ExporterHTTPServer(("127.0.0.1", 0), store, ServerHooks(reload=lambda: (True, "")))
+    server.start_background()
+    try:
+        scheduler.start([(CollectorRunner(collector, store, timeout=0.05), 0.1)], jitter=0)
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        with httpx.Client(timeout=2) as client:
+            wait_until(lambda: "autoglm_exporter_collector_stuck{collector=\"hanging\"} 1.0" in client.get(url).text)
+            threads = threading.active_count()
+            slowest = 0.0
+            deadline = time.monotonic() + 2.0  # 20 intervals
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                response = client.get(url)
+                slowest = max(slowest, time.monotonic() - started)
+                assert response.status_code == 200
+                time.sleep(0.02)
+            assert threading.active_count() <= threads + 1
+            assert slowest < 0.5  # a scrape never waits for the collector
+            assert collector.calls == 1
+            page = parse_metrics(client.get(url).text)
+            assert sample(page, "autoglm_exporter_collector_errors_total", collector="hanging",
+                          kind="skipped_stuck") >= 10
+    finally:
+        scheduler.stop()
+        server.stop()
+        collector.release.set()
+
+
+def test_rendered_page_is_cached_until_the_next_publish() -> None:
+    store = Store()
+    store.set_collectors(["failing"])
+    runner = CollectorRunner(Failing(), store, timeout=5)
+    runner.run_once()
+    first, _ = store.render()
+    assert store.render()[0] is first  # same bytes object: no re-render between publishes
+    runner.run_once()
+    assert store.render()[0] is not first
