@@ -24,6 +24,7 @@ class CollectorRunner:
         self.store = store
         self.timeout = timeout
         self._worker: threading.Thread | None = None
+        self._started = 0.0
         self._lock = threading.Lock()
 
     @property
@@ -34,6 +35,8 @@ class CollectorRunner:
         """One run, waiting at most the deadline. True when it succeeded."""
         with self._lock:
             if self._worker is not None and self._worker.is_alive():
+                if time.monotonic() - self._started < self.timeout:
+                    return False  # another caller's run (e.g. before a reload) is still within its deadline
                 self.store.publish_failure(
                     self.name, "skipped_stuck", "previous run has not returned yet", 0.0, stuck=True
                 )
@@ -41,7 +44,7 @@ class CollectorRunner:
                 return False
             outcome: dict[str, object] = {}
             done = threading.Event()
-            started = time.monotonic()
+            started = self._started = time.monotonic()
             worker = threading.Thread(
                 target=self._work, args=(outcome, done), name=f"collector-{self.name}", daemon=True
             )

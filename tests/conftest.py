@@ -103,24 +103,35 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
     """Start the real exporter (`python -m autoglm_exporter`) and wait until it is ready."""
     started: list[ExporterProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, wait_ready: bool = True, scheme: str = "http",
-              **http: Any) -> ExporterProcess:
+    def start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        scheme: str = "http",
+        **http: Any,
+    ) -> ExporterProcess:
         port = free_port()
         log_path = tmp_path / f"exporter-{len(started)}.log"
         full_env = {**os.environ, **(env or {})}
         command = [sys.executable, "-m", "autoglm_exporter", *args]
-        if not any(a.startswith("--web.listen-address") for a in args) and "AUTOGLM_EXPORTER_WEB_LISTEN_ADDRESS" not in (env or {}):
+        if not any(
+            a.startswith("--web.listen-address") for a in args
+        ) and "AUTOGLM_EXPORTER_WEB_LISTEN_ADDRESS" not in (env or {}):
             command.append(f"--web.listen-address=127.0.0.1:{port}")
         elif env and "AUTOGLM_EXPORTER_WEB_LISTEN_ADDRESS" in env:
             port = int(env["AUTOGLM_EXPORTER_WEB_LISTEN_ADDRESS"].rsplit(":", 1)[1])
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path)
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path
+            )
         exporter = ExporterProcess(process, port, log_path, scheme)
         started.append(exporter)
         if wait_ready:
+
             def ready() -> bool:
                 assert process.poll() is None, f"exporter exited early:\n{exporter.log()}"
                 return exporter.get("/-/ready", **http).status_code == 200
+
             wait_until(ready, timeout=15)
         return exporter
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from autoglm_exporter.config import ConfigError, default_config, load_config, parse_config
 
 from .conftest import FIXTURES
@@ -78,7 +77,9 @@ def test_empty_services_list_watches_no_service() -> None:
 def test_check_config_command_exits_2_and_prints_all_errors(name: str) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "autoglm_exporter", "check-config", str(CONFIGS / name)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert run.returncode == 2
     for error in BAD_CONFIGS[name]:
@@ -88,7 +89,9 @@ def test_check_config_command_exits_2_and_prints_all_errors(name: str) -> None:
 def test_check_config_command_accepts_a_good_file() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "autoglm_exporter", "check-config", str(CONFIGS / "good.yml")],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert run.returncode == 0, run.stderr
     assert "OK" in run.stdout and "api, engine" in run.stdout

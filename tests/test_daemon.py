@@ -34,9 +34,14 @@ def test_serves_metrics_on_defaults_and_promtool_finds_nothing_to_lint(start_exp
     assert sample(page, "autoglm_process_up", service="open-autoglm") == 0
     assert sample(page, "autoglm_process_up", service="vllm") == 0
     assert sample(page, "autoglm_exporter_collector_success", collector="system") == 1
-    assert sample(page, "autoglm_exporter_build_info", version="0.1.0", python_version=sys.version.split()[0]) == 1
+    assert (
+        sample(page, "autoglm_exporter_build_info", version="0.1.0", python_version=sys.version.split()[0])
+        == 1
+    )
     promtool = require_binary("promtool")
-    lint = subprocess.run([promtool, "check", "metrics"], input=response.content, capture_output=True, timeout=30)
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=response.content, capture_output=True, timeout=30
+    )
     assert lint.returncode == 0 and lint.stdout == b"" and lint.stderr == b"", lint.stdout + lint.stderr
 
 
@@ -45,7 +50,9 @@ def test_openmetrics_and_gzip_by_negotiation(start_exporter) -> None:
     response = exporter.get(headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert response.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
     assert response.text.rstrip().endswith("# EOF")
-    with httpx.stream("GET", exporter.url + "/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5) as raw:
+    with httpx.stream(
+        "GET", exporter.url + "/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5
+    ) as raw:
         assert raw.headers["content-encoding"] == "gzip"
         body = gzip.decompress(b"".join(raw.iter_raw()))
     assert b"autoglm_system_context_switches_total" in body
@@ -93,7 +100,9 @@ def test_sighup_with_a_broken_file_keeps_the_old_config(start_exporter, tmp_path
     config.write_text(SERVICE_CONFIG.format(name="second", port=free_port()))
     response = httpx.post(exporter.url + "/-/reload", timeout=5)
     assert response.status_code == 200
-    page = wait_until(lambda: (m := exporter.metrics()) and sample(m, "autoglm_process_up", service="second") == 0 and m)
+    page = wait_until(
+        lambda: (m := exporter.metrics()) and sample(m, "autoglm_process_up", service="second") == 0 and m
+    )
     assert sample(page, "autoglm_exporter_config_last_reload_successful") == 1
     assert sample(page, "autoglm_process_up", service="first") is None  # vanished with its config
 
@@ -127,7 +136,10 @@ def test_json_log_format(start_exporter) -> None:
 def test_flags_can_come_from_environment_variables(start_exporter) -> None:
     port = free_port()
     exporter = start_exporter(
-        env={"AUTOGLM_EXPORTER_WEB_LISTEN_ADDRESS": f"127.0.0.1:{port}", "AUTOGLM_EXPORTER_COLLECTOR_SYSTEM": "false"}
+        env={
+            "AUTOGLM_EXPORTER_WEB_LISTEN_ADDRESS": f"127.0.0.1:{port}",
+            "AUTOGLM_EXPORTER_COLLECTOR_SYSTEM": "false",
+        }
     )
     assert exporter.port == port
     page = exporter.metrics()
@@ -147,28 +159,57 @@ def test_collector_flags_and_telemetry_path(start_exporter) -> None:
 def test_bad_config_at_start_exits_2(tmp_path: Path) -> None:
     config = _config(tmp_path, "global: {interval: 0}\n")
     run = subprocess.run(
-        [sys.executable, "-m", "autoglm_exporter", f"--config.file={config}", "--web.listen-address=127.0.0.1:0"],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "autoglm_exporter",
+            f"--config.file={config}",
+            "--web.listen-address=127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert run.returncode == 2
     assert "global.interval: must be > 0" in run.stderr
 
 
 def test_version_command() -> None:
-    run = subprocess.run([sys.executable, "-m", "autoglm_exporter", "version"], capture_output=True, text=True,
-                         timeout=30)
+    run = subprocess.run(
+        [sys.executable, "-m", "autoglm_exporter", "version"], capture_output=True, text=True, timeout=30
+    )
     assert run.returncode == 0 and run.stdout.startswith("autoglm-exporter 0.1.0")
 
 
 # --- TLS and basic auth -----------------------------------------------------------------------
 
+
 def _certificate(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        [require_binary("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
+        [
+            require_binary("openssl"),
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     return cert, key
 
@@ -200,14 +241,23 @@ def test_bad_web_config_exits_2(tmp_path: Path) -> None:
     web = tmp_path / "web.yml"
     web.write_text("basic_auth_users:\n  alice: plaintext\n")
     run = subprocess.run(
-        [sys.executable, "-m", "autoglm_exporter", f"--web.config.file={web}", "--web.listen-address=127.0.0.1:0"],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "autoglm_exporter",
+            f"--web.config.file={web}",
+            "--web.listen-address=127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert run.returncode == 2
     assert "basic_auth_users.alice" in run.stderr and "plaintext" not in run.stderr
 
 
 # --- a real Prometheus scrapes it ---------------------------------------------------------------
+
 
 def test_a_real_prometheus_scrapes_the_exporter(start_exporter, tmp_path: Path) -> None:
     prometheus = require_binary("prometheus")
@@ -221,11 +271,17 @@ def test_a_real_prometheus_scrapes_the_exporter(start_exporter, tmp_path: Path) 
     promtool = require_binary("promtool")
     subprocess.run([promtool, "check", "config", str(config)], check=True, capture_output=True, timeout=30)
     server = subprocess.Popen(
-        [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
+
         def query(expr: str) -> list:
             response = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": expr}, timeout=5)
             return response.json()["data"]["result"] if response.status_code == 200 else []

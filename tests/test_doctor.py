@@ -20,7 +20,10 @@ time.sleep(60)
 
 def _doctor(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "autoglm_exporter", "doctor", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "autoglm_exporter", "doctor", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -63,11 +66,13 @@ def test_running_but_not_listening_is_named(child_processes, tmp_path: Path) -> 
     child = child_processes("import time; print('up', flush=True); time.sleep(60)", "doctor-sleeper-x7")
     assert child.stdout.readline().strip() == b"up"
     run = _doctor(
-        "--no-color", _config(tmp_path, f"  - name: api\n    match: {{cmdline: doctor-sleeper-x7}}\n    port: {port}\n")
+        "--no-color",
+        _config(tmp_path, f"  - name: api\n    match: {{cmdline: doctor-sleeper-x7}}\n    port: {port}\n"),
     )
     assert run.returncode == 1
-    assert f"verdict: service / port_not_listening: service api: running (pid {child.pid}) but not listening" in (
-        run.stdout
+    assert (
+        f"verdict: service / port_not_listening: service api: running (pid {child.pid}) but not listening"
+        in (run.stdout)
     )
     assert f"next: ss -tlnp 'sport = :{port}'" in run.stdout
 

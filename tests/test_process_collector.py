@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 
 import psutil
-
 from autoglm_exporter.collectors.process import ProcessCollector
 from autoglm_exporter.config import ProcessMatch, ServiceConfig
 
@@ -132,7 +131,9 @@ def test_children_are_included_only_when_asked(child_processes) -> None:
     grandchild = int(parent.stdout.readline())
     try:
         alone = _service_facts((ServiceConfig("api", ProcessMatch(cmdline=tag)),))["api"]
-        family = _service_facts((ServiceConfig("api", ProcessMatch(cmdline=tag), include_children=True),))["api"]
+        family = _service_facts((ServiceConfig("api", ProcessMatch(cmdline=tag), include_children=True),))[
+            "api"
+        ]
         assert alone.pids == [parent.pid]
         assert family.pids == sorted([parent.pid, grandchild])
     finally:

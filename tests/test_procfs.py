@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from autoglm_exporter import procfs
 from autoglm_exporter.collectors.process import ProcessCollector
 from autoglm_exporter.collectors.system import SystemCollector
@@ -81,7 +80,10 @@ def test_threads_are_summed_over_every_task() -> None:
 def test_listening_sockets_and_their_owner() -> None:
     assert procfs.listening_tcp(f"{PROC}/net") == {636: 2024, 8409: 18080}
     assert procfs.socket_inodes(PROC, PID) == {8409}
-    assert procfs.read_cmdline(PROC, PID) == "/root/.pyenv/versions/3.11.7/bin/python3 /tmp/svc.py open-autoglm-serve"
+    assert (
+        procfs.read_cmdline(PROC, PID)
+        == "/root/.pyenv/versions/3.11.7/bin/python3 /tmp/svc.py open-autoglm-serve"
+    )
 
 
 def test_system_collector_on_the_recorded_tree() -> None:

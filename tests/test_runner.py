@@ -6,7 +6,6 @@ import threading
 import time
 
 import httpx
-
 from autoglm_exporter.collectors.base import Collector, CollectorError, Result
 from autoglm_exporter.metricspec import gauge
 from autoglm_exporter.runner import CollectorRunner
@@ -66,7 +65,9 @@ def test_a_failed_run_drops_its_series_and_counts_the_kind() -> None:
     page = _page(store)
     assert sample(page, "autoglm_test_value") is None  # never served stale
     assert sample(page, "autoglm_exporter_collector_success", collector="failing") == 0
-    assert sample(page, "autoglm_exporter_collector_errors_total", collector="failing", kind="parse_error") == 1
+    assert (
+        sample(page, "autoglm_exporter_collector_errors_total", collector="failing", kind="parse_error") == 1
+    )
     collector.error = ZeroDivisionError("a bug")
     runner.run_once()
     page = _page(store)
@@ -89,7 +90,10 @@ def test_a_hung_collector_is_stuck_and_never_started_twice() -> None:
     assert collector.calls == 1  # the stuck call was not started again
     assert threading.active_count() <= threads_before + 1
     page = _page(store)
-    assert sample(page, "autoglm_exporter_collector_errors_total", collector="hanging", kind="skipped_stuck") == 20
+    assert (
+        sample(page, "autoglm_exporter_collector_errors_total", collector="hanging", kind="skipped_stuck")
+        == 20
+    )
     collector.hang = False
     collector.release.set()
     wait_until(lambda: sample(_page(store), "autoglm_exporter_collector_stuck", collector="hanging") == 0)
@@ -109,7 +113,9 @@ def test_metrics_stay_fast_and_threads_flat_while_a_collector_hangs() -> None:
         scheduler.start([(CollectorRunner(collector, store, timeout=0.05), 0.1)], jitter=0)
         url = f"http://127.0.0.1:{server.port}/metrics"
         with httpx.Client(timeout=2) as client:
-            wait_until(lambda: "autoglm_exporter_collector_stuck{collector=\"hanging\"} 1.0" in client.get(url).text)
+            wait_until(
+                lambda: 'autoglm_exporter_collector_stuck{collector="hanging"} 1.0' in client.get(url).text
+            )
             threads = threading.active_count()
             slowest = 0.0
             deadline = time.monotonic() + 2.0  # 20 intervals
@@ -123,8 +129,12 @@ def test_metrics_stay_fast_and_threads_flat_while_a_collector_hangs() -> None:
             assert slowest < 0.5  # a scrape never waits for the collector
             assert collector.calls == 1
             page = parse_metrics(client.get(url).text)
-            assert sample(page, "autoglm_exporter_collector_errors_total", collector="hanging",
-                          kind="skipped_stuck") >= 10
+            assert (
+                sample(
+                    page, "autoglm_exporter_collector_errors_total", collector="hanging", kind="skipped_stuck"
+                )
+                >= 10
+            )
     finally:
         scheduler.stop()
         server.stop()

@@ -1,0 +1,35 @@
+# The two commands a newcomer needs:
+#   make run    the exporter on its defaults (http://localhost:9877/metrics)
+#   make test   install everything the tests need, lint, type-check and run every test
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: run test deps lint typecheck unit bench docs doctor
+
+run: deps
+	$(VENV)/bin/autoglm-exporter $(ARGS)
+
+doctor: deps
+	$(VENV)/bin/autoglm-exporter doctor $(ARGS)
+
+test: deps lint typecheck unit
+
+deps:
+	VENV=$(VENV) scripts/install-deps.sh
+
+lint:
+	$(VENV)/bin/ruff check exporter tests bench
+	$(VENV)/bin/ruff format --check exporter tests
+
+typecheck:
+	$(VENV)/bin/mypy exporter
+
+unit:
+	CI=$${CI:-} $(PY) -m pytest
+
+docs: deps
+	$(PY) -m autoglm_exporter.metricsdoc README.md
+
+bench: deps
+	bench/run_all.sh

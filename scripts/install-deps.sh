@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what the exporter and its tests need on a fresh Debian machine:
+# the real components the tests drive (Debian packages) and the Python venv.
+# Idempotent: does nothing that is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+# binary -> the Debian package that ships it
+declare -A PACKAGE_OF=(
+  [redis-server]=redis-server
+  [prometheus]=prometheus
+  [promtool]=prometheus
+  [prometheus-alertmanager]=prometheus-alertmanager
+  [amtool]=prometheus-alertmanager
+  [openssl]=openssl
+  [curl]=curl
+)
+
+missing=()
+for binary in "${!PACKAGE_OF[@]}"; do
+  command -v "$binary" >/dev/null 2>&1 || [ -x "/usr/bin/$binary" ] || missing+=("${PACKAGE_OF[$binary]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  packages=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: $packages(run as root, or: sudo apt-get install -y $packages)" >&2
+    exit 1
+  fi
+  echo "installing Debian packages: $packages"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
+  "$VENV/bin/pip" install -q -e '.[test]'
+  touch "$stamp"
+fi
