@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from autoglm_exporter.config import ConfigError, default_config, load_config, parse_config
 
 from .conftest import FIXTURES

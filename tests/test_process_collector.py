@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import psutil
+
 from autoglm_exporter.collectors.process import ProcessCollector
 from autoglm_exporter.config import ProcessMatch, ServiceConfig
 

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from autoglm_exporter import procfs
 from autoglm_exporter.collectors.process import ProcessCollector
 from autoglm_exporter.collectors.system import SystemCollector

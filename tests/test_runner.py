@@ -6,6 +6,7 @@ import threading
 import time
 
 import httpx
+
 from autoglm_exporter.collectors.base import Collector, CollectorError, Result
 from autoglm_exporter.metricspec import gauge
 from autoglm_exporter.runner import CollectorRunner

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import bcrypt
 import pytest
+
 from autoglm_exporter import webconfig
 from autoglm_exporter.webconfig import (
     BasicAuthenticator,

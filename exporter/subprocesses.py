@@ -1,0 +1,87 @@
+"""Run an external command (nvidia-smi, py-spy) under a deadline: killed at it, always reaped.
+
+The command gets its own process group so that whatever it forked dies with it. A process in
+uninterruptible sleep (D state, e.g. nvidia-smi on a wedged GPU) cannot die until the kernel lets
+it; we then hand it to one reaper thread instead of blocking the collector, so it never lingers
+as a zombie and never holds the caller past its deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+REAP_GRACE = 0.5  # seconds to wait for a killed command to be reaped before handing it off
+MAX_OUTPUT = 4 * 1024 * 1024  # bytes of stdout kept; garbage output must not eat our memory
+
+_unreaped: set[subprocess.Popen[bytes]] = set()
+_unreaped_lock = threading.Lock()
+
+
+class CommandTimeout(Exception):
+    def __init__(self, command: str, timeout: float) -> None:
+        super().__init__(f"{command} did not finish within {timeout:g}s and was killed")
+        self.command = command
+
+
+@dataclass(frozen=True)
+class Completed:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def run_with_deadline(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> Completed:
+    """Run argv; raise CommandTimeout (after killing it) when it outlives `timeout`.
+
+    FileNotFoundError / PermissionError propagate: the caller turns them into a metric.
+    """
+    process = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        try:
+            process.communicate(timeout=REAP_GRACE)
+        except subprocess.TimeoutExpired:
+            _reap_in_background(process)
+        raise CommandTimeout(os.path.basename(argv[0]), timeout) from None
+    return Completed(process.returncode, stdout[:MAX_OUTPUT], stderr[:MAX_OUTPUT])
+
+
+def unreaped_count() -> int:
+    """Killed commands the kernel has not let die yet (stuck in D state)."""
+    with _unreaped_lock:
+        return len(_unreaped)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it may have exited just now
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _reap_in_background(process: subprocess.Popen[bytes]) -> None:
+    with _unreaped_lock:
+        _unreaped.add(process)
+
+    def reap() -> None:
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+        with _unreaped_lock:
+            _unreaped.discard(process)
+
+    threading.Thread(target=reap, name=f"reap-{process.pid}", daemon=True).start()
