@@ -1,29 +1,37 @@
 """The configuration file: strict YAML, validated once, every error reported with its path.
 
-With no file at all the defaults watch the seed's setup: the Open-AutoGLM API on port 8080 and
-the vLLM engine on port 8000 on this machine. Unknown keys are errors (a typo must not silently
-turn a check off), and all problems are collected so a user fixes the file in one pass.
+With no file at all the defaults watch the seed's setup: the Open-AutoGLM API on port 8080
+(probed with the seed's own inference request), the vLLM engine on 127.0.0.1:8000 (probed by
+generating one token, its /health and its /metrics), Redis on 127.0.0.1:6379 and the seed's error
+log. Unknown keys are errors (a typo must not silently turn a check off), and all problems are
+collected so a user fixes the file in one pass. Secrets are named (an environment variable or a
+file), never written in the config, and read only when used.
 """
 
 from __future__ import annotations
 
-import difflib
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
+
+from .configcheck import Checker
 
 DEFAULT_INTERVAL = 10.0
 DEFAULT_TIMEOUT = 8.0
 DEFAULT_JITTER = 1.0
 
-KNOWN_COLLECTORS = ("process", "system")
+KNOWN_COLLECTORS = ("system", "process", "probe", "redis", "engine", "logs")
+PROBE_MODULES = ("inference", "openai_chat", "http", "tcp")
+PROBE_LAYERS = ("client", "dependencies")
+QUEUE_TYPES = ("list", "stream", "zset", "stream_pending")
+ENGINE_KINDS = ("vllm", "sglang")
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.-]*$")
+# The seed's synthetic request and its timeouts (connect 10 s, total 30 s).
+INFERENCE_BODY = {"prompt": "Hello", "max_tokens": 50}
+INFERENCE_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10.0
+DEFAULT_ERROR_LOG = "/var/log/open-autoglm/error.log"
 
 
 class ConfigError(Exception):
@@ -61,6 +69,81 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class Secret:
+    """Where a secret lives; the value itself is read only when needed and never kept in config."""
+
+    env: str | None = None
+    file: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.env or self.file)
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    name: str
+    module: str  # inference | openai_chat | http | tcp
+    url: str  # for tcp: HOST:PORT
+    layer: str = "client"  # client: what users call; dependencies: what the service calls
+    service: str | None = None  # the configured service this target belongs to (for the verdict)
+    timeout: float = INFERENCE_TIMEOUT  # the whole probe, first byte to last
+    connect_timeout: float = CONNECT_TIMEOUT
+    body: Any = None  # the JSON request body (inference, openai_chat); None: the module's default
+    model: str | None = None  # openai_chat: None asks GET /v1/models for the first model
+    stream: bool = False  # openai_chat: stream and record the time to first token
+    expect_status: tuple[int, ...] = ()  # empty: any 2xx
+    expect_json_field: str | None = None  # dotted path that must exist in the JSON answer
+    expect_body_regex: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    bearer_token: Secret = Secret()
+    tls_ca_file: str | None = None
+    tls_insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
+class RedisQueue:
+    key: str
+    type: str  # list | stream | zset | stream_pending
+    group: str | None = None  # stream_pending: the consumer group
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    name: str
+    address: str = "127.0.0.1:6379"
+    db: int = 0
+    username: str | None = None
+    password: Secret = Secret()
+    timeout: float = 2.0
+    queues: tuple[RedisQueue, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    name: str
+    kind: str = "vllm"
+    metrics_url: str = "http://127.0.0.1:8000/metrics"
+    service: str | None = None
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class LogPattern:
+    name: str
+    regex: str
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    name: str
+    path: str
+    service: str | None = None
+    patterns: tuple[LogPattern, ...] = ()  # in addition to the built-in ones
+    trace: bool = False  # the file holds JSON trace points (timestamp, stage, request id)
+    max_line_bytes: int = 8192
+
+
+@dataclass(frozen=True)
 class Config:
     interval: float = DEFAULT_INTERVAL
     timeout: float = DEFAULT_TIMEOUT
@@ -69,6 +152,10 @@ class Config:
     sys_root: str = "/sys"
     collectors: dict[str, CollectorConfig] = field(default_factory=dict)
     services: tuple[ServiceConfig, ...] = ()
+    targets: tuple[ProbeTarget, ...] = ()
+    redis: tuple[RedisConfig, ...] = ()
+    engines: tuple[EngineConfig, ...] = ()
+    logs: tuple[LogConfig, ...] = ()
     source: str = "<defaults>"
 
     def collector(self, name: str) -> CollectorConfig:
@@ -79,6 +166,16 @@ DEFAULT_SERVICES = (
     ServiceConfig("open-autoglm", ProcessMatch(cmdline=r"(?i)open[-_]?autoglm", port=8080), port=8080),
     ServiceConfig("vllm", ProcessMatch(cmdline=r"vllm\.entrypoints|(^|/)vllm serve", port=8000), port=8000),
 )
+DEFAULT_TARGETS = (
+    ProbeTarget("inference", "inference", "http://localhost:8080/inference", service="open-autoglm"),
+    ProbeTarget(
+        "vllm-generate", "openai_chat", "http://127.0.0.1:8000/v1/chat/completions", "dependencies", "vllm"
+    ),
+    ProbeTarget("vllm-health", "http", "http://127.0.0.1:8000/health", "dependencies", "vllm", timeout=5.0),
+)
+DEFAULT_REDIS = (RedisConfig("redis"),)
+DEFAULT_ENGINES = (EngineConfig("vllm", service="vllm"),)
+DEFAULT_LOGS = (LogConfig("error", DEFAULT_ERROR_LOG, service="open-autoglm"),)
 
 
 def default_config() -> Config:
@@ -112,86 +209,12 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     return _build(raw, source)
 
 
-class _Checker:
-    """Collects errors while reading typed values out of the raw YAML tree."""
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    def fail(self, path: str, message: str) -> None:
-        self.errors.append(f"{path}: {message}")
-
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(path, "must be a mapping")
-            return {}
-        for key in value:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                self.fail(f"{path}.{key}" if path else str(key), f"unknown key{hint}")
-        return value
-
-    def duration(self, raw: dict[str, Any], key: str, path: str, default: float) -> float:
-        if key not in raw:
-            return default
-        value = raw[key]
-        where = f"{path}.{key}" if path else key
-        seconds: float | None = None
-        if isinstance(value, bool):
-            seconds = None
-        elif isinstance(value, int | float):
-            seconds = float(value)
-        elif isinstance(value, str) and (match := _DURATION.match(value.strip())):
-            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        if seconds is None:
-            self.fail(where, f"must be a duration like 10s, 500ms or 1m, got {value!r}")
-            return default
-        if seconds <= 0:
-            self.fail(where, "must be > 0")
-            return default
-        return seconds
-
-    def boolean(self, raw: dict[str, Any], key: str, path: str, default: bool) -> bool:
-        value = raw.get(key, default)
-        if not isinstance(value, bool):
-            self.fail(f"{path}.{key}", f"must be true or false, got {value!r}")
-            return default
-        return value
-
-    def string(self, raw: dict[str, Any], key: str, path: str, default: str | None = None) -> str | None:
-        value = raw.get(key, default)
-        if value is not None and (not isinstance(value, str) or not value):
-            self.fail(f"{path}.{key}", "must be a non-empty string")
-            return default
-        return value
-
-    def port(self, raw: dict[str, Any], key: str, path: str) -> int | None:
-        value = raw.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-            self.fail(f"{path}.{key}", f"must be a TCP port 1-65535, got {value!r}")
-            return None
-        return value
-
-    def regex(self, raw: dict[str, Any], key: str, path: str) -> str | None:
-        pattern = self.string(raw, key, path)
-        if pattern is None:
-            return None
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            self.fail(f"{path}.{key}", f"invalid regular expression: {exc}")
-            return None
-        return pattern
+TOP_LEVEL_KEYS = ("global", "paths", "collectors", "services", "targets", "redis", "engines", "logs")
 
 
 def _build(raw: dict[str, Any], source: str) -> Config:
-    check = _Checker()
-    top = check.mapping(raw, "", ("global", "paths", "collectors", "services"))
+    check = Checker()
+    top = check.mapping(raw, "", TOP_LEVEL_KEYS)
 
     glob = check.mapping(top.get("global"), "global", ("interval", "timeout", "jitter"))
     interval = check.duration(glob, "interval", "global", DEFAULT_INTERVAL)
@@ -204,15 +227,42 @@ def _build(raw: dict[str, Any], source: str) -> Config:
     proc_root = check.string(paths, "proc", "paths", "/proc") or "/proc"
     sys_root = check.string(paths, "sys", "paths", "/sys") or "/sys"
 
-    collectors = _collectors(check, top.get("collectors"), interval, timeout)
+    # A section that is given replaces its defaults; an empty list means "none".
     services = _services(check, top["services"]) if "services" in top else DEFAULT_SERVICES
+    targets = _targets(check, top["targets"]) if "targets" in top else DEFAULT_TARGETS
+    redis = _redis(check, top["redis"]) if "redis" in top else DEFAULT_REDIS
+    engines = _engines(check, top["engines"]) if "engines" in top else DEFAULT_ENGINES
+    logs = _logs(check, top["logs"]) if "logs" in top else DEFAULT_LOGS
+    known = {service.name for service in services}
+    _check_service_references(check, known, top)
+    # Defaults point at the default services; with other services they point at nothing.
+    targets, engines, logs = (_drop_unknown_services(items, known) for items in (targets, engines, logs))
+
+    # Probes wait up to their own timeouts; their collector's deadline must leave room for that.
+    probe_timeout = max([timeout] + [t.timeout + 2.0 for t in targets])
+    collectors = _collectors(check, top.get("collectors"), interval, timeout, {"probe": probe_timeout})
 
     if check.errors:
         raise ConfigError(source, check.errors)
-    return Config(interval, timeout, jitter, proc_root, sys_root, collectors, services, source)
+    return Config(
+        interval,
+        timeout,
+        jitter,
+        proc_root,
+        sys_root,
+        collectors,
+        services,
+        targets,
+        redis,
+        engines,
+        logs,
+        source,
+    )
 
 
-def _collectors(check: _Checker, raw: Any, interval: float, timeout: float) -> dict[str, CollectorConfig]:
+def _collectors(
+    check: Checker, raw: Any, interval: float, timeout: float, timeouts: dict[str, float]
+) -> dict[str, CollectorConfig]:
     section = check.mapping(raw, "collectors", KNOWN_COLLECTORS)
     result = {}
     for name in KNOWN_COLLECTORS:
@@ -221,25 +271,15 @@ def _collectors(check: _Checker, raw: Any, interval: float, timeout: float) -> d
         result[name] = CollectorConfig(
             enabled=check.boolean(entry, "enabled", path, True),
             interval=check.duration(entry, "interval", path, interval),
-            timeout=check.duration(entry, "timeout", path, timeout),
+            timeout=check.duration(entry, "timeout", path, timeouts.get(name, timeout)),
         )
     return result
 
 
-def _services(check: _Checker, raw: Any) -> tuple[ServiceConfig, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        check.fail("services", "must be a list")
-        return ()
+def _services(check: Checker, raw: Any) -> tuple[ServiceConfig, ...]:
     services = []
-    seen: set[str] = set()
-    for index, item in enumerate(raw):
-        path = f"services[{index}]"
-        entry = check.mapping(item, path, ("name", "match", "include_children", "port"))
-        if not isinstance(item, dict):
-            continue
-        name = _service_name(check, entry, path, seen)
+    for path, entry, name in check.named_list(raw, "services"):
+        check.mapping(entry, path, ("name", "match", "include_children", "port"))
         match = _process_match(check, entry.get("match"), f"{path}.match")
         children = check.boolean(entry, "include_children", path, False)
         port = check.port(entry, "port", path)
@@ -248,35 +288,184 @@ def _services(check: _Checker, raw: Any) -> tuple[ServiceConfig, ...]:
     return tuple(services)
 
 
-def _service_name(check: _Checker, entry: dict[str, Any], path: str, seen: set[str]) -> str | None:
-    name = check.string(entry, "name", path)
-    if name is None:
-        if "name" not in entry:
-            check.fail(f"{path}.name", "is required")
-        return None
-    if not _NAME.match(name):
-        check.fail(f"{path}.name", "must start with a letter or _ and hold only letters, digits, _ . -")
-        return None
-    if name in seen:
-        check.fail(f"{path}.name", f"duplicate service name {name!r}")
-        return None
-    seen.add(name)
-    return name
-
-
-def _process_match(check: _Checker, raw: Any, path: str) -> ProcessMatch | None:
-    rules: tuple[str, ...] = ("cmdline", "exe", "pidfile", "port")
-    entry = check.mapping(raw, path, rules)
+def _process_match(check: Checker, raw: Any, path: str) -> ProcessMatch | None:
+    entry = check.mapping(raw, path, ("cmdline", "exe", "pidfile", "port"))
     before = len(check.errors)
-    readers: dict[str, Callable[[dict[str, Any], str, str], Any]] = {
-        "cmdline": check.regex,
-        "exe": check.string,
-        "pidfile": check.string,
-        "port": check.port,
-    }
-    values = {rule: readers[rule](entry, rule, path) for rule in rules}
-    if not any(value is not None for value in values.values()):
+    match = ProcessMatch(
+        cmdline=check.regex(entry, "cmdline", path),
+        exe=check.string(entry, "exe", path),
+        pidfile=check.string(entry, "pidfile", path),
+        port=check.port(entry, "port", path),
+    )
+    if not any((match.cmdline, match.exe, match.pidfile, match.port)):
         if len(check.errors) == before:
             check.fail(path, "needs at least one of cmdline, exe, pidfile, port")
         return None
-    return ProcessMatch(**values)
+    return match
+
+
+PROBE_KEYS = (
+    "name", "module", "url", "layer", "service", "timeout", "connect_timeout", "body", "model", "stream",
+    "expect", "headers", "bearer_token_env", "bearer_token_file", "tls",
+)  # fmt: skip
+
+
+def _targets(check: Checker, raw: Any) -> tuple[ProbeTarget, ...]:
+    targets = []
+    for path, entry, name in check.named_list(raw, "targets"):
+        check.mapping(entry, path, PROBE_KEYS)
+        module = check.choice(entry, "module", path, "http", PROBE_MODULES)
+        if "url" not in entry:
+            check.fail(f"{path}.url", "is required")
+        url = (check.address if module == "tcp" else check.url)(entry, "url", path) or ""
+        total = check.duration(entry, "timeout", path, INFERENCE_TIMEOUT)
+        connect = check.duration(entry, "connect_timeout", path, min(CONNECT_TIMEOUT, total))
+        expect = check.mapping(entry.get("expect"), f"{path}.expect", ("status", "json_field", "body_regex"))
+        tls = check.mapping(entry.get("tls"), f"{path}.tls", ("ca_file", "insecure_skip_verify"))
+        body = entry.get("body")
+        if body is not None and module not in ("inference", "openai_chat"):
+            check.fail(f"{path}.body", "only the inference and openai_chat modules send a body")
+        if not name:
+            continue
+        targets.append(
+            ProbeTarget(
+                name=name,
+                module=module,
+                url=url,
+                layer=check.choice(entry, "layer", path, "client", PROBE_LAYERS),
+                service=check.string(entry, "service", path),
+                timeout=total,
+                connect_timeout=connect,
+                body=body,
+                model=check.string(entry, "model", path),
+                stream=check.boolean(entry, "stream", path, False),
+                expect_status=_status_codes(check, expect.get("status"), f"{path}.expect.status"),
+                expect_json_field=check.string(expect, "json_field", f"{path}.expect"),
+                expect_body_regex=check.regex(expect, "body_regex", f"{path}.expect"),
+                headers=check.string_map(entry, "headers", path),
+                bearer_token=_secret(check, entry, "bearer_token", path),
+                tls_ca_file=check.string(tls, "ca_file", f"{path}.tls"),
+                tls_insecure_skip_verify=check.boolean(tls, "insecure_skip_verify", f"{path}.tls", False),
+            )
+        )
+    return tuple(targets)
+
+
+def _status_codes(check: Checker, raw: Any, path: str) -> tuple[int, ...]:
+    if raw is None:
+        return ()
+    codes = raw if isinstance(raw, list) else [raw]
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in codes):
+        check.fail(path, f"must be an HTTP status code or a list of them, got {raw!r}")
+        return ()
+    return tuple(codes)
+
+
+def _secret(check: Checker, entry: dict[str, Any], prefix: str, path: str) -> Secret:
+    secret = Secret(check.string(entry, f"{prefix}_env", path), check.string(entry, f"{prefix}_file", path))
+    if secret.env and secret.file:
+        check.fail(path, f"give {prefix}_env or {prefix}_file, not both")
+    return secret
+
+
+def _redis(check: Checker, raw: Any) -> tuple[RedisConfig, ...]:
+    keys = ("name", "address", "db", "username", "password_env", "password_file", "timeout", "queues")
+    result = []
+    for path, entry, name in check.named_list(raw, "redis"):
+        check.mapping(entry, path, keys)
+        config = RedisConfig(
+            name=name,
+            address=check.address(entry, "address", path, "127.0.0.1:6379") or "127.0.0.1:6379",
+            db=check.integer(entry, "db", path, 0),
+            username=check.string(entry, "username", path),
+            password=_secret(check, entry, "password", path),
+            timeout=check.duration(entry, "timeout", path, 2.0),
+            queues=_queues(check, entry.get("queues"), f"{path}.queues"),
+        )
+        if name:
+            result.append(config)
+    return tuple(result)
+
+
+def _queues(check: Checker, raw: Any, path: str) -> tuple[RedisQueue, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        check.fail(path, "must be a list")
+        return ()
+    queues = []
+    for index, item in enumerate(raw):
+        where = f"{path}[{index}]"
+        entry = check.mapping(item, where, ("key", "type", "group"))
+        key = check.string(entry, "key", where)
+        if key is None and "key" not in entry:
+            check.fail(f"{where}.key", "is required")
+        kind = check.choice(entry, "type", where, "list", QUEUE_TYPES)
+        group = check.string(entry, "group", where)
+        if kind == "stream_pending" and not group:
+            check.fail(f"{where}.group", "is required for type stream_pending")
+        if key:
+            queues.append(RedisQueue(key, kind, group))
+    return tuple(queues)
+
+
+def _engines(check: Checker, raw: Any) -> tuple[EngineConfig, ...]:
+    result = []
+    for path, entry, name in check.named_list(raw, "engines"):
+        check.mapping(entry, path, ("name", "kind", "metrics_url", "service", "timeout"))
+        engine = EngineConfig(
+            name=name,
+            kind=check.choice(entry, "kind", path, "vllm", ENGINE_KINDS),
+            metrics_url=check.url(entry, "metrics_url", path, "http://127.0.0.1:8000/metrics") or "",
+            service=check.string(entry, "service", path),
+            timeout=check.duration(entry, "timeout", path, 5.0),
+        )
+        if name:
+            result.append(engine)
+    return tuple(result)
+
+
+def _logs(check: Checker, raw: Any) -> tuple[LogConfig, ...]:
+    result = []
+    for path, entry, name in check.named_list(raw, "logs"):
+        check.mapping(entry, path, ("name", "path", "service", "patterns", "trace", "max_line_bytes"))
+        file_path = check.string(entry, "path", path)
+        if file_path is None and "path" not in entry:
+            check.fail(f"{path}.path", "is required")
+        patterns = []
+        for pattern_path, pattern, pattern_name in check.named_list(
+            entry.get("patterns"), f"{path}.patterns"
+        ):
+            check.mapping(pattern, pattern_path, ("name", "regex"))
+            regex = check.regex(pattern, "regex", pattern_path)
+            if regex is None and "regex" not in pattern:
+                check.fail(f"{pattern_path}.regex", "is required")
+            if regex and pattern_name:
+                patterns.append(LogPattern(pattern_name, regex))
+        log = LogConfig(
+            name=name,
+            path=file_path or "",
+            service=check.string(entry, "service", path),
+            patterns=tuple(patterns),
+            trace=check.boolean(entry, "trace", path, False),
+            max_line_bytes=check.integer(entry, "max_line_bytes", path, 8192, minimum=256),
+        )
+        if name:
+            result.append(log)
+    return tuple(result)
+
+
+def _check_service_references(check: Checker, known: set[str], top: dict[str, Any]) -> None:
+    for section in ("targets", "engines", "logs"):
+        items = top.get(section)
+        for index, item in enumerate(items if isinstance(items, list) else []):
+            service = item.get("service") if isinstance(item, dict) else None
+            if isinstance(service, str) and service not in known:
+                check.fail(f"{section}[{index}].service", f"no service named {service!r} in services")
+
+
+def _drop_unknown_services(items: tuple[Any, ...], known: set[str]) -> Any:
+    return tuple(
+        item if item.service in known or item.service is None else replace(item, service=None)
+        for item in items
+    )
