@@ -10,9 +10,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 
-Kind = Literal["gauge", "counter", "info"]
+Kind = Literal["gauge", "counter", "info", "histogram"]
 
 
 class Family(Protocol):
@@ -32,7 +38,7 @@ class MetricSpec:
 
     @property
     def exposed_name(self) -> str:
-        suffix = {"counter": "_total", "info": "_info", "gauge": ""}[self.kind]
+        suffix = {"counter": "_total", "info": "_info", "gauge": "", "histogram": ""}[self.kind]
         return self.name + suffix
 
     def family(self) -> Family:
@@ -43,6 +49,9 @@ class MetricSpec:
             family = CounterMetricFamily(self.name, self.help, labels=labels)
         elif self.kind == "info":
             family = InfoMetricFamily(self.name, self.help, labels=labels)
+        elif self.kind == "histogram":
+            # add_metric(labels, [(upper bound, cumulative count), ...], sum)
+            family = HistogramMetricFamily(self.name, self.help, labels=labels)
         else:
             family = GaugeMetricFamily(self.name, self.help, labels=labels)
         return cast(Family, family)
@@ -64,6 +73,10 @@ def counter(name: str, help_text: str, *labels: str) -> MetricSpec:
 
 def info(name: str, help_text: str, *labels: str) -> MetricSpec:
     return MetricSpec(name, "info", help_text, tuple(labels))
+
+
+def histogram(name: str, help_text: str, *labels: str) -> MetricSpec:
+    return MetricSpec(name, "histogram", help_text, tuple(labels))
 
 
 def by_name(specs: Iterable[MetricSpec]) -> dict[str, MetricSpec]:
