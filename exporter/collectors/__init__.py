@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from ..config import Config
+from ..config import KNOWN_COLLECTORS, Config
 from .base import Collector
+from .probe import ProbeCollector
 from .process import ProcessCollector
 from .system import SystemCollector
 
-COLLECTOR_CLASSES: dict[str, type[Collector]] = {
-    SystemCollector.name: SystemCollector,
-    ProcessCollector.name: ProcessCollector,
-}
+# Each collector with how to build it from the config, in the chain's order (doctor prints it so).
+_REGISTRY: tuple[tuple[type[Collector], Callable[[Config], Collector]], ...] = (
+    (SystemCollector, lambda config: SystemCollector(config.proc_root)),
+    (ProcessCollector, lambda config: ProcessCollector(config.services, config.proc_root)),
+    (ProbeCollector, lambda config: ProbeCollector(config.targets)),
+)
+COLLECTOR_CLASSES: dict[str, type[Collector]] = {cls.name: cls for cls, _ in _REGISTRY}
 
 
 def build_collectors(config: Config, overrides: Mapping[str, bool] | None = None) -> list[Collector]:
     """Instances of every enabled collector; `overrides` are the --[no-]collector.NAME flags."""
     overrides = overrides or {}
-    enabled = [name for name in COLLECTOR_CLASSES if overrides.get(name, config.collector(name).enabled)]
-    built: list[Collector] = []
-    for name in enabled:
-        if name == SystemCollector.name:
-            built.append(SystemCollector(config.proc_root))
-        elif name == ProcessCollector.name:
-            built.append(ProcessCollector(config.services, config.proc_root))
-    return built
+    return [
+        build(config)
+        for cls, build in _REGISTRY
+        if overrides.get(cls.name, config.collector(cls.name).enabled)
+    ]
+
+
+assert set(COLLECTOR_CLASSES) <= set(KNOWN_COLLECTORS), "a collector is missing from config.KNOWN_COLLECTORS"

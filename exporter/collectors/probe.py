@@ -1,0 +1,523 @@
+"""Client probes: the request a user would send, timed by phase, and WHY it failed when it did.
+
+Modules (blackbox_exporter is the model): `inference` sends the seed's `POST /inference`,
+`openai_chat` asks `/v1/chat/completions` for one token (optionally streamed, timing the first
+token), `http` is a GET with expectations, `tcp` only connects. A health endpoint that answers
+200 is not proof of life (vLLM's /health stays 200 while its engine is dead), so the defaults
+probe by generating.
+
+All targets run concurrently on one event loop, so a cycle costs the slowest probe, not the sum;
+each probe has its own connect and total deadline. Every probe opens a fresh connection, as a new
+client would. Failure reasons are a bounded set, so a verdict can be drawn from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import re
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from ..config import INFERENCE_BODY, ProbeTarget
+from ..metricspec import Family, MetricSpec, counter, gauge, info
+from ..secrets import SecretError, read_secret
+from .base import Collector, Result
+
+PHASES = ("resolve", "connect", "tls", "processing", "transfer")
+REASONS = (
+    "dns",
+    "connect_refused",
+    "connect_timeout",
+    "unreachable",
+    "tls",
+    "read_timeout",
+    "reset",
+    "http_status",
+    "bad_body",
+    "config",
+)
+MAX_BODY_BYTES = 1024 * 1024
+USER_AGENT = "autoglm-exporter-probe"
+
+SUCCESS = gauge("autoglm_probe_success", "1 when the target's last probe succeeded, else 0.", "target")
+DURATION = gauge("autoglm_probe_duration_seconds", "How long the target's last probe took in all.", "target")
+PHASE_DURATION = gauge(
+    "autoglm_probe_phase_duration_seconds",
+    "Time the last probe spent in each phase: resolve, connect, tls, processing (until the response "
+    "headers), transfer (the body); 0 for phases it did not reach.",
+    "target",
+    "phase",
+)
+STATUS = gauge(
+    "autoglm_probe_http_status_code", "HTTP status of the last probe's response, 0 if none.", "target"
+)
+TTFT = gauge(
+    "autoglm_probe_time_to_first_token_seconds",
+    "Streaming probes: time from sending the request to the first generated token.",
+    "target",
+)
+FAILURES = counter(
+    "autoglm_probe_failures",
+    "Failed probes by reason: dns, connect_refused, connect_timeout, unreachable, tls, read_timeout, "
+    "reset, http_status, bad_body, config.",
+    "target",
+    "reason",
+)
+LAST_FINISHED = gauge(
+    "autoglm_probe_last_finished_timestamp_seconds",
+    "When the target's last probe finished, in seconds since the epoch (time() minus it is its age).",
+    "target",
+)
+CONSECUTIVE = gauge(
+    "autoglm_probe_consecutive_failures",
+    "Probes of the target that failed in a row, 0 after a success.",
+    "target",
+)
+TARGET_INFO = info(
+    "autoglm_probe_target",
+    "What each probe target is: module, layer of the chain, service it belongs to, URL without credentials.",
+    "target",
+    "module",
+    "layer",
+    "service",
+    "url",
+)
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    success: bool
+    reason: str | None = None  # one of REASONS when it failed
+    error: str | None = None  # a short human message, never a secret
+    status: int | None = None
+    duration: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    connected: bool = False  # a TCP connection was established
+    ttft: float | None = None
+
+
+@dataclass(frozen=True)
+class TargetFacts:
+    name: str
+    module: str
+    layer: str
+    service: str | None
+    url: str
+    outcome: ProbeOutcome
+    consecutive_failures: int
+    finished_at: float
+
+
+@dataclass(frozen=True)
+class ProbeFacts:
+    targets: dict[str, TargetFacts]
+
+
+class ProbeFailure(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ProbeCollector(Collector):
+    name = "probe"
+    metrics = (
+        SUCCESS,
+        DURATION,
+        PHASE_DURATION,
+        STATUS,
+        TTFT,
+        FAILURES,
+        LAST_FINISHED,
+        CONSECUTIVE,
+        TARGET_INFO,
+    )
+
+    def __init__(self, targets: tuple[ProbeTarget, ...]) -> None:
+        self.targets = targets
+        self.settings = (targets,)
+        self._failures = {t.name: dict.fromkeys(REASONS, 0) for t in targets}
+        self._consecutive = {t.name: 0 for t in targets}
+        self._models: dict[str, str] = {}  # openai_chat target -> model discovered from /v1/models
+
+    def collect(self) -> Result:
+        outcomes = asyncio.run(self._probe_all()) if self.targets else []
+        now = time.time()
+        facts = {}
+        for target, outcome in zip(self.targets, outcomes, strict=True):
+            if outcome.success:
+                self._consecutive[target.name] = 0
+            else:
+                self._consecutive[target.name] += 1
+                self._failures[target.name][outcome.reason or "bad_body"] += 1
+            facts[target.name] = TargetFacts(
+                target.name,
+                target.module,
+                target.layer,
+                target.service,
+                display_url(target.url),
+                outcome,
+                self._consecutive[target.name],
+                now,
+            )
+        return Result(self._families(facts), ProbeFacts(facts))
+
+    async def _probe_all(self) -> list[ProbeOutcome]:
+        return list(await asyncio.gather(*(self._probe(target) for target in self.targets)))
+
+    async def _probe(self, target: ProbeTarget) -> ProbeOutcome:
+        started = time.monotonic()
+        timings = _Timings()
+        try:
+            async with asyncio.timeout(target.timeout):
+                if target.module == "tcp":
+                    await _probe_tcp(target, timings)
+                    status, ttft = None, None
+                else:
+                    status, ttft = await self._probe_http(target, timings)
+        except ProbeFailure as failure:
+            return _failed(failure.reason, str(failure), started, timings)
+        except TimeoutError:
+            reason = "read_timeout" if timings.connected else "connect_timeout"
+            if timings.in_tls_handshake():
+                reason = "tls"
+            return _failed(reason, f"no answer within {target.timeout:g}s", started, timings)
+        except httpx.HTTPError as exc:
+            reason, message = classify_http_error(exc)
+            if isinstance(exc, httpx.TimeoutException) and timings.in_tls_handshake():
+                reason, message = "tls", "TLS handshake timed out"
+            return _failed(reason, message, started, timings)
+        except OSError as exc:
+            reason, message = classify_os_error(exc)
+            return _failed(reason, message, started, timings)
+        return ProbeOutcome(
+            True,
+            status=status,
+            duration=time.monotonic() - started,
+            phases=timings.phases(),
+            connected=True,
+            ttft=ttft,
+        )
+
+    async def _probe_http(self, target: ProbeTarget, timings: _Timings) -> tuple[int | None, float | None]:
+        parts = urlsplit(target.url)
+        await timings.resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        async with _client(target) as client:
+            if target.module == "openai_chat":
+                return await self._probe_openai(client, target, timings)
+            if target.module == "inference":
+                body = target.body if target.body is not None else INFERENCE_BODY
+                request = client.build_request("POST", target.url, json=body)
+            else:
+                request = client.build_request("GET", target.url)
+            status, payload = await _send(client, request, timings)
+            _check_answer(target, status, payload)
+            return status, None
+
+    async def _probe_openai(
+        self, client: httpx.AsyncClient, target: ProbeTarget, timings: _Timings
+    ) -> tuple[int | None, float | None]:
+        model = target.model or self._models.get(target.name) or await self._discover_model(client, target)
+        body = dict(target.body) if isinstance(target.body, dict) else {}
+        body.setdefault("model", model)
+        body.setdefault("messages", [{"role": "user", "content": "Hello"}])
+        body.setdefault("max_tokens", 1)
+        body["stream"] = target.stream
+        request = client.build_request("POST", target.url, json=body)
+        if target.stream:
+            return await _stream_first_token(client, request, timings, target)
+        status, payload = await _send(client, request, timings)
+        if status == 404 and not target.model:
+            self._models.pop(target.name, None)  # the served model changed: ask again next time
+        _check_answer(target, status, payload, default_field="choices.0")
+        return status, None
+
+    async def _discover_model(self, client: httpx.AsyncClient, target: ProbeTarget) -> str:
+        parts = urlsplit(target.url)
+        prefix = parts.path.split("/chat/completions")[0] or "/v1"
+        models_url = urlunsplit((parts.scheme, parts.netloc, prefix + "/models", "", ""))
+        response = await client.get(models_url)
+        try:
+            model = str(response.json()["data"][0]["id"])
+        except (ValueError, LookupError, TypeError):
+            raise ProbeFailure(
+                "bad_body", f"GET {prefix}/models gave no model (HTTP {response.status_code})"
+            ) from None
+        self._models[target.name] = model
+        return model
+
+    def _families(self, facts: dict[str, TargetFacts]) -> list[Family]:
+        families = {spec.name: spec.family() for spec in self.metrics}
+
+        def add(spec: MetricSpec, labels: list[str], value: Any) -> None:
+            families[spec.name].add_metric(labels, value)
+
+        for target in self.targets:
+            fact = facts[target.name]
+            outcome = fact.outcome
+            name = target.name
+            add(SUCCESS, [name], 1 if outcome.success else 0)
+            add(DURATION, [name], outcome.duration)
+            for phase in PHASES:
+                add(PHASE_DURATION, [name, phase], outcome.phases.get(phase, 0.0))
+            add(STATUS, [name], outcome.status or 0)
+            if target.stream and outcome.ttft is not None:
+                add(TTFT, [name], outcome.ttft)
+            for reason, count in self._failures[name].items():
+                add(FAILURES, [name, reason], count)
+            add(LAST_FINISHED, [name], fact.finished_at)
+            add(CONSECUTIVE, [name], fact.consecutive_failures)
+            add(
+                TARGET_INFO,
+                [name],
+                {
+                    "module": target.module,
+                    "layer": target.layer,
+                    "service": target.service or "",
+                    "url": fact.url,
+                },
+            )
+        return list(families.values())
+
+
+class _Timings:
+    """Phase timestamps, fed by our own DNS lookup and httpx's trace extension."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+        self.connected = False
+        self.status: int | None = None  # of the answer, once its headers arrived
+
+    async def resolve(self, host: str, port: int) -> None:
+        self.marks["resolve.started"] = time.monotonic()
+        try:
+            await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ProbeFailure("dns", f"cannot resolve {host}: {exc.strerror}") from None
+        self.marks["resolve.complete"] = time.monotonic()
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        self.marks[event] = time.monotonic()
+        if event == "connection.connect_tcp.complete":
+            self.connected = True
+
+    def in_tls_handshake(self) -> bool:
+        return (
+            "connection.start_tls.started" in self.marks and "connection.start_tls.complete" not in self.marks
+        )
+
+    def span(self, start: str, end: str) -> float | None:
+        if start in self.marks and end in self.marks:
+            return max(0.0, self.marks[end] - self.marks[start])
+        return None
+
+    def phases(self) -> dict[str, float]:
+        spans = {
+            "resolve": self.span("resolve.started", "resolve.complete"),
+            "connect": self.span("connection.connect_tcp.started", "connection.connect_tcp.complete"),
+            "tls": self.span("connection.start_tls.started", "connection.start_tls.complete"),
+            "processing": self.span(
+                "http11.send_request_headers.started", "http11.receive_response_headers.complete"
+            ),
+            "transfer": self.span(
+                "http11.receive_response_body.started", "http11.receive_response_body.complete"
+            ),
+        }
+        return {phase: value for phase, value in spans.items() if value is not None}
+
+
+def _client(target: ProbeTarget) -> httpx.AsyncClient:
+    try:
+        token = read_secret(target.bearer_token)
+    except SecretError as exc:
+        raise ProbeFailure("config", str(exc)) from None
+    headers = {"User-Agent": USER_AGENT, **target.headers}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    verify: ssl.SSLContext | bool = True
+    if target.tls_insecure_skip_verify:
+        verify = False
+    elif target.tls_ca_file:
+        try:
+            verify = ssl.create_default_context(cafile=target.tls_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ProbeFailure("config", f"cannot load CA file {target.tls_ca_file}: {exc}") from None
+    timeout = httpx.Timeout(target.timeout, connect=target.connect_timeout)
+    # A fresh client (and connection) per probe, no retries, no proxies from the environment:
+    # we measure what a client on this machine meets, not what a pool remembers.
+    return httpx.AsyncClient(headers=headers, timeout=timeout, verify=verify, trust_env=False)
+
+
+async def _send(client: httpx.AsyncClient, request: httpx.Request, timings: _Timings) -> tuple[int, bytes]:
+    request.extensions["trace"] = timings.trace
+    response = await client.send(request, stream=True)
+    timings.status = response.status_code
+    try:
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise ProbeFailure("bad_body", f"answer larger than {MAX_BODY_BYTES} bytes")
+        return response.status_code, bytes(body)
+    finally:
+        await response.aclose()
+
+
+async def _stream_first_token(
+    client: httpx.AsyncClient, request: httpx.Request, timings: _Timings, target: ProbeTarget
+) -> tuple[int | None, float | None]:
+    request.extensions["trace"] = timings.trace
+    sent = time.monotonic()
+    ttft: float | None = None
+    response = await client.send(request, stream=True)
+    timings.status = response.status_code
+    try:
+        if not _status_ok(target, response.status_code):
+            raise ProbeFailure("http_status", f"HTTP {response.status_code}")
+        received = 0
+        async for line in response.aiter_lines():
+            received += len(line)
+            if received > MAX_BODY_BYTES:
+                raise ProbeFailure("bad_body", f"stream larger than {MAX_BODY_BYTES} bytes")
+            data = line[5:].strip() if line.startswith("data:") else ""
+            if not data or data == "[DONE]":
+                continue
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise ProbeFailure("bad_body", "stream chunk is not JSON") from None
+            if ttft is None and isinstance(chunk, dict) and chunk.get("choices"):
+                ttft = time.monotonic() - sent
+        if ttft is None:
+            raise ProbeFailure("bad_body", "stream ended without a generated token")
+        return response.status_code, ttft
+    finally:
+        await response.aclose()
+
+
+def _status_ok(target: ProbeTarget, status: int) -> bool:
+    return status in target.expect_status if target.expect_status else 200 <= status < 300
+
+
+def _check_answer(target: ProbeTarget, status: int, payload: bytes, default_field: str | None = None) -> None:
+    if not _status_ok(target, status):
+        raise ProbeFailure("http_status", f"HTTP {status}")
+    if target.expect_body_regex and not re.search(
+        target.expect_body_regex, payload.decode("utf-8", "replace")
+    ):
+        raise ProbeFailure("bad_body", "answer does not match expect.body_regex")
+    wants_json = target.module in ("inference", "openai_chat") or target.expect_json_field
+    if not wants_json:
+        return
+    try:
+        document = json.loads(payload)
+    except ValueError:
+        raise ProbeFailure("bad_body", "answer is not valid JSON") from None
+    field_path = target.expect_json_field or default_field
+    if field_path and not _has_field(document, field_path):
+        raise ProbeFailure("bad_body", f"answer has no field {field_path}")
+
+
+def _has_field(document: Any, dotted: str) -> bool:
+    node = document
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
+async def _probe_tcp(target: ProbeTarget, timings: _Timings) -> None:
+    host, _, port = target.url.rpartition(":")
+    host = host.strip("[]")
+    await timings.resolve(host, int(port))
+    timings.marks["connection.connect_tcp.started"] = time.monotonic()
+    try:
+        async with asyncio.timeout(target.connect_timeout):
+            _, writer = await asyncio.open_connection(host, int(port))
+    except TimeoutError:
+        raise ProbeFailure("connect_timeout", f"no connection within {target.connect_timeout:g}s") from None
+    timings.marks["connection.connect_tcp.complete"] = time.monotonic()
+    timings.connected = True
+    writer.close()
+    with contextlib.suppress(OSError):  # a peer that resets on close still accepted the connection
+        await writer.wait_closed()
+
+
+def _failed(reason: str, message: str, started: float, timings: _Timings) -> ProbeOutcome:
+    return ProbeOutcome(
+        False,
+        reason=reason,
+        error=message,
+        status=timings.status,
+        duration=time.monotonic() - started,
+        phases=timings.phases(),
+        connected=timings.connected,
+    )
+
+
+def classify_http_error(exc: httpx.HTTPError) -> tuple[str, str]:
+    """Map an httpx failure to a bounded reason by what the socket underneath said."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connect_timeout", "connect timed out"
+    if isinstance(exc, httpx.TimeoutException):
+        return "read_timeout", "connected, but no answer in time"
+    if isinstance(exc, httpx.DecodingError):
+        return "bad_body", "answer could not be decoded"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "reset", f"connection closed mid-answer: {exc}"
+    cause = _root_cause(exc)
+    if isinstance(cause, ssl.SSLError):
+        return "tls", f"TLS handshake failed: {cause.reason or cause}"
+    if isinstance(cause, OSError):
+        return classify_os_error(cause)
+    if isinstance(exc, httpx.ConnectError):
+        text = str(exc)
+        if "Connection refused" in text:
+            return "connect_refused", "connection refused: nothing listens on the port"
+        if "certificate" in text.lower() or "ssl" in text.lower():
+            return "tls", f"TLS handshake failed: {text}"
+        return "unreachable", text or "connect failed"
+    return "reset", str(exc) or type(exc).__name__
+
+
+def classify_os_error(exc: OSError) -> tuple[str, str]:
+    if isinstance(exc, socket.gaierror):
+        return "dns", f"cannot resolve: {exc.strerror}"
+    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+        return "connect_refused", "connection refused: nothing listens on the port"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return "reset", "connection reset by peer"
+    if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "unreachable", f"no route: {exc.strerror}"
+    if exc.errno == errno.ETIMEDOUT:
+        return "connect_timeout", "connect timed out"
+    return "unreachable", exc.strerror or str(exc)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = exc
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    return seen
+
+
+def display_url(url: str) -> str:
+    """The URL without user:password@ and without its query (which may carry a key)."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -1,0 +1,215 @@
+"""Client probes against real misbehaving servers on 127.0.0.1: the right reason for each fault."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from autoglm_exporter.collectors.probe import (
+    ProbeCollector,
+    classify_os_error,
+    display_url,
+)
+from autoglm_exporter.config import ProbeTarget, Secret, parse_config
+
+from . import faultservers as fs
+from .conftest import free_port, require_binary
+
+
+def probe(target: ProbeTarget, collector: ProbeCollector | None = None):
+    collector = collector or ProbeCollector((target,))
+    return collector.collect().facts.targets[target.name]
+
+
+def inference(url: str, **kwargs) -> ProbeTarget:
+    kwargs.setdefault("timeout", 2.0)
+    kwargs.setdefault("connect_timeout", 1.0)
+    return ProbeTarget("api", "inference", url + "/inference", **kwargs)
+
+
+def test_healthy_inference_answer_with_phases() -> None:
+    with fs.FaultServer(fs.answer(200, '{"text": "Hello there"}', delay=0.05)) as server:
+        fact = probe(inference(server.url, expect_json_field="text"))
+        request = server.requests[0]
+    assert fact.outcome.success, fact.outcome
+    assert fact.outcome.status == 200
+    assert fact.outcome.phases["processing"] >= 0.05  # the server thought for 50 ms
+    assert set(fact.outcome.phases) >= {"resolve", "connect", "processing", "transfer"}
+    assert request.startswith(b"POST /inference HTTP/1.1")
+    assert request.endswith(b'{"prompt":"Hello","max_tokens":50}')  # the seed's request
+
+
+def test_refused_port_is_connect_refused() -> None:
+    fact = probe(inference(f"http://127.0.0.1:{free_port()}"))
+    assert (fact.outcome.success, fact.outcome.reason, fact.outcome.connected) == (
+        False,
+        "connect_refused",
+        False,
+    )
+
+
+def test_accepts_but_never_answers_is_a_read_timeout_after_connecting() -> None:
+    with fs.FaultServer(fs.never_answer) as server:
+        started = time.monotonic()
+        fact = probe(inference(server.url, timeout=0.5))
+    assert time.monotonic() - started < 2.0
+    assert (fact.outcome.reason, fact.outcome.connected) == ("read_timeout", True)
+
+
+def test_a_body_that_trickles_past_the_total_deadline_times_out() -> None:
+    with fs.FaultServer(fs.slow_body) as server:
+        started = time.monotonic()
+        fact = probe(inference(server.url, timeout=1.0))
+    assert fact.outcome.reason == "read_timeout"
+    assert time.monotonic() - started < 2.5  # the total deadline holds although bytes keep coming
+
+
+def test_http_500_is_http_status() -> None:
+    with fs.FaultServer(fs.answer(500, '{"error": "boom"}')) as server:
+        fact = probe(inference(server.url))
+    assert (fact.outcome.reason, fact.outcome.status) == ("http_status", 500)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"), [("<html>oops</html>", None), ('{"text": 1', None), ('{"other": 1}', "text")]
+)
+def test_bad_json_or_missing_field_is_bad_body(body: str, field: str | None) -> None:
+    with fs.FaultServer(fs.answer(200, body)) as server:
+        fact = probe(inference(server.url, expect_json_field=field))
+    assert fact.outcome.reason == "bad_body"
+
+
+def test_reset_mid_body_is_reset() -> None:
+    with fs.FaultServer(fs.reset_mid_body) as server:
+        fact = probe(inference(server.url))
+    assert (fact.outcome.reason, fact.outcome.connected) == ("reset", True)
+
+
+@pytest.mark.parametrize("handler", [fs.plain_reply, fs.never_answer], ids=["plain-http-reply", "silent"])
+def test_tls_to_a_port_that_does_not_speak_tls_is_a_tls_failure(handler) -> None:
+    with fs.FaultServer(handler) as server:
+        target = ProbeTarget(
+            "secure", "http", f"https://127.0.0.1:{server.port}/", timeout=1.0, connect_timeout=0.5
+        )
+        fact = probe(target)
+    assert fact.outcome.reason == "tls", fact.outcome
+
+
+def test_http_module_expectations() -> None:
+    with fs.FaultServer(fs.answer(200, "engine ok", content_type="text/plain")) as server:
+        ok = probe(ProbeTarget("h", "http", server.url + "/health", timeout=2, expect_body_regex="ok$"))
+        wrong = probe(ProbeTarget("h", "http", server.url + "/health", timeout=2, expect_body_regex="^ready"))
+        status = probe(ProbeTarget("h", "http", server.url + "/health", timeout=2, expect_status=(204,)))
+    assert ok.outcome.success
+    assert wrong.outcome.reason == "bad_body"
+    assert status.outcome.reason == "http_status"
+
+
+def test_openai_chat_discovers_the_model_and_generates_one_token() -> None:
+    with fs.FaultServer(fs.openai(model="glm-4-9b")) as server:
+        target = ProbeTarget("engine", "openai_chat", server.url + "/v1/chat/completions", timeout=2)
+        fact = probe(target)
+        chat = [r for r in server.requests if r.startswith(b"POST")][0]
+    assert fact.outcome.success, fact.outcome
+    assert b'"model":"glm-4-9b"' in chat and b'"max_tokens":1' in chat
+
+
+def test_openai_chat_streaming_measures_time_to_first_token() -> None:
+    with fs.FaultServer(fs.openai(stream_delay=0.2)) as server:
+        target = ProbeTarget(
+            "engine", "openai_chat", server.url + "/v1/chat/completions", timeout=3, stream=True
+        )
+        collector = ProbeCollector((target,))
+        result = collector.collect()
+    fact = result.facts.targets["engine"]
+    assert fact.outcome.success, fact.outcome
+    assert 0.2 <= fact.outcome.ttft < 2.0
+    values = {(s.name, tuple(s.labels.values())): s.value for f in result.families for s in f.samples}
+    assert values[("autoglm_probe_time_to_first_token_seconds", ("engine",))] == fact.outcome.ttft
+
+
+def test_tcp_module() -> None:
+    with fs.FaultServer(fs.never_answer) as server:
+        assert probe(ProbeTarget("t", "tcp", f"127.0.0.1:{server.port}", timeout=1)).outcome.success
+    refused = probe(ProbeTarget("t", "tcp", f"127.0.0.1:{free_port()}", timeout=1))
+    assert refused.outcome.reason == "connect_refused"
+
+
+def test_dns_failure_is_classified() -> None:
+    # No DNS query leaves this machine in tests: check the classification of the resolver's error.
+    assert classify_os_error(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))[0] == "dns"
+
+
+def test_bearer_token_is_sent_but_never_shown(monkeypatch) -> None:
+    monkeypatch.setenv("AUTOGLM_TEST_TOKEN", "tok-5ecr3t-value")
+    with fs.FaultServer(fs.answer(200, "{}")) as server:
+        target = inference(server.url, bearer_token=Secret(env="AUTOGLM_TEST_TOKEN"))
+        collector = ProbeCollector((target,))
+        result = collector.collect()
+        sent = server.requests[0]
+    assert b"Authorization: Bearer tok-5ecr3t-value" in sent
+    page = _render(result.families)
+    assert "tok-5ecr3t-value" not in page and "tok-5ecr3t-value" not in repr(result.facts)
+
+
+def test_missing_token_variable_is_a_config_failure(monkeypatch) -> None:
+    monkeypatch.delenv("AUTOGLM_NO_SUCH_TOKEN", raising=False)
+    fact = probe(inference("http://127.0.0.1:1", bearer_token=Secret(env="AUTOGLM_NO_SUCH_TOKEN")))
+    assert fact.outcome.reason == "config"
+    assert "AUTOGLM_NO_SUCH_TOKEN is not set" in fact.outcome.error
+
+
+def test_targets_run_concurrently_so_a_cycle_costs_the_slowest_not_the_sum() -> None:
+    with fs.FaultServer(fs.never_answer) as server:
+        targets = tuple(
+            ProbeTarget(f"t{i}", "http", server.url + "/", timeout=0.5, connect_timeout=0.5)
+            for i in range(20)
+        )
+        started = time.monotonic()
+        facts = ProbeCollector(targets).collect().facts.targets
+        elapsed = time.monotonic() - started
+    assert all(f.outcome.reason == "read_timeout" for f in facts.values())
+    assert elapsed < 2.0  # sequential would be 10 s
+
+
+def test_failures_are_counted_by_reason_and_in_a_row() -> None:
+    target = inference(f"http://127.0.0.1:{free_port()}")
+    collector = ProbeCollector((target,))
+    for _ in range(3):
+        result = collector.collect()
+    values = {(s.name, tuple(s.labels.values())): s.value for f in result.families for s in f.samples}
+    assert values[("autoglm_probe_failures_total", ("api", "connect_refused"))] == 3
+    assert values[("autoglm_probe_failures_total", ("api", "read_timeout"))] == 0
+    assert values[("autoglm_probe_consecutive_failures", ("api",))] == 3
+    assert values[("autoglm_probe_success", ("api",))] == 0
+
+
+def test_default_targets_probe_by_generating_and_lint_clean() -> None:
+    config = parse_config("")
+    modules = {t.name: t.module for t in config.targets}
+    assert modules["inference"] == "inference" and modules["vllm-generate"] == "openai_chat"
+    result = ProbeCollector(config.targets).collect()  # nothing listens here: all refused
+    page = _render(result.families)
+    lint = subprocess.run(
+        [require_binary("promtool"), "check", "metrics"], input=page.encode(), capture_output=True
+    )
+    assert lint.returncode == 0 and lint.stdout + lint.stderr == b""
+
+
+def test_display_url_hides_credentials_and_query() -> None:
+    assert display_url("https://user:pw@host:8443/v1/x?key=abc") == "https://host:8443/v1/x"
+
+
+def _render(families) -> str:
+    registry = CollectorRegistry()
+
+    class Fixed:
+        def collect(self):
+            return families
+
+    registry.register(Fixed())  # type: ignore[arg-type]
+    return generate_latest(registry).decode()
