@@ -12,6 +12,7 @@ from . import __version__
 from .collectors import build_collectors
 from .collectors.base import Collector
 from .config import Config, ConfigError, load_config
+from .diagnosis import derive
 from .runner import CollectorRunner
 from .scheduler import CollectorScheduler
 from .server import ExporterHTTPServer, ServerHooks, parse_listen_address
@@ -35,7 +36,7 @@ class Options:
 class Daemon:
     def __init__(self, options: Options, config: Config, web_config: WebConfig | None) -> None:
         self.options = options
-        self.store = Store()
+        self.store = Store(deriver=derive)
         self.scheduler = CollectorScheduler()
         self.runners: dict[str, CollectorRunner] = {}
         self.config = config

@@ -1,31 +1,72 @@
 """The verdict: a pure function from the latest facts to the first broken link of the chain.
 
-It knows nothing of how facts were gathered. Links are checked in chain order (client, network,
-service, dependencies, resources, stall) and the first broken one is the verdict, with the
-evidence a human needs and the command they would run next to confirm it.
+It knows nothing of how facts were gathered. It walks the seed's flowchart:
+
+- a client probe cannot connect → the network: refused because the process is dead, because
+  nothing listens on the port, or because the service listens elsewhere; a connect timeout
+  points at a firewall, routing or an overloaded accept queue;
+- it connects but fails (no answer, reset, HTTP error, bad body) → look for the cause deeper in
+  the chain, in order: the service's error log, its dependencies, the machine's resources, a
+  stall; when none explains it, the client failure itself is the verdict;
+- every probe answers → the first broken link elsewhere (a dependency down, a stall) or healthy.
+
+Each link carries evidence lines and the next command a human would run to confirm it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .collectors.process import ProcessFacts, ServiceFacts
-from .collectors.system import SystemFacts
+from .metricspec import Family, gauge
 from .store import CollectorHealth
 
 LAYERS = ("client", "network", "service", "dependencies", "resources", "stall", "exporter")
 
+# Every (layer, reason) a verdict can name: bounded, so each is a series from the first scrape.
+REASONS: dict[str, tuple[str, ...]] = {
+    "client": ("not_answering", "reset", "http_error", "bad_answer", "probe_misconfigured"),
+    "network": (
+        "process_dead",
+        "not_listening",
+        "wrong_port",
+        "connect_refused",
+        "connect_timeout",
+        "unreachable",
+        "dns",
+        "tls",
+    ),
+    "service": ("process_missing", "port_not_listening", "log_errors"),
+    "dependencies": ("redis_down", "engine_down", "engine_not_generating", "dependency_probe_failed"),
+    "resources": ("memory_low", "cpu_saturated", "context_switch_storm", "io_blocked"),
+    "stall": ("engine_stalled", "queue_backlog_growing"),
+    "exporter": ("collector_failed", "collector_stuck"),
+}
+
 MEMORY_LOW_RATIO = 0.05  # available memory under 5% of total
 CPU_SATURATED_RATIO = 0.95
+CONTEXT_SWITCHES_PER_CPU_STORM = 100_000.0  # per second per CPU; a quiet server sits near 1-10k
+RECENT_LOG_SECONDS = 300.0
+SEVERE_LOG_PATTERNS = ("cuda_oom", "model_load_failure", "config_not_found", "nccl_error", "oom_killed")
+QUEUE_GROWTH_STALL = 1  # the queue grew by at least this much since the previous reading
+
+VERDICT = gauge(
+    "autoglm_diagnosis_verdict",
+    "1 for the layer and reason of the current verdict (the first broken link of the chain), else 0.",
+    "layer",
+    "reason",
+)
+HEALTHY = gauge("autoglm_diagnosis_healthy", "1 when every link of the chain answers, else 0.")
+DIAGNOSIS_METRICS = (VERDICT, HEALTHY)
 
 
 @dataclass(frozen=True)
 class Link:
     name: str
     layer: str
-    ok: bool | None  # None: not known (its collector failed or is disabled)
+    ok: bool | None  # None: not known (its collector failed, is disabled, or has not run)
     summary: str
     reason: str = "ok"
     evidence: tuple[str, ...] = ()
@@ -36,33 +77,182 @@ class Link:
 class Diagnosis:
     links: tuple[Link, ...]
     verdict: Link | None = field(default=None)
+    recent_errors: tuple[str, ...] = ()  # the last matching log lines, redacted, newest last
 
     @property
     def healthy(self) -> bool:
         return self.verdict is None
 
 
-def diagnose(facts: Mapping[str, Any], health: Mapping[str, CollectorHealth]) -> Diagnosis:
-    links: list[Link] = []
-    links += _service_links(facts.get("process"), health.get("process"))
-    links += _resource_links(facts.get("system"), health.get("system"))
-    links += _exporter_links(health)
-    ordered = sorted(links, key=lambda link: LAYERS.index(link.layer))
-    broken = next((link for link in ordered if link.ok is False), None)
-    return Diagnosis(tuple(ordered), broken)
+def diagnose(
+    facts: Mapping[str, Any], health: Mapping[str, CollectorHealth], now: float | None = None
+) -> Diagnosis:
+    now = time.time() if now is None else now
+    services = _services(facts.get("process"))
+    links = (
+        _client_links(facts.get("probe"), services)
+        + _service_links(facts.get("process"), health.get("process"))
+        + _log_links(facts.get("logs"), now)
+        + _dependency_links(facts.get("redis"), facts.get("engine"), facts.get("probe"))
+        + _resource_links(facts.get("system"), health.get("system"))
+        + _stall_links(facts.get("engine"), facts.get("redis"))
+        + _exporter_links(health)
+    )
+    ordered = tuple(sorted(links, key=lambda link: LAYERS.index(link.layer)))
+    return Diagnosis(ordered, _verdict(ordered), _recent_errors(facts.get("logs")))
 
 
-def _service_links(facts: ProcessFacts | None, health: CollectorHealth | None) -> list[Link]:
+def _verdict(links: tuple[Link, ...]) -> Link | None:
+    broken = [link for link in links if link.ok is False]
+    if not broken:
+        return None
+    first = broken[0]
+    if first.layer != "client":
+        return first
+    # It connects but fails: a deeper broken link is the cause, the client failure its symptom.
+    cause = next((link for link in broken[1:] if link.layer not in ("client", "exporter")), None)
+    if cause is None:
+        return first
+    return Link(
+        cause.name,
+        cause.layer,
+        False,
+        cause.summary,
+        cause.reason,
+        cause.evidence + (f"symptom: {first.name}: {first.summary}",),
+        cause.next_command,
+    )
+
+
+def to_dict(diagnosis: Diagnosis) -> dict[str, Any]:
+    """The diagnosis as plain data for JSON (/api/diagnosis, doctor --json)."""
+    return {
+        "healthy": diagnosis.healthy,
+        "verdict": asdict(diagnosis.verdict) if diagnosis.verdict else None,
+        "links": [asdict(link) for link in diagnosis.links],
+        "recent_errors": list(diagnosis.recent_errors),
+    }
+
+
+def verdict_families(diagnosis: Diagnosis) -> list[Family]:
+    verdict = VERDICT.family()
+    current = (diagnosis.verdict.layer, diagnosis.verdict.reason) if diagnosis.verdict else None
+    for layer, reasons in REASONS.items():
+        for reason in reasons:
+            verdict.add_metric([layer, reason], 1 if (layer, reason) == current else 0)
+    return [verdict, HEALTHY.single(1 if diagnosis.healthy else 0)]
+
+
+# --- client and network ---------------------------------------------------------------------
+
+_CONNECT_FAILURES = {"connect_refused", "connect_timeout", "unreachable", "dns", "tls"}
+_CLIENT_REASONS = {
+    "read_timeout": "not_answering",
+    "reset": "reset",
+    "http_status": "http_error",
+    "bad_body": "bad_answer",
+    "config": "probe_misconfigured",
+}
+
+
+def _client_links(probe: Any, services: Mapping[str, Any]) -> list[Link]:
+    if probe is None:
+        return []
+    return [_client_link(t, services) for t in probe.targets.values() if t.layer == "client"]
+
+
+def _client_link(target: Any, services: Mapping[str, Any]) -> Link:
+    outcome = target.outcome
+    name = f"probe {target.name}"
+    if outcome.success:
+        return Link(name, "client", True, f"{target.module} {target.url} answered in {outcome.duration:.2f}s")
+    evidence = (
+        f"{target.module} {target.url}: {outcome.error} (failed {target.consecutive_failures}x in a row)",
+    )
+    if outcome.reason in _CONNECT_FAILURES:
+        return _network_link(target, services.get(target.service or ""), evidence)
+    reason = _CLIENT_REASONS.get(outcome.reason or "", "bad_answer")
+    summaries = {
+        "not_answering": "connects, but no answer in time: the service is hung or overloaded",
+        "reset": "connects, but the connection is reset mid-answer: the service crashed or was killed",
+        "http_error": f"answers HTTP {outcome.status}",
+        "bad_answer": "answers, but not what a client expects",
+        "probe_misconfigured": "the probe itself cannot run",
+    }
+    return Link(name, "client", False, summaries[reason], reason, evidence, f"curl -sv -m 30 {target.url}")
+
+
+def _network_link(target: Any, service: Any, evidence: tuple[str, ...]) -> Link:
+    name = f"probe {target.name}"
+    reason = target.outcome.reason
+    host_port = _host_port(target.url)
+    port = host_port.rsplit(":", 1)[-1]
+    if reason == "connect_refused" and service is not None:
+        if not service.up:
+            return Link(
+                name,
+                "network",
+                False,
+                f"connection refused: the {service.name} process is not running",
+                "process_dead",
+                evidence + (f"no process matches service {service.name}",),
+                f"ps aux | grep -i {service.name}",
+            )
+        listening = ", ".join(str(p) for p in service.listening_ports) or "no port"
+        if service.listening_ports:
+            return Link(
+                name,
+                "network",
+                False,
+                f"connection refused on {port}: {service.name} listens on {listening} instead",
+                "wrong_port",
+                evidence + (f"pid {_pids(service)} listens on {listening}",),
+                "ss -tlnp",
+            )
+        return Link(
+            name,
+            "network",
+            False,
+            f"connection refused: {service.name} runs (pid {_pids(service)}) but listens on no port",
+            "not_listening",
+            evidence + ("the process may still be loading the model, or its listener died",),
+            f"ss -tlnp; tail -n 50 /proc/{service.pids[0]}/fd/2" if service.pids else "ss -tlnp",
+        )
+    summaries = {
+        "connect_refused": f"connection refused: nothing listens on {host_port}",
+        "connect_timeout": f"connect to {host_port} timed out: firewall, routing or a full accept queue",
+        "unreachable": f"{host_port} is unreachable: no route to the host",
+        "dns": "the host name does not resolve",
+        "tls": "the TLS handshake fails",
+    }
+    commands = {
+        "connect_refused": f"ss -tlnp | grep :{port}",
+        "connect_timeout": f"nc -vz -w 5 {host_port.replace(':', ' ')}; ss -ltn 'sport = :{port}'",
+        "unreachable": "ip route",
+        "dns": f"getent hosts {host_port.rsplit(':', 1)[0]}",
+        "tls": f"openssl s_client -connect {host_port} </dev/null",
+    }
+    return Link(name, "network", False, summaries[reason], reason, evidence, commands[reason])
+
+
+# --- service ---------------------------------------------------------------------------------
+
+
+def _services(process: Any) -> Mapping[str, Any]:
+    return process.services if process is not None else {}
+
+
+def _service_links(process: Any, health: CollectorHealth | None) -> list[Link]:
     if health is None:
         return []
-    if facts is None:
+    if process is None:
         return [
             Link("processes", "service", None, f"cannot read processes: {health.last_error or 'no run yet'}")
         ]
-    return [_service_link(service) for service in facts.services.values()]
+    return [_service_link(service) for service in process.services.values()]
 
 
-def _service_link(service: ServiceFacts) -> Link:
+def _service_link(service: Any) -> Link:
     name = f"service {service.name}"
     port = service.expected_port
     if not service.up:
@@ -76,7 +266,7 @@ def _service_link(service: ServiceFacts) -> Link:
             next_command=f"ps aux | grep -i {service.name}"
             + (f"; ss -tlnp 'sport = :{port}'" if port else ""),
         )
-    pids = ", ".join(str(pid) for pid in service.pids[:5])
+    pids = _pids(service)
     listening = ", ".join(str(p) for p in service.listening_ports[:8]) or "none"
     if port is not None and not service.expected_port_listening:
         return Link(
@@ -91,52 +281,231 @@ def _service_link(service: ServiceFacts) -> Link:
             ),
             next_command=f"ss -tlnp 'sport = :{port}'",
         )
-    threads = service.threads
+    restarted = f", restarted {service.restarts}x" if service.restarts else ""
     return Link(
         name,
         "service",
         True,
-        f"running (pid {pids}), {threads} threads, listening on {listening}",
+        f"running (pid {pids}), {service.threads} threads, listening on {listening}{restarted}",
     )
 
 
-def _resource_links(facts: SystemFacts | None, health: CollectorHealth | None) -> list[Link]:
+def _log_links(logs: Any, now: float) -> list[Link]:
+    if logs is None:
+        return []
+    links = []
+    for log in logs.logs.values():
+        name = f"log {log.name}"
+        if not log.present:
+            links.append(Link(name, "service", None, f"{log.path} does not exist (yet)"))
+            continue
+        recent = [m for m in log.recent if now - m.timestamp <= RECENT_LOG_SECONDS]
+        severe = [m for m in recent if m.pattern in SEVERE_LOG_PATTERNS]
+        if not severe:
+            summary = f"{len(recent)} matching lines in the last 5 minutes" if recent else "no recent errors"
+            links.append(Link(name, "service", True, summary))
+            continue
+        patterns = sorted({m.pattern for m in severe})
+        links.append(
+            Link(
+                name,
+                "service",
+                False,
+                f"{', '.join(patterns)} in {log.path} in the last 5 minutes",
+                "log_errors",
+                tuple(f"{m.pattern}: {m.line}" for m in severe[-3:]),
+                f"tail -n 50 {log.path}",
+            )
+        )
+    return links
+
+
+def _recent_errors(logs: Any, keep: int = 10) -> tuple[str, ...]:
+    if logs is None:
+        return ()
+    matches = sorted((m for log in logs.logs.values() for m in log.recent), key=lambda m: m.timestamp)
+    return tuple(
+        f"{time.strftime('%H:%M:%S', time.localtime(m.timestamp))} {m.pattern}: {m.line}"
+        for m in matches[-keep:]
+    )
+
+
+# --- dependencies ------------------------------------------------------------------------------
+
+
+def _dependency_links(redis: Any, engine: Any, probe: Any) -> list[Link]:
+    links: list[Link] = []
+    if redis is not None:
+        links += [_redis_link(instance) for instance in redis.instances.values()]
+    if engine is not None:
+        links += [_engine_link(instance) for instance in engine.engines.values()]
+    if probe is not None:
+        targets = [t for t in probe.targets.values() if t.layer == "dependencies"]
+        links += [_dependency_probe_link(t, targets) for t in targets]
+    return links
+
+
+def _redis_link(instance: Any) -> Link:
+    name = f"redis {instance.name}"
+    if instance.up:
+        ping = f"{instance.ping_seconds * 1000:.1f} ms" if instance.ping_seconds is not None else "?"
+        return Link(name, "dependencies", True, f"PING {ping}, {instance.connected_clients} clients")
+    host, _, port = instance.address.rpartition(":")
+    return Link(
+        name,
+        "dependencies",
+        False,
+        f"Redis at {instance.address} is down ({instance.failure})",
+        "redis_down",
+        (f"{instance.address}: {instance.error}",),
+        f"redis-cli -h {host.strip('[]')} -p {port} ping",
+    )
+
+
+def _engine_link(instance: Any) -> Link:
+    name = f"engine {instance.name}"
+    if instance.up:
+        waiting = _number(instance.waiting)
+        running = _number(instance.running)
+        return Link(name, "dependencies", True, f"{running} requests running, {waiting} waiting")
+    return Link(
+        name,
+        "dependencies",
+        False,
+        f"the {instance.kind} engine's metrics do not answer ({instance.failure})",
+        "engine_down",
+        (f"{instance.error}",),
+        "curl -s http://127.0.0.1:8000/health; curl -s http://127.0.0.1:8000/metrics | head",
+    )
+
+
+def _dependency_probe_link(target: Any, siblings: Iterable[Any]) -> Link:
+    name = f"probe {target.name}"
+    outcome = target.outcome
+    if outcome.success:
+        return Link(
+            name, "dependencies", True, f"{target.module} {target.url} answered in {outcome.duration:.2f}s"
+        )
+    evidence = [f"{target.module} {target.url}: {outcome.error}"]
+    # vLLM's /health stays 200 while its engine is dead: generation failing beside a healthy
+    # health check is the signature of exactly that.
+    healthy_sibling = next(
+        (
+            s
+            for s in siblings
+            if s is not target and s.service == target.service and s.module == "http" and s.outcome.success
+        ),
+        None,
+    )
+    if target.module == "openai_chat" and healthy_sibling is not None:
+        evidence.append(f"{healthy_sibling.url} still answers 200: a health check is not proof of life")
+        return Link(
+            name,
+            "dependencies",
+            False,
+            "the engine answers its health check but cannot generate a token",
+            "engine_not_generating",
+            tuple(evidence),
+            f"curl -s -m 30 {target.url} -H 'Content-Type: application/json' -d "
+            '\'{"model": "...", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 1}\'',
+        )
+    return Link(
+        name,
+        "dependencies",
+        False,
+        f"{target.url} fails: {outcome.reason}",
+        "dependency_probe_failed",
+        tuple(evidence),
+        f"curl -sv -m 30 {target.url}",
+    )
+
+
+# --- resources -----------------------------------------------------------------------------------
+
+
+def _resource_links(system: Any, health: CollectorHealth | None) -> list[Link]:
     if health is None:
         return []
-    if facts is None:
+    if system is None:
         return [Link("system", "resources", None, f"cannot read /proc: {health.last_error or 'no run yet'}")]
-    total = facts.memory.get("MemTotal", 0)
-    available = facts.memory.get("MemAvailable", total)
-    load1 = facts.load[0]
+    stat = system.stat
+    total = system.memory.get("MemTotal", 0)
+    available = system.memory.get("MemAvailable", total)
     summary = (
-        f"{facts.stat.cpus} CPUs, load {load1:.2f}, memory available {_gib(available)} of {_gib(total)}, "
-        f"{facts.stat.procs_blocked} blocked on I/O"
+        f"{stat.cpus} CPUs, load {system.load[0]:.2f}, memory available {_gib(available)} of {_gib(total)}, "
+        f"{stat.procs_blocked} blocked on I/O"
     )
-    if total and available / total < MEMORY_LOW_RATIO:
-        return [
-            Link(
-                "system memory",
-                "resources",
-                False,
-                summary,
-                reason="memory_low",
-                evidence=(f"only {_gib(available)} of {_gib(total)} memory available",),
-                next_command="free -h; ps aux --sort=-rss | head",
-            )
-        ]
-    if facts.cpu_busy_ratio is not None and facts.cpu_busy_ratio > CPU_SATURATED_RATIO:
-        return [
-            Link(
-                "system cpu",
-                "resources",
-                False,
-                summary,
-                reason="cpu_saturated",
-                evidence=(f"CPUs busy {facts.cpu_busy_ratio:.0%} of the time since the last reading",),
-                next_command="top -b -n 1 | head -20",
-            )
-        ]
+    checks: list[tuple[bool, str, str, str]] = [
+        (
+            bool(total) and available / total < MEMORY_LOW_RATIO,
+            "memory_low",
+            f"only {_gib(available)} of {_gib(total)} memory available",
+            "free -h; ps aux --sort=-rss | head",
+        ),
+        (
+            system.cpu_busy_ratio is not None and system.cpu_busy_ratio > CPU_SATURATED_RATIO,
+            "cpu_saturated",
+            f"CPUs busy {(system.cpu_busy_ratio or 0):.0%} of the time since the last reading",
+            "top -b -n 1 | head -20",
+        ),
+        (
+            system.context_switches_per_second is not None
+            and system.context_switches_per_second > CONTEXT_SWITCHES_PER_CPU_STORM * max(stat.cpus, 1),
+            "context_switch_storm",
+            f"{(system.context_switches_per_second or 0):,.0f} context switches/s on {stat.cpus} CPUs",
+            "pidstat -w 1 5",
+        ),
+        (
+            stat.procs_blocked > max(stat.cpus, 1),
+            "io_blocked",
+            f"{stat.procs_blocked} threads blocked on I/O",
+            "ps -eLo state,pid,comm | awk '$1==\"D\"'",
+        ),
+    ]
+    for broken, reason, evidence, command in checks:
+        if broken:
+            return [Link(f"system {reason}", "resources", False, summary, reason, (evidence,), command)]
     return [Link("system", "resources", True, summary)]
+
+
+# --- stalls ----------------------------------------------------------------------------------------
+
+
+def _stall_links(engine: Any, redis: Any) -> list[Link]:
+    links = []
+    for instance in engine.engines.values() if engine is not None else []:
+        if instance.up and instance.stalled:
+            links.append(
+                Link(
+                    f"engine {instance.name}",
+                    "stall",
+                    False,
+                    f"{_number(instance.waiting)} requests wait, no token generated since the last reading",
+                    "engine_stalled",
+                    (f"generation tokens flat at {_number(instance.generation_tokens)}",),
+                    "py-spy dump --pid $(pgrep -f 'vllm' | head -1); nvidia-smi",
+                )
+            )
+    for instance in redis.instances.values() if redis is not None else []:
+        for key, growth in instance.queue_growth.items():
+            depth = instance.queues.get(key)
+            if depth and growth >= QUEUE_GROWTH_STALL:
+                host, _, port = instance.address.rpartition(":")
+                links.append(
+                    Link(
+                        f"queue {key}",
+                        "stall",
+                        False,
+                        f"queue {key} grows: {depth} waiting (+{growth} since the last reading)",
+                        "queue_backlog_growing",
+                        (f"{instance.name} {key}: depth {depth}",),
+                        f"redis-cli -h {host.strip('[]')} -p {port} llen {key}",
+                    )
+                )
+    return links
+
+
+# --- the exporter itself -------------------------------------------------------------------------
 
 
 def _exporter_links(health: Mapping[str, CollectorHealth]) -> list[Link]:
@@ -158,5 +527,30 @@ def _exporter_links(health: Mapping[str, CollectorHealth]) -> list[Link]:
     return links
 
 
+# --- small helpers ---------------------------------------------------------------------------------
+
+
+def _pids(service: Any) -> str:
+    return ", ".join(str(pid) for pid in service.pids[:5])
+
+
+def _host_port(url: str) -> str:
+    rest = url.split("://", 1)[-1]
+    return rest.split("/", 1)[0]
+
+
+def _number(value: float | None) -> str:
+    return "?" if value is None else f"{value:g}"
+
+
 def _gib(value: int) -> str:
     return f"{value / 2**30:.1f} GiB"
+
+
+Deriver = Callable[[Mapping[str, Any], Mapping[str, CollectorHealth]], tuple[list[Family], Diagnosis]]
+
+
+def derive(facts: Mapping[str, Any], health: Mapping[str, CollectorHealth]) -> tuple[list[Family], Diagnosis]:
+    """What the store adds to every page: the verdict as metrics, and the diagnosis itself."""
+    diagnosis = diagnose(facts, health)
+    return verdict_families(diagnosis), diagnosis

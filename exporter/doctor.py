@@ -9,12 +9,11 @@ import json
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
 
 from .collectors import build_collectors
 from .config import ConfigError, load_config
 from .daemon import Options
-from .diagnosis import Diagnosis, Link, diagnose
+from .diagnosis import Diagnosis, Link, diagnose, to_dict
 from .runner import CollectorRunner
 from .store import Store
 
@@ -44,14 +43,7 @@ def run_doctor(options: Options, as_json: bool = False, color: bool = False) -> 
 
 
 def render_json(result: Diagnosis) -> str:
-    return json.dumps(
-        {
-            "healthy": result.healthy,
-            "verdict": asdict(result.verdict) if result.verdict else None,
-            "links": [asdict(link) for link in result.links],
-        },
-        indent=2,
-    )
+    return json.dumps(to_dict(result), indent=2)
 
 
 def render_text(result: Diagnosis, color: bool) -> str:

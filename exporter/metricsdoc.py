@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from .collectors import COLLECTOR_CLASSES
+from .diagnosis import DIAGNOSIS_METRICS
 from .metricspec import MetricSpec
 from .store import SELF_METRICS
 
@@ -30,6 +31,7 @@ def render() -> str:
     lines = [BEGIN, ""]
     for name, cls in COLLECTOR_CLASSES.items():
         lines += _table(f"collector `{name}`", cls.metrics)
+    lines += _table("the verdict", DIAGNOSIS_METRICS)
     lines += _table("the exporter itself", SELF_METRICS)
     return "\n".join(lines + [END])
 

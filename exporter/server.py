@@ -7,7 +7,7 @@ stall the accept loop; idle keep-alive connections time out.
 
 from __future__ import annotations
 
-import html
+import json
 import logging
 import socket
 import ssl
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from . import __version__, logsetup
+from . import __version__, logsetup, statuspage
+from .diagnosis import to_dict
 from .store import Store
 from .webconfig import BasicAuthenticator, WebConfig
 
@@ -134,7 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
             ("GET", "/-/log-level"): self._log_level,
             ("POST", "/-/log-level"): self._log_level,
             ("PUT", "/-/log-level"): self._log_level,
-            ("GET", "/"): self._landing,
+            ("GET", "/"): self._status_page,
+            ("GET", "/api/diagnosis"): self._diagnosis,
         }
         handler = routes.get((method, path))
         if handler is not None:
@@ -190,20 +192,18 @@ class _Handler(BaseHTTPRequestHandler):
         log.warning("log level changed", extra={"level": level})
         self._send(200, (level + "\n").encode())
 
-    def _landing(self) -> None:
-        metrics = html.escape(self.server.telemetry_path)
-        page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>autoglm-exporter</title></head>
-<body><h1>autoglm-exporter {html.escape(__version__)}</h1>
-<p>Watches an LLM inference service link by link and names the first broken one.</p>
-<ul>
-<li><a href="{metrics}">{metrics}</a>: metrics for Prometheus</li>
-<li><a href="/-/healthy">/-/healthy</a>: the exporter itself is up</li>
-<li><a href="/-/ready">/-/ready</a>: every collector has run once</li>
-<li><a href="/-/log-level">/-/log-level</a>: the log level (POST level=debug to change it)</li>
-</ul></body></html>
-"""
+    def _status_page(self) -> None:
+        store = self.server.store
+        page = statuspage.render(store.derived(), store.health(), self.server.telemetry_path)
         self._send(200, page.encode(), content_type="text/html; charset=utf-8")
+
+    def _diagnosis(self) -> None:
+        diagnosis = self.server.store.derived()
+        if diagnosis is None:
+            self._send(503, b'{"error": "no diagnosis yet"}\n', content_type="application/json")
+            return
+        body = json.dumps(to_dict(diagnosis), indent=2).encode()
+        self._send(200, body, content_type="application/json")
 
     def _send(
         self,

@@ -11,7 +11,7 @@ import gzip
 import platform
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -75,8 +75,14 @@ class CollectorHealth:
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
 
 
+# Computes what follows from the facts (the verdict): its metric families and an object for the API.
+Deriver = Callable[[dict[str, Any], dict[str, "CollectorHealth"]], tuple[list[Family], Any]]
+
+
 class Store:
-    def __init__(self) -> None:
+    def __init__(self, deriver: Deriver | None = None) -> None:
+        self._deriver = deriver
+        self._derived: tuple[int, list[Family], Any] | None = None
         self._lock = threading.Lock()
         self._results: dict[str, Result] = {}
         self._health: dict[str, CollectorHealth] = {}
@@ -154,6 +160,26 @@ class Store:
     def _copy_health(self) -> dict[str, CollectorHealth]:
         return {name: replace(h, errors=dict(h.errors)) for name, h in self._health.items()}
 
+    def derived(self) -> Any:
+        """The deriver's object (the diagnosis) for the latest facts; None without a deriver."""
+        return self._derive()[1]
+
+    def _derive(self) -> tuple[list[Family], Any]:
+        if self._deriver is None:
+            return [], None
+        with self._lock:
+            version = self._version
+            cached = self._derived
+            if cached is None or cached[0] != version:
+                facts = {name: result.facts for name, result in self._results.items()}
+                health = self._copy_health()
+        if cached is not None and cached[0] == version:
+            return cached[1], cached[2]
+        families, payload = self._deriver(facts, health)
+        with self._lock:
+            self._derived = (version, families, payload)
+        return families, payload
+
     def ready(self) -> bool:
         """Ready once every enabled collector has finished at least one run."""
         with self._lock:
@@ -193,6 +219,7 @@ class _StoreView(Collector):
 
     def collect(self) -> Iterable[Metric]:
         families, health, reload_ok, reload_time = self.store._snapshot()
+        families += self.store._derive()[0]
         families += _self_metrics(health, reload_ok, reload_time)
         return cast(list[Metric], families)
 

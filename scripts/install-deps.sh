@@ -17,6 +17,7 @@ declare -A PACKAGE_OF=(
   [amtool]=prometheus-alertmanager
   [openssl]=openssl
   [curl]=curl
+  [chromium]=chromium
 )
 
 missing=()

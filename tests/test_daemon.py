@@ -61,7 +61,7 @@ def test_openmetrics_and_gzip_by_negotiation(start_exporter) -> None:
 def test_landing_health_and_unknown_paths(start_exporter) -> None:
     exporter = start_exporter()
     landing = exporter.get("/")
-    assert landing.status_code == 200 and 'href="/metrics"' in landing.text
+    assert landing.status_code == 200 and "href='/metrics'" in landing.text and "id='verdict'" in landing.text
     assert exporter.get("/-/healthy").status_code == 200
     assert exporter.get("/nope").status_code == 404
     assert httpx.post(exporter.url + "/metrics", timeout=5).status_code == 405

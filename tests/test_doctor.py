@@ -9,13 +9,24 @@ from pathlib import Path
 
 from .conftest import free_port
 
-LISTENER = """
-import socket, sys, time
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()
+# A minimal inference service: answers the seed's POST /inference with JSON.
+INFERENCE_SERVICE = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps({"text": "Hi"}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
 print("listening", flush=True)
-time.sleep(60)
+server.serve_forever()
 """
+# Only what the test names: no default probes, Redis, engine or log.
+ONLY = "targets: []\nredis: []\nengines: []\nlogs: []\n"
 
 
 def _doctor(*args: str) -> subprocess.CompletedProcess[str]:
@@ -27,18 +38,21 @@ def _doctor(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _config(tmp_path: Path, services: str) -> str:
+def _config(tmp_path: Path, services: str, rest: str = ONLY) -> str:
     path = tmp_path / "autoglm.yml"
-    path.write_text(f"services:\n{services}")
+    path.write_text(f"services:\n{services}{rest}")
     return f"--config.file={path}"
 
 
-def test_defaults_on_a_machine_without_the_service_name_the_missing_process() -> None:
+def test_defaults_on_a_machine_without_the_service_name_the_dead_process() -> None:
     run = _doctor("--no-color")
     assert run.returncode == 1, run.stderr
     assert "✘ service open-autoglm: no process found" in run.stdout
-    assert "verdict: service / process_missing: service open-autoglm" in run.stdout
-    assert "next: ps aux | grep -i open-autoglm; ss -tlnp 'sport = :8080'" in run.stdout
+    assert (
+        "verdict: network / process_dead: probe inference: connection refused: "
+        "the open-autoglm process is not running" in run.stdout
+    )
+    assert "next: ps aux | grep -i open-autoglm" in run.stdout
     assert "✔ system:" in run.stdout
 
 
@@ -47,17 +61,20 @@ def test_json_output_for_scripts() -> None:
     report = json.loads(run.stdout)
     assert run.returncode == 1
     assert report["healthy"] is False
-    assert report["verdict"]["layer"] == "service" and report["verdict"]["reason"] == "process_missing"
-    assert {link["layer"] for link in report["links"]} >= {"service", "resources"}
+    assert report["verdict"]["layer"] == "network" and report["verdict"]["reason"] == "process_dead"
+    assert {link["layer"] for link in report["links"]} >= {"network", "service", "dependencies", "resources"}
 
 
-def test_healthy_when_the_service_runs_and_listens(child_processes, tmp_path: Path) -> None:
+def test_healthy_when_the_service_runs_listens_and_answers(child_processes, tmp_path: Path) -> None:
     port = free_port()
-    child = child_processes(LISTENER, str(port))
+    child = child_processes(INFERENCE_SERVICE, str(port))
     assert child.stdout.readline().strip() == b"listening"
-    run = _doctor("--no-color", _config(tmp_path, f"  - name: api\n    match: {{port: {port}}}\n"))
+    targets = f"targets:\n  - {{name: api, module: inference, url: 'http://127.0.0.1:{port}/inference', service: api}}\n"
+    config = _config(tmp_path, f"  - name: api\n    match: {{port: {port}}}\n", ONLY.replace("targets: []\n", targets))
+    run = _doctor("--no-color", config)
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"✔ service api: running (pid {child.pid})" in run.stdout
+    assert "✔ probe api: inference http://127.0.0.1:" in run.stdout
     assert "verdict: healthy" in run.stdout
 
 

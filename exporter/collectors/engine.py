@@ -1,0 +1,362 @@
+"""The inference engine's own view: its queue, its KV cache, and whether it still generates tokens.
+
+Each run GETs every configured engine's Prometheus endpoint (at most 8 MiB, within the engine's
+timeout for the whole body), parses it, and re-exports a few of its series under our names with an
+`engine` label. Values are summed over the engine's label sets (several models, several engine
+cores); the KV cache ratio takes the highest one, since one full cache is what makes requests wait.
+
+    ours                                 vLLM (kind: vllm)                 SGLang (kind: sglang)
+    autoglm_engine_requests_waiting      vllm:num_requests_waiting         sglang:num_queue_reqs
+    autoglm_engine_requests_running      vllm:num_requests_running         sglang:num_running_reqs
+    autoglm_engine_kv_cache_usage_ratio  vllm:kv_cache_usage_perc,         sglang:token_usage
+                                         else vllm:gpu_cache_usage_perc
+    autoglm_engine_generation_tokens_total  vllm:generation_tokens_total   sglang:generation_tokens_total
+    autoglm_engine_prompt_tokens_total   vllm:prompt_tokens_total          sglang:prompt_tokens_total
+
+Both of vLLM's cache gauges are fractions despite the "_perc" in their names (vLLM's help text:
+"1 means 100 percent usage"); vllm:gpu_cache_usage_perc is the deprecated name, read only when the
+new one is absent. SGLang's token_usage is the used share of its KV token pool (0-1). A series the
+engine does not expose is absent here too, never 0.
+
+Stall: an engine is stalled when requests wait (waiting > 0) and its generated-token counter did
+not move since the previous reading. There is no verdict on the first reading or after the counter
+went down (the engine restarted). SGLang adds a request's generated tokens when the request
+finishes, so with SGLang a few long generations can look flat for a while: judge over several
+readings (stalled_since says since when).
+
+Failures (autoglm_engine_failures_total, every reason from the first scrape on):
+connect_refused (nothing listens), timeout (no connection, no answer or no complete body within the
+timeout), http_status (an answer other than 2xx, redirects included), bad_body (not Prometheus text
+format, or over the size limit) and error (anything else: DNS, reset, a broken HTTP answer).
+When an engine cannot be read, up is 0 and its other series are absent.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..config import EngineConfig
+from ..metricspec import Family, MetricSpec, counter, gauge
+from .base import Collector, Result
+
+log = logging.getLogger(__name__)
+
+FAILURE_REASONS = ("connect_refused", "timeout", "http_status", "bad_body", "error")
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_MESSAGE = 200
+
+
+@dataclass(frozen=True)
+class _Names:
+    """The engine's sample names for each field; the first name present wins."""
+
+    waiting: tuple[str, ...]
+    running: tuple[str, ...]
+    kv_cache: tuple[str, ...]
+    generation: tuple[str, ...]
+    prompt: tuple[str, ...]
+
+
+ENGINE_NAMES = {
+    "vllm": _Names(
+        waiting=("vllm:num_requests_waiting",),
+        running=("vllm:num_requests_running",),
+        kv_cache=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+        generation=("vllm:generation_tokens_total",),
+        prompt=("vllm:prompt_tokens_total",),
+    ),
+    "sglang": _Names(
+        waiting=("sglang:num_queue_reqs",),
+        running=("sglang:num_running_reqs",),
+        kv_cache=("sglang:token_usage",),
+        generation=("sglang:generation_tokens_total",),
+        prompt=("sglang:prompt_tokens_total",),
+    ),
+}
+
+UP = gauge(
+    "autoglm_engine_up",
+    "1 when the engine's metrics endpoint answered 2xx with a Prometheus text body, else 0.",
+    "engine",
+)
+WAITING = gauge(
+    "autoglm_engine_requests_waiting",
+    "Requests queued in the engine and not yet scheduled, summed over its models.",
+    "engine",
+)
+RUNNING = gauge(
+    "autoglm_engine_requests_running",
+    "Requests the engine is processing, summed over its models.",
+    "engine",
+)
+KV_CACHE = gauge(
+    "autoglm_engine_kv_cache_usage_ratio",
+    "Share of the engine's KV cache in use (0-1), the highest over its models.",
+    "engine",
+)
+GENERATION_TOKENS = counter(
+    "autoglm_engine_generation_tokens",
+    "Tokens the engine generated, as its own counter reports them (resets when the engine restarts).",
+    "engine",
+)
+PROMPT_TOKENS = counter(
+    "autoglm_engine_prompt_tokens",
+    "Prompt tokens the engine processed, as its own counter reports them (resets when it restarts).",
+    "engine",
+)
+STALLED = gauge(
+    "autoglm_engine_stalled",
+    "1 when requests wait in the engine but it generated no token since the previous reading, else 0.",
+    "engine",
+)
+FAILURES = counter(
+    "autoglm_engine_failures",
+    "Runs in which the engine's metrics could not be read, by reason.",
+    "engine",
+    "reason",
+)
+
+
+@dataclass(frozen=True)
+class EngineInstanceFacts:
+    name: str
+    kind: str
+    service: str | None
+    up: bool
+    failure: str | None  # one of FAILURE_REASONS when down
+    error: str | None  # why it is down, or a hint when it is up but exposes none of the known series
+    waiting: float | None
+    running: float | None
+    kv_cache_usage: float | None  # 0-1
+    generation_tokens: float | None
+    tokens_since_last: float | None  # None on the first reading or after a counter reset
+    stalled: bool
+    stalled_since: float | None  # time.time() of the first stalled reading
+    prompt_tokens: float | None = None
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    engines: dict[str, EngineInstanceFacts]
+
+
+class _Failure(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Reading:
+    waiting: float | None
+    running: float | None
+    kv_cache: float | None
+    generation: float | None
+    prompt: float | None
+
+    def empty(self) -> bool:
+        return all(
+            v is None for v in (self.waiting, self.running, self.kv_cache, self.generation, self.prompt)
+        )
+
+
+class EngineCollector(Collector):
+    name = "engine"
+    metrics = (UP, WAITING, RUNNING, KV_CACHE, GENERATION_TOKENS, PROMPT_TOKENS, STALLED, FAILURES)
+
+    def __init__(self, engines: tuple[EngineConfig, ...]) -> None:
+        self.engines = engines
+        self.settings = (engines,)
+        # Proxies from the environment would make a local engine look reachable (or not) for the
+        # wrong reason; redirects count as http_status.
+        self._http = httpx.Client(trust_env=False, follow_redirects=False)
+        self._failures = {e.name: dict.fromkeys(FAILURE_REASONS, 0) for e in engines}
+        self._previous_tokens: dict[str, float] = {}
+        self._stalled_since: dict[str, float] = {}
+        self._last_failure: dict[str, str | None] = {e.name: None for e in engines}
+
+    def collect(self) -> Result:
+        facts = {engine.name: self._read(engine) for engine in self.engines}
+        return Result(self._families(facts), EngineFacts(facts))
+
+    def _read(self, engine: EngineConfig) -> EngineInstanceFacts:
+        names = ENGINE_NAMES.get(engine.kind, ENGINE_NAMES["vllm"])
+        try:
+            reading = _parse(self._fetch(engine), names)
+        except _Failure as failure:
+            return self._down(engine, failure.reason, _redact(str(failure), engine.metrics_url))
+        if self._last_failure[engine.name] is not None:
+            log.info("engine metrics readable again", extra={"engine": engine.name})
+            self._last_failure[engine.name] = None
+
+        previous = self._previous_tokens.get(engine.name)
+        since_last: float | None = None
+        if reading.generation is not None:
+            if previous is not None and reading.generation >= previous:
+                since_last = reading.generation - previous
+            self._previous_tokens[engine.name] = reading.generation
+        else:
+            self._previous_tokens.pop(engine.name, None)
+        stalled = reading.waiting is not None and reading.waiting > 0 and since_last == 0
+        stalled_since = None
+        if stalled:
+            stalled_since = self._stalled_since.setdefault(engine.name, time.time())
+        else:
+            self._stalled_since.pop(engine.name, None)
+        hint = f"none of the {engine.kind} metrics are in the body" if reading.empty() else None
+        return EngineInstanceFacts(
+            name=engine.name,
+            kind=engine.kind,
+            service=engine.service,
+            up=True,
+            failure=None,
+            error=hint,
+            waiting=reading.waiting,
+            running=reading.running,
+            kv_cache_usage=reading.kv_cache,
+            generation_tokens=reading.generation,
+            tokens_since_last=since_last,
+            stalled=stalled,
+            stalled_since=stalled_since,
+            prompt_tokens=reading.prompt,
+        )
+
+    def _fetch(self, engine: EngineConfig) -> bytes:
+        deadline = time.monotonic() + engine.timeout
+        try:
+            with self._http.stream(
+                "GET",
+                engine.metrics_url,
+                timeout=engine.timeout,
+                headers={"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1"},
+            ) as response:
+                if not 200 <= response.status_code < 300:
+                    raise _Failure("http_status", f"HTTP status {response.status_code}")
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > MAX_BODY_BYTES:
+                        raise _Failure("bad_body", f"body larger than {MAX_BODY_BYTES} bytes")
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        raise _Failure("timeout", f"body not complete after {engine.timeout:g}s")
+                return b"".join(chunks)
+        except httpx.TimeoutException as exc:
+            raise _Failure("timeout", f"no answer within {engine.timeout:g}s ({_message(exc)})") from None
+        except httpx.ConnectError as exc:
+            reason = "connect_refused" if _refused(exc) else "error"
+            raise _Failure(reason, f"cannot connect: {_message(exc)}") from None
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
+            raise _Failure("error", _message(exc)) from None
+
+    def _down(self, engine: EngineConfig, reason: str, message: str) -> EngineInstanceFacts:
+        self._failures[engine.name][reason] += 1
+        self._stalled_since.pop(engine.name, None)
+        if self._last_failure[engine.name] != reason:
+            log.warning(
+                "engine metrics cannot be read",
+                extra={"engine": engine.name, "reason": reason, "error": message},
+            )
+            self._last_failure[engine.name] = reason
+        return EngineInstanceFacts(
+            name=engine.name,
+            kind=engine.kind,
+            service=engine.service,
+            up=False,
+            failure=reason,
+            error=message,
+            waiting=None,
+            running=None,
+            kv_cache_usage=None,
+            generation_tokens=None,
+            tokens_since_last=None,
+            stalled=False,
+            stalled_since=None,
+        )
+
+    def _families(self, engines: dict[str, EngineInstanceFacts]) -> list[Family]:
+        families = {spec.name: spec.family() for spec in self.metrics}
+
+        def add(spec: MetricSpec, labels: list[str], value: float | None) -> None:
+            if value is not None:
+                families[spec.name].add_metric(labels, value)
+
+        for name, facts in engines.items():
+            add(UP, [name], 1 if facts.up else 0)
+            for reason in FAILURE_REASONS:
+                add(FAILURES, [name, reason], self._failures[name][reason])
+            if not facts.up:
+                continue
+            add(WAITING, [name], facts.waiting)
+            add(RUNNING, [name], facts.running)
+            add(KV_CACHE, [name], facts.kv_cache_usage)
+            add(GENERATION_TOKENS, [name], facts.generation_tokens)
+            add(PROMPT_TOKENS, [name], facts.prompt_tokens)
+            add(STALLED, [name], 1 if facts.stalled else 0)
+        return list(families.values())
+
+
+def _parse(body: bytes, names: _Names) -> _Reading:
+    """The fields from a Prometheus text body; _Failure("bad_body") when it is not one."""
+    wanted = {
+        *names.waiting,
+        *names.running,
+        *names.kv_cache,
+        *names.generation,
+        *names.prompt,
+    }
+    values: dict[str, list[float]] = {}
+    try:
+        for family in text_string_to_metric_families(body.decode("utf-8", errors="replace")):
+            for sample in family.samples:
+                if sample.name in wanted and math.isfinite(sample.value):
+                    values.setdefault(sample.name, []).append(float(sample.value))
+    except Exception as exc:  # untrusted input: whatever the parser chokes on is a bad body
+        raise _Failure("bad_body", f"not Prometheus text format: {_message(exc)}") from None
+
+    def first(candidates: tuple[str, ...], highest: bool = False) -> float | None:
+        for candidate in candidates:
+            if candidate in values:
+                return max(values[candidate]) if highest else math.fsum(values[candidate])
+        return None
+
+    return _Reading(
+        waiting=first(names.waiting),
+        running=first(names.running),
+        kv_cache=first(names.kv_cache, highest=True),
+        generation=first(names.generation),
+        prompt=first(names.prompt),
+    )
+
+
+def _refused(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # the cause chain is short; bounded anyway
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) == errno.ECONNREFUSED:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _message(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:MAX_MESSAGE]
+
+
+def _redact(text: str, url: str) -> str:
+    """Drop a password given in the URL's user info, should any message quote it."""
+    try:
+        password = httpx.URL(url).password
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return text
+    return text.replace(password, "<redacted>") if password else text

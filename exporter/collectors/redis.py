@@ -1,0 +1,404 @@
+"""Redis: is each configured instance answering, how busy is it, and how deep are its queues.
+
+Per instance and run: a PING (timed on an already open connection, so the number is the round
+trip and not the TCP and AUTH handshake), INFO clients, INFO memory, and the depth of every
+configured queue, all but the PING in one pipelined round trip:
+
+    list            LLEN key
+    stream          XLEN key
+    zset            ZCARD key
+    stream_pending  XPENDING key group  (the summary's count of delivered, unacknowledged entries)
+
+A key that does not exist is depth 0: an empty queue is often deleted by Redis, and a missing
+series would read as "unknown" exactly when the queue is healthiest. A key of the wrong type or a
+consumer group that does not exist gives no depth and read_ok 0 instead.
+
+One client is kept per instance between runs, without retries (a retry would hide a timeout
+behind several). The password is read at each run (a rotated file is picked up without a reload);
+a changed password replaces the client. When an instance cannot be read its up is 0 and its other
+gauges and depths are absent (unknown is not 0), read_ok is 0 for each queue, and
+autoglm_redis_failures_total counts the run under one bounded reason:
+
+    connect_refused  nothing listens at the address
+    timeout          no answer within the instance's timeout (connect or reply)
+    auth             the server refused the credentials (wrong or missing password, ACL)
+    auth_config      the password's environment variable or file could not be read
+    error            anything else (reset, DNS, a protocol error, the server still loading)
+
+Passwords never appear in metrics, facts, logs or messages. Instances are read one after another:
+with several unreachable instances a run can take the sum of their timeouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from ..config import RedisConfig, RedisQueue
+from ..metricspec import Family, MetricSpec, counter, gauge
+from ..secrets import SecretError, read_secret
+from .base import Collector, Result
+
+log = logging.getLogger(__name__)
+
+FAILURE_REASONS = ("connect_refused", "timeout", "auth", "auth_config", "error")
+MAX_MESSAGE = 200
+
+UP = gauge("autoglm_redis_up", "1 when the Redis instance answered PING in time, else 0.", "redis")
+PING_DURATION = gauge(
+    "autoglm_redis_ping_duration_seconds",
+    "Round-trip time of a PING to the Redis instance on an open connection.",
+    "redis",
+)
+CONNECTED_CLIENTS = gauge(
+    "autoglm_redis_connected_clients", "Client connections open on the Redis instance.", "redis"
+)
+BLOCKED_CLIENTS = gauge(
+    "autoglm_redis_blocked_clients",
+    "Clients of the Redis instance blocked in a command such as BLPOP or XREADGROUP.",
+    "redis",
+)
+MEMORY_USED = gauge(
+    "autoglm_redis_memory_used_bytes", "Memory the Redis instance has allocated for its data.", "redis"
+)
+MEMORY_MAX = gauge(
+    "autoglm_redis_memory_max_bytes",
+    "Memory limit of the Redis instance (maxmemory), 0 when it has none.",
+    "redis",
+)
+QUEUE_DEPTH = gauge(
+    "autoglm_redis_queue_depth",
+    "Items in the queue (list length, stream length, sorted set size or a group's pending entries),"
+    " 0 when the key does not exist.",
+    "redis",
+    "queue",
+    "type",
+)
+QUEUE_READ_OK = gauge(
+    "autoglm_redis_queue_read_ok",
+    "1 when the queue's depth was read in the last run, 0 on a wrong key type, a missing consumer"
+    " group or an unreachable instance.",
+    "redis",
+    "queue",
+)
+FAILURES = counter(
+    "autoglm_redis_failures",
+    "Runs in which the Redis instance could not be read, by reason.",
+    "redis",
+    "reason",
+)
+
+
+@dataclass(frozen=True)
+class RedisInstanceFacts:
+    name: str
+    address: str
+    up: bool
+    failure: str | None  # one of FAILURE_REASONS when down
+    error: str | None  # a short message, never a secret
+    ping_seconds: float | None
+    connected_clients: int | None
+    blocked_clients: int | None
+    memory_used: int | None
+    memory_max: int | None  # 0: no limit
+    queues: dict[str, int | None]  # queue name -> depth; None when it could not be read
+    queue_growth: dict[str, int]  # depth minus the previous run's depth, 0 on the first run
+    queue_errors: dict[str, str] = field(default_factory=dict)  # queue name -> why it has no depth
+
+
+@dataclass(frozen=True)
+class RedisFacts:
+    instances: dict[str, RedisInstanceFacts]
+
+
+class _Down(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RedisCollector(Collector):
+    name = "redis"
+    metrics = (
+        UP,
+        PING_DURATION,
+        CONNECTED_CLIENTS,
+        BLOCKED_CLIENTS,
+        MEMORY_USED,
+        MEMORY_MAX,
+        QUEUE_DEPTH,
+        QUEUE_READ_OK,
+        FAILURES,
+    )
+
+    def __init__(self, instances: tuple[RedisConfig, ...]) -> None:
+        self.instances = instances
+        self.settings = (instances,)
+        self._queues = {i.name: queue_names(i.queues) for i in instances}
+        self._clients: dict[str, tuple[str, redis.Redis]] = {}  # name -> (credentials digest, client)
+        self._failures = {i.name: dict.fromkeys(FAILURE_REASONS, 0) for i in instances}
+        self._depths: dict[str, dict[str, int]] = {i.name: {} for i in instances}  # the previous run's
+        self._last_failure: dict[str, str | None] = {i.name: None for i in instances}
+
+    def collect(self) -> Result:
+        facts = {instance.name: self._read(instance) for instance in self.instances}
+        return Result(self._families(facts), RedisFacts(facts))
+
+    # --- reading one instance -------------------------------------------------------------------
+
+    def _read(self, instance: RedisConfig) -> RedisInstanceFacts:
+        password: str | None = None
+        try:
+            try:
+                password = read_secret(instance.password)
+            except SecretError as exc:
+                self._drop_client(instance.name)
+                raise _Down("auth_config", str(exc)) from None
+            facts = self._query(instance, self._client(instance, password))
+        except _Down as down:
+            return self._down(instance, down.reason, _redact(str(down), password))
+        if self._last_failure[instance.name] is not None:
+            log.info("redis instance answers again", extra={"redis": instance.name})
+            self._last_failure[instance.name] = None
+        return facts
+
+    def _query(self, instance: RedisConfig, client: redis.Redis) -> RedisInstanceFacts:
+        queues = self._queues[instance.name]
+        try:
+            client.ping()  # opens the connection and authenticates: not part of the timing
+            started = time.perf_counter()
+            client.ping()
+            ping = time.perf_counter() - started
+            pipe = client.pipeline(transaction=False)
+            pipe.info("clients")
+            pipe.info("memory")
+            for _, queue in queues:
+                _queue_commands(pipe, queue)
+            replies = iter(pipe.execute(raise_on_error=False))
+        except (RedisError, OSError, ValueError) as exc:
+            client.connection_pool.disconnect()
+            raise _Down(_classify(exc), _message(exc)) from None
+        clients, memory = next(replies), next(replies)
+        depths: dict[str, int | None] = {}
+        errors: dict[str, str] = {}
+        for name, queue in queues:
+            depth, error = _queue_depth(queue, replies)
+            depths[name] = depth
+            if error is not None:
+                errors[name] = error
+        previous = self._depths[instance.name]
+        growth = {n: d - previous.get(n, d) for n, d in depths.items() if d is not None}
+        self._depths[instance.name] = {n: d for n, d in depths.items() if d is not None}
+        return RedisInstanceFacts(
+            name=instance.name,
+            address=instance.address,
+            up=True,
+            failure=None,
+            error=None,
+            ping_seconds=ping,
+            connected_clients=_info_int(clients, "connected_clients"),
+            blocked_clients=_info_int(clients, "blocked_clients"),
+            memory_used=_info_int(memory, "used_memory"),
+            memory_max=_info_int(memory, "maxmemory"),
+            queues=depths,
+            queue_growth=growth,
+            queue_errors=errors,
+        )
+
+    def _down(self, instance: RedisConfig, reason: str, message: str) -> RedisInstanceFacts:
+        self._failures[instance.name][reason] += 1
+        self._depths[instance.name] = {}
+        if self._last_failure[instance.name] != reason:
+            log.warning(
+                "redis instance cannot be read",
+                extra={"redis": instance.name, "reason": reason, "error": message},
+            )
+            self._last_failure[instance.name] = reason
+        return RedisInstanceFacts(
+            name=instance.name,
+            address=instance.address,
+            up=False,
+            failure=reason,
+            error=message,
+            ping_seconds=None,
+            connected_clients=None,
+            blocked_clients=None,
+            memory_used=None,
+            memory_max=None,
+            queues={name: None for name, _ in self._queues[instance.name]},
+            queue_growth={},
+        )
+
+    def _client(self, instance: RedisConfig, password: str | None) -> redis.Redis:
+        digest = hashlib.sha256(repr((instance.username, password)).encode()).hexdigest()
+        cached = self._clients.get(instance.name)
+        if cached is not None and cached[0] == digest:
+            return cached[1]
+        self._drop_client(instance.name)
+        host, _, port = instance.address.rpartition(":")
+        try:
+            port_number = int(port)
+        except ValueError:
+            raise _Down("error", f"bad address {instance.address!r}, expected HOST:PORT") from None
+        client = redis.Redis(
+            host=host.strip("[]") or "127.0.0.1",
+            port=port_number,
+            db=instance.db,
+            username=instance.username,
+            password=password,
+            socket_timeout=instance.timeout,
+            socket_connect_timeout=instance.timeout,
+            retry=Retry(NoBackoff(), 0),
+            protocol=2,
+            health_check_interval=0,
+            client_name="autoglm-exporter",
+        )
+        self._clients[instance.name] = (digest, client)
+        return client
+
+    def _drop_client(self, name: str) -> None:
+        cached = self._clients.pop(name, None)
+        if cached is not None:
+            with contextlib.suppress(RedisError, OSError):
+                cached[1].close()
+
+    # --- metrics ----------------------------------------------------------------------------------
+
+    def _families(self, instances: dict[str, RedisInstanceFacts]) -> list[Family]:
+        families = {spec.name: spec.family() for spec in self.metrics}
+
+        def add(spec: MetricSpec, labels: list[str], value: float | None) -> None:
+            if value is not None:
+                families[spec.name].add_metric(labels, value)
+
+        for name, facts in instances.items():
+            add(UP, [name], 1 if facts.up else 0)
+            for reason in FAILURE_REASONS:
+                add(FAILURES, [name, reason], self._failures[name][reason])
+            for queue_name, queue in self._queues[name]:
+                depth = facts.queues.get(queue_name)
+                add(QUEUE_READ_OK, [name, queue_name], 0 if depth is None else 1)
+                add(QUEUE_DEPTH, [name, queue_name, queue.type], depth)
+            if facts.up:
+                add(PING_DURATION, [name], facts.ping_seconds)
+                add(CONNECTED_CLIENTS, [name], facts.connected_clients)
+                add(BLOCKED_CLIENTS, [name], facts.blocked_clients)
+                add(MEMORY_USED, [name], facts.memory_used)
+                add(MEMORY_MAX, [name], facts.memory_max)
+        return list(families.values())
+
+
+def queue_names(queues: tuple[RedisQueue, ...]) -> tuple[tuple[str, RedisQueue], ...]:
+    """(name, queue) for each configured queue; the name is the `queue` label and the facts' key.
+
+    The name is the key. A stream_pending queue whose key is configured more than once (the
+    stream's length and its group's pending entries, or several groups) is named KEY:GROUP so the
+    series stay apart; an exact repeat is read once.
+    """
+    repeated = Counter(queue.key for queue in queues)
+    named: dict[str, RedisQueue] = {}
+    for queue in queues:
+        name = queue.key
+        if repeated[queue.key] > 1 and queue.type == "stream_pending":
+            name = f"{queue.key}:{queue.group}"
+        named.setdefault(name, queue)
+    return tuple(named.items())
+
+
+def _queue_commands(pipe: Any, queue: RedisQueue) -> None:
+    if queue.type == "stream":
+        pipe.xlen(queue.key)
+    elif queue.type == "zset":
+        pipe.zcard(queue.key)
+    elif queue.type == "stream_pending":
+        pipe.exists(queue.key)  # XPENDING answers NOGROUP for a missing key and a missing group alike
+        pipe.xpending(queue.key, queue.group)
+    else:
+        pipe.llen(queue.key)
+
+
+def _queue_depth(queue: RedisQueue, replies: Any) -> tuple[int | None, str | None]:
+    """The depth from this queue's replies (consumed from the iterator), or None and why."""
+    if queue.type == "stream_pending":
+        exists, pending = next(replies), next(replies)
+        if exists == 0:
+            return 0, None
+        reply = pending
+        if isinstance(pending, dict):
+            reply = pending.get("pending")
+        elif isinstance(pending, list | tuple) and pending:
+            reply = pending[0]
+    else:
+        reply = next(replies)
+    if isinstance(reply, Exception):
+        return None, _message(reply)
+    if isinstance(reply, int) and not isinstance(reply, bool):
+        return reply, None
+    return None, f"unexpected reply of type {type(reply).__name__}"
+
+
+def _info_int(info: Any, key: str) -> int | None:
+    if not isinstance(info, dict):
+        return None
+    value = info.get(key)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def _classify(exc: BaseException) -> str:
+    if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError | NoPermissionError):
+        return "auth"
+    if isinstance(exc, ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+        return "auth"
+    if isinstance(exc, RedisTimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(exc, RedisConnectionError | OSError) and _refused(exc):
+        return "connect_refused"
+    return "error"
+
+
+def _refused(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # the cause chain is short; bounded anyway
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) == errno.ECONNREFUSED:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _message(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:MAX_MESSAGE]
+
+
+def _redact(text: str, secret: str | None) -> str:
+    if secret:
+        text = text.replace(secret, "<redacted>")
+    return text

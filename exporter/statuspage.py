@@ -1,0 +1,127 @@
+"""The status page at `/`: the chain drawn as coloured links, the verdict, its evidence, last errors.
+
+Everything shown comes from the world (log lines, error messages, URLs) and is hostile input:
+every value passes through html.escape. The page refreshes itself, needs no JavaScript, and
+loads nothing from outside.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+
+from . import __version__
+from .diagnosis import LAYERS, Diagnosis, Link
+from .store import CollectorHealth
+
+REFRESH_SECONDS = 10
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1d2330;background:#f6f7f9}
+h1{font-size:1.3rem;margin:0 0 1rem}
+.verdict{padding:1rem 1.2rem;border-radius:8px;margin-bottom:1.2rem;color:#fff}
+.verdict.ok{background:#2e7d32}.verdict.broken{background:#c62828}
+.verdict h2{margin:0 0 .4rem;font-size:1.15rem}
+.verdict ul{margin:.4rem 0 .2rem 1.2rem;padding:0}
+code{background:rgba(0,0,0,.08);padding:.1rem .3rem;border-radius:4px;white-space:pre-wrap}
+.verdict code{background:rgba(255,255,255,.18)}
+.chain{display:flex;gap:.5rem;align-items:stretch;flex-wrap:wrap;margin-bottom:1.2rem}
+.layer{flex:1;min-width:10rem;background:#fff;border-radius:8px;border-top:6px solid #9e9e9e;padding:.6rem}
+.layer.ok{border-color:#2e7d32}.layer.broken{border-color:#c62828}.layer.unknown{border-color:#f9a825}
+.layer h3{margin:0 0 .4rem;font-size:.95rem;text-transform:uppercase;letter-spacing:.05em}
+.arrow{align-self:center;color:#9e9e9e;font-size:1.4rem}
+.link{font-size:.85rem;margin:.3rem 0}.link .mark{font-weight:bold;margin-right:.3rem}
+.link.ok .mark{color:#2e7d32}.link.broken .mark{color:#c62828}.link.unknown .mark{color:#f9a825}
+table{border-collapse:collapse;background:#fff;font-size:.85rem}
+td,th{padding:.3rem .6rem;border-bottom:1px solid #e0e0e0;text-align:left}
+section{margin-bottom:1.2rem}footer{font-size:.8rem;color:#666}
+"""
+
+_MARK = {True: "✔", False: "✘", None: "?"}
+
+
+def _state(ok: bool | None) -> str:
+    return {True: "ok", False: "broken", None: "unknown"}[ok]
+
+
+def render(
+    diagnosis: Diagnosis | None,
+    health: Mapping[str, CollectorHealth],
+    telemetry_path: str = "/metrics",
+) -> str:
+    esc = html.escape
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<meta http-equiv='refresh' content='{REFRESH_SECONDS}'>",
+        "<title>autoglm-exporter status</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>autoglm-exporter: the inference chain</h1>",
+    ]
+    if diagnosis is None:
+        parts.append("<div class='verdict broken'><h2>No diagnosis yet: collectors are starting</h2></div>")
+    else:
+        parts.append(_verdict(diagnosis.verdict))
+        parts.append(_chain(diagnosis.links))
+        parts.append(_recent_errors(diagnosis.recent_errors))
+    parts.append(_collectors(health))
+    metrics = esc(telemetry_path)
+    parts.append(
+        f"<footer>autoglm-exporter {esc(__version__)} · <a href='{metrics}'>{metrics}</a> · "
+        "<a href='/api/diagnosis'>/api/diagnosis</a> · <a href='/-/healthy'>/-/healthy</a> · "
+        "<a href='/-/ready'>/-/ready</a> · <a href='/-/log-level'>/-/log-level</a> · "
+        f"refreshes every {REFRESH_SECONDS} s</footer></body></html>"
+    )
+    return "\n".join(parts)
+
+
+def _verdict(verdict: Link | None) -> str:
+    esc = html.escape
+    if verdict is None:
+        return "<div class='verdict ok' id='verdict'><h2>Healthy: every link of the chain answers</h2></div>"
+    evidence = "".join(f"<li>{esc(line)}</li>" for line in verdict.evidence)
+    command = f"<p>Next: <code>{esc(verdict.next_command)}</code></p>" if verdict.next_command else ""
+    return (
+        "<div class='verdict broken' id='verdict'>"
+        f"<h2>{esc(verdict.layer)} / {esc(verdict.reason)}: {esc(verdict.name)}</h2>"
+        f"<div>{esc(verdict.summary)}</div><ul>{evidence}</ul>{command}</div>"
+    )
+
+
+def _chain(links: tuple[Link, ...]) -> str:
+    esc = html.escape
+    boxes = []
+    for layer in LAYERS:
+        members = [link for link in links if link.layer == layer]
+        if not members:
+            continue
+        states = [link.ok for link in members]
+        state = "broken" if False in states else ("unknown" if None in states else "ok")
+        items = "".join(
+            f"<div class='link {_state(link.ok)}'><span class='mark'>{_MARK[link.ok]}</span>"
+            f"<b>{esc(link.name)}</b>: {esc(link.summary)}</div>"
+            for link in members
+        )
+        boxes.append(
+            f"<div class='layer {state}' data-layer='{esc(layer)}'><h3>{esc(layer)}</h3>{items}</div>"
+        )
+    return "<div class='chain'>" + "<div class='arrow'>→</div>".join(boxes) + "</div>"
+
+
+def _recent_errors(lines: tuple[str, ...]) -> str:
+    if not lines:
+        return "<section><h3>Last errors</h3><p>none in the watched logs</p></section>"
+    items = "".join(f"<li><code>{html.escape(line)}</code></li>" for line in lines)
+    return f"<section id='errors'><h3>Last errors</h3><ul>{items}</ul></section>"
+
+
+def _collectors(health: Mapping[str, CollectorHealth]) -> str:
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(name)}</td><td>{'ok' if h.success else ('stuck' if h.stuck else 'failing')}</td>"
+        f"<td>{h.duration * 1000:.1f} ms</td><td>{esc(h.last_error or '')}</td></tr>"
+        for name, h in sorted(health.items())
+    )
+    return (
+        "<section><h3>Collectors</h3><table><tr><th>collector</th><th>state</th><th>last run</th>"
+        f"<th>last error</th></tr>{rows}</table></section>"
+    )
