@@ -71,7 +71,11 @@ def start_process(args: list[str], log_path: Path, **kwargs: object) -> subproce
     log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_process through the Popen
     try:
         proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs  # type: ignore[call-overload]
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            **kwargs,  # type: ignore[call-overload]
         )
     finally:
         log.close()  # the child holds its own descriptor
@@ -92,7 +96,9 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> No
         pass
 
 
-def wait_http(url: str, deadline_s: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+def wait_http(
+    url: str, deadline_s: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
+) -> None:
     """Poll until `url` answers 200, at most `deadline_s` seconds; exit clearly otherwise."""
     end = time.monotonic() + deadline_s
     last = "no answer"

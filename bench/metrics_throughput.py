@@ -12,6 +12,7 @@ information.
 from __future__ import annotations
 
 import gzip
+import os
 import sys
 import tempfile
 import time
@@ -78,8 +79,9 @@ def main() -> int:
                 plain, zipped, samples = page_facts(url)
                 print(f"{label:>14} page: {samples} samples, {plain} bytes plain, {zipped} bytes gzip")
             print(
-                f"wrk: -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s --latency (after a {WARMUP_SECONDS}s warm-up); "
-                f"machine has {len(__import__('os').sched_getaffinity(0))} CPUs shared by wrk and both exporters"
+                f"wrk: -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s --latency "
+                f"(after a {WARMUP_SECONDS}s warm-up); "
+                f"machine has {len(os.sched_getaffinity(0))} CPUs shared by wrk and both exporters"
             )
 
             results: dict[tuple[str, str], c.WrkResult] = {}
@@ -107,7 +109,9 @@ def main() -> int:
     ok_all = True
     for mode in ("plain", "gzip"):
         ours, peer = results[(mode, "ours")], results[(mode, "node_exporter")]
-        ratio = ours.requests_per_second / peer.requests_per_second if peer.requests_per_second else float("inf")
+        ratio = (
+            ours.requests_per_second / peer.requests_per_second if peer.requests_per_second else float("inf")
+        )
         errors_ok = ours.non_2xx == 0 and ours.socket_errors == "none"
         print(
             f"[{mode:>5}] ratio ours/node_exporter req/s = {ratio:.2f}x (target >= {TARGET_RATIO:g}x); "
@@ -126,6 +130,13 @@ def main() -> int:
                 f"p99 {ours.p99_ms:.2f} ms {'<=' if p99_ok else '>'} {TARGET_P99_MS:g} ms"
                 + ("" if errors_ok else f", ERRORS non-2xx={ours.non_2xx} socket={ours.socket_errors}"),
             )
+        )
+    ours_plain = results[("plain", "ours")]
+    if 35.0 <= ours_plain.p50_ms <= 50.0:
+        print(
+            "hint: a ~40 ms median on loopback is the signature of Nagle's algorithm meeting the "
+            "client's delayed ACK (response headers and body sent as separate small writes on a "
+            "socket without TCP_NODELAY)"
         )
     for line in lines:
         print(line)

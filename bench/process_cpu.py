@@ -48,8 +48,10 @@ def measure_ours(marker: str, pid: int) -> tuple[float, float]:
         result = collector.collect()
     facts = result.facts.services["bench"]
     if facts.pids != [pid] or facts.threads != THREADS + 1:
-        raise RuntimeError(f"our collector matched pids {facts.pids} with {facts.threads} threads, "
-                           f"expected [{pid}] with {THREADS + 1}")
+        raise RuntimeError(
+            f"our collector matched pids {facts.pids} with {facts.threads} threads, "
+            f"expected [{pid}] with {THREADS + 1}"
+        )
     start = time.process_time()
     for _ in range(CYCLES):
         collector.collect()
@@ -79,8 +81,15 @@ def measure_peer(binary: str, marker: str, work: Path, extra: list[str]) -> tupl
     proc = None
     try:
         proc = c.start_process(
-            [binary, "-config.path", str(config), "-web.listen-address", f"127.0.0.1:{port}",
-             "-threads=true", *extra],
+            [
+                binary,
+                "-config.path",
+                str(config),
+                "-web.listen-address",
+                f"127.0.0.1:{port}",
+                "-threads=true",
+                *extra,
+            ],
             log,
         )
         c.wait_http(url, 20, proc, log)
@@ -105,9 +114,11 @@ def main() -> int:
         try:
             child = c.start_threaded_child(work, marker, THREADS)
             processes, threads = c.count_processes()
-            print(f"machine: {processes} processes, {threads} threads in /proc "
-                  f"(the peer reads every process each scrape; ours reads every cmdline, cached "
-                  f"{CMDLINE_CACHE_SECONDS:g} s)")
+            print(
+                f"machine: {processes} processes, {threads} threads in /proc "
+                f"(the peer reads every process each scrape; ours reads every cmdline, cached "
+                f"{CMDLINE_CACHE_SECONDS:g} s)"
+            )
             print(f"service: pid {child.pid}, {c.thread_count(child.pid)} threads, cmdline marker {marker}")
 
             ours_warm, ours_cold = measure_ours(marker, child.pid)
@@ -126,19 +137,34 @@ def main() -> int:
     print("-" * 78)
     print(f"ours  warm cycle (cmdlines cached), {CYCLES} cycles: {ours_warm * 1000:8.3f} ms CPU/cycle")
     print(f"ours  cold cycle (fresh collector), {COLD_CYCLES} cycles:  {ours_cold * 1000:8.3f} ms CPU/cycle")
-    print(f"ours  amortized at the default {DEFAULT_INTERVAL:g}s interval:  {amortized * 1000:8.3f} ms CPU/cycle")
+    print(
+        f"ours  amortized at the default {DEFAULT_INTERVAL:g}s interval:  "
+        f"{amortized * 1000:8.3f} ms CPU/cycle"
+    )
     print(f"peer  process-exporter -threads, {CYCLES} scrapes:    {peer * 1000:8.3f} ms CPU/scrape")
     print(f"peer  ... with -gather-smaps=false:          {peer_nosmaps * 1000:8.3f} ms CPU/scrape")
     ratio = ours_warm / peer if peer > 0 else float("inf")
     ratio_amortized = amortized / peer if peer > 0 else float("inf")
     ratio_nosmaps = ours_warm / peer_nosmaps if peer_nosmaps > 0 else float("inf")
-    print(f"ratio ours(warm)/peer = {ratio:.3f}   ours(amortized)/peer = {ratio_amortized:.3f}   "
-          f"ours(warm)/peer(no smaps) = {ratio_nosmaps:.3f}   (target <= {TARGET_RATIO:g})")
+    print(
+        f"ratio ours(warm)/peer = {ratio:.3f}   ours(amortized)/peer = {ratio_amortized:.3f}   "
+        f"ours(warm)/peer(no smaps) = {ratio_nosmaps:.3f}   (target <= {TARGET_RATIO:g})"
+    )
     ok = ratio <= TARGET_RATIO
-    print(c.verdict("process_cpu (amortized, informational)", ratio_amortized <= TARGET_RATIO,
-                    f"ours/peer {ratio_amortized:.3f} vs {TARGET_RATIO:g}"))
-    print(c.verdict("process_cpu (peer without smaps, informational)", ratio_nosmaps <= TARGET_RATIO,
-                    f"ours/peer {ratio_nosmaps:.3f} vs {TARGET_RATIO:g}"))
+    print(
+        c.verdict(
+            "process_cpu (amortized, informational)",
+            ratio_amortized <= TARGET_RATIO,
+            f"ours/peer {ratio_amortized:.3f} vs {TARGET_RATIO:g}",
+        )
+    )
+    print(
+        c.verdict(
+            "process_cpu (peer without smaps, informational)",
+            ratio_nosmaps <= TARGET_RATIO,
+            f"ours/peer {ratio_nosmaps:.3f} vs {TARGET_RATIO:g}",
+        )
+    )
     print(c.verdict("process_cpu", ok, f"ours(warm)/peer {ratio:.3f} {'<=' if ok else '>'} {TARGET_RATIO:g}"))
     return 0
 

@@ -69,8 +69,10 @@ def main() -> int:
             store.set_collectors(r.name for r in runners)
             gc.collect()
             rss_start = c.rss_bytes()
-            print(f"service: pid {child.pid} with {c.thread_count(child.pid)} threads; services: "
-                  f"{', '.join(s.name for s in services)}; {c.count_processes()[0]} processes on the machine")
+            print(
+                f"service: pid {child.pid} with {c.thread_count(child.pid)} threads; services: "
+                f"{', '.join(s.name for s in services)}; {c.count_processes()[0]} processes on the machine"
+            )
             print(f"RSS before the first cycle: {rss_start / MB:.2f} MB", flush=True)
             started = time.monotonic()
             deadline = started + args.max_seconds
@@ -90,8 +92,11 @@ def main() -> int:
                     rss = c.rss_bytes()
                     checkpoints.append((cycle, rss))
                     rate = cycle / (time.monotonic() - started)
-                    print(f"  cycle {cycle:6d}: RSS {rss / MB:7.2f} MB, {rate:7.1f} cycles/s, "
-                          f"eta {(cycles - cycle) / rate:5.0f} s", flush=True)
+                    print(
+                        f"  cycle {cycle:6d}: RSS {rss / MB:7.2f} MB, {rate:7.1f} cycles/s, "
+                        f"eta {(cycles - cycle) / rate:5.0f} s",
+                        flush=True,
+                    )
                 if time.monotonic() > deadline:
                     print(f"  stopped at cycle {cycle}: --max-seconds {args.max_seconds:g} reached")
                     break
@@ -105,30 +110,51 @@ def main() -> int:
             c.stop_process(child)
 
     print("-" * 78)
-    print(f"cycles run: {done} (each = one run_once() of both runners), {pages} pages rendered, "
-          f"{failures} failed runs, {elapsed:.1f} s")
+    print(
+        f"cycles run: {done} (each = one run_once() of both runners), {pages} pages rendered, "
+        f"{failures} failed runs, {elapsed:.1f} s"
+    )
     print(f"cycles/second: {done / elapsed:.1f}  ({elapsed / max(done, 1) * 1000:.2f} ms wall per cycle)")
     print(f"RSS before cycle 1 (peer baseline): {rss_start / MB:.2f} MB")
     complete = done == cycles and rss_warm is not None
     if rss_warm is not None:
         print(f"RSS at cycle {warmup}: {rss_warm / MB:.2f} MB")
-    print(f"RSS at cycle {done}: {rss_end / MB:.2f} MB  (ratio final/before-first-cycle = "
-          f"{rss_end / rss_start:.3f})")
+    print(
+        f"RSS at cycle {done}: {rss_end / MB:.2f} MB  (ratio final/before-first-cycle = "
+        f"{rss_end / rss_start:.3f})"
+    )
     growth = rss_end - rss_warm if rss_warm is not None else None
     if growth is not None:
         print(f"growth cycle {warmup} -> {done}: {growth / 1024:+.0f} KiB ({growth / MB:+.3f} MB)")
     final_ok = rss_end <= TARGET_FINAL_BYTES
     growth_ok = growth is not None and growth < TARGET_GROWTH_BYTES
-    print(c.verdict("rss_cycles final", final_ok,
-                    f"{rss_end / MB:.2f} MB {'<=' if final_ok else '>'} {TARGET_FINAL_BYTES / MB:g} MB"))
-    print(c.verdict("rss_cycles growth", growth_ok,
-                    "not measured" if growth is None else
-                    f"{growth / MB:+.3f} MB {'<' if growth_ok else '>='} {TARGET_GROWTH_BYTES / MB:g} MB"))
+    print(
+        c.verdict(
+            "rss_cycles final",
+            final_ok,
+            f"{rss_end / MB:.2f} MB {'<=' if final_ok else '>'} {TARGET_FINAL_BYTES / MB:g} MB",
+        )
+    )
+    print(
+        c.verdict(
+            "rss_cycles growth",
+            growth_ok,
+            "not measured"
+            if growth is None
+            else f"{growth / MB:+.3f} MB {'<' if growth_ok else '>='} {TARGET_GROWTH_BYTES / MB:g} MB",
+        )
+    )
     ok = final_ok and growth_ok and complete and failures == 0
     why = "" if complete else f" (INCOMPLETE: {done}/{cycles} cycles)"
     why += "" if failures == 0 else f" ({failures} failed runs)"
-    print(c.verdict("rss_cycles", ok, f"final {rss_end / MB:.2f} MB, growth "
-                    f"{'n/a' if growth is None else f'{growth / MB:+.3f} MB'}{why}"))
+    print(
+        c.verdict(
+            "rss_cycles",
+            ok,
+            f"final {rss_end / MB:.2f} MB, growth "
+            f"{'n/a' if growth is None else f'{growth / MB:+.3f} MB'}{why}",
+        )
+    )
     return 0
 
 

@@ -38,7 +38,7 @@ REASONS: dict[str, tuple[str, ...]] = {
         "dns",
         "tls",
     ),
-    "service": ("process_missing", "port_not_listening", "log_errors"),
+    "service": ("process_missing", "port_not_listening", "port_taken", "log_errors"),
     "dependencies": ("redis_down", "engine_down", "engine_not_generating", "dependency_probe_failed"),
     "resources": ("memory_low", "cpu_saturated", "context_switch_storm", "io_blocked"),
     "stall": ("engine_stalled", "queue_backlog_growing"),
@@ -268,6 +268,17 @@ def _service_link(service: Any) -> Link:
         )
     pids = _pids(service)
     listening = ", ".join(str(p) for p in service.listening_ports[:8]) or "none"
+    if port is not None and service.port_taken_by:
+        holders = ", ".join(f"pid {pid} ({comm})" for pid, comm in service.port_taken_by[:3])
+        return Link(
+            name,
+            "service",
+            False,
+            f"running (pid {pids}) but port {port} is held by another process: {holders}",
+            reason="port_taken",
+            evidence=(f"{holders} listens on {port}; clients reach it instead of {service.name}",),
+            next_command=f"ss -tlnp 'sport = :{port}'",
+        )
     if port is not None and not service.expected_port_listening:
         return Link(
             name,
@@ -296,6 +307,9 @@ def _log_links(logs: Any, now: float) -> list[Link]:
     links = []
     for log in logs.logs.values():
         name = f"log {log.name}"
+        if log.error:
+            links.append(Link(name, "service", None, f"cannot read {log.path}: {log.error}"))
+            continue
         if not log.present:
             links.append(Link(name, "service", None, f"{log.path} does not exist (yet)"))
             continue
@@ -349,7 +363,8 @@ def _redis_link(instance: Any) -> Link:
     name = f"redis {instance.name}"
     if instance.up:
         ping = f"{instance.ping_seconds * 1000:.1f} ms" if instance.ping_seconds is not None else "?"
-        return Link(name, "dependencies", True, f"PING {ping}, {instance.connected_clients} clients")
+        clients = f", {instance.connected_clients} clients" if instance.connected_clients is not None else ""
+        return Link(name, "dependencies", True, f"PING {ping}{clients}")
     host, _, port = instance.address.rpartition(":")
     return Link(
         name,
@@ -375,7 +390,7 @@ def _engine_link(instance: Any) -> Link:
         f"the {instance.kind} engine's metrics do not answer ({instance.failure})",
         "engine_down",
         (f"{instance.error}",),
-        "curl -s http://127.0.0.1:8000/health; curl -s http://127.0.0.1:8000/metrics | head",
+        f"curl -sv -m 10 {instance.url or 'http://127.0.0.1:8000/metrics'} | head",
     )
 
 
@@ -499,7 +514,7 @@ def _stall_links(engine: Any, redis: Any) -> list[Link]:
                         f"queue {key} grows: {depth} waiting (+{growth} since the last reading)",
                         "queue_backlog_growing",
                         (f"{instance.name} {key}: depth {depth}",),
-                        f"redis-cli -h {host.strip('[]')} -p {port} llen {key}",
+                        f"redis-cli -h {host.strip('[]')} -p {port} type '{key}'",
                     )
                 )
     return links

@@ -9,9 +9,10 @@
   * rotation by rename (or delete and recreate): the path names another inode, so the lines left
     in the old handle are read first (a last line without its newline is returned as it is: nobody
     will finish it), then the new file is opened and read from its start;
-  * truncation in place (copytruncate): the file is shorter than our position, so reading starts
-    again at 0 (a partial line held from before is dropped). A file truncated and then rewritten
-    past our position between two calls cannot be told from one that grew; tail has the same limit.
+  * truncation in place (copytruncate): the file is shorter than our position, or the bytes just
+    before our position are no longer those we read there, so reading starts again at 0 (a partial
+    line held from before is dropped). Only a file truncated and rewritten with the very same bytes
+    up to our position between two calls goes unnoticed.
 - A partial last line is kept until its newline arrives.
 - A line longer than `max_line_bytes` is cut to that many bytes and marked with TRUNCATION_MARK;
   the rest, up to its newline, is discarded as it is read: no more than the bound is ever held.
@@ -37,6 +38,7 @@ TRUNCATION_MARK = "…[truncated]"
 DEFAULT_MAX_LINE_BYTES = 8192
 DEFAULT_MAX_BYTES_PER_READ = 4 * 1024 * 1024
 CHUNK_BYTES = 64 * 1024
+TAIL_BYTES = 64
 
 
 class LogFollower:
@@ -54,6 +56,7 @@ class LogFollower:
         self._handle: BinaryIO | None = None
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open handle
         self._position = 0  # offset in the open handle up to which bytes were consumed
+        self._tail = b""  # the last bytes before _position, to notice a file rewritten under us
         self._start_at_end = True  # true until the file was first opened or seen missing
         self._partial = bytearray()  # the start of a line whose newline has not come yet
         self._cut = False  # the current line exceeded max_line_bytes: the rest is discarded
@@ -61,7 +64,7 @@ class LogFollower:
         self._present = False
         self._error: str | None = None
         self.truncated_lines = 0  # lines cut to max_line_bytes since this follower was made
-        self.rotations = 0  # times the path was found to name another file or to be truncated
+        self.rotations = 0  # files finished because the path moved on (renamed, deleted) or truncated
 
     @property
     def present(self) -> bool:
@@ -80,6 +83,7 @@ class LogFollower:
         self._handle = None
         self._identity = None
         self._position = 0
+        self._tail = b""
         self._reset_line()
 
     def read_lines(self) -> list[str]:
@@ -107,11 +111,10 @@ class LogFollower:
             budget = self._drain_old(lines, budget)
             if self._handle is not None:
                 return lines  # the budget ran out inside the old file: the new one waits
-            self.rotations += 1
         if self._handle is None:
-            if not self._open(stat):
+            if not self._open():
                 return lines
-        elif stat.st_size < self._position:
+        elif stat.st_size < self._position or not self._tail_unchanged():
             # Truncated in place (copytruncate): the content starts again at 0.
             self.rotations += 1
             self._seek(0)
@@ -121,7 +124,7 @@ class LogFollower:
 
     # --- internals -------------------------------------------------------------------------
 
-    def _open(self, stat: os.stat_result) -> bool:
+    def _open(self) -> bool:
         try:
             handle = open(self.path, "rb")  # noqa: SIM115 - kept open between calls, like tail -F
         except FileNotFoundError:
@@ -145,27 +148,35 @@ class LogFollower:
             self._start_at_end = False
             end = opened.st_size
             self._seek(end)
-            if end > 0 and not self._ends_with_newline(end):
+            if self._tail and not self._tail.endswith(b"\n"):
                 self._skip_line = True  # we start in the middle of a line: it is history
         else:
             self._seek(0)
         return True
 
-    def _ends_with_newline(self, end: int) -> bool:
-        assert self._handle is not None
-        try:
-            self._handle.seek(end - 1)
-            last = self._handle.read(1)
-        except OSError:
-            return True
-        finally:
-            self._seek(end)
-        return last == b"\n"
-
     def _seek(self, offset: int) -> None:
         assert self._handle is not None
         self._handle.seek(offset)
         self._position = offset
+        self._tail = self._bytes_before(offset)
+
+    def _bytes_before(self, offset: int) -> bytes:
+        assert self._handle is not None
+        start = max(0, offset - TAIL_BYTES)
+        try:
+            return os.pread(self._handle.fileno(), offset - start, start)
+        except OSError:
+            return b""
+
+    def _tail_unchanged(self) -> bool:
+        """False when the bytes just before our position are no longer what we read there.
+
+        A file truncated and rewritten past our position between two calls is as long as one that
+        grew; its content tells them apart (unless the new bytes are the very same).
+        """
+        if not self._tail:
+            return True
+        return self._bytes_before(self._position) == self._tail
 
     def _drain_old(self, lines: list[str], budget: int) -> int:
         """Read what is left in the handle of a file that the path no longer names."""
@@ -175,6 +186,7 @@ class LogFollower:
             if (self._partial or self._cut) and not self._skip_line:
                 lines.append(self._finish_line())
             self.close()
+            self.rotations += 1
         return budget
 
     def _read(self, lines: list[str], budget: int) -> int:
@@ -192,6 +204,7 @@ class LogFollower:
                 return budget
             budget -= len(chunk)
             self._position += len(chunk)
+            self._tail = (self._tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
             self._feed(chunk, lines)
         return 0
 

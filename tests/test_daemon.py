@@ -15,6 +15,8 @@ import bcrypt
 import httpx
 import pytest
 
+from autoglm_exporter.server import accepts_gzip
+
 from .conftest import ExporterProcess, free_port, require_binary, sample, wait_until
 
 SERVICE_CONFIG = """
@@ -294,3 +296,19 @@ def test_a_real_prometheus_scrapes_the_exporter(start_exporter, tmp_path: Path) 
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("gzip", True),
+        ("deflate, gzip;q=0.5", True),
+        ("gzip;q=0", False),
+        ("identity", False),
+        ("", False),
+        ("*", True),
+        ("gzip;q=bogus", False),
+    ],
+)
+def test_accept_encoding_is_honoured(header: str, expected: bool) -> None:
+    assert accepts_gzip(header) is expected

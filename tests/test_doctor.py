@@ -70,7 +70,9 @@ def test_healthy_when_the_service_runs_listens_and_answers(child_processes, tmp_
     child = child_processes(INFERENCE_SERVICE, str(port))
     assert child.stdout.readline().strip() == b"listening"
     targets = f"targets:\n  - {{name: api, module: inference, url: 'http://127.0.0.1:{port}/inference', service: api}}\n"
-    config = _config(tmp_path, f"  - name: api\n    match: {{port: {port}}}\n", ONLY.replace("targets: []\n", targets))
+    config = _config(
+        tmp_path, f"  - name: api\n    match: {{port: {port}}}\n", ONLY.replace("targets: []\n", targets)
+    )
     run = _doctor("--no-color", config)
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"✔ service api: running (pid {child.pid})" in run.stdout

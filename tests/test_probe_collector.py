@@ -9,12 +9,9 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from autoglm_exporter.collectors.probe import (
-    ProbeCollector,
-    classify_os_error,
-    display_url,
-)
+from autoglm_exporter.collectors.probe import ProbeCollector, classify_os_error
 from autoglm_exporter.config import ProbeTarget, Secret, parse_config
+from autoglm_exporter.urls import display_url
 
 from . import faultservers as fs
 from .conftest import free_port, require_binary

@@ -176,3 +176,18 @@ def test_processes_exiting_during_collection_never_fail_it(child_processes) -> N
         runs += 1
     assert runs > 5
     wait_until(lambda: spawner.poll() is not None, timeout=30)
+
+
+def test_another_process_holding_the_expected_port_is_named(child_processes) -> None:
+    tag, port = _tag(), free_port()
+    service = child_processes(SLEEPER, tag)
+    assert service.stdout.readline().strip() == b"up"
+    squatter = child_processes(LISTENER, str(port))
+    assert squatter.stdout.readline().strip() == b"listening"
+    collector = ProcessCollector((ServiceConfig("api", ProcessMatch(cmdline=tag), port=port),))
+    result = collector.collect()
+    facts = result.facts.services["api"]
+    assert facts.pids == [service.pid] and not facts.expected_port_listening
+    assert [pid for pid, _ in facts.port_taken_by] == [squatter.pid]
+    values = {(s.name, tuple(s.labels.values())): s.value for f in result.families for s in f.samples}
+    assert values[("autoglm_process_expected_port_taken", ("api", str(port)))] == 1

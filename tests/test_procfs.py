@@ -130,3 +130,16 @@ def test_process_that_vanishes_mid_read_is_skipped(tmp_path: Path) -> None:
     shutil.rmtree(root / str(PID) / "task")  # gone between listing /proc and reading its threads
     collector = ProcessCollector((ServiceConfig("api", ProcessMatch(cmdline="open-autoglm")),), str(root))
     assert collector.collect().facts.services["api"].up is False
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "State:\n",
+        "Name:\tx\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\tx\nnonvoluntary_ctxt_switches:\t1\n",
+    ],
+)
+def test_broken_task_status_is_a_parse_error(text: str) -> None:
+    with pytest.raises(procfs.ProcParseError):
+        procfs.parse_task_status(text)

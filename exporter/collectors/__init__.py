@@ -6,8 +6,11 @@ from collections.abc import Callable, Mapping
 
 from ..config import KNOWN_COLLECTORS, Config
 from .base import Collector
+from .engine import EngineCollector
+from .logs import LogsCollector
 from .probe import ProbeCollector
 from .process import ProcessCollector
+from .redis import RedisCollector
 from .system import SystemCollector
 
 # Each collector with how to build it from the config, in the chain's order (doctor prints it so).
@@ -15,6 +18,9 @@ _REGISTRY: tuple[tuple[type[Collector], Callable[[Config], Collector]], ...] = (
     (SystemCollector, lambda config: SystemCollector(config.proc_root)),
     (ProcessCollector, lambda config: ProcessCollector(config.services, config.proc_root)),
     (ProbeCollector, lambda config: ProbeCollector(config.targets)),
+    (RedisCollector, lambda config: RedisCollector(config.redis)),
+    (EngineCollector, lambda config: EngineCollector(config.engines)),
+    (LogsCollector, lambda config: LogsCollector(config.logs)),
 )
 COLLECTOR_CLASSES: dict[str, type[Collector]] = {cls.name: cls for cls, _ in _REGISTRY}
 

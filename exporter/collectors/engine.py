@@ -1,9 +1,10 @@
 """The inference engine's own view: its queue, its KV cache, and whether it still generates tokens.
 
-Each run GETs every configured engine's Prometheus endpoint (at most 8 MiB, within the engine's
-timeout for the whole body), parses it, and re-exports a few of its series under our names with an
-`engine` label. Values are summed over the engine's label sets (several models, several engine
-cores); the KV cache ratio takes the highest one, since one full cache is what makes requests wait.
+Each run GETs every configured engine's Prometheus endpoint (at most 8 MiB; the connection, each
+read and the whole body are each bounded by the engine's timeout), parses it, and re-exports a few
+of its series under our names with an `engine` label. Values are summed over the engine's label
+sets (several models, several engine cores); the KV cache ratio takes the highest one, since one
+full cache is what makes requests wait.
 
     ours                                 vLLM (kind: vllm)                 SGLang (kind: sglang)
     autoglm_engine_requests_waiting      vllm:num_requests_waiting         sglang:num_queue_reqs
@@ -44,6 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ..config import EngineConfig
 from ..metricspec import Family, MetricSpec, counter, gauge
+from ..urls import display_url
 from .base import Collector, Result
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,7 @@ class EngineInstanceFacts:
     stalled: bool
     stalled_since: float | None  # time.time() of the first stalled reading
     prompt_tokens: float | None = None
+    url: str = ""  # the metrics URL without credentials, for the verdict's next command
 
 
 @dataclass(frozen=True)
@@ -175,8 +178,11 @@ class EngineCollector(Collector):
         self.engines = engines
         self.settings = (engines,)
         # Proxies from the environment would make a local engine look reachable (or not) for the
-        # wrong reason; redirects count as http_status.
-        self._http = httpx.Client(trust_env=False, follow_redirects=False)
+        # wrong reason; redirects count as http_status. A fresh connection each run: a pooled one
+        # left over from before an engine restart would fail once for no reason the user has.
+        self._http = httpx.Client(
+            trust_env=False, follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=0)
+        )
         self._failures = {e.name: dict.fromkeys(FAILURE_REASONS, 0) for e in engines}
         self._previous_tokens: dict[str, float] = {}
         self._stalled_since: dict[str, float] = {}
@@ -226,6 +232,7 @@ class EngineCollector(Collector):
             stalled=stalled,
             stalled_since=stalled_since,
             prompt_tokens=reading.prompt,
+            url=display_url(engine.metrics_url),
         )
 
     def _fetch(self, engine: EngineConfig) -> bytes:
@@ -280,6 +287,7 @@ class EngineCollector(Collector):
             tokens_since_last=None,
             stalled=False,
             stalled_since=None,
+            url=display_url(engine.metrics_url),
         )
 
     def _families(self, engines: dict[str, EngineInstanceFacts]) -> list[Family]:

@@ -30,6 +30,7 @@ import httpx
 from ..config import INFERENCE_BODY, ProbeTarget
 from ..metricspec import Family, MetricSpec, counter, gauge, info
 from ..secrets import SecretError, read_secret
+from ..urls import display_url
 from .base import Collector, Result
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
@@ -512,12 +513,3 @@ def _root_cause(exc: BaseException) -> BaseException:
     while seen.__cause__ is not None or seen.__context__ is not None:
         seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
     return seen
-
-
-def display_url(url: str) -> str:
-    """The URL without user:password@ and without its query (which may carry a key)."""
-    if "://" not in url:
-        return url
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -13,7 +13,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from .. import procfs
+from .. import procfs, sockdiag
 from ..config import ServiceConfig
 from ..metricspec import Family, MetricSpec, counter, gauge
 from .base import Collector, CollectorError, Result
@@ -58,6 +58,13 @@ EXPECTED_PORT = gauge(
     "port",
 )
 
+PORT_TAKEN = gauge(
+    "autoglm_process_expected_port_taken",
+    "1 when a process that is not part of the service listens on the service's expected port, else 0.",
+    "service",
+    "port",
+)
+
 MAX_PORTS_PER_SERVICE = 32
 CMDLINE_CACHE_SECONDS = 60.0  # a process may rename itself (setproctitle) soon after start
 
@@ -79,6 +86,8 @@ class ServiceFacts:
     listening_ports: list[int] = field(default_factory=list)
     expected_port: int | None = None
     expected_port_listening: bool = False
+    # Processes outside the service that listen on its expected port (pid, command name).
+    port_taken_by: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def up(self) -> bool:
@@ -105,6 +114,7 @@ class ProcessCollector(Collector):
         CONTEXT_SWITCHES,
         LISTENING,
         EXPECTED_PORT,
+        PORT_TAKEN,
     )
 
     def __init__(self, services: tuple[ServiceConfig, ...], proc_root: str = "/proc") -> None:
@@ -127,17 +137,17 @@ class ProcessCollector(Collector):
             raise CollectorError("os_error", f"cannot list {self.proc_root}: {exc.strerror}") from exc
         own_pid = os.getpid()
         pids = [pid for pid in pids if pid != own_pid]
-        stats = _StatCache(self.proc_root)
+        cycle = _Cycle(self.proc_root)
         facts = {}
         for service in self.services:
-            matched = self._match(service, pids, stats)
-            facts[service.name] = self._service_facts(service, sorted(matched), stats)
+            matched = self._match(service, pids, cycle)
+            facts[service.name] = self._service_facts(service, sorted(matched), pids, cycle)
         self._forget_gone(pids)
         return Result(self._families(facts), ProcessFacts(facts))
 
     # --- finding the processes -------------------------------------------------------------
 
-    def _match(self, service: ServiceConfig, pids: list[int], stats: _StatCache) -> set[int]:
+    def _match(self, service: ServiceConfig, pids: list[int], cycle: _Cycle) -> set[int]:
         rule = service.match
         matched: set[int] = set()
         if rule.cmdline or rule.exe:
@@ -151,13 +161,13 @@ class ProcessCollector(Collector):
                     matched.add(pid)
         if rule.pidfile:
             pidfile_pid = _read_pidfile(rule.pidfile)
-            if pidfile_pid is not None and stats.get(pidfile_pid) is not None:
+            if pidfile_pid is not None and cycle.stat(pidfile_pid) is not None:
                 matched.add(pidfile_pid)
         if rule.port is not None:
-            matched.update(self._port_owner_pids(rule.port, pids, stats))
+            matched.update(self._port_owner_pids(rule.port, pids, cycle))
         if service.include_children and matched:
-            matched |= _descendants(matched, pids, stats)
-        return {pid for pid in matched if stats.get(pid) is not None}
+            matched |= _descendants(matched, pids, cycle)
+        return {pid for pid in matched if cycle.stat(pid) is not None}
 
     def _cmdline(self, pid: int) -> tuple[str, str | None] | None:
         now = time.monotonic()
@@ -172,9 +182,9 @@ class ProcessCollector(Collector):
         self._cmdlines[pid] = (now, cmdline, exe)
         return cmdline, exe
 
-    def _port_owner_pids(self, port: int, pids: list[int], stats: _StatCache) -> list[int]:
+    def _port_owner_pids(self, port: int, pids: list[int], cycle: _Cycle) -> list[int]:
         """Pids holding the socket that listens on `port`; the costly fd scan runs only on change."""
-        inodes = [inode for inode, p in procfs.listening_tcp(f"{self.proc_root}/net").items() if p == port]
+        inodes = [inode for inode, p in cycle.listening_here().items() if p == port]
         if not inodes:
             self._port_owners.pop(port, None)
             return []
@@ -182,7 +192,7 @@ class ProcessCollector(Collector):
         if (
             cached
             and cached[0] in inodes
-            and all(_same_process(stats.get(pid), start) for pid, start in cached[1])
+            and all(_same_process(cycle.stat(pid), start) for pid, start in cached[1])
         ):
             return [pid for pid, _ in cached[1]]
         owners: list[tuple[int, int]] = []
@@ -192,7 +202,7 @@ class ProcessCollector(Collector):
                 held = procfs.socket_inodes(self.proc_root, pid)
             except (FileNotFoundError, ProcessLookupError, PermissionError):
                 continue
-            stat = stats.get(pid)
+            stat = cycle.stat(pid)
             if held & wanted and stat is not None:
                 owners.append((pid, stat.start_ticks))
         self._port_owners[port] = (inodes[0], owners)
@@ -205,19 +215,20 @@ class ProcessCollector(Collector):
 
     # --- reading them -----------------------------------------------------------------------
 
-    def _service_facts(self, service: ServiceConfig, pids: list[int], stats: _StatCache) -> ServiceFacts:
+    def _service_facts(
+        self, service: ServiceConfig, pids: list[int], all_pids: list[int], cycle: _Cycle
+    ) -> ServiceFacts:
         facts = ServiceFacts(service.name, expected_port=service.port)
         oldest: tuple[int, int] | None = None
         ports: set[int] = set()
-        net_cache: dict[str, dict[int, int]] = {}
         for pid in pids:
-            stat = stats.get(pid)
+            stat = cycle.stat(pid)
             if stat is None:
                 continue
             try:
                 threads = procfs.summarize_threads(self.proc_root, pid)
                 fds = procfs.count_fds(self.proc_root, pid)
-                ports |= self._listening_ports(pid, net_cache)
+                ports |= cycle.listening_ports(pid)
             except (FileNotFoundError, ProcessLookupError):
                 continue  # exited while we read it
             except PermissionError:
@@ -236,6 +247,11 @@ class ProcessCollector(Collector):
                 oldest = (pid, stat.start_ticks)
         facts.listening_ports = sorted(ports)
         facts.expected_port_listening = service.port is not None and service.port in ports
+        if service.port is not None and not facts.expected_port_listening:
+            for pid in self._port_owner_pids(service.port, all_pids, cycle):
+                stat = cycle.stat(pid)
+                if stat is not None and pid not in facts.pids:
+                    facts.port_taken_by.append((pid, stat.comm))
         if oldest is not None:
             facts.start_time = self._boot() + oldest[1] / procfs.CLOCK_TICKS
             previous = self._main_process.get(service.name)
@@ -244,19 +260,6 @@ class ProcessCollector(Collector):
             self._main_process[service.name] = oldest
         facts.restarts = self._restarts[service.name]
         return facts
-
-    def _listening_ports(self, pid: int, net_cache: dict[str, dict[int, int]]) -> set[int]:
-        # Sockets live in the process's network namespace: read its own net/tcp, once per namespace.
-        try:
-            namespace = os.readlink(f"{self.proc_root}/{pid}/ns/net")
-        except OSError:
-            namespace = str(pid)
-        if namespace not in net_cache:
-            net_cache[namespace] = procfs.listening_tcp(f"{self.proc_root}/{pid}/net")
-        listening = net_cache[namespace]
-        if not listening:
-            return set()
-        return {listening[inode] for inode in procfs.socket_inodes(self.proc_root, pid) if inode in listening}
 
     def _boot(self) -> float:
         if self._boot_time is None:
@@ -288,26 +291,63 @@ class ProcessCollector(Collector):
             for port in facts.listening_ports[:MAX_PORTS_PER_SERVICE]:
                 add(LISTENING, [name, str(port)], 1)
             if facts.expected_port is not None:
-                add(
-                    EXPECTED_PORT, [name, str(facts.expected_port)], 1 if facts.expected_port_listening else 0
-                )
+                port_label = [name, str(facts.expected_port)]
+                add(EXPECTED_PORT, port_label, 1 if facts.expected_port_listening else 0)
+                add(PORT_TAKEN, port_label, 1 if facts.port_taken_by else 0)
         return list(families.values())
 
 
-class _StatCache:
-    """/proc/PID/stat read at most once per pid per cycle; None for a pid that is gone."""
+class _Cycle:
+    """What one collection reads at most once: each pid's stat, each namespace's LISTEN sockets."""
 
     def __init__(self, proc_root: str) -> None:
         self.proc_root = proc_root
         self._stats: dict[int, procfs.PidStat | None] = {}
+        self._listening: dict[str, dict[int, int]] = {}
+        # sock_diag answers for our own network namespace on the live /proc only.
+        self._own_namespace = _own_namespace() if proc_root == "/proc" else None
 
-    def get(self, pid: int) -> procfs.PidStat | None:
+    def stat(self, pid: int) -> procfs.PidStat | None:
+        """/proc/PID/stat, None for a pid that is gone."""
         if pid not in self._stats:
             try:
                 self._stats[pid] = procfs.parse_pid_stat(procfs.read_text(f"{self.proc_root}/{pid}/stat"))
             except (FileNotFoundError, ProcessLookupError, procfs.ProcParseError):
                 self._stats[pid] = None
         return self._stats[pid]
+
+    def listening_here(self) -> dict[int, int]:
+        """LISTEN sockets (inode -> port) of the namespace the exporter runs in."""
+        return self._table(self._own_namespace or "self", f"{self.proc_root}/net")
+
+    def listening_ports(self, pid: int) -> set[int]:
+        """Ports a process listens on: its socket inodes against its own namespace's LISTEN table."""
+        try:
+            namespace = os.readlink(f"{self.proc_root}/{pid}/ns/net")
+        except OSError:
+            namespace = f"pid {pid}"
+        listening = self._table(namespace, f"{self.proc_root}/{pid}/net")
+        if not listening:
+            return set()
+        return {listening[inode] for inode in procfs.socket_inodes(self.proc_root, pid) if inode in listening}
+
+    def _table(self, namespace: str, net_dir: str) -> dict[int, int]:
+        if namespace not in self._listening:
+            table = None
+            if namespace == self._own_namespace:
+                try:
+                    table = sockdiag.listening_tcp()
+                except OSError:
+                    table = None  # no netlink (seccomp, old kernel): read /proc instead
+            self._listening[namespace] = table if table is not None else procfs.listening_tcp(net_dir)
+        return self._listening[namespace]
+
+
+def _own_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/net")
+    except OSError:
+        return None
 
 
 def _same_process(stat: procfs.PidStat | None, start_ticks: int) -> bool:
@@ -322,10 +362,10 @@ def _read_pidfile(path: str) -> int | None:
         return None
 
 
-def _descendants(roots: set[int], pids: list[int], stats: _StatCache) -> set[int]:
+def _descendants(roots: set[int], pids: list[int], cycle: _Cycle) -> set[int]:
     children: dict[int, list[int]] = {}
     for pid in pids:
-        stat = stats.get(pid)
+        stat = cycle.stat(pid)
         if stat is not None:
             children.setdefault(stat.ppid, []).append(pid)
     found: set[int] = set()

@@ -195,7 +195,8 @@ class RedisCollector(Collector):
                 _queue_commands(pipe, queue)
             replies = iter(pipe.execute(raise_on_error=False))
         except (RedisError, OSError, ValueError) as exc:
-            client.connection_pool.disconnect()
+            with contextlib.suppress(RedisError, OSError):
+                client.connection_pool.disconnect()  # start clean: a reply may still be on its way
             raise _Down(_classify(exc), _message(exc)) from None
         clients, memory = next(replies), next(replies)
         depths: dict[str, int | None] = {}
@@ -270,7 +271,7 @@ class RedisCollector(Collector):
             retry=Retry(NoBackoff(), 0),
             protocol=2,
             health_check_interval=0,
-            client_name="autoglm-exporter",
+            # No client_name: CLIENT SETNAME at connect would fail for a least-privilege ACL user.
         )
         self._clients[instance.name] = (digest, client)
         return client
