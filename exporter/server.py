@@ -7,13 +7,16 @@ stall the accept loop; idle keep-alive connections time out.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -120,7 +123,8 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        log.debug("http request", extra={"request": format % args})
+        if log.isEnabledFor(logging.DEBUG):  # called for every request: format only when shown
+            log.debug("http request", extra={"request": format % args})
 
     # --- routing ------------------------------------------------------------------------------
 
@@ -141,23 +145,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             self._send(401, b"Unauthorized\n", extra={"WWW-Authenticate": 'Basic realm="autoglm-exporter"'})
             return
-        path = urlsplit(self.path).path
-        routes: dict[tuple[str, str], Callable[[], None]] = {
-            ("GET", self.server.telemetry_path): self._metrics,
-            ("GET", "/-/healthy"): lambda: self._send(200, b"Healthy\n"),
-            ("GET", "/-/ready"): self._ready,
-            ("POST", "/-/reload"): self._reload,
-            ("PUT", "/-/reload"): self._reload,
-            ("GET", "/-/log-level"): self._log_level,
-            ("POST", "/-/log-level"): self._log_level,
-            ("PUT", "/-/log-level"): self._log_level,
-            ("GET", "/"): self._status_page,
-            ("GET", "/api/diagnosis"): self._diagnosis,
-        }
-        handler = routes.get((method, path))
+        path = self.path.split("?", 1)[0]
+        if path == self.server.telemetry_path:
+            path = TELEMETRY
+        handler = ROUTES.get((method, path))
         if handler is not None:
-            handler()
-        elif any(route_path == path for _, route_path in routes):
+            handler(self)
+        elif any(route_path == path for _, route_path in ROUTES):
             self._send(405, b"Method Not Allowed\n")
         else:
             self._send(404, b"Not Found\n")
@@ -228,11 +222,52 @@ class _Handler(BaseHTTPRequestHandler):
         content_type: str = "text/plain; charset=utf-8",
         extra: dict[str, str] | None = None,
     ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in {**self.server.extra_headers, **(extra or {})}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        # One preformatted write per response: BaseHTTPRequestHandler's send_response/send_header
+        # path costs more CPU than serving the cached page itself.
+        headers = "".join(
+            f"{name}: {value}\r\n" for name, value in {**self.server.extra_headers, **(extra or {})}.items()
+        )
+        head = (
+            f"HTTP/1.1 {status} {_reason(status)}\r\nServer: {self.server_version}\r\n"
+            f"Date: {_http_date()}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            f"{headers}\r\n"
+        )
+        self.wfile.write(head.encode("latin-1") if self.command == "HEAD" else head.encode("latin-1") + body)
+        self.log_request(status, len(body))
+
+    def _healthy(self) -> None:
+        self._send(200, b"Healthy\n")
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The Date header, formatted once a second rather than once a request."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
+TELEMETRY = "<telemetry path>"  # stands for --web.telemetry-path in ROUTES
+ROUTES: dict[tuple[str, str], Callable[[_Handler], None]] = {
+    ("GET", TELEMETRY): _Handler._metrics,
+    ("GET", "/-/healthy"): _Handler._healthy,
+    ("GET", "/-/ready"): _Handler._ready,
+    ("POST", "/-/reload"): _Handler._reload,
+    ("PUT", "/-/reload"): _Handler._reload,
+    ("GET", "/-/log-level"): _Handler._log_level,
+    ("POST", "/-/log-level"): _Handler._log_level,
+    ("PUT", "/-/log-level"): _Handler._log_level,
+    ("GET", "/"): _Handler._status_page,
+    ("GET", "/api/diagnosis"): _Handler._diagnosis,
+}

@@ -7,6 +7,7 @@ a dictionary lookup, never a collector run.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import platform
 import threading
@@ -187,7 +188,7 @@ class Store:
 
     def render(self, accept: str = "", compressed: bool = False) -> tuple[bytes, str]:
         """The page for this Accept header (text format or OpenMetrics) and its content type."""
-        encoder, content_type = choose_encoder(accept)
+        encoder, content_type = _negotiate(accept)
         key = (content_type, compressed)
         with self._lock:
             version = self._version
@@ -209,6 +210,12 @@ class Store:
         with self._lock:
             families = [family for result in self._results.values() for family in result.families]
             return families, self._copy_health(), self._reload_ok, self._reload_time
+
+
+@functools.lru_cache(maxsize=32)
+def _negotiate(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
+    """choose_encoder, remembered: Prometheus sends the same Accept header on every scrape."""
+    return choose_encoder(accept)
 
 
 class _StoreView(Collector):

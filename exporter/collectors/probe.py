@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import json
+import os
 import re
 import socket
 import ssl
@@ -336,6 +338,21 @@ class _Timings:
         return {phase: value for phase, value in spans.items() if value is not None}
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_trust(ca_file: str | None, changed: float) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def _trust(ca_file: str | None) -> ssl.SSLContext:
+    """The CA store to verify servers with. Loading it costs milliseconds of CPU (holding the GIL
+    that scrapes need), so it is built once per file version, not per probe."""
+    try:
+        changed = os.stat(ca_file).st_mtime if ca_file else 0.0
+        return _cached_trust(ca_file, changed)
+    except (OSError, ssl.SSLError) as exc:
+        raise ProbeFailure("config", f"cannot load CA file {ca_file}: {exc}") from None
+
+
 def _client(target: ProbeTarget) -> httpx.AsyncClient:
     try:
         token = read_secret(target.bearer_token)
@@ -344,14 +361,7 @@ def _client(target: ProbeTarget) -> httpx.AsyncClient:
     headers = {"User-Agent": USER_AGENT, **target.headers}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    verify: ssl.SSLContext | bool = True
-    if target.tls_insecure_skip_verify:
-        verify = False
-    elif target.tls_ca_file:
-        try:
-            verify = ssl.create_default_context(cafile=target.tls_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ProbeFailure("config", f"cannot load CA file {target.tls_ca_file}: {exc}") from None
+    verify: ssl.SSLContext | bool = False if target.tls_insecure_skip_verify else _trust(target.tls_ca_file)
     timeout = httpx.Timeout(target.timeout, connect=target.connect_timeout)
     # A fresh client (and connection) per probe, no retries, no proxies from the environment:
     # we measure what a client on this machine meets, not what a pool remembers.
