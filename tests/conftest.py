@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,3 +158,57 @@ def child_processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         child.wait(5)
         if child.stdout:
             child.stdout.close()
+
+
+@dataclass
+class RedisServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    password: str | None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5, decode_responses=True
+        )
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(5)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start real redis-servers on free ports (no persistence); all are killed after the test."""
+    binary = require_binary("redis-server")
+    started: list[RedisServer] = []
+
+    def start(password: str | None = None, *extra: str) -> RedisServer:
+        port = free_port()
+        data = tmp_path / f"redis-{port}"
+        data.mkdir()
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(data), *extra]
+        if password:
+            args += ["--requirepass", password]
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = RedisServer(process, port, password)
+        started.append(server)
+
+        def answers() -> bool:
+            assert process.poll() is None, "redis-server exited early"
+            try:
+                return bool(server.client().ping())
+            except redis.RedisError:
+                return False
+
+        wait_until(answers, timeout=10)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()

@@ -163,3 +163,23 @@ def openai(model: str = "glm-4", stream_delay: float = 0.0) -> Handler:
         conn.sendall(f"data: {json.dumps(chunk)}\n\n".encode() + b"data: [DONE]\n\n")
 
     return handle
+
+
+def vllm_metrics(state: dict[str, float]) -> Handler:
+    """An engine's /metrics in vLLM's names, read from `state` at each request (the test edits it)."""
+
+    def handle(conn: socket.socket, server: FaultServer) -> None:
+        read_request(conn, server)
+        text = (
+            "# TYPE vllm:num_requests_waiting gauge\n"
+            f'vllm:num_requests_waiting{{model_name="glm"}} {state["waiting"]}\n'
+            "# TYPE vllm:num_requests_running gauge\n"
+            f'vllm:num_requests_running{{model_name="glm"}} {state["running"]}\n'
+            "# TYPE vllm:kv_cache_usage_perc gauge\n"
+            f'vllm:kv_cache_usage_perc{{model_name="glm"}} {state["kv"]}\n'
+            "# TYPE vllm:generation_tokens counter\n"
+            f'vllm:generation_tokens_total{{model_name="glm"}} {state["tokens"]}\n'
+        )
+        conn.sendall(response_bytes(200, text.encode(), "text/plain; version=0.0.4"))
+
+    return handle

@@ -5,75 +5,17 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
 from autoglm_exporter.collectors.redis import FAILURE_REASONS, RedisCollector, RedisFacts
 from autoglm_exporter.config import RedisConfig, RedisQueue, Secret
 
-from .conftest import free_port, require_binary, wait_until
+from .conftest import RedisServer, free_port, require_binary, wait_until
 
 PASSWORD = "Tr0ub4dor-pw-7c1e9a"  # distinctive, so a leak anywhere is found by a plain search
 WRONG_PASSWORD = "wrong-pw-5d2f80b3"
-
-
-@dataclass
-class RedisServer:
-    process: subprocess.Popen[bytes]
-    port: int
-    password: str | None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(
-            host="127.0.0.1", port=self.port, password=self.password, socket_timeout=5, decode_responses=True
-        )
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(5)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    """Start real redis-servers on free ports (no persistence); all are killed after the test."""
-    binary = require_binary("redis-server")
-    started: list[RedisServer] = []
-
-    def start(password: str | None = None, *extra: str) -> RedisServer:
-        port = free_port()
-        data = tmp_path / f"redis-{port}"
-        data.mkdir()
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        args += ["--dir", str(data), *extra]
-        if password:
-            args += ["--requirepass", password]
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        server = RedisServer(process, port, password)
-        started.append(server)
-
-        def answers() -> bool:
-            assert process.poll() is None, "redis-server exited early"
-            try:
-                return bool(server.client().ping())
-            except redis.RedisError:
-                return False
-
-        wait_until(answers, timeout=10)
-        return server
-
-    yield start
-    for server in started:
-        server.kill()
 
 
 def _instance(server: RedisServer, name: str = "main", **kwargs) -> RedisConfig:
