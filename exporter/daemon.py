@@ -8,16 +8,19 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import __version__
 from .collectors import build_collectors
 from .collectors.base import Collector
 from .config import Config, ConfigError, load_config
 from .diagnosis import derive
+from .metricspec import Family
 from .runner import CollectorRunner
 from .scheduler import CollectorScheduler
 from .server import ExporterHTTPServer, ServerHooks, parse_listen_address
-from .store import Store
+from .startup import StartupTracker
+from .store import CollectorHealth, Deriver, Store
 from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -39,7 +42,7 @@ class Options:
 class Daemon:
     def __init__(self, options: Options, config: Config, web_config: WebConfig | None) -> None:
         self.options = options
-        self.store = Store(deriver=derive)
+        self.store = Store(deriver=chain_deriver())
         self.scheduler = CollectorScheduler()
         self.runners: dict[str, CollectorRunner] = {}
         self.config = config
@@ -114,6 +117,17 @@ class Daemon:
         self.scheduler.stop()
         self.server.stop()
         return 0
+
+
+def chain_deriver() -> Deriver:
+    """What the store derives after every publish: the verdict, and start-up times (which need memory)."""
+    tracker = StartupTracker()
+
+    def derive_all(facts: dict[str, Any], health: dict[str, CollectorHealth]) -> tuple[list[Family], Any]:
+        families, diagnosis = derive(facts, health)
+        return families + tracker.observe(facts), diagnosis
+
+    return derive_all
 
 
 def _same(old: Collector, new: Collector) -> bool:

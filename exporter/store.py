@@ -116,6 +116,9 @@ class Store:
             health.last_error = None
             self._results[name] = result
             self._version += 1
+        # Derive right away, in the publishing thread: the verdict (and what remembers it over
+        # time) sees every change, not only those a scrape happens to look at.
+        self._derive()
 
     def publish_failure(
         self, name: str, kind: str, message: str, duration: float, stuck: bool = False
@@ -133,6 +136,7 @@ class Store:
             health.stuck = health.stuck or stuck
             self._results.pop(name, None)
             self._version += 1
+        self._derive()
 
     def set_stuck(self, name: str, stuck: bool) -> None:
         with self._lock:
@@ -178,7 +182,8 @@ class Store:
             return cached[1], cached[2]
         families, payload = self._deriver(facts, health)
         with self._lock:
-            self._derived = (version, families, payload)
+            if self._derived is None or self._derived[0] <= version:
+                self._derived = (version, families, payload)
         return families, payload
 
     def ready(self) -> bool:
