@@ -96,3 +96,12 @@ def test_check_config_command_accepts_a_good_file() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "OK" in run.stdout and "api, engine" in run.stdout
+
+
+def test_the_readme_example_config_is_valid() -> None:
+    readme = (FIXTURES.parent.parent / "README.md").read_text()
+    example = readme.split("## Configuration", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    config = parse_config(example, "README.md")
+    assert [t.module for t in config.targets] == ["inference", "openai_chat"]
+    assert config.redis[0].queues[1].group == "workers"
+    assert config.logs[1].trace
