@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +56,29 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 def sample(samples: dict, name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
+
+
+class _FixedFamilies:
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families
+
+
+def registry_of(result: Any) -> CollectorRegistry:
+    """A registry serving one collector Result's families, to read with get_sample_value."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_FixedFamilies(result.families))  # type: ignore[arg-type]
+    return registry
+
+
+def assert_promtool_clean(exposition: bytes) -> None:
+    """`promtool check metrics` must print nothing at all for our exposition."""
+    checked = subprocess.run(
+        [require_binary("promtool"), "check", "metrics"], input=exposition, capture_output=True, timeout=30
+    )
+    assert (checked.returncode, checked.stdout, checked.stderr) == (0, b"", b""), checked
 
 
 def require_binary(name: str) -> str:

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from autoglm_exporter.collectors.engine import FAILURE_REASONS, EngineCollector, EngineFacts
 from autoglm_exporter.config import EngineConfig
 
-from .conftest import FIXTURES, free_port, require_binary
+from .conftest import FIXTURES, assert_promtool_clean, free_port, registry_of, require_binary
 
 ENGINE_FIXTURES = FIXTURES / "engine"
 
@@ -108,14 +108,7 @@ def _engine(url: str, name: str = "vllm", **kwargs) -> EngineConfig:
 
 def _registry(collector: EngineCollector) -> tuple[CollectorRegistry, EngineFacts]:
     result = collector.collect()
-
-    class Fixed:
-        def collect(self):
-            return result.families
-
-    registry = CollectorRegistry()
-    registry.register(Fixed())  # type: ignore[arg-type]
-    return registry, result.facts
+    return registry_of(result), result.facts
 
 
 def _value(registry: CollectorRegistry, metric: str, engine: str = "vllm") -> float | None:
@@ -315,7 +308,6 @@ def test_an_engine_that_comes_back_is_up_and_keeps_its_failure_counts(metrics_se
 
 
 def test_every_series_is_there_from_the_first_scrape_and_promtool_is_clean(metrics_server) -> None:
-    promtool = require_binary("promtool")
     server = metrics_server()
     server.serve(fixture("vllm_healthy.txt"))
     sglang = metrics_server()
@@ -334,10 +326,7 @@ def test_every_series_is_there_from_the_first_scrape_and_promtool_is_clean(metri
     text = generate_latest(registry)
     for spec in EngineCollector.metrics:
         assert f"# HELP {spec.exposed_name} ".encode() in text
-    checked = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30, check=False
-    )
-    assert checked.returncode == 0 and checked.stdout == b"" and checked.stderr == b"", checked
+    assert_promtool_clean(text)
 
 
 def test_fixtures_are_valid_exposition_for_promtool() -> None:

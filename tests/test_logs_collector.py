@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from autoglm_exporter.collectors.logs import (
 from autoglm_exporter.config import LogConfig, LogPattern
 from autoglm_exporter.redact import redact
 
-from .conftest import require_binary, wait_until
+from .conftest import assert_promtool_clean, registry_of, wait_until
 
 # Lines as PyTorch, transformers, vLLM, NCCL, the kernel, systemd and the shell print them.
 MATCHING = {
@@ -129,20 +128,6 @@ NEAR_MISSES = {
         "Out of memory: the cache is full",
     ],
 }
-
-
-class _Families:
-    def __init__(self, result: Result) -> None:
-        self.families = result.families
-
-    def collect(self):
-        return iter(self.families)
-
-
-def registry_of(result: Result) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(result))
-    return registry
 
 
 def append(path: Path, *lines: str) -> None:
@@ -570,7 +555,6 @@ def test_bounds_are_the_documented_ones() -> None:
 
 
 def test_promtool_finds_nothing_to_lint(tmp_path: Path) -> None:
-    promtool = require_binary("promtool")
     error_log, trace_log = tmp_path / "error.log", tmp_path / "trace.log"
     error_log.write_text("")
     trace_log.write_text("")
@@ -596,9 +580,7 @@ def test_promtool_finds_nothing_to_lint(tmp_path: Path) -> None:
     exposition = generate_latest(registry_of(collector.collect()))
     assert b"autoglm_trace_stage_duration_seconds_count{" in exposition
     assert b"autoglm_log_errors_total{" in exposition
-    done = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout == b"" and done.stderr == b""
+    assert_promtool_clean(exposition)
 
 
 # --- redaction ---------------------------------------------------------------------------------------

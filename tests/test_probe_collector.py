@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 
 from autoglm_exporter.collectors.probe import ProbeCollector, classify_os_error
 from autoglm_exporter.config import ProbeTarget, Secret, parse_config
 from autoglm_exporter.urls import display_url
 
 from . import faultservers as fs
-from .conftest import free_port, require_binary
+from .conftest import assert_promtool_clean, free_port, registry_of
 
 
 def probe(target: ProbeTarget, collector: ProbeCollector | None = None):
@@ -149,7 +148,7 @@ def test_bearer_token_is_sent_but_never_shown(monkeypatch) -> None:
         result = collector.collect()
         sent = server.requests[0]
     assert b"Authorization: Bearer tok-5ecr3t-value" in sent
-    page = _render(result.families)
+    page = generate_latest(registry_of(result)).decode()
     assert "tok-5ecr3t-value" not in page and "tok-5ecr3t-value" not in repr(result.facts)
 
 
@@ -190,23 +189,8 @@ def test_default_targets_probe_by_generating_and_lint_clean() -> None:
     modules = {t.name: t.module for t in config.targets}
     assert modules["inference"] == "inference" and modules["vllm-generate"] == "openai_chat"
     result = ProbeCollector(config.targets).collect()  # nothing listens here: all refused
-    page = _render(result.families)
-    lint = subprocess.run(
-        [require_binary("promtool"), "check", "metrics"], input=page.encode(), capture_output=True
-    )
-    assert lint.returncode == 0 and lint.stdout + lint.stderr == b""
+    assert_promtool_clean(generate_latest(registry_of(result)))
 
 
 def test_display_url_hides_credentials_and_query() -> None:
     assert display_url("https://user:pw@host:8443/v1/x?key=abc") == "https://host:8443/v1/x"
-
-
-def _render(families) -> str:
-    registry = CollectorRegistry()
-
-    class Fixed:
-        def collect(self):
-            return families
-
-    registry.register(Fixed())  # type: ignore[arg-type]
-    return generate_latest(registry).decode()
