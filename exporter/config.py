@@ -21,7 +21,7 @@ DEFAULT_INTERVAL = 10.0
 DEFAULT_TIMEOUT = 8.0
 DEFAULT_JITTER = 1.0
 
-KNOWN_COLLECTORS = ("system", "process", "probe", "redis", "engine", "logs")
+KNOWN_COLLECTORS = ("system", "process", "probe", "redis", "engine", "logs", "gpu")
 PROBE_MODULES = ("inference", "openai_chat", "http", "tcp")
 PROBE_LAYERS = ("client", "dependencies")
 QUEUE_TYPES = ("list", "stream", "zset", "stream_pending")
@@ -144,6 +144,13 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class GpuConfig:
+    nvml: bool = True  # read through NVML (nvidia-ml-py); False goes straight to nvidia-smi
+    nvidia_smi: str = "nvidia-smi"  # the fallback command, a name on PATH or a path
+    call_timeout: float = 5.0  # deadline of one NVML cycle or one nvidia-smi run
+
+
+@dataclass(frozen=True)
 class Config:
     interval: float = DEFAULT_INTERVAL
     timeout: float = DEFAULT_TIMEOUT
@@ -156,6 +163,7 @@ class Config:
     redis: tuple[RedisConfig, ...] = ()
     engines: tuple[EngineConfig, ...] = ()
     logs: tuple[LogConfig, ...] = ()
+    gpu: GpuConfig = GpuConfig()
     source: str = "<defaults>"
 
     def collector(self, name: str) -> CollectorConfig:
@@ -209,7 +217,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     return _build(raw, source)
 
 
-TOP_LEVEL_KEYS = ("global", "paths", "collectors", "services", "targets", "redis", "engines", "logs")
+TOP_LEVEL_KEYS = ("global", "paths", "collectors", "services", "targets", "redis", "engines", "logs", "gpu")
 
 
 def _build(raw: dict[str, Any], source: str) -> Config:
@@ -238,6 +246,13 @@ def _build(raw: dict[str, Any], source: str) -> Config:
     # Defaults point at the default services; with other services they point at nothing.
     targets, engines, logs = (_drop_unknown_services(items, known) for items in (targets, engines, logs))
 
+    gpu_section = check.mapping(top.get("gpu"), "gpu", ("nvml", "nvidia_smi", "call_timeout"))
+    gpu = GpuConfig(
+        nvml=check.boolean(gpu_section, "nvml", "gpu", True),
+        nvidia_smi=check.string(gpu_section, "nvidia_smi", "gpu", "nvidia-smi") or "nvidia-smi",
+        call_timeout=check.duration(gpu_section, "call_timeout", "gpu", 5.0),
+    )
+
     # Probes wait up to their own timeouts; their collector's deadline must leave room for that.
     probe_timeout = max([timeout] + [t.timeout + 2.0 for t in targets])
     collectors = _collectors(check, top.get("collectors"), interval, timeout, {"probe": probe_timeout})
@@ -245,18 +260,19 @@ def _build(raw: dict[str, Any], source: str) -> Config:
     if check.errors:
         raise ConfigError(source, check.errors)
     return Config(
-        interval,
-        timeout,
-        jitter,
-        proc_root,
-        sys_root,
-        collectors,
-        services,
-        targets,
-        redis,
-        engines,
-        logs,
-        source,
+        interval=interval,
+        timeout=timeout,
+        jitter=jitter,
+        proc_root=proc_root,
+        sys_root=sys_root,
+        collectors=collectors,
+        services=services,
+        targets=targets,
+        redis=redis,
+        engines=engines,
+        logs=logs,
+        gpu=gpu,
+        source=source,
     )
 
 
