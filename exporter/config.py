@@ -21,7 +21,18 @@ DEFAULT_INTERVAL = 10.0
 DEFAULT_TIMEOUT = 8.0
 DEFAULT_JITTER = 1.0
 
-KNOWN_COLLECTORS = ("system", "process", "probe", "redis", "engine", "logs", "gpu")
+KNOWN_COLLECTORS = (
+    "system",
+    "process",
+    "probe",
+    "redis",
+    "engine",
+    "logs",
+    "gpu",
+    "container",
+    "environment",
+)
+ENVIRONMENT_INTERVAL = 300.0  # running each service's interpreter to list packages is not a 10 s job
 PROBE_MODULES = ("inference", "openai_chat", "http", "tcp")
 PROBE_LAYERS = ("client", "dependencies")
 QUEUE_TYPES = ("list", "stream", "zset", "stream_pending")
@@ -151,6 +162,28 @@ class GpuConfig:
 
 
 @dataclass(frozen=True)
+class ForensicsConfig:
+    """Python stacks of a hung service, taken with py-spy before anyone restarts it."""
+
+    enabled: bool = True
+    trigger_after_failures: int = 3  # client probes of the service failed this many times in a row
+    dumps: int = 3  # py-spy dumps per capture, a short interval apart
+    dump_interval: float = 0.5
+    timeout: float = 20.0  # the whole capture
+    cooldown: float = 600.0  # at most one automatic capture per service in this time
+    directory: str = "/var/lib/autoglm-exporter/captures"
+    max_captures: int = 20
+    max_bytes: int = 50 * 1024 * 1024
+    py_spy: str = "py-spy"
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    baseline: str | None = None  # a snapshot file (autoglm-exporter snapshot -o); None: the first one taken
+    model_dirs: tuple[str, ...] = ()  # hashed (cached by size and mtime) to notice changed weights
+
+
+@dataclass(frozen=True)
 class Config:
     interval: float = DEFAULT_INTERVAL
     timeout: float = DEFAULT_TIMEOUT
@@ -164,6 +197,8 @@ class Config:
     engines: tuple[EngineConfig, ...] = ()
     logs: tuple[LogConfig, ...] = ()
     gpu: GpuConfig = GpuConfig()
+    forensics: ForensicsConfig = ForensicsConfig()
+    environment: EnvironmentConfig = EnvironmentConfig()
     source: str = "<defaults>"
 
     def collector(self, name: str) -> CollectorConfig:
@@ -217,7 +252,10 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     return _build(raw, source)
 
 
-TOP_LEVEL_KEYS = ("global", "paths", "collectors", "services", "targets", "redis", "engines", "logs", "gpu")
+TOP_LEVEL_KEYS = (
+    "global", "paths", "collectors", "services", "targets", "redis", "engines", "logs", "gpu", "forensics",
+    "environment",
+)  # fmt: skip
 
 
 def _build(raw: dict[str, Any], source: str) -> Config:
@@ -253,9 +291,19 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         call_timeout=check.duration(gpu_section, "call_timeout", "gpu", 5.0),
     )
 
+    forensics = _forensics(check, top.get("forensics"))
+    environment = _environment(check, top.get("environment"))
+
     # Probes wait up to their own timeouts; their collector's deadline must leave room for that.
     probe_timeout = max([timeout] + [t.timeout + 2.0 for t in targets])
-    collectors = _collectors(check, top.get("collectors"), interval, timeout, {"probe": probe_timeout})
+    collectors = _collectors(
+        check,
+        top.get("collectors"),
+        interval,
+        timeout,
+        timeouts={"probe": probe_timeout, "environment": 120.0},
+        intervals={"environment": max(interval, ENVIRONMENT_INTERVAL)},
+    )
 
     if check.errors:
         raise ConfigError(source, check.errors)
@@ -272,12 +320,49 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         engines=engines,
         logs=logs,
         gpu=gpu,
+        forensics=forensics,
+        environment=environment,
         source=source,
     )
 
 
+def _forensics(check: Checker, raw: Any) -> ForensicsConfig:
+    keys = (
+        "enabled", "trigger_after_failures", "dumps", "dump_interval", "timeout", "cooldown", "directory",
+        "max_captures", "max_bytes", "py_spy",
+    )  # fmt: skip
+    entry = check.mapping(raw, "forensics", keys)
+    default = ForensicsConfig()
+    return ForensicsConfig(
+        enabled=check.boolean(entry, "enabled", "forensics", default.enabled),
+        trigger_after_failures=check.integer(entry, "trigger_after_failures", "forensics", 3, minimum=1),
+        dumps=check.integer(entry, "dumps", "forensics", default.dumps, minimum=1),
+        dump_interval=check.duration(entry, "dump_interval", "forensics", default.dump_interval),
+        timeout=check.duration(entry, "timeout", "forensics", default.timeout),
+        cooldown=check.duration(entry, "cooldown", "forensics", default.cooldown),
+        directory=check.string(entry, "directory", "forensics", default.directory) or default.directory,
+        max_captures=check.integer(entry, "max_captures", "forensics", default.max_captures, minimum=1),
+        max_bytes=check.integer(entry, "max_bytes", "forensics", default.max_bytes, minimum=1024),
+        py_spy=check.string(entry, "py_spy", "forensics", default.py_spy) or default.py_spy,
+    )
+
+
+def _environment(check: Checker, raw: Any) -> EnvironmentConfig:
+    entry = check.mapping(raw, "environment", ("baseline", "model_dirs"))
+    dirs = entry.get("model_dirs") or []
+    if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):
+        check.fail("environment.model_dirs", "must be a list of directories")
+        dirs = []
+    return EnvironmentConfig(check.string(entry, "baseline", "environment"), tuple(dirs))
+
+
 def _collectors(
-    check: Checker, raw: Any, interval: float, timeout: float, timeouts: dict[str, float]
+    check: Checker,
+    raw: Any,
+    interval: float,
+    timeout: float,
+    timeouts: dict[str, float],
+    intervals: dict[str, float],
 ) -> dict[str, CollectorConfig]:
     section = check.mapping(raw, "collectors", KNOWN_COLLECTORS)
     result = {}
@@ -286,7 +371,7 @@ def _collectors(
         entry = check.mapping(section.get(name), path, ("enabled", "interval", "timeout"))
         result[name] = CollectorConfig(
             enabled=check.boolean(entry, "enabled", path, True),
-            interval=check.duration(entry, "interval", path, interval),
+            interval=check.duration(entry, "interval", path, intervals.get(name, interval)),
             timeout=check.duration(entry, "timeout", path, timeouts.get(name, timeout)),
         )
     return result
