@@ -115,7 +115,7 @@ def test_process_collector_on_the_recorded_tree() -> None:
     )
     facts = ProcessCollector(services, PROC).collect().facts.services
     api = facts["api"]
-    assert api.pids == [PID]
+    assert api.pids == [PID] and api.main_pid == PID
     assert api.threads == 4
     assert api.voluntary_ctxt_switches == 29 + 3 * 501
     assert api.listening_ports == [18080] and api.expected_port_listening

@@ -73,6 +73,7 @@ CMDLINE_CACHE_SECONDS = 60.0  # a process may rename itself (setproctitle) soon 
 class ServiceFacts:
     name: str
     pids: list[int] = field(default_factory=list)
+    main_pid: int | None = None  # the oldest process: where stacks and the environment are read
     start_time: float = 0.0
     restarts: int = 0
     cpu_user_seconds: float = 0.0
@@ -253,6 +254,7 @@ class ProcessCollector(Collector):
                 if stat is not None and pid not in facts.pids:
                     facts.port_taken_by.append((pid, stat.comm))
         if oldest is not None:
+            facts.main_pid = oldest[0]
             facts.start_time = self._boot() + oldest[1] / procfs.CLOCK_TICKS
             previous = self._main_process.get(service.name)
             if previous is not None and previous != oldest:
