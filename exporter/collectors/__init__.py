@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 
 from ..config import KNOWN_COLLECTORS, Config
 from .base import Collector
+from .container import ContainerCollector
 from .engine import EngineCollector
 from .logs import LogsCollector
 from .probe import ProbeCollector
@@ -17,6 +18,10 @@ from .system import SystemCollector
 _REGISTRY: tuple[tuple[type[Collector], Callable[[Config], Collector]], ...] = (
     (SystemCollector, lambda config: SystemCollector(config.proc_root)),
     (ProcessCollector, lambda config: ProcessCollector(config.services, config.proc_root)),
+    (
+        ContainerCollector,
+        lambda config: ContainerCollector(config.services, config.proc_root, f"{config.sys_root}/fs/cgroup"),
+    ),
     (ProbeCollector, lambda config: ProbeCollector(config.targets)),
     (RedisCollector, lambda config: RedisCollector(config.redis)),
     (EngineCollector, lambda config: EngineCollector(config.engines)),
