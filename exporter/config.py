@@ -179,7 +179,9 @@ class ForensicsConfig:
 
 @dataclass(frozen=True)
 class EnvironmentConfig:
-    baseline: str | None = None  # a snapshot file (autoglm-exporter snapshot -o); None: the first one taken
+    # service -> a snapshot file (autoglm-exporter snapshot -o) to compare with; by default the
+    # first snapshot the exporter takes of the service is its baseline.
+    baselines: dict[str, str] = field(default_factory=dict)
     model_dirs: tuple[str, ...] = ()  # hashed (cached by size and mtime) to notice changed weights
 
 
@@ -348,12 +350,12 @@ def _forensics(check: Checker, raw: Any) -> ForensicsConfig:
 
 
 def _environment(check: Checker, raw: Any) -> EnvironmentConfig:
-    entry = check.mapping(raw, "environment", ("baseline", "model_dirs"))
+    entry = check.mapping(raw, "environment", ("baselines", "model_dirs"))
     dirs = entry.get("model_dirs") or []
     if not isinstance(dirs, list) or not all(isinstance(d, str) and d for d in dirs):
         check.fail("environment.model_dirs", "must be a list of directories")
         dirs = []
-    return EnvironmentConfig(check.string(entry, "baseline", "environment"), tuple(dirs))
+    return EnvironmentConfig(check.string_map(entry, "baselines", "environment"), tuple(dirs))
 
 
 def _collectors(

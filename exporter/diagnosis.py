@@ -96,10 +96,12 @@ def diagnose(
         + _dependency_links(facts.get("redis"), facts.get("engine"), facts.get("probe"))
         + _resource_links(facts.get("system"), health.get("system"))
         + _stall_links(facts.get("engine"), facts.get("redis"))
+        + _environment_links(facts.get("environment"))
         + _exporter_links(health)
     )
     ordered = tuple(sorted(links, key=lambda link: LAYERS.index(link.layer)))
-    return Diagnosis(ordered, _verdict(ordered), _recent_errors(facts.get("logs")))
+    verdict = _with_drift(_verdict(ordered), facts.get("environment"))
+    return Diagnosis(ordered, verdict, _recent_errors(facts.get("logs")))
 
 
 def _verdict(links: tuple[Link, ...]) -> Link | None:
@@ -341,6 +343,40 @@ def _recent_errors(logs: Any, keep: int = 10) -> tuple[str, ...]:
     return tuple(
         f"{time.strftime('%H:%M:%S', time.localtime(m.timestamp))} {m.pattern}: {m.line}"
         for m in matches[-keep:]
+    )
+
+
+def _environment_links(environment: Any) -> list[Link]:
+    links = []
+    for env in environment.services.values() if environment is not None else []:
+        if env.baseline_taken_at is None:
+            continue
+        conflicts = f", {env.conflicts} dependency conflicts" if env.conflicts else ""
+        if env.drifted:
+            summary = f"changed since the baseline ({', '.join(env.drifted)}){conflicts}"
+        else:
+            summary = f"as in the baseline{conflicts}"
+        links.append(Link(f"environment {env.name}", "service", True, summary, evidence=env.changes))
+    return links
+
+
+def _with_drift(verdict: Link | None, environment: Any) -> Link | None:
+    """A broken chain after an upgrade: say what changed beside the verdict."""
+    if verdict is None or environment is None:
+        return verdict
+    changes = [
+        f"changed since the baseline: {line}" for env in environment.services.values() for line in env.changes
+    ]
+    if not changes:
+        return verdict
+    return Link(
+        verdict.name,
+        verdict.layer,
+        verdict.ok,
+        verdict.summary,
+        verdict.reason,
+        verdict.evidence + tuple(changes[:5]),
+        verdict.next_command,
     )
 
 

@@ -8,6 +8,7 @@ from ..config import KNOWN_COLLECTORS, Config
 from .base import Collector
 from .container import ContainerCollector
 from .engine import EngineCollector
+from .environment import EnvironmentCollector
 from .logs import LogsCollector
 from .probe import ProbeCollector
 from .process import ProcessCollector
@@ -26,6 +27,10 @@ _REGISTRY: tuple[tuple[type[Collector], Callable[[Config], Collector]], ...] = (
     (RedisCollector, lambda config: RedisCollector(config.redis)),
     (EngineCollector, lambda config: EngineCollector(config.engines)),
     (LogsCollector, lambda config: LogsCollector(config.logs)),
+    (
+        EnvironmentCollector,
+        lambda config: EnvironmentCollector(config.services, config.environment, config.proc_root),
+    ),
 )
 COLLECTOR_CLASSES: dict[str, type[Collector]] = {cls.name: cls for cls, _ in _REGISTRY}
 

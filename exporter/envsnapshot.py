@@ -1,0 +1,542 @@
+"""The service's environment as one JSON-able dict, and what changed between two of them.
+
+A snapshot holds what makes "it worked yesterday" reproducible (seed 2.2, 2.4):
+
+- the service's Python: version, the interpreter it runs, its environment (sys.prefix), its
+  installed distributions and their versions, and the dependency conflicts `pip check` would
+  report. They are read by running the service's OWN interpreter on a small script (its
+  importlib.metadata, its sys.path), under a deadline. /proc/PID/exe names the real binary, which
+  for a virtual environment is the base interpreter outside it, so the interpreter is found the
+  way Python finds itself: from argv[0] (against the process's cwd and PATH), accepted only when
+  it is the very file the process runs;
+- a few environment variables of the process, by allow-list only (CUDA_VISIBLE_DEVICES, ...,
+  VLLM_*), never a name that looks like a secret, values passed through the log redactor;
+- sha256 and size of model files under the given directories (cached by size and mtime, see
+  hashcache), hidden files and directories skipped, symlinked directories followed once;
+- what the caller knows of the GPUs (driver, CUDA driver version, names): `gpu_info`.
+
+The service's interpreter runs with the exporter's privileges: it imports its site-packages' .pth
+files. Run snapshots as the service's user where that matters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import stat
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from . import hashcache
+from .redact import redact
+from .subprocesses import CommandTimeout, run_with_deadline
+
+SNAPSHOT_VERSION = 1
+DRIFT_COMPONENTS = ("packages", "python", "model_files", "env", "gpu_driver", "conflicts")
+
+ENV_ALLOWED = (
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "CUDA_HOME",
+    "LD_LIBRARY_PATH",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "HF_HOME",
+    "TRANSFORMERS_CACHE",
+)
+ENV_ALLOWED_PREFIXES = ("VLLM_",)
+ENV_DENIED_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
+# What the service's interpreter needs to see the sys.path the service sees.
+PROBE_ENV_FROM_SERVICE = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONUSERBASE",
+    "PYTHONNOUSERSITE",
+    "HOME",
+    "LD_LIBRARY_PATH",
+)
+MAX_MODEL_FILES = 10_000  # per snapshot: a wrong --model-dir (/) must not walk the disk
+SHA_SHOWN = 12  # hex digits of a digest shown in a diff line
+
+_PYTHON_NAME = re.compile(r"(python|pypy)[0-9.]*[a-z]?(-dbg)?")
+
+# Runs inside the SERVICE's interpreter: keep it valid for old Pythons (no f-strings, no walrus).
+PROBE_SCRIPT = r"""
+import json, os, re, sys
+if sys.path and sys.path[0] in ("", os.getcwd()):
+    del sys.path[0]
+out = {
+    "version": "%d.%d.%d" % tuple(sys.version_info[:3]),
+    "implementation": sys.implementation.name,
+    "prefix": sys.prefix,
+    "base_prefix": getattr(sys, "base_prefix", sys.prefix),
+    "packages": None,
+    "conflicts": None,
+    "errors": [],
+}
+def canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+try:
+    from importlib import metadata
+except ImportError:
+    metadata = None
+    out["errors"].append("importlib.metadata is not available (Python older than 3.8)")
+if metadata is not None:
+    found = {}
+    for dist in metadata.distributions():
+        try:
+            name, version = dist.metadata["Name"], dist.version
+        except Exception:
+            continue
+        if name and version and canonical(name) not in found:  # the first on sys.path is imported
+            found[canonical(name)] = (version, dist.requires or [])
+    out["packages"] = dict((key, found[key][0]) for key in sorted(found))
+    Requirement = None
+    for module in ("packaging.requirements", "pip._vendor.packaging.requirements"):
+        try:
+            Requirement = __import__(module, fromlist=["Requirement"]).Requirement
+            break
+        except Exception:
+            pass
+    if Requirement is None:
+        out["errors"].append("packaging is not importable by the service's Python: conflicts unknown")
+    else:
+        conflicts = set()
+        for key in sorted(found):
+            version, requires = found[key]
+            for line in requires:
+                try:
+                    req = Requirement(line)
+                    if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                        continue
+                    dep = found.get(canonical(req.name))
+                    if dep is None:
+                        conflicts.add("%s %s requires %s, which is not installed."
+                                      % (key, version, canonical(req.name)))
+                    elif not req.specifier.contains(dep[0], prereleases=True):
+                        conflicts.add("%s %s has requirement %s, but you have %s %s."
+                                      % (key, version, req, canonical(req.name), dep[0]))
+                except Exception:
+                    continue
+        out["conflicts"] = sorted(conflicts)
+sys.stdout.write(json.dumps(out))
+"""
+
+
+# --- taking a snapshot ----------------------------------------------------------------------
+
+
+def take_snapshot(
+    pid: int | None,
+    proc_root: str = "/proc",
+    model_dirs: Iterable[str] = (),
+    gpu_info: dict[str, Any] | None = None,
+    timeout: float = 60.0,
+    hash_cache: hashcache.HashCache | None = None,
+) -> dict[str, Any]:
+    """A plain JSON-able snapshot; pid None snapshots the machine without a service part.
+
+    `timeout` bounds the whole snapshot: the service's interpreter and the hashing. Files not
+    hashed by then are recorded without a digest (and the cache makes the next snapshot go on
+    where this one stopped). `gpu_info` is stored as given; the diff words these keys:
+    {"driver_version": "550.54.14", "cuda_driver_version": "12.4", "names": ["NVIDIA H100 ..."]}.
+    `hash_cache` defaults to the process-wide hashcache.DEFAULT_CACHE.
+    """
+    deadline = time.monotonic() + timeout
+    cache = hash_cache if hash_cache is not None else hashcache.DEFAULT_CACHE
+    snapshot: dict[str, Any] = {
+        "version": SNAPSHOT_VERSION,
+        "taken_at": time.time(),
+        "machine": {"hostname": socket.gethostname(), "kernel": os.uname().release},
+        "gpu": json.loads(json.dumps(gpu_info)) if gpu_info is not None else None,
+        "service": _service(proc_root, pid, deadline) if pid is not None else None,
+        "model_dirs": {},
+    }
+    budget = [MAX_MODEL_FILES]
+    for directory in model_dirs:
+        path = os.path.abspath(directory)
+        snapshot["model_dirs"][path] = _model_dir(path, cache, deadline, budget)
+    return snapshot
+
+
+def env_allowed(name: str) -> bool:
+    """Whether an environment variable may go into a snapshot (never one that looks secret)."""
+    upper = name.upper()
+    if any(word in upper for word in ENV_DENIED_WORDS):
+        return False
+    return name in ENV_ALLOWED or name.startswith(ENV_ALLOWED_PREFIXES)
+
+
+def _service(proc_root: str, pid: int, deadline: float) -> dict[str, Any]:
+    service: dict[str, Any] = {
+        "pid": pid,
+        "exe": None,
+        "executable": None,
+        "python": None,
+        "packages": None,
+        "conflicts": None,
+        "env": None,
+        "errors": [],
+    }
+    errors: list[str] = service["errors"]
+    environ = _read_environ(proc_root, pid)
+    if environ is None:
+        errors.append("cannot read the process's environment")
+    else:
+        service["env"] = {name: redact(value) for name, value in sorted(environ.items()) if env_allowed(name)}
+    interpreter, exe, problem = _interpreter(proc_root, pid, environ)
+    service["exe"], service["executable"] = exe, interpreter
+    if problem:
+        errors.append(problem)
+    if interpreter is None:
+        return service
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        errors.append("no time left to run the service's Python")
+        return service
+    try:
+        completed = run_with_deadline(
+            [interpreter, "-B", "-c", PROBE_SCRIPT], remaining, env=_probe_env(environ)
+        )
+    except CommandTimeout:
+        errors.append(f"the service's Python did not answer within {remaining:.0f}s")
+        return service
+    except OSError as exc:
+        errors.append(f"cannot run {interpreter}: {exc.strerror or exc}")
+        return service
+    try:
+        answer = json.loads(completed.stdout)
+        if completed.returncode != 0 or not isinstance(answer, dict):
+            raise ValueError
+    except ValueError:
+        tail = completed.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        errors.append(f"the service's Python failed (exit {completed.returncode}): {redact(tail[0])[:300]}")
+        return service
+    service["python"] = {
+        "version": str(answer.get("version")),
+        "implementation": str(answer.get("implementation")),
+        "prefix": str(answer.get("prefix")),
+        "base_prefix": str(answer.get("base_prefix")),
+    }
+    packages = answer.get("packages")
+    if isinstance(packages, dict):
+        service["packages"] = {str(name): str(version) for name, version in sorted(packages.items())}
+    conflicts = answer.get("conflicts")
+    if isinstance(conflicts, list):
+        service["conflicts"] = sorted(str(conflict) for conflict in conflicts)
+    errors.extend(str(error) for error in answer.get("errors") or [])
+    return service
+
+
+def _read_environ(proc_root: str, pid: int) -> dict[str, str] | None:
+    try:
+        with open(f"{proc_root}/{pid}/environ", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return None
+    environ = {}
+    for item in raw.split(b"\0"):
+        name, sep, value = item.partition(b"=")
+        if sep and name:
+            environ[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    return environ
+
+
+def _interpreter(
+    proc_root: str, pid: int, environ: dict[str, str] | None
+) -> tuple[str | None, str | None, str | None]:
+    """(interpreter to run, /proc/PID/exe target, problem): the path the service was started as
+    when it is the same file as the one running, so that a virtual environment is kept."""
+    exe_link = f"{proc_root}/{pid}/exe"
+    try:
+        exe = os.readlink(exe_link)
+        running = os.stat(exe_link)
+    except OSError as exc:
+        return None, None, f"cannot read the process's executable: {exc.strerror}"
+    name = os.path.basename(exe.removesuffix(" (deleted)"))
+    if not _PYTHON_NAME.fullmatch(name):
+        return None, exe, f"the process runs {name}, not a Python interpreter"
+    try:
+        with open(f"{proc_root}/{pid}/cmdline", "rb") as handle:
+            argv0 = handle.read().split(b"\0", 1)[0].decode("utf-8", "replace")
+    except OSError:
+        argv0 = ""
+    try:
+        cwd = os.readlink(f"{proc_root}/{pid}/cwd")
+    except OSError:
+        cwd = "/"
+    candidates = []
+    if "/" in argv0:
+        candidates.append(os.path.join(cwd, argv0))
+    elif argv0:
+        for directory in (environ or {}).get("PATH", "").split(":"):
+            candidates.append(os.path.join(cwd, directory or ".", argv0))
+    candidates.append(exe)
+    for candidate in candidates:
+        try:
+            seen = os.stat(candidate)
+        except OSError:
+            continue
+        if (seen.st_dev, seen.st_ino) == (running.st_dev, running.st_ino):
+            return os.path.normpath(candidate), exe, None
+    if exe.endswith(" (deleted)"):
+        return None, exe, f"the interpreter {name} was replaced on disk after the service started"
+    return None, exe, "the service's interpreter is not reachable from here (another mount namespace?)"
+
+
+def _probe_env(environ: dict[str, str] | None) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONSAFEPATH": "1",
+    }
+    for name in PROBE_ENV_FROM_SERVICE:
+        if environ and name in environ:
+            env[name] = environ[name]
+    return env
+
+
+def _model_dir(
+    directory: str, cache: hashcache.HashCache, deadline: float, budget: list[int]
+) -> dict[str, Any]:
+    result: dict[str, Any] = {"files": {}, "truncated": False, "error": None}
+    if not os.path.isdir(directory):
+        result["error"] = "not a directory"
+        return result
+    files: dict[str, dict[str, Any]] = result["files"]
+    visited: set[tuple[int, int]] = set()
+    for root, dirs, names in os.walk(directory, followlinks=True):
+        try:
+            here = os.stat(root)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (here.st_dev, here.st_ino) in visited:  # a symlink loop, or a directory seen already
+            dirs[:] = []
+            continue
+        visited.add((here.st_dev, here.st_ino))
+        dirs[:] = sorted(name for name in dirs if not name.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            if budget[0] <= 0:
+                result["truncated"] = True
+                return result
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, directory).replace(os.sep, "/")
+            entry = _model_file(path, cache, deadline)
+            if entry is not None:
+                budget[0] -= 1
+                files[relative] = entry
+    return result
+
+
+def _model_file(path: str, cache: hashcache.HashCache, deadline: float) -> dict[str, Any] | None:
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        broken = os.path.islink(path)
+        return {"size": None, "sha256": None, "error": "broken symlink" if broken else exc.strerror}
+    if not stat.S_ISREG(info.st_mode):
+        return None  # a socket, fifo or device has no content to hash
+    entry: dict[str, Any] = {"size": info.st_size, "sha256": None, "error": None}
+    if time.monotonic() > deadline:
+        entry["error"] = "not hashed: snapshot deadline"
+        return entry
+    try:
+        hashed = cache.sha256(path, deadline)
+    except hashcache.HashDeadline:
+        entry["error"] = "not hashed: snapshot deadline"
+    except hashcache.FileChanged:
+        entry["error"] = "changed while hashed"
+    except OSError as exc:
+        entry["error"] = exc.strerror or str(exc)
+    else:
+        entry["sha256"], entry["size"] = hashed.sha256, hashed.size
+    return entry
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def write_snapshot(snapshot: dict[str, Any], path: str) -> None:
+    temporary = f"{path}.tmp.{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(snapshot, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+    os.replace(temporary, path)
+
+
+def read_snapshot(path: str) -> dict[str, Any]:
+    """Load a snapshot file; ValueError when it is not one this version understands."""
+    with open(path, encoding="utf-8") as handle:
+        snapshot = json.load(handle)
+    _check(snapshot)
+    return snapshot
+
+
+def _check(snapshot: Any) -> None:
+    if not isinstance(snapshot, dict) or not isinstance(snapshot.get("version"), int):
+        raise ValueError("not an environment snapshot (no version)")
+    if snapshot["version"] > SNAPSHOT_VERSION:
+        raise ValueError(f"snapshot version {snapshot['version']} is newer than this exporter understands")
+
+
+# --- comparing two ----------------------------------------------------------------------------
+
+
+def diff_snapshots(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """What changed from a to b, in plain words, in a stable order."""
+    return [line for _, line in _changes(a, b)]
+
+
+def drift_components(a: dict[str, Any], b: dict[str, Any]) -> dict[str, bool]:
+    """For each of DRIFT_COMPONENTS: whether it changed from a to b (unknown parts never drift)."""
+    changed = {component for component, _ in _changes(a, b)}
+    return {component: component in changed for component in DRIFT_COMPONENTS}
+
+
+def _changes(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str]]:
+    _check(a)
+    _check(b)
+    out: list[tuple[str, str]] = []
+    machine_a, machine_b = a.get("machine") or {}, b.get("machine") or {}
+    for key, label in (("hostname", "host"), ("kernel", "kernel")):
+        if machine_a.get(key) != machine_b.get(key):
+            out.append(("machine", f"{label} {machine_a.get(key)} → {machine_b.get(key)}"))
+    service_a, service_b = a.get("service"), b.get("service")
+    if service_a and service_b:
+        out += _service_changes(service_a, service_b)
+    elif service_a or service_b:
+        which = "first" if service_a else "second"
+        out.append(("snapshot", f"only the {which} snapshot has a service part"))
+    out += _gpu_changes(a.get("gpu"), b.get("gpu"))
+    out += _model_changes(a.get("model_dirs") or {}, b.get("model_dirs") or {})
+    return out
+
+
+def _service_changes(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if a.get("pid") != b.get("pid"):
+        out.append(("service", f"service pid {a.get('pid')} → {b.get('pid')}"))
+    python_a, python_b = a.get("python"), b.get("python")
+    if python_a and python_b:
+        if python_a.get("implementation") != python_b.get("implementation"):
+            out.append(
+                ("python", f"python {python_a.get('implementation')} → {python_b.get('implementation')}")
+            )
+        if python_a.get("version") != python_b.get("version"):
+            out.append(("python", f"python {python_a.get('version')} → {python_b.get('version')}"))
+        if a.get("executable") != b.get("executable"):
+            out.append(("python", f"python executable {a.get('executable')} → {b.get('executable')}"))
+        if python_a.get("prefix") != python_b.get("prefix"):
+            out.append(("python", f"python environment {python_a.get('prefix')} → {python_b.get('prefix')}"))
+    out += _unknown("python", python_a, python_b)
+
+    packages_a, packages_b = a.get("packages"), b.get("packages")
+    if packages_a is not None and packages_b is not None:
+        for name in sorted(set(packages_a) | set(packages_b)):
+            before, after = packages_a.get(name), packages_b.get(name)
+            if before == after:
+                continue
+            if after is None:
+                out.append(("packages", f"package {name} removed (was {before})"))
+            elif before is None:
+                out.append(("packages", f"package {name} added ({after})"))
+            else:
+                out.append(("packages", f"{name} {before} → {after}"))
+    out += _unknown("packages", packages_a, packages_b)
+
+    conflicts_a, conflicts_b = a.get("conflicts"), b.get("conflicts")
+    if conflicts_a is not None and conflicts_b is not None:
+        for conflict in sorted(set(conflicts_b) - set(conflicts_a)):
+            out.append(("conflicts", f"new dependency conflict: {conflict}"))
+        for conflict in sorted(set(conflicts_a) - set(conflicts_b)):
+            out.append(("conflicts", f"dependency conflict resolved: {conflict}"))
+    out += _unknown("dependency conflicts", conflicts_a, conflicts_b)
+
+    env_a, env_b = a.get("env"), b.get("env")
+    if env_a is not None and env_b is not None:
+        for name in sorted(set(env_a) | set(env_b)):
+            before, after = env_a.get(name), env_b.get(name)
+            if before == after:
+                continue
+            if after is None:
+                out.append(("env", f"{name} unset (was {_shown(before)})"))
+            elif before is None:
+                out.append(("env", f"{name} set to {_shown(after)} (was unset)"))
+            else:
+                out.append(("env", f"{name} {_shown(before)} → {_shown(after)}"))
+    out += _unknown("environment variables", env_a, env_b)
+    return out
+
+
+def _unknown(what: str, a: Any, b: Any) -> list[tuple[str, str]]:
+    if (a is None) == (b is None):
+        return []
+    which = "first" if a is None else "second"
+    return [("snapshot", f"{what} not compared: unknown in the {which} snapshot")]
+
+
+_GPU_LABELS = {"driver_version": "GPU driver", "cuda_driver_version": "CUDA driver", "names": "GPUs"}
+
+
+def _gpu_changes(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if a is None or b is None:
+        return []
+    out = []
+    known = [key for key in _GPU_LABELS if key in a or key in b]
+    others = sorted((set(a) | set(b)) - set(_GPU_LABELS))
+    for key in known + others:
+        if a.get(key) != b.get(key):
+            label = _GPU_LABELS.get(key, f"GPU {key}")
+            out.append(("gpu_driver", f"{label} {_listed(a.get(key))} → {_listed(b.get(key))}"))
+    return out
+
+
+def _model_changes(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    directories = sorted(set(a) | set(b))
+    for directory in directories:
+        if directory not in a or directory not in b:
+            which = "first" if directory in a else "second"
+            out.append(("snapshot", f"model directory {directory} only in the {which} snapshot"))
+            continue
+        files_a, files_b = a[directory].get("files") or {}, b[directory].get("files") or {}
+        for relative in sorted(set(files_a) | set(files_b)):
+            name = relative if len(directories) == 1 else f"{directory}/{relative}"
+            before, after = files_a.get(relative), files_b.get(relative)
+            if after is None:
+                out.append(("model_files", f"model file {name} removed"))
+            elif before is None:
+                out.append(("model_files", f"model file {name} added ({after.get('size')} bytes)"))
+            elif before.get("sha256") and after.get("sha256"):
+                if before["sha256"] != after["sha256"]:
+                    out.append(
+                        (
+                            "model_files",
+                            f"model file {name} changed (sha256 {before['sha256'][:SHA_SHOWN]}… → "
+                            f"{after['sha256'][:SHA_SHOWN]}…)",
+                        )
+                    )
+            elif before.get("size") != after.get("size"):
+                out.append(
+                    (
+                        "model_files",
+                        f"model file {name} changed size ({before.get('size')} → {after.get('size')} bytes)",
+                    )
+                )
+    return out
+
+
+def _shown(value: str | None) -> str:
+    return value if value else '""'
+
+
+def _listed(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value) or "none"
+    return str(value)
