@@ -14,9 +14,10 @@ import platform
 import sys
 from collections.abc import Sequence
 
-from . import __version__, logsetup
+from . import __version__, logsetup, tools
 from .collectors import COLLECTOR_CLASSES
 from .config import ConfigError, load_config
+from .configcheck import Checker
 from .daemon import Daemon, Options
 from .server import ListenAddressError
 from .webconfig import WebConfigError, load_web_config
@@ -24,7 +25,7 @@ from .webconfig import WebConfigError, load_web_config
 EXIT_OK, EXIT_BROKEN, EXIT_BAD_CONFIG = 0, 1, 2
 DEFAULT_LISTEN_ADDRESS = ":9877"
 ENV_PREFIX = "AUTOGLM_EXPORTER_"
-COMMANDS = ("run", "check-config", "doctor", "version")
+COMMANDS = ("run", "check-config", "doctor", "capture", "profile", "snapshot", "diff", "version")
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     flags = _daemon_flags()
+    config_flag = argparse.ArgumentParser(add_help=False)
+    config_flag.add_argument("--config.file", dest="config_file", default=_env("config.file", None))
     commands.add_parser("run", parents=[flags], help="run the exporter (the default command)")
     check = commands.add_parser("check-config", help="validate a config file; exit 2 when it is bad")
     check.add_argument("file")
@@ -126,8 +129,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     doctor.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
+    capture = commands.add_parser(
+        "capture",
+        parents=[config_flag],
+        help="take py-spy stacks of a service now and say where threads are stuck",
+    )
+    capture.add_argument("--service", required=True)
+    profile = commands.add_parser(
+        "profile", parents=[config_flag], help="record a flame graph SVG with py-spy"
+    )
+    profile.add_argument("--service", required=True)
+    profile.add_argument(
+        "--duration", type=_seconds, default=30.0, help="how long to record, e.g. 30s (default)"
+    )
+    profile.add_argument("-o", "--output", default="profile.svg")
+    snapshot = commands.add_parser(
+        "snapshot",
+        parents=[config_flag],
+        help="write the service's environment (packages, CUDA, models) as JSON",
+    )
+    snapshot.add_argument("--service", help="without it: this machine only")
+    snapshot.add_argument("--model-dir", action="append", default=[], help="hash the model files in DIR")
+    snapshot.add_argument("-o", "--output", required=True)
+    difference = commands.add_parser(
+        "diff", help="what changed between two snapshots; exit 1 when something did"
+    )
+    difference.add_argument("before")
+    difference.add_argument("after")
     commands.add_parser("version", help="print the version")
     return parser
+
+
+def _seconds(text: str) -> float:
+    checker = Checker()
+    value = checker.duration({"value": text}, "value", "--duration", 0.0)
+    if checker.errors or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30s or 2m, got {text!r}")
+    return value
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -169,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "check-config":
             return _check_config(args.file)
+        if args.command in ("capture", "profile", "snapshot", "diff"):
+            return _tool(args)
         options = options_from(args)
     except UsageError as exc:
         print(f"autoglm-exporter: {exc}", file=sys.stderr)
@@ -179,6 +219,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_doctor(options, as_json=args.json, color=not args.no_color and sys.stdout.isatty())
     return _run(options)
+
+
+def _tool(args: argparse.Namespace) -> int:
+    if args.command == "diff":
+        return tools.diff(args.before, args.after)
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if args.command == "capture":
+        return tools.capture(config, args.service)
+    if args.command == "profile":
+        return tools.record_profile(config, args.service, args.duration, args.output)
+    return tools.snapshot(config, args.service, args.model_dir, args.output)
 
 
 def _check_config(path: str) -> int:

@@ -15,6 +15,8 @@ from .collectors import build_collectors
 from .collectors.base import Collector
 from .config import Config, ConfigError, load_config
 from .diagnosis import derive
+from .forensics import CaptureNotFound
+from .hangwatch import HangWatch
 from .metricspec import Family
 from .runner import CollectorRunner
 from .scheduler import CollectorScheduler
@@ -42,7 +44,8 @@ class Options:
 class Daemon:
     def __init__(self, options: Options, config: Config, web_config: WebConfig | None) -> None:
         self.options = options
-        self.store = Store(deriver=chain_deriver())
+        self.hangwatch = HangWatch(config.forensics, on_change=lambda: self.store.touch())
+        self.store = Store(deriver=chain_deriver(self.hangwatch))
         self.scheduler = CollectorScheduler()
         self.runners: dict[str, CollectorRunner] = {}
         self.config = config
@@ -50,9 +53,13 @@ class Daemon:
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         host, port = parse_listen_address(options.listen_address)
-        self.server = ExporterHTTPServer(
-            (host, port), self.store, ServerHooks(reload=self.reload), options.telemetry_path, web_config
+        hooks = ServerHooks(
+            reload=self.reload,
+            capture=self.capture,
+            captures=lambda: [capture.to_dict() for capture in self.hangwatch.store.list()],
+            capture_file=self._capture_file,
         )
+        self.server = ExporterHTTPServer((host, port), self.store, hooks, options.telemetry_path, web_config)
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -69,6 +76,7 @@ class Daemon:
                 runners[collector.name] = CollectorRunner(collector, self.store, timeout)
         self.runners = runners
         self.config = config
+        self.hangwatch.reconfigure(config.forensics)
         self.store.set_collectors(runners)
         jobs = [(runner, config.collector(name).interval) for name, runner in runners.items()]
         self.scheduler.start(jobs, config.jitter)
@@ -87,6 +95,24 @@ class Daemon:
             self.store.set_reload_result(True)
             log.info("config reloaded", extra={"config": config.source})
             return True, "config reloaded"
+
+    def capture(self, service: str) -> tuple[int, str]:
+        """POST /api/capture?service=NAME: stacks of the service's main process, in the background."""
+        process = self.store.facts().get("process")
+        facts = process.services.get(service) if process is not None else None
+        if facts is None:
+            return 404, f"no service named {service!r}"
+        if facts.main_pid is None:
+            return 409, f"service {service} has no running process"
+        if not self.hangwatch.request(service, facts.main_pid, "api"):
+            return 409, f"a capture of {service} is already running"
+        return 202, f"capturing the stacks of {service} (pid {facts.main_pid}); see /api/captures"
+
+    def _capture_file(self, name: str) -> bytes | None:
+        try:
+            return self.hangwatch.store.read_bytes(name)
+        except CaptureNotFound:
+            return None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -119,13 +145,16 @@ class Daemon:
         return 0
 
 
-def chain_deriver() -> Deriver:
-    """What the store derives after every publish: the verdict, and start-up times (which need memory)."""
+def chain_deriver(hangwatch: HangWatch) -> Deriver:
+    """What the store derives after every publish: stack captures when a service keeps failing,
+    the verdict, and start-up times (which need memory)."""
     tracker = StartupTracker()
 
     def derive_all(facts: dict[str, Any], health: dict[str, CollectorHealth]) -> tuple[list[Family], Any]:
+        hangwatch.observe(facts)
+        facts = {**facts, "forensics": hangwatch.facts()}
         families, diagnosis = derive(facts, health)
-        return families + tracker.observe(facts), diagnosis
+        return families + tracker.observe(facts) + hangwatch.families(), diagnosis
 
     return derive_all
 

@@ -41,8 +41,8 @@ REASONS: dict[str, tuple[str, ...]] = {
     "service": ("process_missing", "port_not_listening", "port_taken", "log_errors"),
     "dependencies": ("redis_down", "engine_down", "engine_not_generating", "dependency_probe_failed"),
     "resources": ("memory_low", "cpu_saturated", "context_switch_storm", "io_blocked"),
-    "stall": ("engine_stalled", "queue_backlog_growing"),
-    "exporter": ("collector_failed", "collector_stuck"),
+    "stall": ("threads_blocked", "cpu_bound_loop", "engine_stalled", "queue_backlog_growing"),
+    "exporter": ("collector_failed", "collector_stuck", "capture_not_permitted"),
 }
 
 MEMORY_LOW_RATIO = 0.05  # available memory under 5% of total
@@ -95,6 +95,7 @@ def diagnose(
         + _log_links(facts.get("logs"), now)
         + _dependency_links(facts.get("redis"), facts.get("engine"), facts.get("probe"))
         + _resource_links(facts.get("system"), health.get("system"))
+        + _forensics_links(facts.get("forensics"), now)
         + _stall_links(facts.get("engine"), facts.get("redis"))
         + _environment_links(facts.get("environment"))
         + _exporter_links(health)
@@ -553,6 +554,47 @@ def _stall_links(engine: Any, redis: Any) -> list[Link]:
                         f"redis-cli -h {host.strip('[]')} -p {port} type '{key}'",
                     )
                 )
+    return links
+
+
+FORENSICS_RECENT_SECONDS = 900.0  # stacks older than this say nothing about the service now
+
+
+def _forensics_links(forensics: Any, now: float) -> list[Link]:
+    links = []
+    for evidence in forensics.services.values() if forensics is not None else []:
+        if now - evidence.at > FORENSICS_RECENT_SECONDS:
+            continue
+        name = f"stacks {evidence.service}"
+        if evidence.error_kind == "permission":
+            links.append(
+                Link(
+                    name,
+                    "exporter",
+                    False,
+                    "py-spy may not read the service's stacks: add SYS_PTRACE to the exporter",
+                    "capture_not_permitted",
+                    (evidence.error or "",),
+                    "docker inspect --format '{{.HostConfig.CapAdd}}' <exporter container>",
+                )
+            )
+            continue
+        analysis = evidence.analysis
+        if analysis is None:
+            continue
+        where = f"py-spy dump --pid {analysis.pid}"
+        blocked = [t for t in analysis.threads if t.state == "blocked"]
+        busy = [t for t in analysis.threads if t.state == "busy"]
+        if analysis.deadlock_suspected:
+            evidence_lines = tuple(t.description for t in blocked[:4])
+            link = Link(name, "stall", False, analysis.summary, "threads_blocked", evidence_lines, where)
+        elif busy and evidence.capture is not None and evidence.capture.reason == "probe_failing":
+            # A thread busy in one function is normal work unless the service stopped answering.
+            evidence_lines = tuple(t.description for t in busy[:4])
+            link = Link(name, "stall", False, analysis.summary, "cpu_bound_loop", evidence_lines, where)
+        else:
+            link = Link(name, "stall", True, analysis.summary)
+        links.append(link)
     return links
 
 

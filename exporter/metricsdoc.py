@@ -12,6 +12,7 @@ import sys
 
 from .collectors import COLLECTOR_CLASSES
 from .diagnosis import DIAGNOSIS_METRICS
+from .hangwatch import FORENSICS_METRICS
 from .metricspec import MetricSpec
 from .startup import STARTUP_METRICS
 from .store import SELF_METRICS
@@ -34,6 +35,7 @@ def render() -> str:
         lines += _table(f"collector `{name}`", cls.metrics)
     lines += _table("the verdict", DIAGNOSIS_METRICS)
     lines += _table("start-up", STARTUP_METRICS)
+    lines += _table("hang forensics (py-spy stacks)", FORENSICS_METRICS)
     lines += _table("the exporter itself", SELF_METRICS)
     return "\n".join(lines + [END])
 

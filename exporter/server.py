@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from . import __version__, logsetup, statuspage
@@ -36,6 +37,11 @@ class ServerHooks:
     """What the server may ask of the daemon."""
 
     reload: Callable[[], tuple[bool, str]]
+    # Start a stack capture of a service: (HTTP status, message).
+    capture: Callable[[str], tuple[int, str]] = lambda service: (404, "stack captures are not available")
+    # The saved captures, newest first, as plain data; and one capture's JSON by name (None: no such).
+    captures: Callable[[], list[dict[str, Any]]] = list
+    capture_file: Callable[[str], bytes | None] = lambda name: None
 
 
 class ListenAddressError(ValueError):
@@ -148,6 +154,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == self.server.telemetry_path:
             path = TELEMETRY
+        elif path.startswith(CAPTURES_PREFIX) and method == "GET":
+            self._capture_file(path.removeprefix(CAPTURES_PREFIX))
+            return
         handler = ROUTES.get((method, path))
         if handler is not None:
             handler(self)
@@ -235,6 +244,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(head.encode("latin-1") if self.command == "HEAD" else head.encode("latin-1") + body)
         self.log_request(status, len(body))
 
+    def _capture(self) -> None:
+        query = parse_qs(urlsplit(self.path).query)
+        service = (query.get("service") or [""])[0]
+        status, message = self.server.hooks.capture(service)
+        self._send_json(status, {"message": message, "service": service})
+
+    def _captures(self) -> None:
+        self._send_json(200, {"captures": self.server.hooks.captures()})
+
+    def _capture_file(self, name: str) -> None:
+        body = self.server.hooks.capture_file(name)
+        if body is None:
+            self._send(404, b"No such capture\n")
+        else:
+            self._send(200, body, content_type="application/json")
+
+    def _send_json(self, status: int, document: Any) -> None:
+        self._send(status, json.dumps(document, indent=1).encode(), content_type="application/json")
+
     def _healthy(self) -> None:
         self._send(200, b"Healthy\n")
 
@@ -259,6 +287,7 @@ def _http_date() -> str:
 
 
 TELEMETRY = "<telemetry path>"  # stands for --web.telemetry-path in ROUTES
+CAPTURES_PREFIX = "/api/captures/"
 ROUTES: dict[tuple[str, str], Callable[[_Handler], None]] = {
     ("GET", TELEMETRY): _Handler._metrics,
     ("GET", "/-/healthy"): _Handler._healthy,
@@ -270,4 +299,6 @@ ROUTES: dict[tuple[str, str], Callable[[_Handler], None]] = {
     ("PUT", "/-/log-level"): _Handler._log_level,
     ("GET", "/"): _Handler._status_page,
     ("GET", "/api/diagnosis"): _Handler._diagnosis,
+    ("POST", "/api/capture"): _Handler._capture,
+    ("GET", "/api/captures"): _Handler._captures,
 }

@@ -67,7 +67,8 @@ def render(
     metrics = esc(telemetry_path)
     parts.append(
         f"<footer>autoglm-exporter {esc(__version__)} · <a href='{metrics}'>{metrics}</a> · "
-        "<a href='/api/diagnosis'>/api/diagnosis</a> · <a href='/-/healthy'>/-/healthy</a> · "
+        "<a href='/api/diagnosis'>/api/diagnosis</a> · <a href='/api/captures'>/api/captures</a> (stacks) · "
+        "<a href='/-/healthy'>/-/healthy</a> · "
         "<a href='/-/ready'>/-/ready</a> · <a href='/-/log-level'>/-/log-level</a> · "
         f"refreshes every {REFRESH_SECONDS} s</footer></body></html>"
     )

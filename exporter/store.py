@@ -138,6 +138,12 @@ class Store:
             self._version += 1
         self._derive()
 
+    def touch(self) -> None:
+        """Something the deriver reads besides the facts changed (a stack capture finished)."""
+        with self._lock:
+            self._version += 1
+        self._derive()
+
     def set_stuck(self, name: str, stuck: bool) -> None:
         with self._lock:
             health = self._health.get(name)
