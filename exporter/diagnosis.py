@@ -40,7 +40,15 @@ REASONS: dict[str, tuple[str, ...]] = {
     ),
     "service": ("process_missing", "port_not_listening", "port_taken", "log_errors"),
     "dependencies": ("redis_down", "engine_down", "engine_not_generating", "dependency_probe_failed"),
-    "resources": ("memory_low", "cpu_saturated", "context_switch_storm", "io_blocked"),
+    "resources": (
+        "memory_low",
+        "cpu_saturated",
+        "context_switch_storm",
+        "io_blocked",
+        "cpu_throttled",
+        "memory_limit_pressure",
+        "oom_killed",
+    ),
     "stall": ("threads_blocked", "cpu_bound_loop", "engine_stalled", "queue_backlog_growing"),
     "exporter": ("collector_failed", "collector_stuck", "capture_not_permitted"),
 }
@@ -95,6 +103,7 @@ def diagnose(
         + _log_links(facts.get("logs"), now)
         + _dependency_links(facts.get("redis"), facts.get("engine"), facts.get("probe"))
         + _resource_links(facts.get("system"), health.get("system"))
+        + _container_links(facts.get("container"))
         + _forensics_links(facts.get("forensics"), now)
         + _stall_links(facts.get("engine"), facts.get("redis"))
         + _environment_links(facts.get("environment"))
@@ -518,6 +527,61 @@ def _resource_links(system: Any, health: CollectorHealth | None) -> list[Link]:
         if broken:
             return [Link(f"system {reason}", "resources", False, summary, reason, (evidence,), command)]
     return [Link("system", "resources", True, summary)]
+
+
+CPU_THROTTLED_FRACTION = 0.25  # a quarter of the CFS periods throttled since the last reading
+MEMORY_LIMIT_PRESSURE = 0.90  # working set at 90% of the cgroup's limit
+
+
+def _container_links(container: Any) -> list[Link]:
+    links = []
+    for c in container.services.values() if container is not None else []:
+        if not c.found or c.cgroup_version in (None, 0):
+            continue
+        name = f"cgroup {c.name}"
+        where = f"cat /sys/fs/cgroup{c.cgroup_path}/cpu.stat /sys/fs/cgroup{c.cgroup_path}/memory.events"
+        if c.oom_kills_delta:
+            links.append(
+                Link(
+                    name,
+                    "resources",
+                    False,
+                    f"{c.oom_kills_delta} processes of {c.name} were OOM-killed at its memory limit",
+                    "oom_killed",
+                    (f"memory limit {_gib(c.memory_limit_bytes or 0)}, {c.oom_kills} OOM kills in all",),
+                    where,
+                )
+            )
+        elif c.memory_working_set_ratio is not None and c.memory_working_set_ratio > MEMORY_LIMIT_PRESSURE:
+            links.append(
+                Link(
+                    name,
+                    "resources",
+                    False,
+                    f"{c.name} uses {c.memory_working_set_ratio:.0%} of its memory limit",
+                    "memory_limit_pressure",
+                    (
+                        f"working set {_gib(c.memory_working_set_bytes or 0)} of {_gib(c.memory_limit_bytes or 0)}",
+                    ),
+                    where,
+                )
+            )
+        elif c.cpu_throttled_fraction is not None and c.cpu_throttled_fraction > CPU_THROTTLED_FRACTION:
+            quota = f"{c.cpu_quota_cores:g} CPUs" if c.cpu_quota_cores else "its quota"
+            links.append(
+                Link(
+                    name,
+                    "resources",
+                    False,
+                    f"{c.name} is CPU-throttled in {c.cpu_throttled_fraction:.0%} of periods (limit {quota})",
+                    "cpu_throttled",
+                    ("CPU throttling makes a service alive but slow to answer",),
+                    where,
+                )
+            )
+        else:
+            links.append(Link(name, "resources", True, f"cgroup v{c.cgroup_version}: within its limits"))
+    return links
 
 
 # --- stalls ----------------------------------------------------------------------------------------

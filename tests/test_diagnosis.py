@@ -110,3 +110,25 @@ def test_verdict_metrics_cover_every_reason_with_exactly_one_set() -> None:
     assert len(samples) == sum(len(reasons) for reasons in REASONS.values())
     assert [key for key, value in samples.items() if value == 1] == [("network", "process_dead")]
     assert healthy.samples[0].value == 0
+
+
+def test_container_limits_are_named_as_resources() -> None:
+    from autoglm_exporter.collectors.container import ContainerFacts, ContainerServiceFacts
+
+    def with_cgroup(**kwargs) -> dict:
+        facts = ContainerServiceFacts("api", pid=4242, cgroup_version=2, cgroup_path="/svc", **kwargs)
+        return {"container": ContainerFacts({"api": facts})}
+
+    throttled = with_cgroup(cpu_quota_cores=0.5, cpu_throttled_fraction=0.6)
+    assert verdict(throttled) == ("resources", "cpu_throttled")
+    pressure = with_cgroup(
+        memory_limit_bytes=8 * 2**30,
+        memory_working_set_bytes=int(7.8 * 2**30),
+        memory_working_set_ratio=0.975,
+    )
+    assert verdict(pressure) == ("resources", "memory_limit_pressure")
+    assert verdict(with_cgroup(oom_kills=3, oom_kills_delta=1, memory_limit_bytes=2**30)) == (
+        "resources",
+        "oom_killed",
+    )
+    assert verdict(with_cgroup(cpu_throttled_fraction=0.01)) is None
