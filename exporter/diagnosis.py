@@ -560,9 +560,7 @@ def _container_links(container: Any) -> list[Link]:
                     False,
                     f"{c.name} uses {c.memory_working_set_ratio:.0%} of its memory limit",
                     "memory_limit_pressure",
-                    (
-                        f"working set {_gib(c.memory_working_set_bytes or 0)} of {_gib(c.memory_limit_bytes or 0)}",
-                    ),
+                    (f"working set {_gib(c.memory_working_set_bytes or 0)} of the limit",),
                     where,
                 )
             )
