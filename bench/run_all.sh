@@ -12,7 +12,7 @@ if [[ ! -x "$python" ]]; then
 fi
 summary=()
 status=0
-for bench in metrics_throughput process_cpu probe_cycle rss_cycles; do
+for bench in metrics_throughput process_cpu probe_cycle gpu_cycle rss_cycles; do
     args=()
     [[ "$bench" == rss_cycles ]] && args=("$@")
     log="$(mktemp)"

@@ -303,7 +303,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         top.get("collectors"),
         interval,
         timeout,
-        timeouts={"probe": probe_timeout, "environment": 120.0},
+        timeouts={"probe": probe_timeout, "environment": 120.0, "gpu": max(timeout, gpu.call_timeout + 2.0)},
         intervals={"environment": max(interval, ENVIRONMENT_INTERVAL)},
     )
 

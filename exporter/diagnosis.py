@@ -48,8 +48,19 @@ REASONS: dict[str, tuple[str, ...]] = {
         "cpu_throttled",
         "memory_limit_pressure",
         "oom_killed",
+        "gpu_lost",
+        "gpu_xid_errors",
+        "gpu_memory_full",
+        "gpu_throttled",
+        "cuda_incompatible",
     ),
-    "stall": ("threads_blocked", "cpu_bound_loop", "engine_stalled", "queue_backlog_growing"),
+    "stall": (
+        "threads_blocked",
+        "cpu_bound_loop",
+        "engine_stalled",
+        "gpu_idle_with_backlog",
+        "queue_backlog_growing",
+    ),
     "exporter": ("collector_failed", "collector_stuck", "capture_not_permitted"),
 }
 
@@ -104,8 +115,9 @@ def diagnose(
         + _dependency_links(facts.get("redis"), facts.get("engine"), facts.get("probe"))
         + _resource_links(facts.get("system"), health.get("system"))
         + _container_links(facts.get("container"))
+        + _gpu_links(facts.get("gpu"))
         + _forensics_links(facts.get("forensics"), now)
-        + _stall_links(facts.get("engine"), facts.get("redis"))
+        + _stall_links(facts.get("engine"), facts.get("redis"), facts.get("gpu"))
         + _environment_links(facts.get("environment"))
         + _exporter_links(health)
     )
@@ -582,11 +594,119 @@ def _container_links(container: Any) -> list[Link]:
     return links
 
 
+GPU_MEMORY_FULL_RATIO = 0.95
+
+
+def _gpu_links(gpu: Any) -> list[Link]:
+    if gpu is None:
+        return []
+    if not gpu.available:
+        return [Link("gpu", "resources", None, gpu.message or "no NVIDIA GPU / driver found")]
+    links = []
+    for device in gpu.gpus:
+        name = f"gpu {device.index} ({device.name})"
+        if device.lost or 79 in device.xid_recent:
+            links.append(
+                Link(
+                    name,
+                    "resources",
+                    False,
+                    "the GPU is lost (fell off the bus): only a reset or a reboot brings it back",
+                    "gpu_lost",
+                    (f"uuid {device.uuid}, recent XIDs {list(device.xid_recent)}",),
+                    "nvidia-smi -q | head -40; dmesg | grep -i xid | tail",
+                )
+            )
+        elif device.xid_recent:
+            links.append(
+                Link(
+                    name,
+                    "resources",
+                    False,
+                    f"XID errors in the last 10 minutes: {', '.join(str(x) for x in device.xid_recent)}",
+                    "gpu_xid_errors",
+                    (f"last XID {device.last_xid}",),
+                    "dmesg | grep -i xid | tail",
+                )
+            )
+        elif (device.memory_used_ratio or 0) >= GPU_MEMORY_FULL_RATIO:
+            links.append(
+                Link(
+                    name,
+                    "resources",
+                    False,
+                    f"GPU memory {device.memory_used_ratio:.0%} full",
+                    "gpu_memory_full",
+                    (_used_of(device.memory_used_bytes, device.memory_total_bytes),),
+                    "nvidia-smi --query-compute-apps=pid,used_memory --format=csv",
+                )
+            )
+        elif device.throttle_reasons:
+            links.append(
+                Link(
+                    name,
+                    "resources",
+                    False,
+                    f"clocks held down: {', '.join(device.throttle_reasons)}",
+                    "gpu_throttled",
+                    (f"temperature {device.temperature_celsius} C, power {device.power_draw_watts} W",),
+                    "nvidia-smi -q -d PERFORMANCE,TEMPERATURE,POWER",
+                )
+            )
+        else:
+            used = f"{device.memory_used_ratio:.0%}" if device.memory_used_ratio is not None else "?"
+            util = f"{device.utilization:.0%}" if device.utilization is not None else "?"
+            links.append(
+                Link(
+                    name, "resources", True, f"memory {used} used, {util} busy, {device.processes} processes"
+                )
+            )
+    if gpu.compatibility_problems:
+        links.append(
+            Link(
+                "cuda",
+                "resources",
+                False,
+                gpu.compatibility_problems[0],
+                "cuda_incompatible",
+                tuple(gpu.compatibility_problems[:4]),
+                "nvidia-smi; python -c 'import torch; print(torch.version.cuda)'",
+            )
+        )
+    return links
+
+
+def _gpu_idle_links(engine: Any, gpu: Any) -> list[Link]:
+    """Requests wait while the engine's GPUs do nothing: the engine is stuck before the GPU (seed 4.3)."""
+    if engine is None or gpu is None or not gpu.available or not gpu.gpus:
+        return []
+    links = []
+    for instance in engine.engines.values():
+        if not instance.up or not instance.waiting:
+            continue
+        service = gpu.services.get(instance.service or "")
+        indexes = set(service.gpus) if service is not None and service.gpus else {d.index for d in gpu.gpus}
+        devices = [d for d in gpu.gpus if d.index in indexes]
+        if devices and all(d.utilization == 0 for d in devices):
+            links.append(
+                Link(
+                    f"engine {instance.name} on gpu {', '.join(str(d.index) for d in devices)}",
+                    "stall",
+                    False,
+                    f"{_number(instance.waiting)} requests wait while its GPUs are idle",
+                    "gpu_idle_with_backlog",
+                    ("GPU utilization 0% on every GPU of the engine",),
+                    "nvidia-smi; py-spy dump --pid $(pgrep -f vllm | head -1)",
+                )
+            )
+    return links
+
+
 # --- stalls ----------------------------------------------------------------------------------------
 
 
-def _stall_links(engine: Any, redis: Any) -> list[Link]:
-    links = []
+def _stall_links(engine: Any, redis: Any, gpu: Any) -> list[Link]:
+    links = _gpu_idle_links(engine, gpu)
     for instance in engine.engines.values() if engine is not None else []:
         if instance.up and instance.stalled:
             links.append(
@@ -696,6 +816,10 @@ def _host_port(url: str) -> str:
 
 def _number(value: float | None) -> str:
     return "?" if value is None else f"{value:g}"
+
+
+def _used_of(used: int | None, total: int | None) -> str:
+    return f"{_gib(used or 0)} used of {_gib(total or 0)}"
 
 
 def _gib(value: int) -> str:

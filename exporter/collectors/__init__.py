@@ -9,6 +9,7 @@ from .base import Collector
 from .container import ContainerCollector
 from .engine import EngineCollector
 from .environment import EnvironmentCollector
+from .gpu import GpuCollector
 from .logs import LogsCollector
 from .probe import ProbeCollector
 from .process import ProcessCollector
@@ -27,6 +28,7 @@ _REGISTRY: tuple[tuple[type[Collector], Callable[[Config], Collector]], ...] = (
     (RedisCollector, lambda config: RedisCollector(config.redis)),
     (EngineCollector, lambda config: EngineCollector(config.engines)),
     (LogsCollector, lambda config: LogsCollector(config.logs)),
+    (GpuCollector, lambda config: GpuCollector(config.gpu, config.services, config.proc_root)),
     (
         EnvironmentCollector,
         lambda config: EnvironmentCollector(config.services, config.environment, config.proc_root),

@@ -1,0 +1,78 @@
+"""The GPU facts in the verdict: memory full, lost, XIDs, throttling, idle while requests wait."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoglm_exporter.collectors.engine import EngineFacts, EngineInstanceFacts
+from autoglm_exporter.collectors.gpu import NO_GPU, GpuCollector
+from autoglm_exporter.config import GpuConfig
+from autoglm_exporter.diagnosis import diagnose
+
+from .fakes.fake_pynvml import LIBRARY_NOT_FOUND, FakeGpu, FakeNvml, Scenario, gpu_uuid
+from .fakes.proc import FakeProc
+
+GIB = 1024**3
+
+
+def gpu_facts(tmp_path: Path, **fields):
+    fields = {"clock_reasons": 0, **fields}
+    fake = FakeNvml(Scenario([FakeGpu(gpu_uuid(0), **fields)]))
+    try:
+        collector = GpuCollector(
+            GpuConfig(call_timeout=2.0, nvidia_smi="/nonexistent/nvidia-smi"),
+            (),
+            FakeProc(tmp_path / "proc").path,
+            fake,
+        )
+        return collector.collect().facts
+    finally:
+        fake.release()
+
+
+def verdict(facts: dict):
+    result = diagnose(facts, {})
+    return (result.verdict.layer, result.verdict.reason) if result.verdict else None
+
+
+def test_a_healthy_gpu_breaks_nothing(tmp_path: Path) -> None:
+    result = diagnose({"gpu": gpu_facts(tmp_path)}, {})
+    assert result.healthy
+    assert any(link.name.startswith("gpu 0") and link.ok for link in result.links)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"memory_used": 79 * GIB, "memory_total": 80 * GIB}, "gpu_memory_full"),
+        ({"lost": True}, "gpu_lost"),
+        ({"clock_reasons": 0x20}, "gpu_throttled"),  # HW thermal slowdown
+    ],
+    ids=["memory-full", "lost", "thermal"],
+)
+def test_gpu_faults_are_resources_verdicts(tmp_path: Path, fields: dict, expected: str) -> None:
+    assert verdict({"gpu": gpu_facts(tmp_path, **fields)}) == ("resources", expected)
+
+
+def test_an_idle_gpu_while_requests_wait_is_a_stall(tmp_path: Path) -> None:
+    engine = EngineInstanceFacts(
+        "vllm", "vllm", None, True, None, None, 5.0, 0.0, 0.2, 100.0, 5.0, False, None
+    )
+    facts = {"gpu": gpu_facts(tmp_path, utilization_gpu=0), "engine": EngineFacts({"vllm": engine})}
+    assert verdict(facts) == ("stall", "gpu_idle_with_backlog")
+
+
+def test_no_gpu_is_said_not_blamed(tmp_path: Path) -> None:
+    fake = FakeNvml(Scenario([], init_error=LIBRARY_NOT_FOUND))
+    collector = GpuCollector(
+        GpuConfig(call_timeout=2.0, nvidia_smi="/nonexistent/nvidia-smi"),
+        (),
+        FakeProc(tmp_path / "proc").path,
+        fake,
+    )
+    facts = collector.collect().facts
+    result = diagnose({"gpu": facts}, {})
+    assert result.healthy
+    assert [link.summary.startswith(NO_GPU) for link in result.links] == [True]
