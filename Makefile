@@ -31,5 +31,6 @@ unit:
 docs: deps
 	$(PY) -m autoglm_exporter.metricsdoc README.md
 
-bench: deps
+bench:
+	BENCH=1 VENV=$(VENV) scripts/install-deps.sh
 	bench/run_all.sh

@@ -19,6 +19,12 @@ declare -A PACKAGE_OF=(
   [curl]=curl
   [chromium]=chromium
 )
+# The benchmarks' peers and load generator, only for `make bench` (BENCH=1).
+if [ "${BENCH:-0}" = 1 ]; then
+  PACKAGE_OF[wrk]=wrk
+  PACKAGE_OF[prometheus-node-exporter]=prometheus-node-exporter
+  PACKAGE_OF[prometheus-process-exporter]=prometheus-process-exporter
+fi
 
 missing=()
 for binary in "${!PACKAGE_OF[@]}"; do
