@@ -213,7 +213,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _status_page(self) -> None:
         store = self.server.store
-        page = statuspage.render(store.derived(), store.health(), self.server.telemetry_path)
+        captures = self.server.hooks.captures()
+        page = statuspage.render(
+            store.derived(), store.health(), self.server.telemetry_path, captures[0] if captures else None
+        )
         self._send(200, page.encode(), content_type="text/html; charset=utf-8")
 
     def _diagnosis(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping
+from typing import Any
 
 from . import __version__
 from .diagnosis import LAYERS, Diagnosis, Link
@@ -48,6 +49,7 @@ def render(
     diagnosis: Diagnosis | None,
     health: Mapping[str, CollectorHealth],
     telemetry_path: str = "/metrics",
+    newest_capture: Mapping[str, Any] | None = None,
 ) -> str:
     esc = html.escape
     parts = [
@@ -63,6 +65,7 @@ def render(
         parts.append(_verdict(diagnosis.verdict))
         parts.append(_chain(diagnosis.links))
         parts.append(_recent_errors(diagnosis.recent_errors))
+    parts.append(_newest_capture(newest_capture))
     parts.append(_collectors(health))
     metrics = esc(telemetry_path)
     parts.append(
@@ -113,6 +116,18 @@ def _recent_errors(lines: tuple[str, ...]) -> str:
         return "<section><h3>Last errors</h3><p>none in the watched logs</p></section>"
     items = "".join(f"<li><code>{html.escape(line)}</code></li>" for line in lines)
     return f"<section id='errors'><h3>Last errors</h3><ul>{items}</ul></section>"
+
+
+def _newest_capture(capture: Mapping[str, Any] | None) -> str:
+    if not capture:
+        return ""
+    esc = html.escape
+    name = esc(str(capture.get("name", "")))
+    return (
+        "<section id='capture'><h3>Newest stack capture</h3>"
+        f"<p><a href='/api/captures/{name}'>{name}</a>: {esc(str(capture.get('service', '')))}, "
+        f"{esc(str(capture.get('reason', '')))}: {esc(str(capture.get('summary', '')))}</p></section>"
+    )
 
 
 def _collectors(health: Mapping[str, CollectorHealth]) -> str:

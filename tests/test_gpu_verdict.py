@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,12 @@ def test_no_gpu_is_said_not_blamed(tmp_path: Path) -> None:
     result = diagnose({"gpu": facts}, {})
     assert result.healthy
     assert [link.summary.startswith(NO_GPU) for link in result.links] == [True]
+
+
+def test_an_incompatible_cuda_is_named_with_its_sentence(tmp_path: Path) -> None:
+    sentence = "vllm: driver supports CUDA 12.2, service is built for 12.4"
+    facts = replace(gpu_facts(tmp_path), compatibility_problems=(sentence,))
+    result = diagnose({"gpu": facts}, {})
+    assert result.verdict is not None
+    assert (result.verdict.layer, result.verdict.reason) == ("resources", "cuda_incompatible")
+    assert result.verdict.summary == sentence

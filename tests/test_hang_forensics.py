@@ -99,6 +99,8 @@ def test_failing_probes_trigger_a_capture_and_the_verdict_names_the_deadlocked_l
         metrics = exporter.metrics()
         captures = exporter.get("/api/captures").json()["captures"]
         saved = exporter.get(f"/api/captures/{captures[0]['name']}").json()
+        page = exporter.get("/").text
+    assert f"href='/api/captures/{captures[0]['name']}'" in page  # the status page links the newest
     assert verdict["layer"] == "stall"
     assert "possible deadlock" in verdict["summary"]
     text = " ".join(verdict["evidence"])
