@@ -38,43 +38,38 @@ Joins with the configured services (no GPU exporter does these):
   `autoglm_cuda_compatible{gpu,service,check}` plus a sentence for the verdict.
   CUDA_VISIBLE_DEVICES indexes follow CUDA's order, which is NVML's (PCI bus) order only with
   CUDA_DEVICE_ORDER=PCI_BUS_ID: indexes are matched as given, UUIDs exactly.
+
+Where the parts live: exporter/gpunvml.py reads NVML (sessions, the per-GPU calls, the XID event
+set) and exporter/gpusmi.py runs and parses nvidia-smi, both into the records of
+exporter/gpureading.py; exporter/gpuxids.py keeps the XID counts and exporter/gpujoin.py does the
+/proc joins. This module turns a reading into the facts and the metric families.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import math
-import os
 import re
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
-from .. import cuda, procfs, subprocesses
+from .. import cuda
 from ..config import GpuConfig, ServiceConfig
+from ..gpujoin import ProcJoin, gpus_used_by
+from ..gpunvml import NVML_CALLS_PER_GPU as NVML_CALLS_PER_GPU
+from ..gpunvml import NvmlReader, NvmlUnavailable
+from ..gpureading import NO_GPU as NO_GPU
+from ..gpureading import DeviceReading, GpuReading
+from ..gpusmi import NvidiaSmi, SmiError
+from ..gpuxids import COMMON_XIDS as COMMON_XIDS
+from ..gpuxids import XidLog, XidSnapshot
 from ..metricspec import Family, MetricSpec, counter, gauge, info
-from ..nvml import (
-    DRIVER_NOT_LOADED,
-    LIBRARY_NOT_FOUND,
-    TIMEOUT,
-    UNINITIALIZED,
-    GpuLost,
-    NvmlDeadline,
-    NvmlQuery,
-    NvmlStuck,
-    NvmlWorker,
-    SessionLost,
-    error_code,
-)
+from ..nvml import NvmlDeadline, NvmlStuck
 from .base import Collector, CollectorError, Result
 
 log = logging.getLogger(__name__)
 
-NO_GPU = "no NVIDIA GPU / driver found"
 SOURCES = ("nvml", "nvidia_smi", "none")
 OTHER = "other"  # the service label of GPU processes that belong to no configured service
 
@@ -95,40 +90,8 @@ THROTTLE_REASONS = frozenset(
     {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"}
 )
 
-XID_EVENT = 0x8  # nvmlEventTypeXidCriticalError
-COMMON_XIDS = (13, 31, 43, 48, 63, 64, 74, 79, 94, 95, 119, 120)  # exported at 0 from the first scrape
-MAX_XIDS_PER_GPU = 64
-MAX_EVENTS_PER_CYCLE = 256
-RECENT_XID_SECONDS = 600.0
-LOST_REOPEN_SECONDS = 300.0  # with a GPU lost, start NVML again this often to see it come back
+RECENT_XID_SECONDS = 600.0  # GpuDeviceFacts.xid_recent looks back this far
 
-# NVML constants (nvml.h), used when the module does not define them.
-NVML_TEMPERATURE_GPU = 0
-NVML_CLOCK_SM = 1
-NVML_CLOCK_MEM = 2
-NVML_MEMORY_ERROR_TYPE_CORRECTED = 0
-NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
-NVML_VOLATILE_ECC = 0
-NVML_MEMORY_V2 = 0x02000028
-NVML_PSTATE_UNKNOWN = 32
-
-# The per-GPU calls of a cycle, by the name they are counted under (one variant each after fallback).
-NVML_CALLS_PER_GPU = (
-    "memory_info",
-    "nvmlDeviceGetUtilizationRates",
-    "temperature",
-    "nvmlDeviceGetPowerUsage",
-    "nvmlDeviceGetEnforcedPowerLimit",
-    "nvmlDeviceGetTotalEnergyConsumption",
-    "nvmlDeviceGetClockInfo(SM)",
-    "nvmlDeviceGetClockInfo(MEM)",
-    "nvmlDeviceGetPerformanceState",
-    "clock_event_reasons",
-    "nvmlDeviceGetTotalEccErrors(corrected)",
-    "nvmlDeviceGetTotalEccErrors(uncorrected)",
-    "nvmlDeviceGetRemappedRows",
-    "compute_processes",
-)
 # Functions whose failures are counted in autoglm_gpu_read_errors_total (bounded, all from the start).
 READ_FUNCTIONS = (
     "nvmlSystemGetDriverVersion",
@@ -162,7 +125,6 @@ READ_FUNCTIONS = (
     "nvmlEventSetWait_v2",
     "nvidia-smi",
 )
-
 GPU_LABELS = ("gpu", "uuid", "name")
 
 AVAILABLE = gauge(
@@ -398,135 +360,6 @@ class GpuStuckError(CollectorError):
         self.facts = facts
 
 
-# --- readings (internal) ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Device:
-    """What one GPU is, read once per NVML session."""
-
-    index: int
-    uuid: str
-    name: str
-    compute_capability: str | None
-    handle: Any = field(compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class _DeviceReading:
-    index: int
-    uuid: str
-    name: str
-    compute_capability: str | None
-    lost: bool = False
-    memory_total: int | None = None
-    memory_used: int | None = None
-    memory_free: int | None = None
-    memory_reserved: int | None = None
-    utilization: float | None = None
-    memory_utilization: float | None = None
-    temperature: float | None = None
-    power_draw: float | None = None
-    power_limit: float | None = None
-    energy: float | None = None
-    sm_clock: float | None = None
-    memory_clock: float | None = None
-    pstate: int | None = None
-    clock_reasons: int | None = None
-    ecc_corrected: int | None = None
-    ecc_uncorrected: int | None = None
-    remapped_correctable: int | None = None
-    remapped_uncorrectable: int | None = None
-    remap_pending: bool | None = None
-    remap_failed: bool | None = None
-    processes: tuple[tuple[int, int | None], ...] = ()  # (pid, used bytes)
-
-
-@dataclass(frozen=True)
-class _Xids:
-    counts: dict[int, dict[int, int]]  # gpu index -> xid -> events
-    last: dict[int, tuple[int, float]]  # gpu index -> (xid, time)
-    recent: tuple[tuple[float, int, int], ...]  # (time, gpu index, xid)
-    identity: dict[int, tuple[str, str]]  # gpu index -> (uuid, name)
-
-
-@dataclass(frozen=True)
-class _Reading:
-    source: str
-    available: bool
-    message: str | None
-    driver_version: str | None = None
-    cuda_driver_version: cuda.CudaVersion | None = None
-    devices: tuple[_DeviceReading, ...] = ()
-
-
-class _XidLog:
-    """XID events since start. Written only by the NVML worker; read through snapshot()."""
-
-    def __init__(self) -> None:
-        self.counts: dict[int, dict[int, int]] = {}
-        self.last: dict[int, tuple[int, float]] = {}
-        self.recent: deque[tuple[float, int, int]] = deque(maxlen=256)
-        self.identity: dict[int, tuple[str, str]] = {}
-
-    def watch(self, device: _Device) -> None:
-        self.identity[device.index] = (device.uuid, device.name)
-        counts = self.counts.setdefault(device.index, {})
-        for xid in COMMON_XIDS:
-            counts.setdefault(xid, 0)
-
-    def record(self, index: int, xid: int, now: float) -> None:
-        counts = self.counts.setdefault(index, {})
-        if xid in counts or len(counts) < MAX_XIDS_PER_GPU:
-            counts[xid] = counts.get(xid, 0) + 1
-        self.last[index] = (xid, now)
-        self.recent.append((now, index, xid))
-
-    def snapshot(self) -> _Xids:
-        return _Xids(
-            {gpu: dict(c) for gpu, c in self.counts.items()},
-            dict(self.last),
-            tuple(self.recent),
-            dict(self.identity),
-        )
-
-
-class _NvmlUnavailable(Exception):
-    def __init__(self, message: str, no_gpu: bool = False) -> None:
-        super().__init__(message)
-        self.no_gpu = no_gpu
-
-
-@dataclass
-class _Session:
-    """One nvmlInit: the module, its query helper, the GPUs and the XID event set."""
-
-    nvml: Any
-    query: NvmlQuery
-    driver_version: str | None
-    cuda_driver_version: cuda.CudaVersion | None
-    devices: list[_Device]
-    event_set: Any
-    registered: set[int]
-    opened_at: float
-    lost: set[int] = field(default_factory=set)  # GPUs NVML reported lost during this session
-
-    def close(self) -> None:
-        if self.event_set is not None:
-            try:
-                self.nvml.nvmlEventSetFree(self.event_set)
-            except Exception:  # freeing into a broken session: nothing to do about a failure
-                log.debug("nvmlEventSetFree failed", exc_info=True)
-        _shutdown(self.nvml)
-
-
-def _shutdown(nvml: Any) -> None:
-    try:
-        nvml.nvmlShutdown()
-    except Exception:  # shutting down a broken session: nothing to do about a failure
-        log.debug("nvmlShutdown failed", exc_info=True)
-
-
 # --- the collector ------------------------------------------------------------------------------------
 
 
@@ -577,28 +410,24 @@ class GpuCollector(Collector):
         self.services = services
         self.proc_root = proc_root
         self.settings = (config, services, proc_root, nvml_module)
-        self._nvml_module = nvml_module
-        self._worker = NvmlWorker("gpu-nvml")
-        self._session: _Session | None = None
-        self._query: NvmlQuery | None = None  # the session's, for the stuck message
         self._errors: dict[str, int] = dict.fromkeys(READ_FUNCTIONS, 0)
-        self._xids = _XidLog()
-        self._procs = _ProcJoin(proc_root, services)
-        self._smi_fields: tuple[tuple[str, str], ...] = SMI_FIELDS
-        self._smi_unreaped_before: int | None = None  # set while a killed nvidia-smi is not reaped
+        self._xids = XidLog()
+        self._nvml = NvmlReader(nvml_module, self._errors, self._xids)
+        self._smi = NvidiaSmi(config, self._errors)
+        self._procs = ProcJoin(proc_root, services)
         self._last_state: tuple[str, bool, str | None] | None = None
-        self._last_devices: tuple[_DeviceReading, ...] = ()
+        self._last_devices: tuple[DeviceReading, ...] = ()
         self.last_facts: GpuFacts | None = None
 
     # --- one run --------------------------------------------------------------------------------
 
     def collect(self) -> Result:
-        reading: _Reading | None = None
-        nvml_problem: _NvmlUnavailable | None = None
+        reading: GpuReading | None = None
+        nvml_problem: NvmlUnavailable | None = None
         if self.config.nvml:
             try:
                 reading = self._read_nvml()
-            except _NvmlUnavailable as exc:
+            except NvmlUnavailable as exc:
                 nvml_problem = exc
         if reading is None:
             reading = self._read_nvidia_smi(nvml_problem)
@@ -610,7 +439,7 @@ class GpuCollector(Collector):
         self.last_facts = facts
         return Result(self._families(reading, facts, xids), facts)
 
-    def _log_state(self, reading: _Reading) -> None:
+    def _log_state(self, reading: GpuReading) -> None:
         state = (reading.source, reading.available, reading.message)
         if state == self._last_state:
             return
@@ -625,17 +454,14 @@ class GpuCollector(Collector):
 
     # --- NVML -----------------------------------------------------------------------------------
 
-    def _read_nvml(self) -> _Reading:
+    def _read_nvml(self) -> GpuReading:
+        """One NVML cycle (exporter/gpunvml.py) under the hang guard."""
         try:
-            return self._worker.run(self._nvml_cycle, self.config.call_timeout, self._doing)
+            return self._nvml.read(self.config.call_timeout)
         except NvmlDeadline as exc:
             raise self._stuck("timeout", f"{exc}; GPU series dropped until it returns", exc.doing) from None
         except NvmlStuck as exc:
             raise self._stuck("skipped_stuck", str(exc), exc.doing) from None
-
-    def _doing(self) -> str:
-        query = self._query
-        return query.current if query is not None else "nvmlInit"
 
     def _stuck(self, kind: str, message: str, doing: str) -> GpuStuckError:
         """The error to raise: the facts it carries say which call on which GPU is stuck."""
@@ -643,7 +469,7 @@ class GpuCollector(Collector):
         stuck_gpu = int(match.group(1)) if match else None
         gpus = tuple(
             _device_facts(
-                _DeviceReading(d.index, d.uuid, d.name, d.compute_capability),
+                DeviceReading(d.index, d.uuid, d.name, d.compute_capability),
                 stuck=stuck_gpu is None or d.index == stuck_gpu,
             )
             for d in self._last_devices
@@ -665,400 +491,21 @@ class GpuCollector(Collector):
         self.last_facts = facts
         return GpuStuckError(kind, f"NVML: {message}", facts)
 
-    def _module(self) -> Any:
-        if self._nvml_module is not None:
-            return self._nvml_module
-        try:
-            import pynvml  # nvidia-ml-py
-        except ImportError as exc:
-            raise _NvmlUnavailable(f"nvidia-ml-py cannot be imported: {exc}") from None
-        return pynvml
-
-    def _nvml_cycle(self) -> _Reading:
-        """In the worker thread: one cycle of NVML calls, opening NVML first when needed."""
-        session = self._session
-        if session is not None and self._reopen_due(session):
-            session.close()
-            session = self._session = None
-        if session is None:
-            session = self._session = self._open()
-        try:
-            devices = tuple(self._read_device(session, device) for device in session.devices)
-            self._poll_events(session)
-        except SessionLost as exc:
-            session.close()
-            self._session = None
-            raise _NvmlUnavailable(f"NVML stopped answering ({exc})") from None
-        return _Reading(
-            source="nvml",
-            available=True,
-            message=None,
-            driver_version=session.driver_version,
-            cuda_driver_version=session.cuda_driver_version,
-            devices=devices,
-        )
-
-    def _reopen_due(self, session: _Session) -> bool:
-        """With a GPU lost, start NVML again now and then: a reset GPU needs new handles."""
-        lost = session.lost or any(device.handle is None for device in session.devices)
-        return bool(lost) and time.monotonic() - session.opened_at > LOST_REOPEN_SECONDS
-
-    def _open(self) -> _Session:
-        nvml = self._module()
-        error_class = getattr(nvml, "NVMLError", Exception)
-        self._query = None
-        try:
-            nvml.nvmlInit()
-        except error_class as exc:
-            code = error_code(exc)
-            if code in (LIBRARY_NOT_FOUND, DRIVER_NOT_LOADED):
-                raise _NvmlUnavailable(f"{NO_GPU} (NVML: {exc})", no_gpu=True) from None
-            raise _NvmlUnavailable(f"NVML cannot start: {exc}") from None
-        except OSError as exc:
-            raise _NvmlUnavailable(f"{NO_GPU} (NVML: {exc})", no_gpu=True) from None
-        query = NvmlQuery(nvml, self._errors)
-        self._query = query
-        try:
-            driver = _text(query.get("nvmlSystemGetDriverVersion"))
-            cuda_value = query.first(
-                (
-                    ("nvmlSystemGetCudaDriverVersion_v2", "nvmlSystemGetCudaDriverVersion_v2", (), {}),
-                    ("nvmlSystemGetCudaDriverVersion", "nvmlSystemGetCudaDriverVersion", (), {}),
-                )
-            )
-            count = query.get("nvmlDeviceGetCount")
-            if not count:
-                _shutdown(nvml)
-                if count == 0:
-                    raise _NvmlUnavailable(f"{NO_GPU} (NVML lists no GPU)", no_gpu=True)
-                raise _NvmlUnavailable("NVML cannot count the GPUs")
-            devices = [self._identify(query, index) for index in range(int(count))]
-            event_set, registered = self._register_events(query, devices)
-        except SessionLost as exc:
-            raise _NvmlUnavailable(f"NVML stopped answering ({exc})") from None
-        for device in devices:
-            if device.index in registered:
-                self._xids.watch(device)
-            else:
-                self._xids.identity[device.index] = (device.uuid, device.name)
-        return _Session(
-            nvml,
-            query,
-            driver,
-            cuda.cuda_from_nvml(cuda_value if isinstance(cuda_value, int) else None),
-            devices,
-            event_set,
-            registered,
-            time.monotonic(),
-        )
-
-    def _identify(self, query: NvmlQuery, index: int) -> _Device:
-        try:
-            handle = query.get("nvmlDeviceGetHandleByIndex", index, device=index)
-            if handle is None:
-                return _Device(index, "unknown", "unknown", None, None)
-            uuid = _text(query.get("nvmlDeviceGetUUID", handle, device=index)) or "unknown"
-            name = _text(query.get("nvmlDeviceGetName", handle, device=index)) or "unknown"
-            cc = query.get("nvmlDeviceGetCudaComputeCapability", handle, device=index)
-        except GpuLost:
-            return _Device(index, "unknown", "unknown", None, None)
-        capability = f"{cc[0]}.{cc[1]}" if isinstance(cc, (tuple, list)) and len(cc) == 2 else None
-        return _Device(index, uuid, name, capability, handle)
-
-    def _register_events(self, query: NvmlQuery, devices: list[_Device]) -> tuple[Any, set[int]]:
-        event_set = query.get("nvmlEventSetCreate")
-        registered: set[int] = set()
-        if event_set is None:
-            return None, registered
-        for device in devices:
-            if device.handle is None:
-                continue
-            try:
-                supported = query.get("nvmlDeviceGetSupportedEventTypes", device.handle, device=device.index)
-                if isinstance(supported, int) and supported & XID_EVENT:
-                    answered, _ = query.run(
-                        "nvmlDeviceRegisterEvents", device.handle, XID_EVENT, event_set, device=device.index
-                    )
-                    if answered:
-                        registered.add(device.index)
-            except GpuLost:
-                continue
-        return event_set, registered
-
-    def _read_device(self, session: _Session, device: _Device) -> _DeviceReading:
-        base = _DeviceReading(device.index, device.uuid, device.name, device.compute_capability)
-        if device.handle is None:
-            return replace(base, lost=True)
-        q, h, i, nvml = session.query, device.handle, device.index, session.nvml
-        try:
-            memory = q.first(
-                (
-                    (
-                        "nvmlDeviceGetMemoryInfo_v2",
-                        "nvmlDeviceGetMemoryInfo",
-                        (h,),
-                        {"version": getattr(nvml, "nvmlMemory_v2", NVML_MEMORY_V2)},
-                    ),
-                    ("nvmlDeviceGetMemoryInfo", "nvmlDeviceGetMemoryInfo", (h,), {}),
-                ),
-                device=i,
-            )
-            rates = q.get("nvmlDeviceGetUtilizationRates", h, device=i)
-            sensor = getattr(nvml, "NVML_TEMPERATURE_GPU", NVML_TEMPERATURE_GPU)
-            temperature = q.first(
-                (
-                    ("nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperatureV", (h, sensor), {}),
-                    ("nvmlDeviceGetTemperature", "nvmlDeviceGetTemperature", (h, sensor), {}),
-                ),
-                device=i,
-            )
-            power = q.get("nvmlDeviceGetPowerUsage", h, device=i)
-            limit = q.get("nvmlDeviceGetEnforcedPowerLimit", h, device=i)
-            energy = q.get("nvmlDeviceGetTotalEnergyConsumption", h, device=i)
-            sm_clock = q.get(
-                "nvmlDeviceGetClockInfo(SM)",
-                h,
-                getattr(nvml, "NVML_CLOCK_SM", NVML_CLOCK_SM),
-                device=i,
-                attr="nvmlDeviceGetClockInfo",
-            )
-            mem_clock = q.get(
-                "nvmlDeviceGetClockInfo(MEM)",
-                h,
-                getattr(nvml, "NVML_CLOCK_MEM", NVML_CLOCK_MEM),
-                device=i,
-                attr="nvmlDeviceGetClockInfo",
-            )
-            pstate = q.get("nvmlDeviceGetPerformanceState", h, device=i)
-            reasons = q.first(
-                (
-                    (
-                        "nvmlDeviceGetCurrentClocksEventReasons",
-                        "nvmlDeviceGetCurrentClocksEventReasons",
-                        (h,),
-                        {},
-                    ),
-                    (
-                        "nvmlDeviceGetCurrentClocksThrottleReasons",
-                        "nvmlDeviceGetCurrentClocksThrottleReasons",
-                        (h,),
-                        {},
-                    ),
-                ),
-                device=i,
-            )
-            volatile = getattr(nvml, "NVML_VOLATILE_ECC", NVML_VOLATILE_ECC)
-            corrected = q.get(
-                "nvmlDeviceGetTotalEccErrors(corrected)",
-                h,
-                getattr(nvml, "NVML_MEMORY_ERROR_TYPE_CORRECTED", NVML_MEMORY_ERROR_TYPE_CORRECTED),
-                volatile,
-                device=i,
-                attr="nvmlDeviceGetTotalEccErrors",
-            )
-            uncorrected = q.get(
-                "nvmlDeviceGetTotalEccErrors(uncorrected)",
-                h,
-                getattr(nvml, "NVML_MEMORY_ERROR_TYPE_UNCORRECTED", NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
-                volatile,
-                device=i,
-                attr="nvmlDeviceGetTotalEccErrors",
-            )
-            remapped = q.get("nvmlDeviceGetRemappedRows", h, device=i)
-            processes = q.first(
-                (
-                    (
-                        "nvmlDeviceGetComputeRunningProcesses_v3",
-                        "nvmlDeviceGetComputeRunningProcesses_v3",
-                        (h,),
-                        {},
-                    ),
-                    (
-                        "nvmlDeviceGetComputeRunningProcesses_v2",
-                        "nvmlDeviceGetComputeRunningProcesses_v2",
-                        (h,),
-                        {},
-                    ),
-                ),
-                device=i,
-            )
-        except GpuLost:
-            session.lost.add(i)
-            return replace(base, lost=True)
-        remap = remapped if isinstance(remapped, (tuple, list)) and len(remapped) == 4 else None
-        return replace(
-            base,
-            memory_total=_int(getattr(memory, "total", None)),
-            memory_used=_int(getattr(memory, "used", None)),
-            memory_free=_int(getattr(memory, "free", None)),
-            memory_reserved=_int(getattr(memory, "reserved", None)),
-            utilization=_ratio(getattr(rates, "gpu", None)),
-            memory_utilization=_ratio(getattr(rates, "memory", None)),
-            temperature=_float(temperature),
-            power_draw=_scaled(power, 1e-3),
-            power_limit=_scaled(limit, 1e-3),
-            energy=_scaled(energy, 1e-3),
-            sm_clock=_scaled(sm_clock, 1e6),
-            memory_clock=_scaled(mem_clock, 1e6),
-            pstate=_pstate(pstate),
-            clock_reasons=_int(reasons),
-            ecc_corrected=_int(corrected),
-            ecc_uncorrected=_int(uncorrected),
-            remapped_correctable=_int(remap[0]) if remap else None,
-            remapped_uncorrectable=_int(remap[1]) if remap else None,
-            remap_pending=bool(remap[2]) if remap else None,
-            remap_failed=bool(remap[3]) if remap else None,
-            processes=_processes(processes),
-        )
-
-    def _poll_events(self, session: _Session) -> None:
-        """Drain the XID event set without waiting (0 ms), at most MAX_EVENTS_PER_CYCLE events."""
-        if session.event_set is None or not session.registered:
-            return
-        nvml, query = session.nvml, session.query
-        wait = getattr(nvml, "nvmlEventSetWait_v2", None) or getattr(nvml, "nvmlEventSetWait", None)
-        if wait is None:
-            return
-        error_class = getattr(nvml, "NVMLError", Exception)
-        for _ in range(MAX_EVENTS_PER_CYCLE):
-            query.calls += 1
-            query.current = "nvmlEventSetWait_v2"
-            try:
-                data = wait(session.event_set, 0)
-            except error_class as exc:
-                code = error_code(exc)
-                if code != TIMEOUT:  # TIMEOUT: no event waiting, the normal answer
-                    if code in (UNINITIALIZED, DRIVER_NOT_LOADED):
-                        raise SessionLost(f"nvmlEventSetWait_v2: {exc}") from None
-                    with query.errors_lock:
-                        self._errors["nvmlEventSetWait_v2"] += 1
-                return
-            finally:
-                query.current = ""
-            if not int(getattr(data, "eventType", 0)) & XID_EVENT:
-                continue
-            index = self._event_gpu(session, getattr(data, "device", None))
-            if index is not None:
-                self._xids.record(index, int(getattr(data, "eventData", 0)), time.time())
-
-    def _event_gpu(self, session: _Session, handle: Any) -> int | None:
-        for device in session.devices:
-            if device.handle is not None and device.handle is handle:
-                return device.index
-        try:
-            index = session.query.get("nvmlDeviceGetIndex", handle)
-        except GpuLost:
-            return None
-        return int(index) if isinstance(index, int) else None
-
     # --- nvidia-smi -------------------------------------------------------------------------------
 
-    def _read_nvidia_smi(self, nvml_problem: _NvmlUnavailable | None) -> _Reading:
-        """The fallback. A missing binary is 'no GPU' unless NVML said something worse."""
-        why_not_nvml = str(nvml_problem) if nvml_problem else "NVML disabled (gpu.nvml: false)"
-        if self._smi_unreaped_before is not None:
-            if subprocesses.unreaped_count() > self._smi_unreaped_before:
-                raise CollectorError(
-                    "skipped_stuck",
-                    "a killed nvidia-smi has not exited yet (uninterruptible sleep: the GPU or driver "
-                    "hangs); not starting another",
-                )
-            self._smi_unreaped_before = None
-        deadline = time.monotonic() + self.config.call_timeout
+    def _read_nvidia_smi(self, nvml_problem: NvmlUnavailable | None) -> GpuReading:
+        """The fallback (exporter/gpusmi.py); its failures are this run's CollectorError."""
         try:
-            output = self._smi(self._smi_fields, deadline)
-            if _invalid_field(output):
-                if self._smi_fields is SMI_FIELDS_LEGACY:
-                    self._count("nvidia-smi")
-                    raise CollectorError(
-                        "parse_error", f"nvidia-smi rejects the query: {_first_line(output)}"
-                    )
-                log.info("nvidia-smi is older: using its older field names", extra={"collector": self.name})
-                self._smi_fields = SMI_FIELDS_LEGACY
-                output = self._smi(self._smi_fields, deadline)
-        except FileNotFoundError:
-            no_gpu = nvml_problem is None or nvml_problem.no_gpu
-            if not no_gpu:
-                raise CollectorError(
-                    "os_error", f"{why_not_nvml}; nvidia-smi ({self.config.nvidia_smi}) not found"
-                ) from None
-            message = NO_GPU if nvml_problem is None else str(nvml_problem)
-            return _Reading("none", False, message)
-        except PermissionError as exc:
-            self._count("nvidia-smi")
-            raise CollectorError(
-                "os_error", f"{why_not_nvml}; cannot run nvidia-smi: {exc.strerror}"
-            ) from None
-        if output.returncode != 0:
-            text = output.text
-            if "couldn't communicate with the NVIDIA driver" in text or "No devices were found" in text:
-                return _Reading("none", False, f"{NO_GPU} (nvidia-smi: {_first_line(output)})")
-            self._count("nvidia-smi")
-            raise CollectorError(
-                "os_error", f"nvidia-smi exited with {output.returncode}: {_first_line(output)}"
+            return self._smi.read(
+                None if nvml_problem is None else str(nvml_problem),
+                nvml_problem is None or nvml_problem.no_gpu,
             )
-        try:
-            driver, devices = parse_smi_gpus(output.stdout, self._smi_fields)
-        except ValueError as exc:
-            self._count("nvidia-smi")
-            raise CollectorError("parse_error", f"nvidia-smi --query-gpu: {exc}") from None
-        if not devices:
-            return _Reading("none", False, f"{NO_GPU} (nvidia-smi lists no GPU)")
-        apps = self._smi_apps(deadline)
-        by_uuid: dict[str, list[tuple[int, int | None]]] = {}
-        for uuid, pid, used in apps:
-            by_uuid.setdefault(uuid, []).append((pid, used))
-        devices = tuple(replace(d, processes=tuple(by_uuid.get(d.uuid, ()))) for d in devices)
-        return _Reading(
-            source="nvidia_smi",
-            available=True,
-            message=f"reading through nvidia-smi: {why_not_nvml}",
-            driver_version=driver,
-            cuda_driver_version=cuda.cuda_for_driver(driver),
-            devices=devices,
-        )
-
-    def _smi(self, fields: tuple[tuple[str, str], ...], deadline: float) -> _SmiOutput:
-        query = ",".join(name for _, name in fields)
-        return self._run_smi([f"--query-gpu={query}", "--format=csv,noheader,nounits"], deadline)
-
-    def _smi_apps(self, deadline: float) -> list[tuple[str, int, int | None]]:
-        output = self._run_smi(
-            ["--query-compute-apps=gpu_uuid,pid,used_memory", "--format=csv,noheader,nounits"], deadline
-        )
-        if output.returncode != 0:
-            self._count("nvidia-smi")
-            raise CollectorError(
-                "os_error",
-                f"nvidia-smi --query-compute-apps exited with {output.returncode}: {_first_line(output)}",
-            )
-        try:
-            return parse_smi_apps(output.stdout)
-        except ValueError as exc:
-            self._count("nvidia-smi")
-            raise CollectorError("parse_error", f"nvidia-smi --query-compute-apps: {exc}") from None
-
-    def _run_smi(self, args: list[str], deadline: float) -> _SmiOutput:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise CollectorError("timeout", f"nvidia-smi took the whole {self.config.call_timeout:g}s")
-        before = subprocesses.unreaped_count()
-        try:
-            done = subprocesses.run_with_deadline([self.config.nvidia_smi, *args], remaining)
-        except subprocesses.CommandTimeout as exc:
-            self._count("nvidia-smi")
-            if subprocesses.unreaped_count() > before:
-                self._smi_unreaped_before = before
-                raise CollectorError("timeout", f"{exc}; it has not exited yet (D state)") from None
-            raise CollectorError("timeout", str(exc)) from None
-        return _SmiOutput(done.returncode, done.stdout, done.stderr)
-
-    def _count(self, function: str) -> None:
-        self._errors[function] = self._errors.get(function, 0) + 1
+        except SmiError as exc:
+            raise CollectorError(exc.kind, str(exc)) from None
 
     # --- facts --------------------------------------------------------------------------------------
 
-    def _facts(self, reading: _Reading, xids: _Xids) -> GpuFacts:
+    def _facts(self, reading: GpuReading, xids: XidSnapshot) -> GpuFacts:
         now = time.time()
         gpu_pids = sorted({pid for device in reading.devices for pid, _ in device.processes})
         join = self._procs.join(gpu_pids)
@@ -1104,14 +551,14 @@ class GpuCollector(Collector):
         )
 
     def _compatibility(
-        self, reading: _Reading, services: dict[str, ServiceGpuFacts], runtimes: dict[str, cuda.Runtime]
+        self, reading: GpuReading, services: dict[str, ServiceGpuFacts], runtimes: dict[str, cuda.Runtime]
     ) -> tuple[CompatibilityFacts, ...]:
         checks: list[CompatibilityFacts] = []
         for name, service in services.items():
             runtime = runtimes.get(name)
             if runtime is None or not reading.devices:
                 continue
-            for device in _relevant(reading.devices, service):
+            for device in gpus_used_by(reading.devices, service.gpus, service.cuda_visible_devices):
                 found = [
                     cuda.check_compute_capability(device.compute_capability, runtime.version),
                     cuda.check_driver(reading.cuda_driver_version, runtime.version),
@@ -1125,7 +572,7 @@ class GpuCollector(Collector):
 
     # --- metrics ------------------------------------------------------------------------------------
 
-    def _families(self, reading: _Reading, facts: GpuFacts, xids: _Xids) -> list[Family]:
+    def _families(self, reading: GpuReading, facts: GpuFacts, xids: XidSnapshot) -> list[Family]:
         families = {spec.name: spec.family() for spec in self.metrics}
 
         def add(spec: MetricSpec, labels: list[str], value: Any) -> None:
@@ -1205,7 +652,7 @@ class GpuCollector(Collector):
 
     @staticmethod
     def _add_xids(
-        add: Callable[[MetricSpec, list[str], Any], None], gpu: list[str], index: int, xids: _Xids
+        add: Callable[[MetricSpec, list[str], Any], None], gpu: list[str], index: int, xids: XidSnapshot
     ) -> None:
         """A GPU's XID series, for GPUs whose XID events are watched (present even when it is lost)."""
         if index not in xids.counts:
@@ -1217,27 +664,8 @@ class GpuCollector(Collector):
         add(LAST_XID, gpu, last[0] if last else 0)
 
 
-def _relevant(devices: tuple[_DeviceReading, ...], service: ServiceGpuFacts) -> list[_DeviceReading]:
-    """The GPUs a service uses: where its processes run, else what CUDA_VISIBLE_DEVICES names, else all."""
-    if service.gpus:
-        return [d for d in devices if d.index in service.gpus]
-    named: set[str] = set()
-    for value in service.cuda_visible_devices:
-        if value not in ("unset", "unreadable"):
-            named |= {part.strip() for part in value.split(",") if part.strip()}
-    if not named:
-        return list(devices)
-    chosen = [
-        d
-        for d in devices
-        if str(d.index) in named
-        or any(d.uuid.startswith(n) and n.startswith(("GPU-", "MIG-")) for n in named)
-    ]
-    return chosen  # an empty list: it names GPUs this machine does not have (the facts show the value)
-
-
 def _device_facts(
-    d: _DeviceReading, xids: _Xids | None = None, now: float = 0.0, stuck: bool = False
+    d: DeviceReading, xids: XidSnapshot | None = None, now: float = 0.0, stuck: bool = False
 ) -> GpuDeviceFacts:
     reasons = tuple(
         r for r, bit in CLOCK_EVENT_REASONS if d.clock_reasons is not None and d.clock_reasons & bit
@@ -1273,455 +701,3 @@ def _device_facts(
         last_xid=last[0] if last else None,
         last_xid_time=last[1] if last else None,
     )
-
-
-# --- value helpers ------------------------------------------------------------------------------------
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else None
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return None if value in (0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF) else value
-
-
-def _float(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    result = float(value)
-    return result if math.isfinite(result) else None
-
-
-def _scaled(value: Any, factor: float) -> float | None:
-    number = _float(value)
-    return None if number is None else number * factor
-
-
-def _ratio(percent: Any) -> float | None:
-    number = _float(percent)
-    return None if number is None or not 0 <= number <= 100 else number / 100.0
-
-
-def _pstate(value: Any) -> int | None:
-    number = _int(value)
-    return None if number is None or number == NVML_PSTATE_UNKNOWN or not 0 <= number <= 15 else number
-
-
-def _processes(value: Any) -> tuple[tuple[int, int | None], ...]:
-    if not isinstance(value, (list, tuple)):
-        return ()
-    found: list[tuple[int, int | None]] = []
-    for process in value:
-        pid = getattr(process, "pid", None)
-        if isinstance(pid, int):
-            found.append((pid, _int(getattr(process, "usedGpuMemory", None))))
-    return tuple(found)
-
-
-# --- nvidia-smi parsing ----------------------------------------------------------------------------------
-
-# (our field, nvidia-smi query name). The legacy set serves nvidia-smi before R525 or so, which
-# rejects the whole query when one name is unknown ("... is not a valid field to query").
-SMI_FIELDS: tuple[tuple[str, str], ...] = (
-    ("index", "index"),
-    ("uuid", "uuid"),
-    ("name", "name"),
-    ("driver_version", "driver_version"),
-    ("compute_cap", "compute_cap"),
-    ("pstate", "pstate"),
-    ("memory_total", "memory.total"),
-    ("memory_used", "memory.used"),
-    ("memory_free", "memory.free"),
-    ("memory_reserved", "memory.reserved"),
-    ("utilization", "utilization.gpu"),
-    ("memory_utilization", "utilization.memory"),
-    ("temperature", "temperature.gpu"),
-    ("power_draw", "power.draw"),
-    ("power_limit", "enforced.power.limit"),
-    ("sm_clock", "clocks.current.sm"),
-    ("memory_clock", "clocks.current.memory"),
-    ("clock_reasons", "clocks_event_reasons.active"),
-    ("ecc_corrected", "ecc.errors.corrected.volatile.total"),
-    ("ecc_uncorrected", "ecc.errors.uncorrected.volatile.total"),
-    ("remapped_correctable", "remapped_rows.correctable"),
-    ("remapped_uncorrectable", "remapped_rows.uncorrectable"),
-    ("remap_pending", "remapped_rows.pending"),
-    ("remap_failed", "remapped_rows.failure"),
-)
-SMI_FIELDS_LEGACY: tuple[tuple[str, str], ...] = (
-    ("index", "index"),
-    ("uuid", "uuid"),
-    ("name", "name"),
-    ("driver_version", "driver_version"),
-    ("pstate", "pstate"),
-    ("memory_total", "memory.total"),
-    ("memory_used", "memory.used"),
-    ("memory_free", "memory.free"),
-    ("utilization", "utilization.gpu"),
-    ("memory_utilization", "utilization.memory"),
-    ("temperature", "temperature.gpu"),
-    ("power_draw", "power.draw"),
-    ("power_limit", "enforced.power.limit"),
-    ("sm_clock", "clocks.sm"),
-    ("memory_clock", "clocks.mem"),
-    ("clock_reasons", "clocks_throttle_reasons.active"),
-    ("ecc_corrected", "ecc.errors.corrected.volatile.total"),
-    ("ecc_uncorrected", "ecc.errors.uncorrected.volatile.total"),
-)
-MIB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class _SmiOutput:
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-
-    @property
-    def text(self) -> str:
-        return (self.stdout + b"\n" + self.stderr).decode("utf-8", "replace")
-
-
-def _first_line(output: _SmiOutput) -> str:
-    for line in output.text.splitlines():
-        if line.strip():
-            return line.strip()[:200]
-    return "no output"
-
-
-def _invalid_field(output: _SmiOutput) -> bool:
-    return output.returncode != 0 and "is not a valid field to query" in output.text
-
-
-def _absent(value: str) -> bool:
-    """[N/A], [Not Supported], [Insufficient Permissions], [Unknown Error], ... and a bare N/A."""
-    return (value.startswith("[") and value.endswith("]")) or value in ("N/A", "")
-
-
-def _smi_number(field_name: str, value: str) -> float | None:
-    if _absent(value):
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{field_name} is {value[:40]!r}, not a number") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{field_name} is {value[:40]!r}, not a number")
-    return number
-
-
-def _smi_int(field_name: str, value: str, scale: int = 1) -> int | None:
-    number = _smi_number(field_name, value)
-    return None if number is None else int(round(number * scale))
-
-
-def _smi_flag(field_name: str, value: str) -> bool | None:
-    if _absent(value):
-        return None
-    lowered = value.lower()
-    if lowered in ("yes", "1", "true", "active"):
-        return True
-    if lowered in ("no", "0", "false", "not active"):
-        return False
-    raise ValueError(f"{field_name} is {value[:40]!r}, not yes or no")
-
-
-def _csv_rows(text: str) -> list[list[str]]:
-    return [
-        [cell.strip() for cell in row]
-        for row in csv.reader(io.StringIO(text), skipinitialspace=True)
-        if row and any(cell.strip() for cell in row)
-    ]
-
-
-def parse_smi_gpus(
-    stdout: bytes, fields: tuple[tuple[str, str], ...] = SMI_FIELDS
-) -> tuple[str | None, tuple[_DeviceReading, ...]]:
-    """(driver version, one reading per GPU) from --query-gpu CSV; ValueError names what is wrong."""
-    text = stdout.decode("utf-8", "replace")
-    keys = [key for key, _ in fields]
-    devices: list[_DeviceReading] = []
-    driver: str | None = None
-    for number, row in enumerate(_csv_rows(text), start=1):
-        if len(row) != len(keys):
-            raise ValueError(
-                f"line {number} has {len(row)} fields, expected {len(keys)}: {','.join(row)[:80]!r}"
-            )
-        value = dict(zip(keys, row, strict=True))
-        index = _smi_number("index", value["index"])
-        if index is None or index < 0 or index != int(index):
-            raise ValueError(f"line {number}: index is {value['index'][:40]!r}")
-        uuid = value["uuid"] if not _absent(value["uuid"]) else "unknown"
-        name = value["name"] if not _absent(value["name"]) else "unknown"
-        if not _absent(value.get("driver_version", "")):
-            driver = value["driver_version"]
-        cc = value.get("compute_cap", "")
-        if cc and not _absent(cc) and cuda.parse_compute_capability(cc) is None:
-            raise ValueError(f"compute_cap is {cc[:40]!r}")
-        pstate = value.get("pstate", "")
-        pstate_number: int | None = None
-        if not _absent(pstate):
-            match = re.fullmatch(r"P(\d{1,2})", pstate)
-            if not match:
-                raise ValueError(f"pstate is {pstate[:40]!r}")
-            pstate_number = _pstate(int(match.group(1)))
-        reasons = value.get("clock_reasons", "")
-        reasons_number: int | None = None
-        if not _absent(reasons):
-            try:
-                reasons_number = int(reasons, 16)
-            except ValueError:
-                raise ValueError(f"clock event reasons are {reasons[:40]!r}") from None
-        utilization = _smi_number("utilization.gpu", value["utilization"])
-        memory_utilization = _smi_number("utilization.memory", value["memory_utilization"])
-        power = _smi_number("power.draw", value["power_draw"])
-        limit = _smi_number("enforced.power.limit", value["power_limit"])
-        sm_clock = _smi_number("clocks.sm", value["sm_clock"])
-        memory_clock = _smi_number("clocks.mem", value["memory_clock"])
-        devices.append(
-            _DeviceReading(
-                index=int(index),
-                uuid=uuid,
-                name=name,
-                compute_capability=cc if cc and not _absent(cc) else None,
-                memory_total=_smi_int("memory.total", value["memory_total"], MIB),
-                memory_used=_smi_int("memory.used", value["memory_used"], MIB),
-                memory_free=_smi_int("memory.free", value["memory_free"], MIB),
-                memory_reserved=_smi_int("memory.reserved", value.get("memory_reserved", ""), MIB),
-                utilization=_ratio(utilization),
-                memory_utilization=_ratio(memory_utilization),
-                temperature=_smi_number("temperature.gpu", value["temperature"]),
-                power_draw=power,
-                power_limit=limit,
-                sm_clock=None if sm_clock is None else sm_clock * 1e6,
-                memory_clock=None if memory_clock is None else memory_clock * 1e6,
-                pstate=pstate_number,
-                clock_reasons=reasons_number,
-                ecc_corrected=_smi_int("ecc corrected", value["ecc_corrected"]),
-                ecc_uncorrected=_smi_int("ecc uncorrected", value["ecc_uncorrected"]),
-                remapped_correctable=_smi_int(
-                    "remapped_rows.correctable", value.get("remapped_correctable", "")
-                ),
-                remapped_uncorrectable=_smi_int(
-                    "remapped_rows.uncorrectable", value.get("remapped_uncorrectable", "")
-                ),
-                remap_pending=_smi_flag("remapped_rows.pending", value.get("remap_pending", "")),
-                remap_failed=_smi_flag("remapped_rows.failure", value.get("remap_failed", "")),
-            )
-        )
-    if not devices and text.strip() and "No devices were found" not in text:
-        raise ValueError(f"no GPU line in {text.strip()[:80]!r}")
-    return driver, tuple(devices)
-
-
-def parse_smi_apps(stdout: bytes) -> list[tuple[str, int, int | None]]:
-    """(GPU UUID, pid, used bytes) from --query-compute-apps=gpu_uuid,pid,used_memory CSV."""
-    text = stdout.decode("utf-8", "replace")
-    if "No running processes found" in text:
-        return []
-    apps = []
-    for number, row in enumerate(_csv_rows(text), start=1):
-        if len(row) != 3:
-            raise ValueError(f"line {number} has {len(row)} fields, expected 3: {','.join(row)[:80]!r}")
-        pid = _smi_number("pid", row[1])
-        if pid is None or pid <= 0 or pid != int(pid):
-            raise ValueError(f"line {number}: pid is {row[1][:40]!r}")
-        apps.append((row[0], int(pid), _smi_int("used_memory", row[2], MIB)))
-    return apps
-
-
-# --- the /proc side of the joins -------------------------------------------------------------------------
-
-PROC_CACHE_SECONDS = 60.0  # a process may rename itself (setproctitle) soon after it starts
-MAX_PIDS_PER_SERVICE = 64  # environments read per service and cycle
-MAX_RUNTIME_READS = 4  # /proc/PID/maps read per cycle (a big service maps thousands of files)
-MAX_ANCESTRY = 32
-
-
-@dataclass
-class _PidInfo:
-    read_at: float
-    service: str | None  # the service its own cmdline/exe matches
-    ppid: int | None = None  # read only when needed (ancestry)
-    owner: str | None = None  # the service it or its nearest matched ancestor belongs to
-    owner_known: bool = False
-    visible: str | None = None  # CUDA_VISIBLE_DEVICES, read only for service processes
-    runtime: cuda.Runtime | None = None
-    runtime_read_at: float | None = None
-
-
-@dataclass(frozen=True)
-class _Join:
-    owner: dict[int, str]  # GPU pid -> service
-    pids: dict[str, list[int]]  # service -> its pids
-    visible: dict[str, list[str]]  # service -> distinct CUDA_VISIBLE_DEVICES values
-    runtimes: dict[str, cuda.Runtime]  # service -> its CUDA runtime
-
-
-class _ProcJoin:
-    """Which service a pid belongs to, its environment and its CUDA runtime, cached per pid."""
-
-    def __init__(self, proc_root: str, services: tuple[ServiceConfig, ...]) -> None:
-        self.proc_root = proc_root
-        self.services = services
-        self._rules = [
-            (s.name, re.compile(s.match.cmdline) if s.match.cmdline else None, s.match.exe) for s in services
-        ]
-        self._need_exe = any(s.match.exe for s in services)
-        self._pids: dict[int, _PidInfo] = {}
-        self._listing_failed = False
-
-    def join(self, gpu_pids: list[int]) -> _Join:
-        if not self.services:
-            return _Join({}, {}, {}, {})
-        now = time.monotonic()
-        try:
-            pids = procfs.list_pids(self.proc_root)
-        except OSError as exc:
-            if not self._listing_failed:
-                log.warning("cannot list processes for the GPU joins", extra={"error": str(exc)})
-                self._listing_failed = True
-            pids = []
-        own = os.getpid()
-        alive = set(pids)
-        for pid in [p for p in self._pids if p not in alive]:
-            del self._pids[pid]
-        direct: dict[str, list[int]] = {s.name: [] for s in self.services}
-        for pid in pids:
-            if pid == own:
-                continue
-            entry = self._info(pid, now)
-            if entry is not None and entry.service is not None:
-                direct[entry.service].append(pid)
-        owner: dict[int, str] = {}
-        attributed: dict[str, list[int]] = {s.name: [] for s in self.services}
-        for pid in gpu_pids:
-            service = self._owner(pid, now)
-            if service is not None:
-                owner[pid] = service
-                attributed[service].append(pid)
-        members: dict[str, list[int]] = {}
-        visible: dict[str, list[str]] = {}
-        runtimes: dict[str, cuda.Runtime] = {}
-        reads = [MAX_RUNTIME_READS]
-        for name, matched in direct.items():
-            matched_set = set(matched)
-            on_gpu = [pid for pid in attributed[name] if pid not in matched_set]
-            members[name] = sorted(matched + on_gpu)
-            # Environments: GPU processes first (they are what CUDA_VISIBLE_DEVICES steered).
-            gpu_first = [pid for pid in members[name] if pid in owner] + [
-                pid for pid in members[name] if pid not in owner
-            ]
-            values: dict[str, None] = {}
-            for pid in gpu_first[:MAX_PIDS_PER_SERVICE]:
-                value = self._visible(pid)
-                if value is not None:
-                    values.setdefault(value, None)
-            visible[name] = list(values)[:4]
-            # The runtime: the processes the service's own rule matched first (one of them imports
-            # torch), then its GPU processes.
-            runtime = self._runtime(matched + on_gpu, now, reads)
-            if runtime is not None:
-                runtimes[name] = runtime
-        return _Join(owner, members, visible, runtimes)
-
-    def _info(self, pid: int, now: float) -> _PidInfo | None:
-        entry = self._pids.get(pid)
-        if entry is not None and now - entry.read_at < PROC_CACHE_SECONDS:
-            return entry
-        try:
-            cmdline = procfs.read_cmdline(self.proc_root, pid)
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            self._pids.pop(pid, None)
-            return None
-        exe = procfs.read_exe(self.proc_root, pid) if self._need_exe else None
-        service = None
-        for name, pattern, rule_exe in self._rules:
-            if (pattern is not None and cmdline and pattern.search(cmdline)) or (
-                rule_exe and exe == rule_exe
-            ):
-                service = name
-                break
-        if entry is not None and entry.service == service:
-            entry.read_at = now  # same process (most likely): keep what was read about it
-            entry.owner_known = False  # but look at its ancestry again (a parent may have died)
-            return entry
-        entry = _PidInfo(now, service)
-        self._pids[pid] = entry
-        return entry
-
-    def _owner(self, pid: int, now: float) -> str | None:
-        """The service of the process or of its nearest matched ancestor, remembered per pid."""
-        first = self._info(pid, now)
-        if first is None:
-            return None
-        if not first.owner_known:
-            first.owner = self._walk(pid, now)
-            first.owner_known = True
-        return first.owner
-
-    def _walk(self, pid: int, now: float) -> str | None:
-        current: int | None = pid
-        for _ in range(MAX_ANCESTRY):
-            if current is None or current <= 1:
-                return None
-            entry = self._info(current, now)
-            if entry is None:
-                return None
-            if entry.service is not None:
-                return entry.service
-            if entry.ppid is None:
-                try:
-                    stat = procfs.parse_pid_stat(procfs.read_text(f"{self.proc_root}/{current}/stat"))
-                except (OSError, procfs.ProcParseError):
-                    return None
-                entry.ppid = stat.ppid
-            current = entry.ppid
-        return None
-
-    def _visible(self, pid: int) -> str | None:
-        entry = self._pids.get(pid)
-        if entry is not None and entry.visible is not None:
-            return entry.visible
-        try:
-            with open(f"{self.proc_root}/{pid}/environ", "rb") as handle:
-                raw = handle.read(1024 * 1024)
-        except PermissionError:
-            value = "unreadable"
-        except OSError:
-            return None
-        else:
-            value = "unset"
-            for item in raw.split(b"\0"):
-                if item.startswith(b"CUDA_VISIBLE_DEVICES="):
-                    value = item.split(b"=", 1)[1].decode("utf-8", "replace")[:64] or "empty"
-                    break
-        if entry is not None:
-            entry.visible = value
-        return value
-
-    def _runtime(self, pids: list[int], now: float, reads: list[int]) -> cuda.Runtime | None:
-        for pid in pids:
-            entry = self._pids.get(pid)
-            if entry is None:
-                continue
-            if entry.runtime is not None:
-                return entry.runtime
-            if entry.runtime_read_at is not None and now - entry.runtime_read_at < PROC_CACHE_SECONDS:
-                continue
-            if reads[0] <= 0:
-                continue
-            reads[0] -= 1
-            entry.runtime_read_at = now
-            try:
-                entry.runtime = cuda.find_runtime(self.proc_root, pid)
-            except OSError:
-                entry.runtime = None
-            if entry.runtime is not None:
-                return entry.runtime
-        return None
