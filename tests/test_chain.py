@@ -183,9 +183,18 @@ def test_cuda_oom_in_the_log_explains_failing_requests_and_survives_rotation(cha
     with chain.log.open("a") as log:
         log.write("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
     chain.api.handler = fs.answer(500, '{"error": "internal"}')
-    diagnosis = chain.expect(("service", "log_errors"))
-    assert "cuda_oom" in diagnosis["verdict"]["summary"]
-    assert any(line.startswith("symptom: probe inference") for line in diagnosis["verdict"]["evidence"])
+
+    def explained() -> dict | None:
+        # The log error alone is already the verdict; once the probe fails too, it is its symptom.
+        verdict = chain.expect(("service", "log_errors"))["verdict"]
+        return (
+            verdict
+            if any(line.startswith("symptom: probe inference") for line in verdict["evidence"])
+            else None
+        )
+
+    verdict = wait_until(explained, timeout=WITHIN)
+    assert "cuda_oom" in verdict["summary"]
     assert (
         sample(chain.metrics(), "autoglm_log_errors_total", log="error", pattern="cuda_oom") == 1
     )  # not history
