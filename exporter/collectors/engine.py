@@ -44,6 +44,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..config import EngineConfig
+from ..failurelog import FailureLog
 from ..metricspec import Family, MetricSpec, counter, gauge
 from ..urls import display_url
 from .base import Collector, Result
@@ -186,7 +187,9 @@ class EngineCollector(Collector):
         self._failures = {e.name: dict.fromkeys(FAILURE_REASONS, 0) for e in engines}
         self._previous_tokens: dict[str, float] = {}
         self._stalled_since: dict[str, float] = {}
-        self._last_failure: dict[str, str | None] = {e.name: None for e in engines}
+        self._failure_log = FailureLog(
+            log, "engine", "engine metrics cannot be read", "engine metrics readable again"
+        )
 
     def collect(self) -> Result:
         facts = {engine.name: self._read(engine) for engine in self.engines}
@@ -198,9 +201,7 @@ class EngineCollector(Collector):
             reading = _parse(self._fetch(engine), names)
         except _Failure as failure:
             return self._down(engine, failure.reason, _redact(str(failure), engine.metrics_url))
-        if self._last_failure[engine.name] is not None:
-            log.info("engine metrics readable again", extra={"engine": engine.name})
-            self._last_failure[engine.name] = None
+        self._failure_log.ok(engine.name)
 
         previous = self._previous_tokens.get(engine.name)
         since_last: float | None = None
@@ -267,12 +268,7 @@ class EngineCollector(Collector):
     def _down(self, engine: EngineConfig, reason: str, message: str) -> EngineInstanceFacts:
         self._failures[engine.name][reason] += 1
         self._stalled_since.pop(engine.name, None)
-        if self._last_failure[engine.name] != reason:
-            log.warning(
-                "engine metrics cannot be read",
-                extra={"engine": engine.name, "reason": reason, "error": message},
-            )
-            self._last_failure[engine.name] = reason
+        self._failure_log.failed(engine.name, reason, message)
         return EngineInstanceFacts(
             name=engine.name,
             kind=engine.kind,

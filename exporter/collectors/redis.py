@@ -54,6 +54,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..config import RedisConfig, RedisQueue
+from ..failurelog import FailureLog
 from ..metricspec import Family, MetricSpec, counter, gauge
 from ..secrets import SecretError, read_secret
 from .base import Collector, Result
@@ -157,7 +158,9 @@ class RedisCollector(Collector):
         self._clients: dict[str, tuple[str, redis.Redis]] = {}  # name -> (credentials digest, client)
         self._failures = {i.name: dict.fromkeys(FAILURE_REASONS, 0) for i in instances}
         self._depths: dict[str, dict[str, int]] = {i.name: {} for i in instances}  # the previous run's
-        self._last_failure: dict[str, str | None] = {i.name: None for i in instances}
+        self._failure_log = FailureLog(
+            log, "redis", "redis instance cannot be read", "redis instance answers again"
+        )
 
     def collect(self) -> Result:
         facts = {instance.name: self._read(instance) for instance in self.instances}
@@ -176,9 +179,7 @@ class RedisCollector(Collector):
             facts = self._query(instance, self._client(instance, password))
         except _Down as down:
             return self._down(instance, down.reason, _redact(str(down), password))
-        if self._last_failure[instance.name] is not None:
-            log.info("redis instance answers again", extra={"redis": instance.name})
-            self._last_failure[instance.name] = None
+        self._failure_log.ok(instance.name)
         return facts
 
     def _query(self, instance: RedisConfig, client: redis.Redis) -> RedisInstanceFacts:
@@ -228,12 +229,7 @@ class RedisCollector(Collector):
     def _down(self, instance: RedisConfig, reason: str, message: str) -> RedisInstanceFacts:
         self._failures[instance.name][reason] += 1
         self._depths[instance.name] = {}
-        if self._last_failure[instance.name] != reason:
-            log.warning(
-                "redis instance cannot be read",
-                extra={"redis": instance.name, "reason": reason, "error": message},
-            )
-            self._last_failure[instance.name] = reason
+        self._failure_log.failed(instance.name, reason, message)
         return RedisInstanceFacts(
             name=instance.name,
             address=instance.address,
