@@ -5,18 +5,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test deps lint typecheck unit bench docs doctor
+.PHONY: run test deps venv lint typecheck unit bench docs doctor
 
-run: deps
+run: venv
 	$(VENV)/bin/autoglm-exporter $(ARGS)
 
-doctor: deps
+doctor: venv
 	$(VENV)/bin/autoglm-exporter doctor $(ARGS)
 
 test: deps lint typecheck unit
 
 deps:
 	VENV=$(VENV) scripts/install-deps.sh
+
+venv:
+	PYTHON_ONLY=1 VENV=$(VENV) scripts/install-deps.sh
 
 lint:
 	$(VENV)/bin/ruff check exporter tests bench

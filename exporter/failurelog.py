@@ -16,9 +16,11 @@ class FailureLog:
     def failed(self, name: str, reason: str, message: str) -> None:
         """Warn when `name` starts failing or fails for another reason than last time."""
         if self._reasons.get(name) != reason:
-            self.logger.warning(self.down, extra={self.label: name, "reason": reason, "error": message})
+            self.logger.warning(
+                self.down, extra={self.label: name, "reason": reason, "error": message}, stacklevel=2
+            )
             self._reasons[name] = reason
 
     def ok(self, name: str) -> None:
         if self._reasons.pop(name, None) is not None:
-            self.logger.info(self.up, extra={self.label: name})
+            self.logger.info(self.up, extra={self.label: name}, stacklevel=2)

@@ -27,6 +27,8 @@ if [ "${BENCH:-0}" = 1 ]; then
 fi
 
 missing=()
+# PYTHON_ONLY=1 (make run): the exporter itself needs no Debian package, only the venv.
+[ "${PYTHON_ONLY:-0}" = 1 ] && PACKAGE_OF=()
 for binary in "${!PACKAGE_OF[@]}"; do
   command -v "$binary" >/dev/null 2>&1 || [ -x "/usr/bin/$binary" ] || missing+=("${PACKAGE_OF[$binary]}")
 done
