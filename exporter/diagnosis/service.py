@@ -1,0 +1,153 @@
+"""Service links: its processes, its error logs and its environment."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..store import CollectorHealth
+from .model import Link, pid_list
+
+RECENT_LOG_SECONDS = 300.0
+SEVERE_LOG_PATTERNS = ("cuda_oom", "model_load_failure", "config_not_found", "nccl_error", "oom_killed")
+
+
+def services_of(process: Any) -> Mapping[str, Any]:
+    return process.services if process is not None else {}
+
+
+def service_links(process: Any, health: CollectorHealth | None) -> list[Link]:
+    if health is None:
+        return []
+    if process is None:
+        return [
+            Link("processes", "service", None, f"cannot read processes: {health.last_error or 'no run yet'}")
+        ]
+    return [_service_link(service) for service in process.services.values()]
+
+
+def _service_link(service: Any) -> Link:
+    name = f"service {service.name}"
+    port = service.expected_port
+    if not service.up:
+        return Link(
+            name,
+            "service",
+            False,
+            "no process found",
+            reason="process_missing",
+            evidence=(f"no running process matches the rules of service {service.name}",),
+            next_command=f"ps aux | grep -i {service.name}"
+            + (f"; ss -tlnp 'sport = :{port}'" if port else ""),
+        )
+    pids = pid_list(service)
+    listening = ", ".join(str(p) for p in service.listening_ports[:8]) or "none"
+    if port is not None and service.port_taken_by:
+        holders = ", ".join(f"pid {pid} ({comm})" for pid, comm in service.port_taken_by[:3])
+        return Link(
+            name,
+            "service",
+            False,
+            f"running (pid {pids}) but port {port} is held by another process: {holders}",
+            reason="port_taken",
+            evidence=(f"{holders} listens on {port}; clients reach it instead of {service.name}",),
+            next_command=f"ss -tlnp 'sport = :{port}'",
+        )
+    if port is not None and not service.expected_port_listening:
+        return Link(
+            name,
+            "service",
+            False,
+            f"running (pid {pids}) but not listening on port {port}",
+            reason="port_not_listening",
+            evidence=(
+                f"pid {pids} listens on: {listening}",
+                f"expected port {port} has no listener of this service",
+            ),
+            next_command=f"ss -tlnp 'sport = :{port}'",
+        )
+    restarted = f", restarted {service.restarts}x" if service.restarts else ""
+    return Link(
+        name,
+        "service",
+        True,
+        f"running (pid {pids}), {service.threads} threads, listening on {listening}{restarted}",
+    )
+
+
+def log_links(logs: Any, now: float) -> list[Link]:
+    if logs is None:
+        return []
+    links = []
+    for log in logs.logs.values():
+        name = f"log {log.name}"
+        if log.error:
+            links.append(Link(name, "service", None, f"cannot read {log.path}: {log.error}"))
+            continue
+        if not log.present:
+            links.append(Link(name, "service", None, f"{log.path} does not exist (yet)"))
+            continue
+        recent = [m for m in log.recent if now - m.timestamp <= RECENT_LOG_SECONDS]
+        severe = [m for m in recent if m.pattern in SEVERE_LOG_PATTERNS]
+        if not severe:
+            summary = f"{len(recent)} matching lines in the last 5 minutes" if recent else "no recent errors"
+            links.append(Link(name, "service", True, summary))
+            continue
+        patterns = sorted({m.pattern for m in severe})
+        links.append(
+            Link(
+                name,
+                "service",
+                False,
+                f"{', '.join(patterns)} in {log.path} in the last 5 minutes",
+                "log_errors",
+                tuple(f"{m.pattern}: {m.line}" for m in severe[-3:]),
+                f"tail -n 50 {log.path}",
+            )
+        )
+    return links
+
+
+def recent_errors(logs: Any, keep: int = 10) -> tuple[str, ...]:
+    if logs is None:
+        return ()
+    matches = sorted((m for log in logs.logs.values() for m in log.recent), key=lambda m: m.timestamp)
+    return tuple(
+        f"{time.strftime('%H:%M:%S', time.localtime(m.timestamp))} {m.pattern}: {m.line}"
+        for m in matches[-keep:]
+    )
+
+
+def environment_links(environment: Any) -> list[Link]:
+    links = []
+    for env in environment.services.values() if environment is not None else []:
+        if env.baseline_taken_at is None:
+            continue
+        conflicts = f", {env.conflicts} dependency conflicts" if env.conflicts else ""
+        if env.drifted:
+            summary = f"changed since the baseline ({', '.join(env.drifted)}){conflicts}"
+        else:
+            summary = f"as in the baseline{conflicts}"
+        links.append(Link(f"environment {env.name}", "service", True, summary, evidence=env.changes))
+    return links
+
+
+def with_drift(verdict: Link | None, environment: Any) -> Link | None:
+    """A broken chain after an upgrade: say what changed beside the verdict."""
+    if verdict is None or environment is None:
+        return verdict
+    changes = [
+        f"changed since the baseline: {line}" for env in environment.services.values() for line in env.changes
+    ]
+    if not changes:
+        return verdict
+    return Link(
+        verdict.name,
+        verdict.layer,
+        verdict.ok,
+        verdict.summary,
+        verdict.reason,
+        verdict.evidence + tuple(changes[:5]),
+        verdict.next_command,
+    )
