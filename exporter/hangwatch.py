@@ -20,7 +20,7 @@ from .config import ForensicsConfig
 from .forensics import CAPTURE_ERROR_KINDS, STATES, Analysis, CaptureError, CaptureStore, StoredCapture
 from .forensics import analyse as analyse_dumps
 from .forensics import capture as capture_stacks
-from .metricspec import Family, MetricSpec, counter, gauge
+from .metricspec import Families, Family, counter, gauge
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +178,8 @@ class HangWatch:
             return ForensicsFacts(dict(self._evidence))
 
     def families(self) -> list[Family]:
-        families = {spec.name: spec.family() for spec in FORENSICS_METRICS}
-
-        def add(spec: MetricSpec, labels: list[str], value: float) -> None:
-            families[spec.name].add_metric(labels, value)
+        families = Families(FORENSICS_METRICS)
+        add = families.add
 
         with self._lock:
             services = sorted(self._services)
@@ -199,4 +197,4 @@ class HangWatch:
                 for state in STATES:
                     add(THREADS, [service, state], counts.get(state, 0))
                 add(DEADLOCK, [service], 1 if found.analysis.deadlock_suspected else 0)
-        return list(families.values())
+        return families.list()

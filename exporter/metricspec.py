@@ -63,6 +63,21 @@ class MetricSpec:
         return family
 
 
+class Families:
+    """One fresh family per spec, filled sample by sample. A value of None means unknown: it adds no
+    sample, so an unknown reading is an absent series, never a made-up 0."""
+
+    def __init__(self, specs: Iterable[MetricSpec]) -> None:
+        self._families = {spec.name: spec.family() for spec in specs}
+
+    def add(self, spec: MetricSpec, labels: list[str], value: Any) -> None:
+        if value is not None:
+            self._families[spec.name].add_metric(labels, value)
+
+    def list(self) -> list[Family]:
+        return list(self._families.values())
+
+
 def gauge(name: str, help_text: str, *labels: str) -> MetricSpec:
     return MetricSpec(name, "gauge", help_text, tuple(labels))
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from .. import cgroups
 from ..config import ServiceConfig
-from ..metricspec import Family, MetricSpec, counter, gauge
+from ..metricspec import Families, Family, MetricSpec, counter, gauge
 from ..processfinder import ProcessFinder, ProcfsUnreadable, oldest
 from .base import Collector, CollectorError, Result
 
@@ -233,11 +233,10 @@ class ContainerCollector(Collector):
 
 
 def _families(specs: tuple[MetricSpec, ...], services: dict[str, ContainerServiceFacts]) -> list[Family]:
-    families = {spec.name: spec.family() for spec in specs}
+    families = Families(specs)
 
     def add(spec: MetricSpec, name: str, value: float | int | bool | None) -> None:
-        if value is not None:
-            families[spec.name].add_metric([name], float(value))
+        families.add(spec, [name], None if value is None else float(value))
 
     for name, facts in services.items():
         add(FOUND, name, facts.found)
@@ -256,7 +255,7 @@ def _families(specs: tuple[MetricSpec, ...], services: dict[str, ContainerServic
         add(CPU_THROTTLED_SECONDS, name, facts.cpu_throttled_seconds)
         add(CPU_PERIODS, name, facts.cpu_periods)
         add(CPU_THROTTLED_PERIODS, name, facts.cpu_throttled_periods)
-    return list(families.values())
+    return families.list()
 
 
 def _delta(before: int | None, now: int | None) -> int | None:

@@ -34,7 +34,6 @@ When an engine cannot be read, up is 0 and its other series are absent.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import time
@@ -44,8 +43,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..config import EngineConfig
+from ..errors import refused, short_message
 from ..failurelog import FailureLog
-from ..metricspec import Family, MetricSpec, counter, gauge
+from ..metricspec import Families, Family, counter, gauge
 from ..urls import display_url
 from .base import Collector, Result
 
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 
 FAILURE_REASONS = ("connect_refused", "timeout", "http_status", "bad_body", "error")
 MAX_BODY_BYTES = 8 * 1024 * 1024
-MAX_MESSAGE = 200
 
 
 @dataclass(frozen=True)
@@ -258,12 +257,14 @@ class EngineCollector(Collector):
                         raise _Failure("timeout", f"body not complete after {engine.timeout:g}s")
                 return b"".join(chunks)
         except httpx.TimeoutException as exc:
-            raise _Failure("timeout", f"no answer within {engine.timeout:g}s ({_message(exc)})") from None
+            raise _Failure(
+                "timeout", f"no answer within {engine.timeout:g}s ({short_message(exc)})"
+            ) from None
         except httpx.ConnectError as exc:
-            reason = "connect_refused" if _refused(exc) else "error"
-            raise _Failure(reason, f"cannot connect: {_message(exc)}") from None
+            reason = "connect_refused" if refused(exc) else "error"
+            raise _Failure(reason, f"cannot connect: {short_message(exc)}") from None
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-            raise _Failure("error", _message(exc)) from None
+            raise _Failure("error", short_message(exc)) from None
 
     def _down(self, engine: EngineConfig, reason: str, message: str) -> EngineInstanceFacts:
         self._failures[engine.name][reason] += 1
@@ -287,11 +288,8 @@ class EngineCollector(Collector):
         )
 
     def _families(self, engines: dict[str, EngineInstanceFacts]) -> list[Family]:
-        families = {spec.name: spec.family() for spec in self.metrics}
-
-        def add(spec: MetricSpec, labels: list[str], value: float | None) -> None:
-            if value is not None:
-                families[spec.name].add_metric(labels, value)
+        families = Families(self.metrics)
+        add = families.add
 
         for name, facts in engines.items():
             add(UP, [name], 1 if facts.up else 0)
@@ -305,7 +303,7 @@ class EngineCollector(Collector):
             add(GENERATION_TOKENS, [name], facts.generation_tokens)
             add(PROMPT_TOKENS, [name], facts.prompt_tokens)
             add(STALLED, [name], 1 if facts.stalled else 0)
-        return list(families.values())
+        return families.list()
 
 
 def _parse(body: bytes, names: _Names) -> _Reading:
@@ -324,7 +322,7 @@ def _parse(body: bytes, names: _Names) -> _Reading:
                 if sample.name in wanted and math.isfinite(sample.value):
                     values.setdefault(sample.name, []).append(float(sample.value))
     except Exception as exc:  # untrusted input: whatever the parser chokes on is a bad body
-        raise _Failure("bad_body", f"not Prometheus text format: {_message(exc)}") from None
+        raise _Failure("bad_body", f"not Prometheus text format: {short_message(exc)}") from None
 
     def first(candidates: tuple[str, ...], highest: bool = False) -> float | None:
         for candidate in candidates:
@@ -339,22 +337,6 @@ def _parse(body: bytes, names: _Names) -> _Reading:
         generation=first(names.generation),
         prompt=first(names.prompt),
     )
-
-
-def _refused(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(8):  # the cause chain is short; bounded anyway
-        if seen is None:
-            return False
-        if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) == errno.ECONNREFUSED:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _message(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:MAX_MESSAGE]
 
 
 def _redact(text: str, url: str) -> str:

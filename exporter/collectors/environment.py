@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import EnvironmentConfig, ServiceConfig
 from ..envsnapshot import DRIFT_COMPONENTS, diff_snapshots, drift_components, read_snapshot, take_snapshot
-from ..metricspec import Family, MetricSpec, gauge
+from ..metricspec import Families, Family, gauge
 from ..processfinder import ProcessFinder, ProcfsUnreadable, oldest
 from .base import Collector, CollectorError, Result
 
@@ -106,11 +106,8 @@ class EnvironmentCollector(Collector):
         return self._baselines[name]
 
     def _families(self, services: dict[str, ServiceEnvironment]) -> list[Family]:
-        families = {spec.name: spec.family() for spec in self.metrics}
-
-        def add(spec: MetricSpec, labels: list[str], value: float | None) -> None:
-            if value is not None:
-                families[spec.name].add_metric(labels, value)
+        families = Families(self.metrics)
+        add = families.add
 
         for name, env in services.items():
             if env.baseline_taken_at is None:
@@ -119,4 +116,4 @@ class EnvironmentCollector(Collector):
                 add(DRIFT, [name, component], 1 if component in env.drifted else 0)
             add(CONFLICTS, [name], env.conflicts)
             add(BASELINE_TIME, [name], env.baseline_taken_at)
-        return list(families.values())
+        return families.list()

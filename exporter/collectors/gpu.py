@@ -64,7 +64,7 @@ from ..gpureading import DeviceReading, GpuReading
 from ..gpusmi import NvidiaSmi, SmiError
 from ..gpuxids import COMMON_XIDS as COMMON_XIDS
 from ..gpuxids import XidLog, XidSnapshot
-from ..metricspec import Family, MetricSpec, counter, gauge, info
+from ..metricspec import Families, Family, MetricSpec, counter, gauge, info
 from ..nvml import NvmlDeadline, NvmlStuck
 from .base import Collector, CollectorError, Result
 
@@ -573,15 +573,12 @@ class GpuCollector(Collector):
     # --- metrics ------------------------------------------------------------------------------------
 
     def _families(self, reading: GpuReading, facts: GpuFacts, xids: XidSnapshot) -> list[Family]:
-        families = {spec.name: spec.family() for spec in self.metrics}
+        families = Families(self.metrics)
+        add = families.add
 
-        def add(spec: MetricSpec, labels: list[str], value: Any) -> None:
-            if value is not None:
-                families[spec.name].add_metric(labels, value)
-
-        families[AVAILABLE.name].add_metric([], 1 if reading.available else 0)
-        families[SOURCE.name].add_metric([], {"source": reading.source})
-        families[DEVICES.name].add_metric([], len(reading.devices))
+        add(AVAILABLE, [], 1 if reading.available else 0)
+        add(SOURCE, [], {"source": reading.source})
+        add(DEVICES, [], len(reading.devices))
         driver_cuda = facts.cuda_driver_version or ""
         service_names = [s.name for s in self.services]
         usage: dict[tuple[int, str], tuple[int, int]] = {}  # (gpu, service) -> (processes, bytes)
@@ -648,7 +645,7 @@ class GpuCollector(Collector):
             add(COMPATIBLE, [str(check.gpu), check.service, check.check], 1 if check.ok else 0)
         for function, count in self._errors.items():
             add(READ_ERRORS, [function], count)
-        return list(families.values())
+        return families.list()
 
     @staticmethod
     def _add_xids(

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from ..config import INFERENCE_BODY, ProbeTarget
-from ..metricspec import Family, MetricSpec, counter, gauge, info
+from ..metricspec import Families, Family, counter, gauge, info
 from ..secrets import SecretError, read_secret
 from ..urls import display_url
 from .base import Collector, Result
@@ -259,10 +259,8 @@ class ProbeCollector(Collector):
         return model
 
     def _families(self, facts: dict[str, TargetFacts]) -> list[Family]:
-        families = {spec.name: spec.family() for spec in self.metrics}
-
-        def add(spec: MetricSpec, labels: list[str], value: Any) -> None:
-            families[spec.name].add_metric(labels, value)
+        families = Families(self.metrics)
+        add = families.add
 
         for target in self.targets:
             fact = facts[target.name]
@@ -289,7 +287,7 @@ class ProbeCollector(Collector):
                     "url": fact.url,
                 },
             )
-        return list(families.values())
+        return families.list()
 
 
 class _Timings:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .. import procfs
 from ..config import ServiceConfig
-from ..metricspec import Family, MetricSpec, counter, gauge
+from ..metricspec import Families, Family, counter, gauge
 from ..processfinder import Cycle, ProcessFinder, ProcfsUnreadable, oldest
 from .base import Collector, CollectorError, Result
 
@@ -190,10 +190,8 @@ class ProcessCollector(Collector):
     # --- metrics ------------------------------------------------------------------------------
 
     def _families(self, services: dict[str, ServiceFacts]) -> list[Family]:
-        families = {spec.name: spec.family() for spec in self.metrics}
-
-        def add(spec: MetricSpec, labels: list[str], value: float) -> None:
-            families[spec.name].add_metric(labels, value)
+        families = Families(self.metrics)
+        add = families.add
 
         for name, facts in services.items():
             add(UP, [name], 1 if facts.up else 0)
@@ -215,4 +213,4 @@ class ProcessCollector(Collector):
                 port_label = [name, str(facts.expected_port)]
                 add(EXPECTED_PORT, port_label, 1 if facts.expected_port_listening else 0)
                 add(PORT_TAKEN, port_label, 1 if facts.port_taken_by else 0)
-        return list(families.values())
+        return families.list()

@@ -32,7 +32,6 @@ with several unreachable instances a run can take the sum of their timeouts.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import time
@@ -54,15 +53,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..config import RedisConfig, RedisQueue
+from ..errors import refused, short_message
 from ..failurelog import FailureLog
-from ..metricspec import Family, MetricSpec, counter, gauge
+from ..metricspec import Families, Family, counter, gauge
 from ..secrets import SecretError, read_secret
 from .base import Collector, Result
 
 log = logging.getLogger(__name__)
 
 FAILURE_REASONS = ("connect_refused", "timeout", "auth", "auth_config", "error")
-MAX_MESSAGE = 200
 
 UP = gauge("autoglm_redis_up", "1 when the Redis instance answered PING in time, else 0.", "redis")
 PING_DURATION = gauge(
@@ -198,7 +197,7 @@ class RedisCollector(Collector):
         except (RedisError, OSError, ValueError) as exc:
             with contextlib.suppress(RedisError, OSError):
                 client.connection_pool.disconnect()  # start clean: a reply may still be on its way
-            raise _Down(_classify(exc), _message(exc)) from None
+            raise _Down(_classify(exc), short_message(exc)) from None
         clients, memory = next(replies), next(replies)
         depths: dict[str, int | None] = {}
         errors: dict[str, str] = {}
@@ -281,11 +280,8 @@ class RedisCollector(Collector):
     # --- metrics ----------------------------------------------------------------------------------
 
     def _families(self, instances: dict[str, RedisInstanceFacts]) -> list[Family]:
-        families = {spec.name: spec.family() for spec in self.metrics}
-
-        def add(spec: MetricSpec, labels: list[str], value: float | None) -> None:
-            if value is not None:
-                families[spec.name].add_metric(labels, value)
+        families = Families(self.metrics)
+        add = families.add
 
         for name, facts in instances.items():
             add(UP, [name], 1 if facts.up else 0)
@@ -301,7 +297,7 @@ class RedisCollector(Collector):
                 add(BLOCKED_CLIENTS, [name], facts.blocked_clients)
                 add(MEMORY_USED, [name], facts.memory_used)
                 add(MEMORY_MAX, [name], facts.memory_max)
-        return list(families.values())
+        return families.list()
 
 
 def queue_names(queues: tuple[RedisQueue, ...]) -> tuple[tuple[str, RedisQueue], ...]:
@@ -347,7 +343,7 @@ def _queue_depth(queue: RedisQueue, replies: Any) -> tuple[int | None, str | Non
     else:
         reply = next(replies)
     if isinstance(reply, Exception):
-        return None, _message(reply)
+        return None, short_message(reply)
     if isinstance(reply, int) and not isinstance(reply, bool):
         return reply, None
     return None, f"unexpected reply of type {type(reply).__name__}"
@@ -374,25 +370,9 @@ def _classify(exc: BaseException) -> str:
         return "auth"
     if isinstance(exc, RedisTimeoutError | TimeoutError):
         return "timeout"
-    if isinstance(exc, RedisConnectionError | OSError) and _refused(exc):
+    if isinstance(exc, RedisConnectionError | OSError) and refused(exc):
         return "connect_refused"
     return "error"
-
-
-def _refused(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(8):  # the cause chain is short; bounded anyway
-        if seen is None:
-            return False
-        if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) == errno.ECONNREFUSED:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _message(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:MAX_MESSAGE]
 
 
 def _redact(text: str, secret: str | None) -> str:
