@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test deps venv lint typecheck unit bench docs doctor
+.PHONY: run test deps venv lint typecheck unit bench docs doctor mixin
 
 run: venv
 	$(VENV)/bin/autoglm-exporter $(ARGS)
@@ -22,17 +22,21 @@ venv:
 	PYTHON_ONLY=1 VENV=$(VENV) scripts/install-deps.sh
 
 lint:
-	$(VENV)/bin/ruff check exporter tests bench
-	$(VENV)/bin/ruff format --check exporter tests
+	$(VENV)/bin/ruff check exporter tests bench mixin demo
+	$(VENV)/bin/ruff format --check exporter tests mixin demo
 
 typecheck:
-	$(VENV)/bin/mypy exporter
+	$(VENV)/bin/mypy exporter mixin demo
 
 unit:
 	CI=$${CI:-} $(PY) -m pytest
 
 docs: deps
 	$(PY) -m autoglm_exporter.metricsdoc README.md
+
+# Alert and recording rules, dashboards and the Kubernetes PrometheusRule, from mixin/ (tests check drift).
+mixin: venv
+	$(PY) -m mixin
 
 bench:
 	BENCH=1 VENV=$(VENV) scripts/install-deps.sh

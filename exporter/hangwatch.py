@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import ForensicsConfig
@@ -51,7 +51,8 @@ THREADS = gauge(
 )
 DEADLOCK = gauge(
     "autoglm_forensics_deadlock_suspected",
-    "1 when the last capture found threads blocked on locks that never moved (a possible deadlock).",
+    "1 when the last capture found threads blocked on locks that never moved (a possible deadlock) and "
+    "the service has neither answered again nor been restarted since.",
     "service",
 )
 FORENSICS_METRICS = (CAPTURES, FAILURES, LAST_CAPTURE, THREADS, DEADLOCK)
@@ -65,6 +66,10 @@ class ServiceEvidence:
     analysis: Analysis | None = None
     error_kind: str | None = None
     error: str | None = None  # with the hint, e.g. "... (add SYS_PTRACE)"
+    pid: int | None = None  # the process whose stacks these are
+    # False once the service answered its client probes again or another process replaced it:
+    # the stacks are history then and no longer speak for the service (verdict, deadlock gauge).
+    current: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,8 @@ class HangWatch:
             return
         with self._lock:
             self._services.update(process.services)
+        if probe is not None:
+            self._retire_evidence(process, probe)
         if not self.config.enabled or probe is None:
             return
         now = time.monotonic()
@@ -121,6 +128,18 @@ class HangWatch:
                     "service keeps failing: capturing its stacks",
                     extra={"service": service.name, "pid": service.main_pid, "target": target.name},
                 )
+
+    def _retire_evidence(self, process: Any, probe: Any) -> None:
+        """Mark stacks as history once their service answers again or runs as another process."""
+        with self._lock:
+            for name, evidence in list(self._evidence.items()):
+                service = process.services.get(name)
+                if not evidence.current or service is None:
+                    continue
+                clients = [t for t in probe.targets.values() if t.service == name and t.layer == "client"]
+                answering = bool(clients) and all(t.consecutive_failures == 0 for t in clients)
+                if answering or service.main_pid != evidence.pid:
+                    self._evidence[name] = replace(evidence, current=False)
 
     def request(self, service: str, pid: int, reason: str) -> bool:
         """Capture in the background; False when a capture of this service is already running."""
@@ -148,18 +167,20 @@ class HangWatch:
             dumps = capture_stacks(pid, config.dumps, config.dump_interval, config.timeout, config.py_spy)
             analysis = analyse_dumps(dumps)
             saved = self.store.save(service, reason, dumps, analysis)
-            evidence = ServiceEvidence(service, time.time(), saved, analysis)
+            evidence = ServiceEvidence(service, time.time(), saved, analysis, pid=pid)
             self._count(self._captures, (service, reason))
             log.warning(
                 "stacks captured",
                 extra={"service": service, "file": str(saved.path), "summary": analysis.summary},
             )
         except CaptureError as exc:
-            evidence = ServiceEvidence(service, time.time(), error_kind=exc.kind, error=str(exc))
+            evidence = ServiceEvidence(service, time.time(), error_kind=exc.kind, error=str(exc), pid=pid)
             self._count(self._failures, (service, exc.kind))
             log.error("stack capture failed", extra={"service": service, "kind": exc.kind, "error": str(exc)})
         except OSError as exc:  # the capture directory
-            evidence = ServiceEvidence(service, time.time(), error_kind="failed", error=f"cannot save: {exc}")
+            evidence = ServiceEvidence(
+                service, time.time(), error_kind="failed", error=f"cannot save: {exc}", pid=pid
+            )
             self._count(self._failures, (service, "failed"))
             log.error("stack capture could not be saved", extra={"service": service, "error": str(exc)})
         with self._lock:
@@ -174,8 +195,9 @@ class HangWatch:
     # --- what it knows --------------------------------------------------------------------------
 
     def facts(self) -> ForensicsFacts:
+        """The evidence that still speaks for each service (see ServiceEvidence.current)."""
         with self._lock:
-            return ForensicsFacts(dict(self._evidence))
+            return ForensicsFacts({name: e for name, e in self._evidence.items() if e.current})
 
     def families(self) -> list[Family]:
         families = Families(FORENSICS_METRICS)
@@ -196,5 +218,5 @@ class HangWatch:
                 counts = found.analysis.counts()
                 for state in STATES:
                     add(THREADS, [service, state], counts.get(state, 0))
-                add(DEADLOCK, [service], 1 if found.analysis.deadlock_suspected else 0)
+                add(DEADLOCK, [service], 1 if found.current and found.analysis.deadlock_suspected else 0)
         return families.list()

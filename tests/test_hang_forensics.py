@@ -100,6 +100,14 @@ def test_failing_probes_trigger_a_capture_and_the_verdict_names_the_deadlocked_l
         captures = exporter.get("/api/captures").json()["captures"]
         saved = exporter.get(f"/api/captures/{captures[0]['name']}").json()
         page = exporter.get("/").text
+
+        # The API answers again (the operator restarted it): the stacks are history, the page resolves.
+        api.handler = fs.answer(200, '{"text": "ok"}')
+        wait_until(
+            lambda: sample(exporter.metrics(), "autoglm_forensics_deadlock_suspected", service="api") == 0,
+            timeout=10,
+        )
+        assert exporter.get("/api/diagnosis").json()["verdict"] is None
     assert f"href='/api/captures/{captures[0]['name']}'" in page  # the status page links the newest
     assert verdict["layer"] == "stall"
     assert "possible deadlock" in verdict["summary"]
