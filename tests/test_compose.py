@@ -16,10 +16,8 @@ import json
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -32,6 +30,7 @@ from autoglm_exporter.cli import DEFAULT_LISTEN_ADDRESS, build_parser
 from demo.cli import parser as demo_parser
 from mixin.config import EXPORTER_JOB
 
+from .alertreceiver import WebhookReceiver, point_webhooks_at
 from .conftest import REPO, free_port, require_binary, wait_until
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -173,28 +172,11 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
                 process.wait(5)
 
 
-class _WebhookHandler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.received.append(json.loads(body))  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def webhook() -> Iterator[ThreadingHTTPServer]:
-    """An Alertmanager webhook receiver on 127.0.0.1; `.received` lists the notifications."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _WebhookHandler)
-    server.received = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+def webhook() -> Iterator[WebhookReceiver]:
+    """An Alertmanager webhook receiver on 127.0.0.1."""
+    with WebhookReceiver() as receiver:
+        yield receiver
 
 
 def wait_http_ok(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
@@ -541,10 +523,7 @@ def _seconds(duration: str) -> float:
 @pytest.mark.slow
 def test_real_alertmanager_routes_pages_and_inhibits(tmp_path: Path, spawn, webhook) -> None:
     config = load(ALERTMANAGER_CONFIG)
-    receiver_url = f"http://127.0.0.1:{webhook.server_port}/"
-    for receiver in config["receivers"]:
-        for hook in receiver.get("webhook_configs", []):
-            hook["url"] = receiver_url
+    point_webhooks_at(config, webhook.url)
     local = tmp_path / "alertmanager.yml"
     local.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
@@ -595,7 +574,7 @@ def test_real_alertmanager_routes_pages_and_inhibits(tmp_path: Path, spawn, webh
     group_wait = _seconds(page_route["group_wait"])
 
     def paged() -> list[dict[str, Any]]:
-        return [n for n in list(webhook.received) if n["receiver"] == "page"]
+        return [n for n in webhook.received() if n["receiver"] == "page"]
 
     notifications = wait_until(lambda: len(paged()) >= 2 and paged(), timeout=group_wait + 15, interval=0.2)
     by_alert = {n["groupLabels"]["alertname"]: n for n in notifications}
@@ -604,7 +583,7 @@ def test_real_alertmanager_routes_pages_and_inhibits(tmp_path: Path, spawn, webh
     assert page["status"] == "firing"
     assert page["groupLabels"] == {"alertname": "AutoglmServiceNotAnswering", "instance": "host-a:9877"}
     assert [a["labels"]["target"] for a in page["alerts"]] == ["inference"]
-    assert not any(n["groupLabels"]["alertname"] == "AutoglmRedisDown" for n in webhook.received)
+    assert not any(n["groupLabels"]["alertname"] == "AutoglmRedisDown" for n in webhook.received())
 
 
 # --- Grafana -------------------------------------------------------------------------------------------

@@ -15,17 +15,14 @@ data in at least one state.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,7 @@ from mixin import config as mixin_config
 from mixin import dashboards as mixin_dashboards
 from mixin import grafana as mixin_grafana
 
+from .alertreceiver import WebhookReceiver, point_webhooks_at
 from .conftest import REPO, free_port, require_binary, wait_until
 
 pytestmark = pytest.mark.timeout(420)
@@ -58,46 +56,6 @@ NEVER_HERE = {
     "autoglm_container_cpu_quota_cores": "needs a CPU quota on the service's cgroup (tests/test_cgroups.py)",
     "autoglm_container_memory_limit_bytes": "needs a memory limit on the cgroup (tests/test_cgroups.py)",
 }
-
-
-# --- the webhook receiver Alertmanager pages -------------------------------------------------------
-
-
-@dataclass
-class Webhook:
-    """Alertmanager's webhook receiver: keeps every alert of every notification it is sent."""
-
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def received(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return list(self.alerts)
-
-    def find(self, name: str, status: str, **labels: str) -> dict[str, Any] | None:
-        for alert in reversed(self.received()):
-            found = alert["labels"]
-            wanted = {"alertname": name, **labels}
-            if alert["status"] == status and all(found.get(k) == v for k, v in wanted.items()):
-                return alert
-        return None
-
-
-def _serve_webhook(webhook: Webhook) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with webhook.lock:
-                webhook.alerts.extend(body["alerts"])
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 # --- the shipped files, with test timings --------------------------------------------------------
@@ -126,9 +84,7 @@ def alertmanager_config(webhook_url: str) -> str:
             shorten(child)
 
     shorten(config["route"])
-    for receiver in config["receivers"]:
-        for webhook in receiver.get("webhook_configs", []):
-            webhook["url"] = webhook_url
+    point_webhooks_at(config, webhook_url)
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -138,7 +94,7 @@ def alertmanager_config(webhook_url: str) -> str:
 @dataclass
 class Stack:
     tmp: Path
-    webhook: Webhook
+    webhook: WebhookReceiver
     prometheus_url: str
     api_port: int
     engine_port: int
@@ -302,10 +258,52 @@ sys.modules[__name__] = FakeNvml(Scenario([_gpu]))
     return directory
 
 
+def _start_alertmanager(stack: Stack, port: int) -> None:
+    config = stack.tmp / "alertmanager.yml"
+    config.write_text(alertmanager_config(stack.webhook.url))
+    binary = require_binary("prometheus-alertmanager")
+    args = [binary, f"--config.file={config}", f"--storage.path={stack.tmp / 'am-data'}"]
+    stack.spawn(
+        "alertmanager", [*args, f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
+    )
+    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/-/ready").status_code == 200, timeout=20)
+
+
+def _start_prometheus(stack: Stack, port: int, alertmanager_port: int, exporter_port: int) -> None:
+    rules = stack.tmp / "rules"
+    rules.mkdir()
+    for path in sorted((REPO / "alerts").glob("*.rules.yml")):
+        (rules / path.name).write_text(shortened_rules(path.read_text()))
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        "rule_files": [str(rules / "*.rules.yml")],
+        "alerting": {
+            "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]
+        },
+        "scrape_configs": [
+            {
+                "job_name": mixin_config.EXPORTER_JOB,
+                "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}],
+            }
+        ],
+    }
+    path = stack.tmp / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    binary = require_binary("prometheus")
+    args = [binary, f"--config.file={path}", f"--storage.tsdb.path={stack.tmp / 'prom-data'}"]
+    args += [f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s"]
+    stack.spawn("prometheus", args)
+    wait_until(lambda: httpx.get(f"{stack.prometheus_url}/-/ready").status_code == 200, timeout=20)
+
+
 @pytest.fixture
-def stack(tmp_path: Path, start_exporter) -> Iterator[Stack]:
-    webhook = Webhook()
-    receiver = _serve_webhook(webhook)
+def webhook() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def stack(tmp_path: Path, start_exporter, webhook: WebhookReceiver) -> Iterator[Stack]:
     prometheus_port, alertmanager_port = free_port(), free_port()
     stack = Stack(
         tmp_path, webhook, f"http://127.0.0.1:{prometheus_port}", free_port(), free_port(), free_port()
@@ -322,58 +320,11 @@ def stack(tmp_path: Path, start_exporter) -> Iterator[Stack]:
         exporter = start_exporter(f"--config.file={config}", env={"PYTHONPATH": pythonpath})
         stack.processes["exporter"] = exporter.process
 
-        am_config = tmp_path / "alertmanager.yml"
-        am_config.write_text(alertmanager_config(f"http://127.0.0.1:{receiver.server_port}/"))
-        stack.spawn(
-            "alertmanager",
-            [
-                require_binary("prometheus-alertmanager"),
-                f"--config.file={am_config}",
-                f"--storage.path={tmp_path / 'am-data'}",
-                f"--web.listen-address=127.0.0.1:{alertmanager_port}",
-                "--cluster.listen-address=",
-            ],
-        )
-        rules = tmp_path / "rules"
-        rules.mkdir()
-        for path in sorted((REPO / "alerts").glob("*.rules.yml")):
-            (rules / path.name).write_text(shortened_rules(path.read_text()))
-        prometheus_config = tmp_path / "prometheus.yml"
-        prometheus_config.write_text(
-            yaml.safe_dump(
-                {
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-                    "rule_files": [str(rules / "*.rules.yml")],
-                    "alerting": {
-                        "alertmanagers": [
-                            {"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}
-                        ]
-                    },
-                    "scrape_configs": [
-                        {
-                            "job_name": mixin_config.EXPORTER_JOB,
-                            "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}],
-                        }
-                    ],
-                }
-            )
-        )
-        stack.spawn(
-            "prometheus",
-            [
-                require_binary("prometheus"),
-                f"--config.file={prometheus_config}",
-                f"--storage.tsdb.path={tmp_path / 'prom-data'}",
-                f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                "--rules.alert.resend-delay=1s",
-            ],
-        )
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{alertmanager_port}/-/ready").status_code == 200, 20)
-        wait_until(lambda: httpx.get(f"{stack.prometheus_url}/-/ready").status_code == 200, timeout=20)
+        _start_alertmanager(stack, alertmanager_port)
+        _start_prometheus(stack, prometheus_port, alertmanager_port, exporter.port)
         yield stack
     finally:
         stack.stop_all()
-        receiver.shutdown()
 
 
 # --- every PromQL expression we ship ----------------------------------------------------------------
@@ -446,7 +397,7 @@ def wait_for_alert(stack: Stack, name: str, status: str, within: float, **labels
     try:
         return wait_until(arrived, timeout=within, interval=0.25)
     except AssertionError as exc:
-        seen = [(a["status"], a["labels"]) for a in stack.webhook.received()[-10:]]
+        seen = [(a["status"], a["labels"]) for a in stack.webhook.alerts()[-10:]]
         active = [(a["state"], a["labels"]) for a in stack.active_alerts()]
         raise AssertionError(
             f"{name} {labels} not {status} within {within}s; webhook got {seen}; active {active}"
