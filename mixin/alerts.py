@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import yaml
 
 from .config import (
+    CAPTURE_WINDOW,
     CRITICAL_XIDS,
     EXPORTER_SELECTOR,
     FOR,
@@ -179,18 +180,20 @@ DEPENDENCIES = [
     Alert(
         "AutoglmEngineStalled",
         "page",
-        f"autoglm_engine_requests_waiting > 0 and on (instance, engine)"
-        f" increase(autoglm_engine_generation_tokens_total[{W}]) == 0",
+        # autoglm_engine_stalled: the exporter saw requests waiting and no new token between two
+        # readings; for: makes that hold through every reading of the period.
+        "autoglm_engine_requests_waiting > 0 and on (instance, engine) autoglm_engine_stalled == 1",
         "Engine {{ $labels.engine }} has {{ $value }} requests waiting and generates nothing",
         "{{ $value }} requests wait in engine {{ $labels.engine }} on {{ $labels.instance }} and it "
-        "generated no token in the last " + W + ". Its /health may still answer 200.",
+        "generated no token for " + FOR["page"] + ". Its /health may still answer 200.",
         FOR["page"],
     ),
     Alert(
         "AutoglmQueueBacklogGrowing",
         "ticket",
-        f"autoglm_redis_queue_depth > {T['queue_backlog_min_depth']}"
-        f" and deriv(autoglm_redis_queue_depth[{W}]) > 0",
+        # max by queue: the exporters of several nodes read the same queue, one ticket is enough
+        f"max by (redis, queue) (autoglm_redis_queue_depth) > {T['queue_backlog_min_depth']}"
+        f" and max by (redis, queue) (deriv(autoglm_redis_queue_depth[{W}])) > 0",
         "Queue {{ $labels.queue }} keeps growing ({{ $value }} items)",
         "Queue {{ $labels.queue }} in Redis {{ $labels.redis }} holds {{ $value }} items and grew over the "
         "last " + W + ": work arrives faster than the workers take it.",
@@ -349,7 +352,7 @@ EXPORTER = [
     Alert(
         "AutoglmCaptureNotPermitted",
         "ticket",
-        f'increase(autoglm_forensics_capture_failures_total{{kind="permission"}}[{XID_WINDOW}]) > 0',
+        f'increase(autoglm_forensics_capture_failures_total{{kind="permission"}}[{CAPTURE_WINDOW}]) > 0',
         "The exporter may not capture stacks of {{ $labels.service }}",
         "py-spy could not attach to {{ $labels.service }} on {{ $labels.instance }} (permission): give "
         "the exporter CAP_SYS_PTRACE and the host PID namespace, or hangs are paged without evidence.",

@@ -22,6 +22,7 @@ FOR = {
 RATE_WINDOW = "5m"
 LOG_ERROR_WINDOW = "5m"  # a CUDA OOM line keeps its alert this long after it was written
 XID_WINDOW = "10m"
+CAPTURE_WINDOW = "10m"  # a stack capture refused for permission keeps its ticket this long
 RESTART_WINDOW = "15m"
 
 THRESHOLDS = {

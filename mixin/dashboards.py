@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from . import config
+from .config import RATE_WINDOW
 from .grafana import (
     BYTES,
     CELSIUS,
@@ -34,6 +35,9 @@ from .grafana import (
     up_down,
 )
 
+# Rates that recording rules (rules.py) keep are read from them: computed once, the same numbers
+# the alerts and the autoscalers see, over the rules' window W.
+W = RATE_WINDOW
 INST = 'instance=~"$instance"'  # the selector every query starts from
 SVC = f'{INST}, service=~"$service"'
 GPU = f'{INST}, gpu=~"$gpu"'
@@ -184,7 +188,7 @@ def probes_row() -> Row:
                 "Failed probes per second: connect_refused means nothing listens, read_timeout a hang.",
                 (
                     Target(
-                        rate("autoglm_probe_failures_total", INST, "instance, target, reason"),
+                        f"instance_target:autoglm_probe_failures:rate{W}{{{INST}}}",
                         "{{target}} {{reason}}",
                     ),
                 ),
@@ -231,10 +235,7 @@ def chain() -> Dashboard:
 
 
 def context_switch_row() -> Row:
-    per_cpu = (
-        f"rate(autoglm_system_context_switches_total{{{INST}}}[$__rate_interval])"
-        f" / on (instance, job) autoglm_system_cpus{{{INST}}}"
-    )
+    per_cpu = f"instance:autoglm_system_context_switches_per_cpu:rate{W}{{{INST}}}"
     return Row(
         "Context switches",
         (
@@ -243,7 +244,7 @@ def context_switch_row() -> Row:
                 "All threads: voluntary switches are waits (I/O, locks), involuntary ones preemption.",
                 (
                     Target(
-                        rate("autoglm_process_context_switches_total", SVC, "instance, service, type"),
+                        f"instance_service:autoglm_process_context_switches:rate{W}{{{SVC}}}",
                         "{{service}} {{type}}",
                     ),
                 ),
@@ -325,10 +326,7 @@ def threads_cpu_row() -> Row:
 
 
 def cgroup_row() -> Row:
-    throttled = (
-        f"rate(autoglm_container_cpu_throttled_periods_total{{{SVC}}}[$__rate_interval])"
-        f" / clamp_min(rate(autoglm_container_cpu_periods_total{{{SVC}}}[$__rate_interval]), 1e-9)"
-    )
+    throttled = f"instance_service:autoglm_container_cpu_throttled:ratio_rate{W}{{{SVC}}}"
     return Row(
         "Container (cgroup)",
         (
@@ -346,7 +344,7 @@ def cgroup_row() -> Row:
                 "CPU cores the service uses against its cgroup quota; touching the quota means throttling.",
                 (
                     Target(
-                        rate("autoglm_process_cpu_seconds_total", SVC, "instance, service"),
+                        f"instance_service:autoglm_process_cpu_seconds:rate{W}{{{SVC}}}",
                         "{{service}} used",
                     ),
                     Target(f"autoglm_container_cpu_quota_cores{{{SVC}}}", "{{service}} quota"),
@@ -503,7 +501,7 @@ def redis_row() -> Row:
 
 
 def engine_row() -> Row:
-    tokens = rate("autoglm_engine_generation_tokens_total", INST, "instance, engine")
+    tokens = f"instance_engine:autoglm_engine_generation_tokens:rate{W}{{{INST}}}"
     prompt = rate("autoglm_engine_prompt_tokens_total", INST, "instance, engine")
     return Row(
         "Engine",
@@ -665,7 +663,7 @@ def gpu_overview_row() -> Row:
 
 
 def gpu_memory_row() -> Row:
-    used_ratio = f"autoglm_gpu_memory_used_bytes{{{GPU}}} / autoglm_gpu_memory_total_bytes{{{GPU}}}"
+    used_ratio = f"instance_gpu:autoglm_gpu_memory_used:ratio{{{GPU}}}"
     return Row(
         "Memory",
         (

@@ -23,35 +23,35 @@ RECORDING_RULES: list[tuple[str, str]] = [
     ("engine:autoglm_engine_requests_waiting:sum", "sum by (engine) (autoglm_engine_requests_waiting)"),
     # max, not sum: every node's exporter reads the same shared queue
     ("queue:autoglm_redis_queue_depth:max", "max by (redis, queue) (autoglm_redis_queue_depth)"),
-    # dashboards and alerts
+    # the dashboards (mixin/dashboards.py) read these rates and ratios
     (
         "instance_gpu:autoglm_gpu_memory_used:ratio",
         "autoglm_gpu_memory_used_bytes / autoglm_gpu_memory_total_bytes",
     ),
     (
-        "instance:autoglm_system_context_switches_per_cpu:rate5m",
+        f"instance:autoglm_system_context_switches_per_cpu:rate{W}",
         f"rate(autoglm_system_context_switches_total[{W}]) / on (instance, job) autoglm_system_cpus",
     ),
     (
-        "instance_service:autoglm_process_context_switches:rate5m",
+        f"instance_service:autoglm_process_context_switches:rate{W}",
         f"sum by (instance, job, service, type) (rate(autoglm_process_context_switches_total[{W}]))",
     ),
     (
-        "instance_service:autoglm_process_cpu_seconds:rate5m",
+        f"instance_service:autoglm_process_cpu_seconds:rate{W}",
         f"sum by (instance, job, service) (rate(autoglm_process_cpu_seconds_total[{W}]))",
     ),
     (
-        "instance_service:autoglm_container_cpu_throttled:ratio_rate5m",
+        f"instance_service:autoglm_container_cpu_throttled:ratio_rate{W}",
         # clamp_min: a cgroup without a quota has no periods, 0/0 would be NaN
         f"rate(autoglm_container_cpu_throttled_periods_total[{W}])"
         f" / clamp_min(rate(autoglm_container_cpu_periods_total[{W}]), 1e-9)",
     ),
     (
-        "instance_engine:autoglm_engine_generation_tokens:rate5m",
+        f"instance_engine:autoglm_engine_generation_tokens:rate{W}",
         f"rate(autoglm_engine_generation_tokens_total[{W}])",
     ),
     (
-        "instance_target:autoglm_probe_failures:rate5m",
+        f"instance_target:autoglm_probe_failures:rate{W}",
         f"sum by (instance, job, target, reason) (rate(autoglm_probe_failures_total[{W}]))",
     ),
 ]
