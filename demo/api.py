@@ -105,7 +105,7 @@ class ApiHandler(Handler):
         api.faults.wait_while("hang")
         fault = api.faults.current()
         if fault.name == "slow":
-            api.faults.pause(fault.seconds)
+            api.faults.pause(fault)
         elif fault.name == "error":
             return failed(500, "internal error while handling the request (injected fault: error)")
         key = result_key(api.queue, job.request_id)

@@ -34,12 +34,12 @@ class ServiceLocks:
         with self.registry:
             self.in_flight -= 1
 
-    def trigger(self) -> bool:
-        """Deadlock both locks for good; returns once both threads hold their first lock (or False
+    def trigger(self) -> None:
+        """Deadlock both locks for good; returns once both threads hold their first lock (at once
         when it had already been done)."""
         with self._guard:
             if self._triggered:
-                return False
+                return
             self._triggered = True
         both_hold_one = threading.Barrier(3)
         threading.Thread(target=self._janitor, args=(both_hold_one,), name="janitor", daemon=True).start()
@@ -48,7 +48,6 @@ class ServiceLocks:
         ).start()
         both_hold_one.wait(timeout=5)
         log.debug("two threads now wait for each other's lock")
-        return True
 
     def _janitor(self, both_hold_one: threading.Barrier) -> None:
         with self.registry:

@@ -190,7 +190,7 @@ class EngineHandler(Handler):
         state.enqueue()
         fault = engine.faults.current()
         if fault.name == "slow":
-            engine.faults.pause(fault.seconds)
+            engine.faults.pause(fault)
         engine.faults.wait_while("stall")  # accepted and waiting, never scheduled while stalled
         state.schedule(request.prompt_tokens, request.max_tokens)
         try:

@@ -1,9 +1,9 @@
 """The fault a service is told to have, and the waits that make it behave that way.
 
 One FaultState per process, shared by every handler thread. A handler asks it what to do
-(`current()`), waits while a blocking fault lasts (`wait_while`) or sleeps a slow fault's seconds
-(`pause`); setting another fault wakes every waiter, so clearing a hang or a stall takes effect at
-once. Stopping the process does not wake them: a hung request stays hung until the process is
+(`current()`), waits while a blocking fault lasts (`wait_while`) or for a slow fault's seconds
+(`pause`); setting another fault wakes every waiter, so clearing a hang, a stall or a slow fault
+takes effect at once. Stopping the process does not wake them: a hung request stays hung until the process is
 gone (its thread is a daemon), rather than being served half-way through a shutdown.
 A fault in `sticky` (the deadlock) cannot be cleared: the threads it stuck never come back, only a
 restart helps, and the state says so instead of pretending otherwise.
@@ -78,9 +78,10 @@ class FaultState:
         with self._cond:
             return self._cond.wait_for(lambda: self._fault.name != name, timeout)
 
-    def pause(self, seconds: float) -> None:
-        """The slow fault's delay."""
-        time.sleep(seconds)
+    def pause(self, fault: Fault) -> None:
+        """The slow fault's delay: `fault.seconds`, or less when another fault is set meanwhile."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._fault is not fault, fault.seconds)
 
     def describe(self, fault: Fault | None = None) -> dict[str, Any]:
         fault = fault or self.current()

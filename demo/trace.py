@@ -8,7 +8,8 @@ that went through reads:
 
     received    the handler got a valid request (starts the clock: no duration of its own)
     queued      the handler is about to LPUSH the job: the time spent in the api before the queue
-                (the injected hang and slow faults, a deadlocked lock)
+                (the injected hang and slow faults; a request stuck in the deadlock never gets
+                this far: its trace is `received` alone)
     dequeued    a worker BRPOPped it: the time the job waited in the Redis list
     generated   the engine answered the worker: generation
     done        the handler got the result and answers 200: the way back through Redis

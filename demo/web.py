@@ -31,7 +31,6 @@ class BadRequest(Exception):
 
 
 class Server(ThreadingHTTPServer):
-    daemon_threads = True
     block_on_close = False  # server_close() would otherwise join every handler, hung ones included
     allow_reuse_address = True
     request_queue_size = 128
@@ -54,6 +53,15 @@ class Handler(BaseHTTPRequestHandler):
     def route(self) -> str:
         return self.path.split("?", 1)[0]
 
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.command != "POST" and (
+            "Transfer-Encoding" in self.headers or self.headers.get("Content-Length", "0").strip() != "0"
+        ):
+            self.close_connection = True  # only POST routes read a body: this one would be the next request
+        return True
+
     def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self.send_body(status, json.dumps(payload).encode() + b"\n", "application/json", headers)
 
@@ -67,8 +75,7 @@ class Handler(BaseHTTPRequestHandler):
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
             self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+            self.wfile.write(body)
         except OSError:
             self.close_connection = True  # the client gave up (a timed-out probe): nobody to tell
 
@@ -136,7 +143,7 @@ def serve(server: Server, name: str, on_stop: Callable[[], None] | None = None) 
         if not thread.is_alive():
             log.error("the HTTP server stopped on its own")
             return 1
-    log.info("stopping on %s", received[0] if received else "request")
+    log.info("stopping on %s", received[0])
     server.shutdown()
     thread.join(2)
     if on_stop is not None:

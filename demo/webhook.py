@@ -51,9 +51,7 @@ def summarize(payload: dict[str, Any]) -> dict[str, Any]:
     group = _strings(payload.get("groupLabels"))
     alerts: list[dict[str, Any]] = []
     names: set[str] = set()
-    for alert in payload.get("alerts") or []:
-        if not isinstance(alert, dict):
-            continue
+    for alert in payload.get("alerts", []):
         labels = _strings(alert.get("labels"))
         names.add(labels.get("alertname", ""))
         annotations = _strings(alert.get("annotations"))
@@ -103,6 +101,9 @@ class WebhookHandler(Handler):
             payload = self.read_json(MAX_NOTIFICATION_BYTES)
             if not isinstance(payload, dict):
                 raise BadRequest(400, "an Alertmanager notification is a JSON object")
+            alerts = payload.get("alerts", [])
+            if not isinstance(alerts, list) or not all(isinstance(alert, dict) for alert in alerts):
+                raise BadRequest(400, "alerts must be a list of objects")
         except BadRequest as exc:
             log.warning("refused a notification: %s", exc)
             self.send_json(exc.status, {"error": str(exc)})

@@ -8,6 +8,7 @@ A worker writes the `dequeued` and `generated` points of the request trace (trac
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
@@ -83,6 +84,10 @@ class EngineClient:
             raise EngineError(502, f"cannot reach the engine at {self.url}: {exc.reason}") from None
         except OSError as exc:
             raise EngineError(502, f"the engine connection failed: {exc}") from None
+        except http.client.HTTPException as exc:  # a bad status line, a header line too long, a short body
+            raise EngineError(
+                502, f"the engine's answer to {method} {path} is not HTTP: {exc!r:.200}"
+            ) from None
         if len(raw) > MAX_ANSWER_BYTES:
             raise EngineError(502, f"the engine's answer is larger than {MAX_ANSWER_BYTES} bytes")
         try:
@@ -143,7 +148,10 @@ class Workers:
                 log.error("dropped a malformed job from %s: %s", self.queue, exc)
                 continue
             self.trace.point(job.request_id, "dequeued")
-            self._process(job)
+            try:
+                self._process(job)
+            except Exception:  # a bug costs one job, never the worker
+                log.exception("request %s: the worker failed", job.request_id)
 
     def _process(self, job: Job) -> None:
         try:
@@ -151,6 +159,9 @@ class Workers:
             self.trace.point(job.request_id, "generated")  # before the result: the handler's done follows
         except EngineError as exc:
             outcome = Outcome(exc.status, error=str(exc))
+        except Exception as exc:  # still answer the client (502) rather than leave it to time out
+            log.exception("request %s: the worker failed", job.request_id)
+            outcome = Outcome(502, error=f"the worker failed: {type(exc).__name__}")
         key = result_key(self.queue, job.request_id)
         try:
             with self._redis.pipeline(transaction=True) as pipe:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from autoglm_exporter.forensics.analysis import analyse
 from autoglm_exporter.forensics.pyspy import capture
 from demo.trace import STAGES
 
+from . import faultservers
 from .conftest import REPO, RedisServer, free_port, parse_metrics, registry_of, sample, wait_until
 
 QUEUE = "autoglm:requests"
@@ -598,3 +600,107 @@ def test_api_without_a_usable_trace_file_refuses_to_start(tmp_path: Path) -> Non
     )
     assert started.returncode == 2, started.stderr
     assert f"cannot open the trace file {blocker / 'trace.log'}" in started.stderr
+
+
+# --- robustness: a sick engine, odd requests, odd notifications, clearing faults ------------------------
+
+
+def not_http(conn: socket.socket, server: faultservers.FaultServer) -> None:
+    """An engine that reads the request and answers bytes that are not HTTP."""
+    faultservers.read_request(conn, server)
+    conn.sendall(b"garbage\r\n\r\n")
+
+
+def test_an_engine_answering_garbage_is_a_502_and_the_workers_survive_it(start_demo, redis_server) -> None:
+    redis = redis_server()
+    with faultservers.FaultServer(not_http) as engine:
+        api = start_demo.service(
+            "api",
+            "--engine-url", engine.url,
+            "--redis-url", f"redis://127.0.0.1:{redis.port}/0",
+            "--queue", QUEUE,
+            "--workers", "2",
+            "--request-timeout", "5",
+        )  # fmt: skip
+        inference = {"prompt": "Hello", "max_tokens": 4}
+        for _ in range(4):  # twice as many as workers: a worker that died would leave a 504 behind
+            started = time.monotonic()
+            answer = httpx.post(api.url + "/inference", json=inference, timeout=10)
+            assert answer.status_code == 502, answer.text
+            assert "the engine's answer to GET /v1/models is not HTTP" in answer.json()["error"]
+            assert time.monotonic() - started < 2
+
+        engine.handler = faultservers.answer(
+            200, "[" * 100_000
+        )  # json.loads raises RecursionError: no EngineError
+        failed = httpx.post(api.url + "/inference", json=inference, timeout=10)
+        assert (failed.status_code, failed.json()["error"]) == (502, "the worker failed: RecursionError")
+
+        engine.handler = faultservers.openai(
+            MODEL
+        )  # the engine is fixed: the same workers get its answers now
+        answer = httpx.post(api.url + "/inference", json=inference, timeout=10)
+        assert (answer.status_code, answer.json()["text"]) == (200, "Hi")
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+
+
+def test_a_get_with_a_body_never_has_its_body_read_as_the_next_request(start_demo) -> None:
+    engine = start_demo.service("engine")
+    bodies = {"Content-Length: 5": b"hello", "Transfer-Encoding: chunked": b"5\r\nhello\r\n0\r\n\r\n"}
+    for header, body in bodies.items():
+        with socket.create_connection(("127.0.0.1", engine.port), timeout=5) as sock:
+            sock.sendall(
+                f"GET /health HTTP/1.1\r\nHost: demo\r\n{header}\r\n\r\n".encode()
+                + body
+                + b"GET /v1/models HTTP/1.1\r\nHost: demo\r\n\r\n"
+            )
+            received = read_until_closed(sock)
+        # The GET is answered, then the connection closes rather than parse "helloGET /v1/models".
+        assert re.findall(rb"^HTTP/1\.1 (\d{3}) ", received, re.MULTILINE) == [b"200"], (header, received)
+    assert httpx.get(engine.url + "/v1/models", timeout=2).status_code == 200
+
+
+def test_webhook_refuses_alerts_that_are_not_a_list_of_objects(start_demo) -> None:
+    webhook = start_demo.service("webhook")
+    for alerts in (5, "firing", None, {"labels": {}}, [5], [{"labels": {}}, "x"]):
+        answer = httpx.post(webhook.url + "/", json={"status": "firing", "alerts": alerts}, timeout=2)
+        assert (answer.status_code, answer.json()) == (400, {"error": "alerts must be a list of objects"})
+    assert httpx.get(webhook.url + "/", timeout=2).json() == []  # none of them was kept
+    assert httpx.post(webhook.url + "/", json={"status": "resolved"}, timeout=2).status_code == 200
+
+
+def test_clearing_the_slow_fault_releases_the_requests_it_delays(start_demo, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.log"
+    demo = start_demo("--trace-file", str(trace))
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2}
+    with ThreadPoolExecutor(2) as pool:
+        set_fault(demo.engine.url, "slow", seconds=30)
+        engine_answer = pool.submit(
+            httpx.post, demo.engine.url + "/v1/chat/completions", json=chat, timeout=5
+        )
+        wait_until(lambda: waiting(demo.engine_metrics()) == 1, timeout=5)  # counted, then delayed
+        time.sleep(0.2)
+        set_fault(demo.engine.url, "none")
+        cleared = time.monotonic()
+        assert engine_answer.result().status_code == 200
+        assert time.monotonic() - cleared < 2
+
+        set_fault(demo.api.url, "slow", seconds=30)
+        api_answer = pool.submit(demo.infer, timeout=5)
+        wait_until(lambda: '"received"' in trace.read_text(), timeout=5)  # the delay comes next
+        time.sleep(0.2)
+        set_fault(demo.api.url, "none")
+        cleared = time.monotonic()
+        assert api_answer.result().status_code == 200
+        assert time.monotonic() - cleared < 2
