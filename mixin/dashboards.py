@@ -216,6 +216,15 @@ def probes_row() -> Row:
                 width=12,
                 height=8,
             ),
+            stat(
+                "Last HTTP status",
+                "HTTP status of each target's last answer: 0 means none came (refused, timeout, reset).",
+                (Target(f"autoglm_probe_http_status_code{{{INST}}}", "{{target}}"),),
+                NONE,
+                base_color="blue",
+                width=12,
+                height=8,
+            ),
         ),
     )
 
