@@ -201,7 +201,9 @@ def _answers_tcp(port: int) -> bool:
 def _exporter_config(stack: Stack) -> str:
     return f"""
 global: {{interval: 1s, timeout: 4s, jitter: 0}}
-collectors: {{environment: {{interval: 5s}}}}
+# The environment snapshot runs pip in the service's interpreter: its first run gives every series,
+# and more runs would only load this small machine's CPUs (a cpu_saturated verdict pages).
+collectors: {{environment: {{interval: 5m}}}}
 services:
   - name: open-autoglm
     match: {{cmdline: '-m demo api --port {stack.api_port}'}}
