@@ -89,6 +89,24 @@ def require_binary(name: str) -> str:
     return path
 
 
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+    """Signal a process, give it `timeout` seconds to exit, then kill it; reaped either way."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return int(process.returncode)
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """`autoglm-exporter check-config PATH` as a user runs it."""
+    command = [sys.executable, "-m", "autoglm_exporter", "check-config", str(path)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
 @dataclass
 class ExporterProcess:
     process: subprocess.Popen[bytes]
@@ -113,14 +131,7 @@ class ExporterProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return int(self.process.returncode)
+        return stop_process(self.process, sig, timeout)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from demo.cli import parser as demo_parser
 from mixin.config import EXPORTER_JOB
 
 from .alertreceiver import WebhookReceiver, point_webhooks_at
-from .conftest import REPO, free_port, require_binary, wait_until
+from .conftest import REPO, check_config, free_port, require_binary, stop_process, wait_until
 
 COMPOSE = REPO / "docker-compose.yml"
 GPU_OVERRIDE = REPO / "deploy/compose/gpu.yml"
@@ -163,13 +163,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
 
     yield start
     for process in started:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop_process(process, timeout=10)
 
 
 @pytest.fixture
@@ -615,11 +609,6 @@ def test_grafana_provisioning_matches_the_mounts() -> None:
 
 
 def test_compose_exporter_config_passes_check_config() -> None:
-    checked = subprocess.run(
-        [sys.executable, "-m", "autoglm_exporter", "check-config", str(EXPORTER_CONFIG)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    checked = check_config(EXPORTER_CONFIG)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "OK" in checked.stdout

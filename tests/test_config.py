@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from autoglm_exporter.config import ConfigError, default_config, load_config, parse_config
 
-from .conftest import FIXTURES
+from .conftest import FIXTURES, check_config
 
 CONFIGS = FIXTURES / "configs"
 
@@ -76,24 +73,14 @@ def test_empty_services_list_watches_no_service() -> None:
 
 @pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
 def test_check_config_command_exits_2_and_prints_all_errors(name: str) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "autoglm_exporter", "check-config", str(CONFIGS / name)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    run = check_config(CONFIGS / name)
     assert run.returncode == 2
     for error in BAD_CONFIGS[name]:
         assert error in run.stderr
 
 
 def test_check_config_command_accepts_a_good_file() -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "autoglm_exporter", "check-config", str(CONFIGS / "good.yml")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    run = check_config(CONFIGS / "good.yml")
     assert run.returncode == 0, run.stderr
     assert "OK" in run.stdout and "api, engine" in run.stdout
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,7 +36,7 @@ from mixin import dashboards as mixin_dashboards
 from mixin import grafana as mixin_grafana
 
 from .alertreceiver import WebhookReceiver, point_webhooks_at
-from .conftest import REPO, free_port, require_binary, wait_until
+from .conftest import REPO, free_port, require_binary, stop_process, wait_until
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -114,14 +114,7 @@ class Stack:
         return process
 
     def stop(self, name: str) -> None:
-        process = self.processes.pop(name)
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop_process(self.processes.pop(name))
 
     def stop_all(self) -> None:
         for name in list(self.processes):
@@ -191,8 +184,6 @@ class Stack:
 
 
 def _answers_tcp(port: int) -> bool:
-    import socket
-
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from mixin import kubernetes as k8s
 from mixin.config import EXPORTER_JOB, THRESHOLDS
 from mixin.rules import RECORDING_RULES
 
-from .conftest import REPO, require_binary
+from .conftest import REPO, check_config, require_binary
 
 DEPLOY = REPO / "deploy" / "kubernetes"
 DOCS = REPO / "docs" / "kubernetes.md"
@@ -240,12 +239,7 @@ def _flag(args: list[str]) -> Any:
 def test_exporter_config_passes_check_config(tmp_path: Path) -> None:
     config = tmp_path / "config.yml"
     config.write_text(manifest("configmap.yaml")["data"]["config.yml"])
-    checked = subprocess.run(
-        [sys.executable, "-m", "autoglm_exporter", "check-config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    checked = check_config(config)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert ": OK" in checked.stdout
 
