@@ -32,7 +32,7 @@ unit:
 	CI=$${CI:-} $(PY) -m pytest
 
 docs: deps
-	$(PY) -m autoglm_exporter.metricsdoc README.md
+	$(PY) -m autoglm_exporter.metrics.doc README.md
 
 # Alert and recording rules, dashboards and the Kubernetes PrometheusRule, from mixin/ (tests check drift).
 mixin: venv

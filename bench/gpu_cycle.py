@@ -27,7 +27,7 @@ from _common import ROOT, banner, ensure_venv_python, verdict
 ensure_venv_python()
 sys.path.insert(0, str(ROOT))
 
-from autoglm_exporter.collectors.gpu import NVML_CALLS_PER_GPU, GpuCollector  # noqa: E402
+from autoglm_exporter.collectors.gpu.collector import NVML_CALLS_PER_GPU, GpuCollector  # noqa: E402
 from autoglm_exporter.config import GpuConfig, ProcessMatch, ServiceConfig  # noqa: E402
 from tests.fakes.fake_pynvml import FakeNvml, NVMLError, eight_gpus  # noqa: E402
 from tests.fakes.proc import FakeProc  # noqa: E402

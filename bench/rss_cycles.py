@@ -31,8 +31,8 @@ c.ensure_venv_python()
 from autoglm_exporter.collectors.process import ProcessCollector  # noqa: E402
 from autoglm_exporter.collectors.system import SystemCollector  # noqa: E402
 from autoglm_exporter.config import DEFAULT_SERVICES, ProcessMatch, ServiceConfig  # noqa: E402
-from autoglm_exporter.runner import CollectorRunner  # noqa: E402
-from autoglm_exporter.store import Store  # noqa: E402
+from autoglm_exporter.core.runner import CollectorRunner  # noqa: E402
+from autoglm_exporter.core.store import Store  # noqa: E402
 
 MB = 1_000_000
 TARGET_FINAL_BYTES = 50 * MB

@@ -14,13 +14,15 @@ import platform
 import sys
 from collections.abc import Sequence
 
-from . import __version__, logsetup, tools
+from . import __version__
 from .collectors import COLLECTOR_CLASSES
+from .commands import tools
 from .config import ConfigError, load_config
-from .configcheck import Checker
-from .daemon import Daemon, Options
-from .server import ListenAddressError
-from .webconfig import WebConfigError, load_web_config
+from .config.check import Checker
+from .core.daemon import Daemon, Options
+from .web import logsetup
+from .web.server import ListenAddressError
+from .web.webconfig import WebConfigError, load_web_config
 
 EXIT_OK, EXIT_BROKEN, EXIT_BAD_CONFIG = 0, 1, 2
 DEFAULT_LISTEN_ADDRESS = ":9877"
@@ -215,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_CONFIG
     logsetup.configure(options.log_level, options.log_format)
     if args.command == "doctor":
-        from .doctor import run_doctor
+        from .commands.doctor import run_doctor
 
         return run_doctor(options, as_json=args.json, color=not args.no_color and sys.stdout.isatty())
     return _run(options)

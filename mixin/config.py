@@ -1,7 +1,21 @@
 """Every threshold, window and selector the alerts and dashboards share, in one place.
 
 Change a number here, run `make mixin`, and the rule files, the dashboards' threshold lines and
-the Kubernetes PrometheusRule all follow (kubernetes-mixin's _config, in Python)."""
+the Kubernetes PrometheusRule all follow (kubernetes-mixin's _config, in Python). What the verdict
+also judges by is not repeated here: it comes from the exporter's own thresholds module, so an
+alert and a verdict cannot disagree."""
+
+from autoglm_exporter.diagnosis import thresholds as verdict
+
+
+def prometheus_duration(seconds: float) -> str:
+    """Seconds as a Prometheus duration: 300 -> "5m", 90 -> "90s"."""
+    whole = int(seconds)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if whole >= size and whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
 
 # Which scrape job the exporter runs as (docker-compose, the Kubernetes ServiceMonitor).
 EXPORTER_JOB = "autoglm-exporter"
@@ -20,17 +34,17 @@ FOR = {
 
 # Rate windows of the rules; dashboards use $__rate_interval instead.
 RATE_WINDOW = "5m"
-LOG_ERROR_WINDOW = "5m"  # a CUDA OOM line keeps its alert this long after it was written
-XID_WINDOW = "10m"
+LOG_ERROR_WINDOW = prometheus_duration(verdict.RECENT_LOG_SECONDS)  # a CUDA OOM line keeps its alert
+XID_WINDOW = prometheus_duration(verdict.RECENT_XID_SECONDS)
 CAPTURE_WINDOW = "10m"  # a stack capture refused for permission keeps its ticket this long
 RESTART_WINDOW = "15m"
 
 THRESHOLDS = {
-    "gpu_memory_used_ratio": 0.95,  # GPU memory near full
+    "gpu_memory_used_ratio": verdict.GPU_MEMORY_FULL_RATIO,  # GPU memory near full
     "gpu_idle_utilization_ratio": 0.05,  # "idle" while requests wait
     "gpu_scale_out_utilization_ratio": 0.70,  # autoscaling target (seed section 5)
-    "context_switches_per_cpu_per_second": 100_000,  # context-switch storm
-    "cpu_throttled_ratio": 0.25,  # share of cgroup periods throttled
+    "context_switches_per_cpu_per_second": verdict.CONTEXT_SWITCHES_PER_CPU_STORM,  # storm
+    "cpu_throttled_ratio": verdict.CPU_THROTTLED_RATIO,  # share of cgroup periods throttled
     "queue_backlog_min_depth": 10,  # a queue this deep and still growing is a backlog
     "engine_queue_scale_out": 5,  # waiting requests per engine replica before scaling out
     "restarts_per_window": 3,  # restarts within RESTART_WINDOW that make a crash loop

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from autoglm_exporter import cgroups
-from autoglm_exporter.cgroups import CgroupStats
 from autoglm_exporter.collectors.container import NO_PROCESS_REASON, ContainerCollector
 from autoglm_exporter.config import ProcessMatch, ServiceConfig
+from autoglm_exporter.linux import cgroups
+from autoglm_exporter.linux.cgroups import CgroupStats
 
 from .conftest import FIXTURES, assert_promtool_clean, registry_of
 

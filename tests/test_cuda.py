@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from autoglm_exporter import cuda
-from autoglm_exporter.cuda import CudaVersion, Runtime
+from autoglm_exporter.collectors.gpu.collector import cuda
+from autoglm_exporter.collectors.gpu.cuda import CudaVersion, Runtime
 
 from .fakes.proc import FakeProc
 

@@ -15,7 +15,7 @@ import bcrypt
 import httpx
 import pytest
 
-from autoglm_exporter.server import accepts_gzip
+from autoglm_exporter.web.server import accepts_gzip
 
 from .conftest import ExporterProcess, free_port, require_binary, sample, wait_until
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from autoglm_exporter.collectors.probe import ProbeFacts, ProbeOutcome, TargetFacts
 from autoglm_exporter.collectors.process import ProcessFacts, ServiceFacts
+from autoglm_exporter.core.store import CollectorHealth
 from autoglm_exporter.diagnosis import REASONS, diagnose, verdict_families
-from autoglm_exporter.store import CollectorHealth
 
 NOW = 1_800_000_000.0
 HEALTH = {name: CollectorHealth(runs=1, success=True) for name in ("process", "probe")}

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_exporter import envsnapshot, hashcache
-from autoglm_exporter.envsnapshot import diff_snapshots, drift_components, take_snapshot
+from autoglm_exporter.snapshot import hashcache
+from autoglm_exporter.snapshot import take as envsnapshot
+from autoglm_exporter.snapshot.take import diff_snapshots, drift_components, take_snapshot
 
 SLEEPER = "import sys, time; print('up', flush=True); time.sleep(60)"
 

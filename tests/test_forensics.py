@@ -34,7 +34,7 @@ from autoglm_exporter.forensics import (
     capture,
     profile,
 )
-from autoglm_exporter.subprocesses import unreaped_count
+from autoglm_exporter.linux.subprocesses import unreaped_count
 
 from .conftest import require_binary, wait_until
 

@@ -16,9 +16,8 @@ import psutil
 import pytest
 from prometheus_client import generate_latest
 
-from autoglm_exporter import subprocesses
 from autoglm_exporter.collectors.base import CollectorError, Result
-from autoglm_exporter.collectors.gpu import (
+from autoglm_exporter.collectors.gpu.collector import (
     COMMON_XIDS,
     NO_GPU,
     NVML_CALLS_PER_GPU,
@@ -27,8 +26,9 @@ from autoglm_exporter.collectors.gpu import (
     GpuStuckError,
 )
 from autoglm_exporter.config import GpuConfig, ProcessMatch, ServiceConfig
-from autoglm_exporter.runner import CollectorRunner
-from autoglm_exporter.store import Store
+from autoglm_exporter.core.runner import CollectorRunner
+from autoglm_exporter.core.store import Store
+from autoglm_exporter.linux import subprocesses
 
 from .conftest import assert_promtool_clean, parse_metrics, registry_of, sample, wait_until
 from .fakes import fake_pynvml

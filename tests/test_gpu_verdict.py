@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autoglm_exporter.collectors.engine import EngineFacts, EngineInstanceFacts
-from autoglm_exporter.collectors.gpu import NO_GPU, GpuCollector
+from autoglm_exporter.collectors.gpu.collector import NO_GPU, GpuCollector
 from autoglm_exporter.config import GpuConfig
 from autoglm_exporter.diagnosis import diagnose
 

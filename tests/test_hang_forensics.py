@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from autoglm_exporter.diagnosis import diagnose
-from autoglm_exporter.hangwatch import ForensicsFacts, ServiceEvidence
+from autoglm_exporter.forensics.hangwatch import ForensicsFacts, ServiceEvidence
 
 from . import faultservers as fs
 from .conftest import REPO, sample, wait_until

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_exporter.logfollow import TRUNCATION_MARK, LogFollower
+from autoglm_exporter.logs.follow import TRUNCATION_MARK, LogFollower
 
 from .conftest import wait_until
 
@@ -261,7 +261,7 @@ def test_deleted_and_recreated_between_two_reads(tmp_path: Path) -> None:
 
 _UNREADABLE_CHILD = """
 import json, os, sys
-from autoglm_exporter.logfollow import LogFollower  # imported before giving up root
+from autoglm_exporter.logs.follow import LogFollower  # imported before giving up root
 os.setgid(65534)
 os.setuid(65534)
 results = []

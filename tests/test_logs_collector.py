@@ -24,7 +24,7 @@ from autoglm_exporter.collectors.logs import (
     LogsFacts,
 )
 from autoglm_exporter.config import LogConfig, LogPattern
-from autoglm_exporter.redact import redact
+from autoglm_exporter.logs.redact import redact
 
 from .conftest import assert_promtool_clean, registry_of, wait_until
 

@@ -20,7 +20,7 @@ import pynvml
 import pytest
 from prometheus_client import generate_latest
 
-from autoglm_exporter.collectors.gpu import NO_GPU, NVML_CALLS_PER_GPU, GpuCollector
+from autoglm_exporter.collectors.gpu.collector import NO_GPU, NVML_CALLS_PER_GPU, GpuCollector
 from autoglm_exporter.config import GpuConfig, ProcessMatch, ServiceConfig
 
 from .conftest import assert_promtool_clean, registry_of, wait_until

@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 
 from autoglm_exporter.collectors.probe import ProbeCollector, classify_os_error
 from autoglm_exporter.config import ProbeTarget, Secret, parse_config
-from autoglm_exporter.urls import display_url
+from autoglm_exporter.logs.urls import display_url
 
 from . import faultservers as fs
 from .conftest import assert_promtool_clean, free_port, registry_of

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_exporter import procfs
 from autoglm_exporter.collectors.process import ProcessCollector
 from autoglm_exporter.collectors.system import SystemCollector
 from autoglm_exporter.config import ProcessMatch, ServiceConfig
+from autoglm_exporter.linux import procfs
 
 from .conftest import FIXTURES
 

@@ -8,11 +8,11 @@ import time
 import httpx
 
 from autoglm_exporter.collectors.base import Collector, CollectorError, Result
-from autoglm_exporter.metricspec import gauge
-from autoglm_exporter.runner import CollectorRunner
-from autoglm_exporter.scheduler import CollectorScheduler
-from autoglm_exporter.server import ExporterHTTPServer, ServerHooks
-from autoglm_exporter.store import Store
+from autoglm_exporter.core.runner import CollectorRunner
+from autoglm_exporter.core.scheduler import CollectorScheduler
+from autoglm_exporter.core.store import Store
+from autoglm_exporter.metrics.spec import gauge
+from autoglm_exporter.web.server import ExporterHTTPServer, ServerHooks
 
 from .conftest import parse_metrics, sample, wait_until
 

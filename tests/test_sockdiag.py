@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from autoglm_exporter import procfs, sockdiag
+from autoglm_exporter.linux import procfs, sockdiag
 
 
 def test_sock_diag_lists_the_same_listening_sockets_as_proc() -> None:

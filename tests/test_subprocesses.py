@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from autoglm_exporter.subprocesses import CommandTimeout, run_with_deadline, unreaped_count
+from autoglm_exporter.linux.subprocesses import CommandTimeout, run_with_deadline, unreaped_count
 
 from .conftest import wait_until
 

@@ -17,8 +17,8 @@ from typing import Any, cast
 import bcrypt
 import pytest
 
-from autoglm_exporter import webconfig
-from autoglm_exporter.webconfig import (
+from autoglm_exporter.web import webconfig
+from autoglm_exporter.web.webconfig import (
     BasicAuthenticator,
     TLSConfig,
     WebConfig,

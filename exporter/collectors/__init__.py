@@ -9,7 +9,7 @@ from .base import Collector
 from .container import ContainerCollector
 from .engine import EngineCollector
 from .environment import EnvironmentCollector
-from .gpu import GpuCollector
+from .gpu.collector import GpuCollector
 from .logs import LogsCollector
 from .probe import ProbeCollector
 from .process import ProcessCollector

@@ -11,7 +11,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..metricspec import Family, MetricSpec
+from ..metrics.spec import Family, MetricSpec
 
 # The bounded set of reasons a collector run can fail, used as the `kind` label of
 # autoglm_exporter_collector_errors_total. Every kind exists from the first scrape.

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .. import cgroups
 from ..config import ServiceConfig
-from ..metricspec import Families, Family, MetricSpec, counter, gauge
-from ..processfinder import ProcessFinder, ProcfsUnreadable, oldest
+from ..linux import cgroups
+from ..linux.processes import ProcessFinder, ProcfsUnreadable, oldest
+from ..metrics.spec import Families, Family, MetricSpec, counter, gauge
 from .base import Collector, CollectorError, Result
 
 FOUND = gauge(

@@ -43,11 +43,11 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..config import EngineConfig
-from ..errors import refused, short_message
-from ..failurelog import FailureLog
-from ..metricspec import Families, Family, counter, gauge
-from ..urls import display_url
+from ..logs.urls import display_url
+from ..metrics.spec import Families, Family, counter, gauge
 from .base import Collector, Result
+from .errors import refused, short_message
+from .failurelog import FailureLog
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import EnvironmentConfig, ServiceConfig
-from ..envsnapshot import DRIFT_COMPONENTS, diff_snapshots, drift_components, read_snapshot, take_snapshot
-from ..metricspec import Families, Family, gauge
-from ..processfinder import ProcessFinder, ProcfsUnreadable, oldest
+from ..linux.processes import ProcessFinder, ProcfsUnreadable, oldest
+from ..metrics.spec import Families, Family, gauge
+from ..snapshot.take import DRIFT_COMPONENTS, diff_snapshots, drift_components, read_snapshot, take_snapshot
 from .base import Collector, CollectorError, Result
 
 DRIFT = gauge(

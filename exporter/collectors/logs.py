@@ -40,9 +40,9 @@ from typing import Any
 from prometheus_client.utils import floatToGoString
 
 from ..config import LogConfig
-from ..logfollow import LogFollower
-from ..metricspec import Family, counter, gauge, histogram
-from ..redact import redact
+from ..logs.follow import LogFollower
+from ..logs.redact import redact
+from ..metrics.spec import Family, counter, gauge, histogram
 from .base import Collector, Result
 
 # name -> case-insensitive regular expression, written against what the software really prints.

@@ -30,9 +30,9 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from ..config import INFERENCE_BODY, ProbeTarget
-from ..metricspec import Families, Family, counter, gauge, info
-from ..secrets import SecretError, read_secret
-from ..urls import display_url
+from ..config.credentials import SecretError, read_secret
+from ..logs.urls import display_url
+from ..metrics.spec import Families, Family, counter, gauge, info
 from .base import Collector, Result
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")

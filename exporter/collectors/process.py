@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import procfs
 from ..config import ServiceConfig
-from ..metricspec import Families, Family, counter, gauge
-from ..processfinder import Cycle, ProcessFinder, ProcfsUnreadable, oldest
+from ..linux import procfs
+from ..linux.processes import Cycle, ProcessFinder, ProcfsUnreadable, oldest
+from ..metrics.spec import Families, Family, counter, gauge
 from .base import Collector, CollectorError, Result
 
 UP = gauge("autoglm_process_up", "1 when at least one process of the service is running, else 0.", "service")

@@ -53,11 +53,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..config import RedisConfig, RedisQueue
-from ..errors import refused, short_message
-from ..failurelog import FailureLog
-from ..metricspec import Families, Family, counter, gauge
-from ..secrets import SecretError, read_secret
+from ..config.credentials import SecretError, read_secret
+from ..metrics.spec import Families, Family, counter, gauge
 from .base import Collector, Result
+from .errors import refused, short_message
+from .failurelog import FailureLog
 
 log = logging.getLogger(__name__)
 

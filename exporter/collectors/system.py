@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .. import procfs
-from ..metricspec import Family, counter, gauge
+from ..linux import procfs
+from ..metrics.spec import Family, counter, gauge
 from .base import Collector, CollectorError, Result
 
 CONTEXT_SWITCHES = counter(

@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
-from ..metricspec import Family, gauge
-from ..store import CollectorHealth
+from ..core.store import CollectorHealth
+from ..metrics.spec import Family, gauge
 from .client import client_links
 from .dependencies import dependency_links
 from .exporterlinks import exporter_links

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..store import CollectorHealth
+from ..core.store import CollectorHealth
 from .model import Link
 
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store import CollectorHealth
+from ..core.store import CollectorHealth
 from .model import Link, gib, used_of
-
-MEMORY_LOW_RATIO = 0.05  # available memory under 5% of total
-CPU_SATURATED_RATIO = 0.95
-CONTEXT_SWITCHES_PER_CPU_STORM = 100_000.0  # per second per CPU; a quiet server sits near 1-10k
+from .thresholds import (
+    CONTEXT_SWITCHES_PER_CPU_STORM,
+    CPU_SATURATED_RATIO,
+    CPU_THROTTLED_RATIO,
+    GPU_MEMORY_FULL_RATIO,
+    MEMORY_LIMIT_PRESSURE_RATIO,
+    MEMORY_LOW_RATIO,
+)
 
 
 def resource_links(system: Any, health: CollectorHealth | None) -> list[Link]:
@@ -57,10 +61,6 @@ def resource_links(system: Any, health: CollectorHealth | None) -> list[Link]:
     return [Link("system", "resources", True, summary)]
 
 
-CPU_THROTTLED_FRACTION = 0.25  # a quarter of the CFS periods throttled since the last reading
-MEMORY_LIMIT_PRESSURE = 0.90  # working set at 90% of the cgroup's limit
-
-
 def container_links(container: Any) -> list[Link]:
     links = []
     for c in container.services.values() if container is not None else []:
@@ -80,7 +80,10 @@ def container_links(container: Any) -> list[Link]:
                     where,
                 )
             )
-        elif c.memory_working_set_ratio is not None and c.memory_working_set_ratio > MEMORY_LIMIT_PRESSURE:
+        elif (
+            c.memory_working_set_ratio is not None
+            and c.memory_working_set_ratio > MEMORY_LIMIT_PRESSURE_RATIO
+        ):
             links.append(
                 Link(
                     name,
@@ -92,7 +95,7 @@ def container_links(container: Any) -> list[Link]:
                     where,
                 )
             )
-        elif c.cpu_throttled_fraction is not None and c.cpu_throttled_fraction > CPU_THROTTLED_FRACTION:
+        elif c.cpu_throttled_fraction is not None and c.cpu_throttled_fraction > CPU_THROTTLED_RATIO:
             quota = f"{c.cpu_quota_cores:g} CPUs" if c.cpu_quota_cores else "its quota"
             links.append(
                 Link(
@@ -108,9 +111,6 @@ def container_links(container: Any) -> list[Link]:
         else:
             links.append(Link(name, "resources", True, f"cgroup v{c.cgroup_version}: within its limits"))
     return links
-
-
-GPU_MEMORY_FULL_RATIO = 0.95
 
 
 def gpu_links(gpu: Any) -> list[Link]:

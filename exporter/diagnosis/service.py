@@ -6,10 +6,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..store import CollectorHealth
+from ..core.store import CollectorHealth
 from .model import Link, pid_list
+from .thresholds import RECENT_LOG_SECONDS
 
-RECENT_LOG_SECONDS = 300.0
 SEVERE_LOG_PATTERNS = ("cuda_oom", "model_load_failure", "config_not_found", "nccl_error", "oom_killed")
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .model import Link, number
-
-QUEUE_GROWTH_STALL = 1  # the queue grew by at least this much since the previous reading
+from .thresholds import FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_STALL
 
 
 def gpu_idle_links(engine: Any, gpu: Any) -> list[Link]:
@@ -67,9 +66,6 @@ def stall_links(engine: Any, redis: Any, gpu: Any) -> list[Link]:
                     )
                 )
     return links
-
-
-FORENSICS_RECENT_SECONDS = 900.0  # stacks older than this say nothing about the service now
 
 
 def forensics_links(forensics: Any, now: float) -> list[Link]:

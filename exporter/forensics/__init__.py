@@ -9,16 +9,7 @@ Everything py-spy may fail at is a CaptureError with a bounded kind (CAPTURE_ERR
 """
 
 from .analysis import STATES, Analysis, ThreadReport, analyse
-from .pyspy import (
-    CAPTURE_ERROR_KINDS,
-    PTRACE_HINT,
-    CaptureError,
-    Dump,
-    Frame,
-    ThreadStack,
-    capture,
-    profile,
-)
+from .pyspy import CAPTURE_ERROR_KINDS, PTRACE_HINT, CaptureError, Dump, Frame, ThreadStack, capture, profile
 from .store import CaptureNotFound, CaptureStore, LoadedCapture, StoredCapture
 
 __all__ = [

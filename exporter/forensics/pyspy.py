@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..subprocesses import CommandTimeout, Completed, run_with_deadline
+from ..linux.subprocesses import CommandTimeout, Completed, run_with_deadline
 
 PY_SPY = "py-spy"
 PTRACE_HINT = "add SYS_PTRACE"

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sys
 
-from .config import Config
-from .envsnapshot import diff_snapshots, read_snapshot, take_snapshot, write_snapshot
-from .forensics import CaptureError, profile
-from .hangwatch import HangWatch
-from .processfinder import ProcessFinder, ProcfsUnreadable, oldest
+from ..config import Config
+from ..forensics import CaptureError, profile
+from ..forensics.hangwatch import HangWatch
+from ..linux.processes import ProcessFinder, ProcfsUnreadable, oldest
+from ..snapshot.take import diff_snapshots, read_snapshot, take_snapshot, write_snapshot
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -21,9 +21,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from . import __version__, logsetup, statuspage
-from .diagnosis import to_dict
-from .store import Store
+from .. import __version__
+from ..core.store import Store
+from ..diagnosis import to_dict
+from . import logsetup, statuspage
 from .webconfig import BasicAuthenticator, WebConfig
 
 log = logging.getLogger(__name__)

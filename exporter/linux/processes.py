@@ -12,8 +12,8 @@ import os
 import re
 import time
 
+from ..config import ServiceConfig
 from . import procfs, sockdiag
-from .config import ServiceConfig
 
 CMDLINE_CACHE_SECONDS = 60.0  # a process may rename itself (setproctitle) soon after start
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .metricspec import Family, gauge
+from ..metrics.spec import Family, gauge
 
 STARTUP = gauge(
     "autoglm_service_startup_seconds",

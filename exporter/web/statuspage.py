@@ -11,9 +11,9 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
-from . import __version__
-from .diagnosis import LAYERS, Diagnosis, Link
-from .store import CollectorHealth
+from .. import __version__
+from ..core.store import CollectorHealth
+from ..diagnosis import LAYERS, Diagnosis, Link
 
 REFRESH_SECONDS = 10
 

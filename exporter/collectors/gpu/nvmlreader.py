@@ -1,9 +1,9 @@
 """Reading the GPUs through NVML: sessions, the per-GPU calls of a cycle, and the XID event set.
 
 `NvmlReader` owns one NVML session at a time (nvmlInit, identity of each GPU read once, the XID
-event set) and runs every call of a cycle in one worker thread (exporter/nvml.py), so a wedged
+event set) and runs every call of a cycle in one worker thread (nvml.py), so a wedged
 driver can hang that thread but never the caller. What the calls return becomes a GpuReading
-(exporter/gpureading.py); what cannot be read is absent. A session that stops answering is closed
+(reading.py); what cannot be read is absent. A session that stops answering is closed
 and the reader says NVML is unavailable (the collector then tries nvidia-smi); with a GPU lost,
 the session is opened again now and then to see it come back.
 """
@@ -16,16 +16,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import cuda
-from .gpureading import (
-    NO_GPU,
-    DeviceReading,
-    GpuReading,
-    performance_state,
-    ratio_from_percent,
-    reported_float,
-    reported_int,
-)
-from .gpuxids import XidLog
 from .nvml import (
     DRIVER_NOT_LOADED,
     LIBRARY_NOT_FOUND,
@@ -37,6 +27,16 @@ from .nvml import (
     SessionLost,
     error_code,
 )
+from .reading import (
+    NO_GPU,
+    DeviceReading,
+    GpuReading,
+    performance_state,
+    ratio_from_percent,
+    reported_float,
+    reported_int,
+)
+from .xids import XidLog
 
 log = logging.getLogger(__name__)
 

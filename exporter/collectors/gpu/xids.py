@@ -1,6 +1,6 @@
 """XID error events since the exporter started, counted per GPU in bounded memory.
 
-The NVML reader (exporter/gpunvml.py) writes the log from its worker thread while a cycle runs;
+The NVML reader (nvmlreader.py) writes the log from its worker thread while a cycle runs;
 the GPU collector reads a snapshot between cycles, so the two never touch it at once. The counts
 outlive the GPU's other readings: a lost GPU keeps its XID series.
 """

@@ -6,7 +6,7 @@ Source. NVML through nvidia-ml-py (`pynvml`, injectable). When NVML cannot start
 With neither (no driver, no library, no binary) the collector succeeds with
 `autoglm_gpu_available 0`, logs "no NVIDIA GPU / driver found" once, and the facts say so.
 
-What NVML cannot give is absent, never 0 (see exporter/nvml.py: NotSupported, N/A, a missing
+What NVML cannot give is absent, never 0 (see nvml.py: NotSupported, N/A, a missing
 function falls back to its older variant). In nvidia-smi output every bracketed value ([N/A],
 [Not Supported], [Insufficient Permissions], ...) is absence; anything else that does not parse
 fails the run with kind parse_error.
@@ -15,7 +15,7 @@ Per cycle each GPU costs a fixed set of NVML calls (`NVML_CALLS_PER_GPU`, fewer 
 known to be unsupported, one process-list call among them) plus at least one event-set poll for
 the whole cycle. Identity (UUID, name, compute capability) is read once per NVML session.
 
-Hang guard. Every NVML call of a cycle runs in one worker thread (exporter/nvml.py) and the cycle
+Hang guard. Every NVML call of a cycle runs in one worker thread (nvml.py) and the cycle
 waits at most `gpu.call_timeout`. Past it collect() raises CollectorError("timeout"): the runner
 drops every GPU series (never served stale) and counts the failure. Until the stuck call returns,
 each collect() raises CollectorError("skipped_stuck") at once and starts no NVML call. The error
@@ -33,16 +33,16 @@ Joins with the configured services (no GPU exporter does these):
   process in another pid namespace) is "other".
 - `CUDA_VISIBLE_DEVICES` of each service's processes, from /proc/PID/environ (the environment the
   process was started with): "unset" when absent, "unreadable" without permission.
-- the CUDA runtime each service uses (exporter/cuda.py) against each GPU it may use (the GPUs its
+- the CUDA runtime each service uses (cuda.py) against each GPU it may use (the GPUs its
   processes run on, else those its CUDA_VISIBLE_DEVICES names, else all) and against the driver:
   `autoglm_cuda_compatible{gpu,service,check}` plus a sentence for the verdict.
   CUDA_VISIBLE_DEVICES indexes follow CUDA's order, which is NVML's (PCI bus) order only with
   CUDA_DEVICE_ORDER=PCI_BUS_ID: indexes are matched as given, UUIDs exactly.
 
-Where the parts live: exporter/gpunvml.py reads NVML (sessions, the per-GPU calls, the XID event
-set) and exporter/gpusmi.py runs and parses nvidia-smi, both into the records of
-exporter/gpureading.py; exporter/gpuxids.py keeps the XID counts and exporter/gpujoin.py does the
-/proc joins. This module turns a reading into the facts and the metric families.
+Where the parts live (in this package): nvmlreader.py reads NVML (sessions, the per-GPU calls,
+the XID event set) and smi.py runs and parses nvidia-smi, both into the records of reading.py;
+xids.py keeps the XID counts and join.py does the /proc joins. This module turns a reading into
+the facts and the metric families.
 """
 
 from __future__ import annotations
@@ -54,19 +54,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .. import cuda
-from ..config import GpuConfig, ServiceConfig
-from ..gpujoin import ProcJoin, gpus_used_by
-from ..gpunvml import NVML_CALLS_PER_GPU as NVML_CALLS_PER_GPU
-from ..gpunvml import NvmlReader, NvmlUnavailable
-from ..gpureading import NO_GPU as NO_GPU
-from ..gpureading import DeviceReading, GpuReading
-from ..gpusmi import NvidiaSmi, SmiError
-from ..gpuxids import COMMON_XIDS as COMMON_XIDS
-from ..gpuxids import XidLog, XidSnapshot
-from ..metricspec import Families, Family, MetricSpec, counter, gauge, info
-from ..nvml import NvmlDeadline, NvmlStuck
-from .base import Collector, CollectorError, Result
+from ...config import GpuConfig, ServiceConfig
+from ...diagnosis.thresholds import RECENT_XID_SECONDS
+from ...metrics.spec import Families, Family, MetricSpec, counter, gauge, info
+from ..base import Collector, CollectorError, Result
+from . import cuda
+from .join import ProcJoin, gpus_used_by
+from .nvml import NvmlDeadline, NvmlStuck
+from .nvmlreader import NVML_CALLS_PER_GPU as NVML_CALLS_PER_GPU
+from .nvmlreader import NvmlReader, NvmlUnavailable
+from .reading import NO_GPU as NO_GPU
+from .reading import DeviceReading, GpuReading
+from .smi import NvidiaSmi, SmiError
+from .xids import COMMON_XIDS as COMMON_XIDS
+from .xids import XidLog, XidSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,6 @@ THROTTLE_REASONS = frozenset(
     {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"}
 )
 
-RECENT_XID_SECONDS = 600.0  # GpuDeviceFacts.xid_recent looks back this far
 
 # Functions whose failures are counted in autoglm_gpu_read_errors_total (bounded, all from the start).
 READ_FUNCTIONS = (
@@ -455,7 +455,7 @@ class GpuCollector(Collector):
     # --- NVML -----------------------------------------------------------------------------------
 
     def _read_nvml(self) -> GpuReading:
-        """One NVML cycle (exporter/gpunvml.py) under the hang guard."""
+        """One NVML cycle (nvmlreader.py) under the hang guard."""
         try:
             return self._nvml.read(self.config.call_timeout)
         except NvmlDeadline as exc:
@@ -494,7 +494,7 @@ class GpuCollector(Collector):
     # --- nvidia-smi -------------------------------------------------------------------------------
 
     def _read_nvidia_smi(self, nvml_problem: NvmlUnavailable | None) -> GpuReading:
-        """The fallback (exporter/gpusmi.py); its failures are this run's CollectorError."""
+        """The fallback (smi.py); its failures are this run's CollectorError."""
         try:
             return self._smi.read(
                 None if nvml_problem is None else str(nvml_problem),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .config import Secret
+from .model import Secret
 
 
 class SecretError(Exception):

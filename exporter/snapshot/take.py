@@ -30,9 +30,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from ..linux.subprocesses import CommandTimeout, run_with_deadline
+from ..logs.redact import redact
 from . import hashcache
-from .redact import redact
-from .subprocesses import CommandTimeout, run_with_deadline
 
 SNAPSHOT_VERSION = 1
 DRIFT_COMPONENTS = ("packages", "python", "model_files", "env", "gpu_driver", "conflicts")

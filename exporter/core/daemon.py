@@ -10,20 +10,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
-from .collectors import build_collectors
-from .collectors.base import Collector
-from .config import Config, ConfigError, load_config
-from .diagnosis import derive
-from .forensics import CaptureNotFound
-from .hangwatch import HangWatch
-from .metricspec import Family
+from .. import __version__
+from ..collectors import build_collectors
+from ..collectors.base import Collector
+from ..config import Config, ConfigError, load_config
+from ..diagnosis import derive
+from ..diagnosis.startup import StartupTracker
+from ..forensics import CaptureNotFound
+from ..forensics.hangwatch import HangWatch
+from ..metrics.spec import Family
+from ..web.server import ExporterHTTPServer, ServerHooks, parse_listen_address
+from ..web.webconfig import WebConfig
 from .runner import CollectorRunner
 from .scheduler import CollectorScheduler
-from .server import ExporterHTTPServer, ServerHooks, parse_listen_address
-from .startup import StartupTracker
 from .store import CollectorHealth, Deriver, Store
-from .webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 

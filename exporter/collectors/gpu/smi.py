@@ -4,7 +4,7 @@
 `--query-compute-apps` for the processes) under the call timeout through run_with_deadline: killed
 and reaped at the deadline, and not started again while a killed one has not exited. An nvidia-smi
 that rejects the current field names gets the older set. The parsers turn its CSV into the same
-GpuReading the NVML reader gives (exporter/gpureading.py): every bracketed value ([N/A],
+GpuReading the NVML reader gives (reading.py): every bracketed value ([N/A],
 [Not Supported], [Insufficient Permissions], ...) is absence; anything else that does not parse is
 a ValueError, which the reader reports as kind parse_error.
 """
@@ -19,9 +19,10 @@ import re
 import time
 from dataclasses import dataclass, replace
 
-from . import cuda, subprocesses
-from .config import GpuConfig
-from .gpureading import NO_GPU, DeviceReading, GpuReading, performance_state, ratio_from_percent
+from ...config import GpuConfig
+from ...linux import subprocesses
+from . import cuda
+from .reading import NO_GPU, DeviceReading, GpuReading, performance_state, ratio_from_percent
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What one GPU cycle read, whichever source answered (NVML or nvidia-smi).
 
-Both readers (exporter/gpunvml.py, exporter/gpusmi.py) fill the same records, so the collector
+Both readers (nvmlreader.py, smi.py) fill the same records, so the collector
 turns either into the same facts and metric families. Absence is None, never 0: the value helpers
 here map the sentinels both sources use for "not available" to None.
 """

@@ -4,7 +4,7 @@ CUDA_VISIBLE_DEVICES its processes started with, and the CUDA runtime it loaded.
 No GPU exporter does these, and none of it is about reading the GPUs, so it lives apart from the
 readers. `ProcJoin` matches each pid against the services' cmdline regex or exe, climbs to the
 nearest matched ancestor for GPU processes (an engine's workers are children of the matched
-server), reads /proc/PID/environ and asks exporter/cuda.py for the runtime, caching per pid and
+server), reads /proc/PID/environ and asks cuda.py for the runtime, caching per pid and
 bounding the reads per cycle. Pidfile and port rules are the process collector's business and are
 not used here. `gpus_used_by` says which GPUs a service may use, CUDA_VISIBLE_DEVICES included.
 """
@@ -17,9 +17,10 @@ import re
 import time
 from dataclasses import dataclass
 
-from . import cuda, procfs
-from .config import ServiceConfig
-from .gpureading import DeviceReading
+from ...config import ServiceConfig
+from ...linux import procfs
+from . import cuda
+from .reading import DeviceReading
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .config import ForensicsConfig
-from .forensics import CAPTURE_ERROR_KINDS, STATES, Analysis, CaptureError, CaptureStore, StoredCapture
-from .forensics import analyse as analyse_dumps
-from .forensics import capture as capture_stacks
-from .metricspec import Families, Family, counter, gauge
+from ..config import ForensicsConfig
+from ..metrics.spec import Families, Family, counter, gauge
+from . import CAPTURE_ERROR_KINDS, STATES, Analysis, CaptureError, CaptureStore, StoredCapture
+from . import analyse as analyse_dumps
+from . import capture as capture_stacks
 
 log = logging.getLogger(__name__)
 

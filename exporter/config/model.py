@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .configcheck import Checker
+from .check import Checker
 
 DEFAULT_INTERVAL = 10.0
 DEFAULT_TIMEOUT = 8.0
@@ -77,6 +77,9 @@ class ServiceConfig:
     match: ProcessMatch
     include_children: bool = False
     port: int | None = None  # the port it is expected to listen on
+    # What the service needs to answer: names of Redis instances, engines or other services. An
+    # incident in any of them is an incident of this service (alert grouping and inhibition).
+    depends_on: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,7 @@ class ForensicsConfig:
 
     enabled: bool = True
     trigger_after_failures: int = 3  # client probes of the service failed this many times in a row
+    hang_after: float = 5.0  # a client probe of a live process still unanswered after this is a hang
     dumps: int = 3  # py-spy dumps per capture, a short interval apart
     dump_interval: float = 0.5
     timeout: float = 20.0  # the whole capture
@@ -175,6 +179,13 @@ class ForensicsConfig:
     max_captures: int = 20
     max_bytes: int = 50 * 1024 * 1024
     py_spy: str = "py-spy"
+
+
+@dataclass(frozen=True)
+class DiagnosisConfig:
+    # A new verdict must hold for this many readings before it replaces the current one (unless it
+    # only says more about the same symptom): one noisy reading never flips the verdict.
+    confirm_readings: int = 2
 
 
 @dataclass(frozen=True)
@@ -201,6 +212,7 @@ class Config:
     gpu: GpuConfig = GpuConfig()
     forensics: ForensicsConfig = ForensicsConfig()
     environment: EnvironmentConfig = EnvironmentConfig()
+    diagnosis: DiagnosisConfig = DiagnosisConfig()
     source: str = "<defaults>"
 
     def collector(self, name: str) -> CollectorConfig:
@@ -208,7 +220,12 @@ class Config:
 
 
 DEFAULT_SERVICES = (
-    ServiceConfig("open-autoglm", ProcessMatch(cmdline=r"(?i)open[-_]?autoglm", port=8080), port=8080),
+    ServiceConfig(
+        "open-autoglm",
+        ProcessMatch(cmdline=r"(?i)open[-_]?autoglm", port=8080),
+        port=8080,
+        depends_on=("redis", "vllm"),
+    ),
     ServiceConfig("vllm", ProcessMatch(cmdline=r"vllm\.entrypoints|(^|/)vllm serve", port=8000), port=8000),
 )
 DEFAULT_TARGETS = (
@@ -256,7 +273,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 
 TOP_LEVEL_KEYS = (
     "global", "paths", "collectors", "services", "targets", "redis", "engines", "logs", "gpu", "forensics",
-    "environment",
+    "environment", "diagnosis",
 )  # fmt: skip
 
 
@@ -283,6 +300,7 @@ def _build(raw: dict[str, Any], source: str) -> Config:
     logs = _logs(check, top["logs"]) if "logs" in top else DEFAULT_LOGS
     known = {service.name for service in services}
     _check_service_references(check, known, top)
+    services = _dependencies(check, services, top, {r.name for r in redis} | {e.name for e in engines})
     # Defaults point at the default services; with other services they point at nothing.
     targets, engines, logs = (_drop_unknown_services(items, known) for items in (targets, engines, logs))
 
@@ -294,6 +312,10 @@ def _build(raw: dict[str, Any], source: str) -> Config:
     )
 
     forensics = _forensics(check, top.get("forensics"))
+    diagnosis_section = check.mapping(top.get("diagnosis"), "diagnosis", ("confirm_readings",))
+    diagnosis = DiagnosisConfig(
+        confirm_readings=check.integer(diagnosis_section, "confirm_readings", "diagnosis", 2, minimum=1)
+    )
     environment = _environment(check, top.get("environment"))
 
     # Probes wait up to their own timeouts; their collector's deadline must leave room for that.
@@ -324,20 +346,22 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         gpu=gpu,
         forensics=forensics,
         environment=environment,
+        diagnosis=diagnosis,
         source=source,
     )
 
 
 def _forensics(check: Checker, raw: Any) -> ForensicsConfig:
     keys = (
-        "enabled", "trigger_after_failures", "dumps", "dump_interval", "timeout", "cooldown", "directory",
-        "max_captures", "max_bytes", "py_spy",
+        "enabled", "trigger_after_failures", "hang_after", "dumps", "dump_interval", "timeout", "cooldown",
+        "directory", "max_captures", "max_bytes", "py_spy",
     )  # fmt: skip
     entry = check.mapping(raw, "forensics", keys)
     default = ForensicsConfig()
     return ForensicsConfig(
         enabled=check.boolean(entry, "enabled", "forensics", default.enabled),
         trigger_after_failures=check.integer(entry, "trigger_after_failures", "forensics", 3, minimum=1),
+        hang_after=check.duration(entry, "hang_after", "forensics", default.hang_after),
         dumps=check.integer(entry, "dumps", "forensics", default.dumps, minimum=1),
         dump_interval=check.duration(entry, "dump_interval", "forensics", default.dump_interval),
         timeout=check.duration(entry, "timeout", "forensics", default.timeout),
@@ -382,12 +406,19 @@ def _collectors(
 def _services(check: Checker, raw: Any) -> tuple[ServiceConfig, ...]:
     services = []
     for path, entry, name in check.named_list(raw, "services"):
-        check.mapping(entry, path, ("name", "match", "include_children", "port"))
+        check.mapping(entry, path, ("name", "match", "include_children", "port", "depends_on"))
         match = _process_match(check, entry.get("match"), f"{path}.match")
         children = check.boolean(entry, "include_children", path, False)
         port = check.port(entry, "port", path)
+        depends_on = entry.get("depends_on") or []
+        if not isinstance(depends_on, list) or not all(isinstance(d, str) and d for d in depends_on):
+            check.fail(
+                f"{path}.depends_on", "must be a list of names of redis instances, engines or services"
+            )
+            depends_on = []
         if name and match:
-            services.append(ServiceConfig(name, match, children, port if port is not None else match.port))
+            port = port if port is not None else match.port
+            services.append(ServiceConfig(name, match, children, port, tuple(depends_on)))
     return tuple(services)
 
 
@@ -565,6 +596,23 @@ def _check_service_references(check: Checker, known: set[str], top: dict[str, An
             service = item.get("service") if isinstance(item, dict) else None
             if isinstance(service, str) and service not in known:
                 check.fail(f"{section}[{index}].service", f"no service named {service!r} in services")
+
+
+def _dependencies(
+    check: Checker, services: tuple[ServiceConfig, ...], top: dict[str, Any], others: set[str]
+) -> tuple[ServiceConfig, ...]:
+    """Check what each service depends on; the defaults' dependencies that are not configured go."""
+    known = others | {service.name for service in services}
+    given = "services" in top
+    checked = []
+    for index, service in enumerate(services):
+        for name in service.depends_on:
+            if given and name not in known:
+                check.fail(f"services[{index}].depends_on", f"no redis, engine or service named {name!r}")
+            elif name == service.name:
+                check.fail(f"services[{index}].depends_on", "a service cannot depend on itself")
+        checked.append(replace(service, depends_on=tuple(n for n in service.depends_on if n in known)))
+    return tuple(checked)
 
 
 def _drop_unknown_services(items: tuple[Any, ...], known: set[str]) -> Any:

@@ -21,9 +21,9 @@ from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .collectors.base import ERROR_KINDS, Result
-from .metricspec import Family, counter, gauge, info
+from .. import __version__
+from ..collectors.base import ERROR_KINDS, Result
+from ..metrics.spec import Family, counter, gauge, info
 
 SUCCESS = gauge(
     "autoglm_exporter_collector_success", "1 when the collector's last run succeeded, else 0.", "collector"

@@ -10,12 +10,12 @@ import sys
 import threading
 from collections.abc import Callable
 
-from .collectors import build_collectors
-from .config import ConfigError, load_config
-from .daemon import Options
-from .diagnosis import Diagnosis, Link, diagnose, to_dict
-from .runner import CollectorRunner
-from .store import Store
+from ..collectors import build_collectors
+from ..config import ConfigError, load_config
+from ..core.daemon import Options
+from ..core.runner import CollectorRunner
+from ..core.store import Store
+from ..diagnosis import Diagnosis, Link, diagnose, to_dict
 
 EXIT_OK, EXIT_BROKEN, EXIT_BAD_CONFIG = 0, 1, 2
 

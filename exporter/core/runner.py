@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 
-from .collectors.base import Collector, CollectorError, Result
+from ..collectors.base import Collector, CollectorError, Result
 from .store import Store
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Declared metrics (one MetricSpec per family) and the README's generated metrics reference."""

@@ -1,0 +1,1 @@
+"""The HTTP side: the server, the status page, the exporter-toolkit web config, logging setup."""
