@@ -1,9 +1,10 @@
 """Runs one collector under a deadline and publishes what happened to the store.
 
-A hung call (NVML, a socket, a D-state read) cannot be interrupted in Python, so each run gets its
-own worker thread and the caller waits at most the deadline. Past it the run is reported failed
-and stuck; until that worker returns no new run starts, so a hung dependency costs one thread,
-never one more per interval.
+Each collector has one DeadlineWorker: its run happens in that worker thread, and the scheduler
+that asks for it does not wait. The shared watchdog publishes "failed: past its deadline" at the
+deadline while the run still hangs; until that run returns no new run starts (each skipped turn
+is counted as skipped_stuck), so a hung dependency costs one thread, never one more per interval,
+and a run never holds two threads.
 """
 
 from __future__ import annotations
@@ -11,11 +12,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 
 from ..collectors.base import Collector, CollectorError, Result
+from .deadline import WATCHDOG, DeadlineWorker
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Run:
+    started: float
+    succeeded: bool = False
+    returned: bool = False  # the collector returned before its deadline
+    timed_out: bool = False  # the deadline came first
+    watch: int | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
 
 
 class CollectorRunner:
@@ -23,67 +36,86 @@ class CollectorRunner:
         self.collector = collector
         self.store = store
         self.timeout = timeout
-        self._worker: threading.Thread | None = None
-        self._started = 0.0
+        self._worker = DeadlineWorker(f"collector-{collector.name}")
         self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return self.collector.name
 
+    def trigger(self) -> None:
+        """Start a run without waiting for it (the scheduler's job)."""
+        self._start()
+
     def run_once(self) -> bool:
-        """One run, waiting at most the deadline. True when it succeeded."""
-        with self._lock:
-            if self._worker is not None and self._worker.is_alive():
-                if time.monotonic() - self._started < self.timeout:
-                    return False  # another caller's run (e.g. before a reload) is still within its deadline
-                self.store.publish_failure(
-                    self.name, "skipped_stuck", "previous run has not returned yet", 0.0, stuck=True
-                )
-                log.warning("collector still stuck, run skipped", extra={"collector": self.name})
-                return False
-            outcome: dict[str, object] = {}
-            done = threading.Event()
-            started = self._started = time.monotonic()
-            worker = threading.Thread(
-                target=self._work, args=(outcome, done), name=f"collector-{self.name}", daemon=True
-            )
-            self._worker = worker
-            worker.start()
-        if not done.wait(self.timeout):
-            self.store.publish_failure(
-                self.name,
-                "timeout",
-                f"no result after {self.timeout:g}s",
-                time.monotonic() - started,
-                stuck=True,
-            )
-            log.error(
-                "collector passed its deadline", extra={"collector": self.name, "timeout": self.timeout}
-            )
+        """One run, waiting until it is published or its deadline passed (doctor, tests).
+
+        True when it succeeded."""
+        run = self._start()
+        if run is None:
             return False
-        duration = time.monotonic() - started
-        error = outcome.get("error")
-        result = outcome.get("result")
-        if isinstance(result, Result):
+        run.finished.wait()  # set by the run's end or by the watchdog at its deadline
+        return run.succeeded
+
+    def _start(self) -> _Run | None:
+        with self._lock:
+            busy_since = self._worker.busy_since
+            if busy_since is not None:
+                if time.monotonic() - busy_since >= self.timeout:
+                    self.store.publish_failure(
+                        self.name, "skipped_stuck", "previous run has not returned yet", 0.0, stuck=True
+                    )
+                    log.warning("collector still stuck, run skipped", extra={"collector": self.name})
+                return None  # else a run within its deadline (interval shorter than timeout): let it end
+            run = _Run(time.monotonic())
+            self._worker.start(
+                self.collector.collect, lambda result, error: self._finished(run, result, error)
+            )
+            run.watch = WATCHDOG.watch(run.started + self.timeout, lambda: self._deadline(run))
+        return run
+
+    def _deadline(self, run: _Run) -> None:
+        with self._lock:
+            if run.returned:
+                return
+            run.timed_out = True
+        self.store.publish_failure(
+            self.name,
+            "timeout",
+            f"no result after {self.timeout:g}s",
+            time.monotonic() - run.started,
+            stuck=True,
+        )
+        log.error("collector passed its deadline", extra={"collector": self.name, "timeout": self.timeout})
+        run.finished.set()
+
+    def _finished(self, run: _Run, result: object, error: BaseException | None) -> None:
+        with self._lock:
+            late = run.timed_out
+            run.returned = not late
+            if run.watch is not None:
+                WATCHDOG.cancel(run.watch)
+        if late:
+            # The deadline already reported this run failed; its late return only ends "stuck".
+            self.store.set_stuck(self.name, False)
+            return
+        run.succeeded = self._publish(result, error, time.monotonic() - run.started)
+        run.finished.set()
+
+    def _publish(self, result: object, error: BaseException | None, duration: float) -> bool:
+        if error is None and not isinstance(result, Result):
+            error = CollectorError("internal", f"collect() returned {type(result).__name__}, not Result")
+        if error is None and isinstance(result, Result):
             self.store.publish_success(self.name, result, duration)
             return True
+        if not isinstance(error, CollectorError):
+            assert error is not None
+            log.error(
+                "collector raised",
+                extra={"collector": self.name},
+                exc_info=(type(error), error, error.__traceback__),
+            )
         kind = error.kind if isinstance(error, CollectorError) else "internal"
         self.store.publish_failure(self.name, kind, str(error), duration)
         log.warning("collector failed", extra={"collector": self.name, "kind": kind, "error": str(error)})
         return False
-
-    def _work(self, outcome: dict[str, object], done: threading.Event) -> None:
-        try:
-            result = self.collector.collect()
-            if not isinstance(result, Result):
-                raise CollectorError("internal", f"collect() returned {type(result).__name__}, not Result")
-            outcome["result"] = result
-        except Exception as exc:  # a collector bug must never take the daemon down
-            if not isinstance(exc, CollectorError):
-                log.exception("collector raised", extra={"collector": self.name})
-            outcome["error"] = exc
-        finally:
-            done.set()
-            # If the caller already gave up on us, this late return ends the stuck state.
-            self.store.set_stuck(self.name, False)

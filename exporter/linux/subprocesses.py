@@ -21,6 +21,7 @@ MAX_OUTPUT = 4 * 1024 * 1024  # bytes of stdout kept; garbage output must not ea
 
 _unreaped: set[subprocess.Popen[bytes]] = set()
 _unreaped_lock = threading.Lock()
+_running: set[subprocess.Popen[bytes]] = set()  # killed with their group when the exporter stops
 
 
 class CommandTimeout(Exception):
@@ -49,6 +50,8 @@ def run_with_deadline(argv: Sequence[str], timeout: float, env: dict[str, str] |
         env=env,
         start_new_session=True,
     )
+    with _unreaped_lock:
+        _running.add(process)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -58,7 +61,21 @@ def run_with_deadline(argv: Sequence[str], timeout: float, env: dict[str, str] |
         except subprocess.TimeoutExpired:
             _reap_in_background(process)
         raise CommandTimeout(os.path.basename(argv[0]), timeout) from None
+    finally:
+        with _unreaped_lock:
+            _running.discard(process)
     return Completed(process.returncode, stdout[:MAX_OUTPUT], stderr[:MAX_OUTPUT])
+
+
+def kill_all() -> int:
+    """Kill every command still running, with its process group (the exporter is stopping).
+
+    Returns how many were killed; their callers see them fail as they would at a deadline."""
+    with _unreaped_lock:
+        running = list(_running)
+    for process in running:
+        _kill_group(process)
+    return len(running)
 
 
 def unreaped_count() -> int:
