@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from . import __version__
 from .collectors import COLLECTOR_CLASSES
 from .commands import tools
-from .config import ConfigError, load_config
-from .config.check import Checker
+from .config import ConfigError, json_schema, load_config, parse_duration
 from .core.daemon import Daemon, Options
 from .web import logsetup
 from .web.server import ListenAddressError
@@ -27,7 +26,9 @@ from .web.webconfig import WebConfigError, load_web_config
 EXIT_OK, EXIT_BROKEN, EXIT_BAD_CONFIG = 0, 1, 2
 DEFAULT_LISTEN_ADDRESS = ":9877"
 ENV_PREFIX = "AUTOGLM_EXPORTER_"
-COMMANDS = ("run", "check-config", "doctor", "capture", "profile", "snapshot", "diff", "version")
+COMMANDS = (
+    "run", "check-config", "config-schema", "doctor", "capture", "profile", "snapshot", "diff", "version",
+)  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", parents=[flags], help="run the exporter (the default command)")
     check = commands.add_parser("check-config", help="validate a config file; exit 2 when it is bad")
     check.add_argument("file")
+    commands.add_parser(
+        "config-schema", help="print the config file's JSON Schema (for editors: completion and checks)"
+    )
     doctor = commands.add_parser(
         "doctor", parents=[flags], help="run every collector once and print the chain"
     )
@@ -163,10 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _seconds(text: str) -> float:
-    checker = Checker()
-    value = checker.duration({"value": text}, "value", "--duration", 0.0)
-    if checker.errors or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a duration like 30s or 2m, got {text!r}")
+    value = parse_duration(text)
+    if value is None or not 0 < value <= 24 * 3600:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30s or 2m, got {text[:40]!r}")
     return value
 
 
@@ -209,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "check-config":
             return _check_config(args.file)
+        if args.command == "config-schema":
+            print(json_schema())
+            return EXIT_OK
         if args.command in ("capture", "profile", "snapshot", "diff"):
             return _tool(args)
         options = options_from(args)
@@ -262,7 +268,11 @@ def _run(options: Options) -> int:
     except OSError as exc:
         log.error("cannot listen", extra={"address": options.listen_address, "error": exc.strerror})
         return EXIT_BROKEN
-    return daemon.serve()
+    code = daemon.serve()
+    # Threads still in flight (a probe waiting on a server that never answers, a read stuck in
+    # the kernel) are abandoned, not waited for: leave now, whatever the interpreter would join.
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":

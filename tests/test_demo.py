@@ -26,7 +26,7 @@ import pytest
 from autoglm_exporter.collectors.engine import EngineCollector
 from autoglm_exporter.collectors.logs import BUILTIN_PATTERNS, LogsCollector
 from autoglm_exporter.collectors.probe import ProbeCollector
-from autoglm_exporter.config import EngineConfig, LogConfig, ProbeTarget
+from autoglm_exporter.config import EngineConfig, ExpectConfig, LogConfig, ProbeTarget
 from autoglm_exporter.forensics.analysis import analyse
 from autoglm_exporter.forensics.pyspy import capture
 from demo.trace import STAGES
@@ -404,7 +404,9 @@ def test_redis_down_is_503_and_an_error_line(start_demo) -> None:
 def test_the_exporters_probes_succeed_against_the_demo(start_demo) -> None:
     demo = start_demo()
     targets = (
-        ProbeTarget("api", "inference", demo.api.url + "/inference", timeout=5, expect_json_field="text"),
+        ProbeTarget(
+            "api", "inference", demo.api.url + "/inference", timeout=5, expect=ExpectConfig(json_field="text")
+        ),
         ProbeTarget(
             "engine", "openai_chat", demo.engine.url + "/v1/chat/completions", timeout=5, stream=True
         ),

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from autoglm_exporter.collectors.probe import ProbeCollector, classify_os_error
-from autoglm_exporter.config import ProbeTarget, Secret, parse_config
+from autoglm_exporter.config import ExpectConfig, ProbeTarget, parse_config
 from autoglm_exporter.logs.urls import display_url
 
 from . import faultservers as fs
@@ -29,7 +29,7 @@ def inference(url: str, **kwargs) -> ProbeTarget:
 
 def test_healthy_inference_answer_with_phases() -> None:
     with fs.FaultServer(fs.answer(200, '{"text": "Hello there"}', delay=0.05)) as server:
-        fact = probe(inference(server.url, expect_json_field="text"))
+        fact = probe(inference(server.url, expect=ExpectConfig(json_field="text")))
         request = server.requests[0]
     assert fact.outcome.success, fact.outcome
     assert fact.outcome.status == 200
@@ -75,7 +75,7 @@ def test_http_500_is_http_status() -> None:
 )
 def test_bad_json_or_missing_field_is_bad_body(body: str, field: str | None) -> None:
     with fs.FaultServer(fs.answer(200, body)) as server:
-        fact = probe(inference(server.url, expect_json_field=field))
+        fact = probe(inference(server.url, expect=ExpectConfig(json_field=field)))
     assert fact.outcome.reason == "bad_body"
 
 
@@ -97,9 +97,17 @@ def test_tls_to_a_port_that_does_not_speak_tls_is_a_tls_failure(handler) -> None
 
 def test_http_module_expectations() -> None:
     with fs.FaultServer(fs.answer(200, "engine ok", content_type="text/plain")) as server:
-        ok = probe(ProbeTarget("h", "http", server.url + "/health", timeout=2, expect_body_regex="ok$"))
-        wrong = probe(ProbeTarget("h", "http", server.url + "/health", timeout=2, expect_body_regex="^ready"))
-        status = probe(ProbeTarget("h", "http", server.url + "/health", timeout=2, expect_status=(204,)))
+        ok = probe(
+            ProbeTarget("h", "http", server.url + "/health", timeout=2, expect=ExpectConfig(body_regex="ok$"))
+        )
+        wrong = probe(
+            ProbeTarget(
+                "h", "http", server.url + "/health", timeout=2, expect=ExpectConfig(body_regex="^ready")
+            )
+        )
+        status = probe(
+            ProbeTarget("h", "http", server.url + "/health", timeout=2, expect=ExpectConfig(status=(204,)))
+        )
     assert ok.outcome.success
     assert wrong.outcome.reason == "bad_body"
     assert status.outcome.reason == "http_status"
@@ -143,7 +151,7 @@ def test_dns_failure_is_classified() -> None:
 def test_bearer_token_is_sent_but_never_shown(monkeypatch) -> None:
     monkeypatch.setenv("AUTOGLM_TEST_TOKEN", "tok-5ecr3t-value")
     with fs.FaultServer(fs.answer(200, "{}")) as server:
-        target = inference(server.url, bearer_token=Secret(env="AUTOGLM_TEST_TOKEN"))
+        target = inference(server.url, bearer_token_env="AUTOGLM_TEST_TOKEN")
         collector = ProbeCollector((target,))
         result = collector.collect()
         sent = server.requests[0]
@@ -154,7 +162,7 @@ def test_bearer_token_is_sent_but_never_shown(monkeypatch) -> None:
 
 def test_missing_token_variable_is_a_config_failure(monkeypatch) -> None:
     monkeypatch.delenv("AUTOGLM_NO_SUCH_TOKEN", raising=False)
-    fact = probe(inference("http://127.0.0.1:1", bearer_token=Secret(env="AUTOGLM_NO_SUCH_TOKEN")))
+    fact = probe(inference("http://127.0.0.1:1", bearer_token_env="AUTOGLM_NO_SUCH_TOKEN"))
     assert fact.outcome.reason == "config"
     assert "AUTOGLM_NO_SUCH_TOKEN is not set" in fact.outcome.error
 

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from autoglm_exporter.collectors.redis import FAILURE_REASONS, RedisCollector, RedisFacts
-from autoglm_exporter.config import RedisConfig, RedisQueue, Secret
+from autoglm_exporter.config import RedisConfig, RedisQueue
 
 from .conftest import RedisServer, assert_promtool_clean, free_port, registry_of, require_binary, wait_until
 
@@ -200,8 +200,8 @@ def test_password_from_env_and_from_file(redis_server, monkeypatch, tmp_path) ->
     secret_file.write_text(PASSWORD + "\n")
     collector = RedisCollector(
         (
-            _instance(server, "from-env", password=Secret(env="AUTOGLM_TEST_REDIS_PASSWORD")),
-            _instance(server, "from-file", password=Secret(file=str(secret_file))),
+            _instance(server, "from-env", password_env="AUTOGLM_TEST_REDIS_PASSWORD"),
+            _instance(server, "from-file", password_file=str(secret_file)),
         )
     )
     facts = collector.collect().facts
@@ -213,7 +213,7 @@ def test_a_wrong_or_missing_password_is_auth(redis_server) -> None:
     server = redis_server(PASSWORD)
     collector = RedisCollector(
         (
-            _instance(server, "wrong", password=Secret(env="AUTOGLM_TEST_WRONG_PASSWORD")),
+            _instance(server, "wrong", password_env="AUTOGLM_TEST_WRONG_PASSWORD"),
             _instance(server, "none"),
         )
     )
@@ -230,8 +230,8 @@ def test_a_missing_secret_is_auth_config_and_does_not_hurt_other_instances(redis
     server = redis_server()
     collector = RedisCollector(
         (
-            _instance(server, "no-env", password=Secret(env="AUTOGLM_TEST_UNSET_VARIABLE_4f1b")),
-            _instance(server, "no-file", password=Secret(file=str(tmp_path / "missing"))),
+            _instance(server, "no-env", password_env="AUTOGLM_TEST_UNSET_VARIABLE_4f1b"),
+            _instance(server, "no-file", password_file=str(tmp_path / "missing")),
             _instance(server, "fine"),
         )
     )
@@ -247,7 +247,7 @@ def test_a_rotated_password_file_is_picked_up_on_the_next_collect(redis_server, 
     server = redis_server(PASSWORD)
     secret_file = tmp_path / "redis-password"
     secret_file.write_text(WRONG_PASSWORD)
-    collector = RedisCollector((_instance(server, password=Secret(file=str(secret_file))),))
+    collector = RedisCollector((_instance(server, password_file=str(secret_file)),))
     assert collector.collect().facts.instances["main"].failure == "auth"
     secret_file.write_text(PASSWORD)
     assert collector.collect().facts.instances["main"].up
@@ -260,8 +260,8 @@ def test_passwords_appear_in_no_metric_fact_or_log(redis_server, monkeypatch, ca
     monkeypatch.setenv("AUTOGLM_TEST_BAD", WRONG_PASSWORD)
     collector = RedisCollector(
         (
-            _instance(server, "good", password=Secret(env="AUTOGLM_TEST_GOOD")),
-            _instance(server, "bad", password=Secret(env="AUTOGLM_TEST_BAD")),
+            _instance(server, "good", password_env="AUTOGLM_TEST_GOOD"),
+            _instance(server, "bad", password_env="AUTOGLM_TEST_BAD"),
         )
     )
     seen = []

@@ -9,6 +9,7 @@ from .base import Collector
 from .container import ContainerCollector
 from .engine import EngineCollector
 from .environment import EnvironmentCollector
+from .exporter import ExporterCollector, dependencies_of
 from .gpu.collector import GpuCollector
 from .logs import LogsCollector
 from .probe import ProbeCollector
@@ -33,6 +34,7 @@ _REGISTRY: tuple[tuple[type[Collector], Callable[[Config], Collector]], ...] = (
         EnvironmentCollector,
         lambda config: EnvironmentCollector(config.services, config.environment, config.proc_root),
     ),
+    (ExporterCollector, lambda config: ExporterCollector(dependencies_of(config))),
 )
 COLLECTOR_CLASSES: dict[str, type[Collector]] = {cls.name: cls for cls, _ in _REGISTRY}
 

@@ -1,10 +1,13 @@
 """The configuration: one strict YAML file, validated once, every error reported with its path.
 
-The face of the package: what the rest of the exporter imports. `model` declares the settings and
-their defaults, `check` reads typed values out of the raw YAML, `credentials` reads the secrets a
-config names at the moment they are used.
+The face of the package. `model` declares every key once (frozen dataclasses shaped like the
+file), `types` the kinds of value and their limits, `yamlfile` reads a file with limits checked
+before any value is built, `references` checks names across sections, `errors` words the report,
+`loader` ties them together, `credentials` reads the secrets a config names when they are used.
 """
 
+from .errors import ConfigError
+from .loader import default_config, json_schema, load_config, parse_config
 from .model import (
     CONNECT_TIMEOUT,
     DEFAULT_ENGINES,
@@ -25,25 +28,28 @@ from .model import (
     PROBE_MODULES,
     QUEUE_TYPES,
     CollectorConfig,
+    CollectorsConfig,
+    CollectorSettings,
     Config,
-    ConfigError,
     DiagnosisConfig,
     EngineConfig,
     EnvironmentConfig,
+    ExpectConfig,
     ForensicsConfig,
+    GlobalConfig,
     GpuConfig,
     LogConfig,
     LogPattern,
+    PathsConfig,
     ProbeTarget,
     ProcessMatch,
     RedisConfig,
     RedisQueue,
     Secret,
     ServiceConfig,
-    default_config,
-    load_config,
-    parse_config,
+    TlsClientConfig,
 )
+from .types import parse_duration
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -65,22 +71,30 @@ __all__ = [
     "PROBE_MODULES",
     "QUEUE_TYPES",
     "CollectorConfig",
+    "CollectorSettings",
+    "CollectorsConfig",
     "Config",
     "ConfigError",
     "DiagnosisConfig",
     "EngineConfig",
     "EnvironmentConfig",
+    "ExpectConfig",
     "ForensicsConfig",
+    "GlobalConfig",
     "GpuConfig",
     "LogConfig",
     "LogPattern",
+    "PathsConfig",
     "ProbeTarget",
     "ProcessMatch",
     "RedisConfig",
     "RedisQueue",
     "Secret",
     "ServiceConfig",
+    "TlsClientConfig",
     "default_config",
+    "json_schema",
     "load_config",
     "parse_config",
+    "parse_duration",
 ]

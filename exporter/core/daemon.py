@@ -18,9 +18,10 @@ from ..diagnosis import derive
 from ..diagnosis.startup import StartupTracker
 from ..forensics import CaptureNotFound
 from ..forensics.hangwatch import HangWatch
+from ..linux import subprocesses
 from ..metrics.spec import Family
 from ..web.server import ExporterHTTPServer, ServerHooks, parse_listen_address
-from ..web.webconfig import WebConfig
+from ..web.webconfig import WebConfig, WebConfigError, load_web_config
 from .runner import CollectorRunner
 from .scheduler import CollectorScheduler
 from .store import CollectorHealth, Deriver, Store
@@ -41,6 +42,17 @@ class Options:
     collector_overrides: Mapping[str, bool] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class World:
+    """Everything a config makes, built completely before anything running is touched."""
+
+    config: Config
+    web_config: WebConfig | None
+    runners: dict[str, CollectorRunner]
+    timeouts: dict[str, float]
+    jobs: list[tuple[CollectorRunner, float]]
+
+
 class Daemon:
     def __init__(self, options: Options, config: Config, web_config: WebConfig | None) -> None:
         self.options = options
@@ -59,49 +71,85 @@ class Daemon:
             captures=lambda: [capture.to_dict() for capture in self.hangwatch.store.list()],
             capture_file=self._capture_file,
         )
+        world = self._build(config, web_config)
         self.server = ExporterHTTPServer((host, port), self.store, hooks, options.telemetry_path, web_config)
-        self.apply(config)
+        self.scheduler.start([], config.jitter)
+        self._swap(world)
 
-    def apply(self, config: Config) -> None:
-        """Schedule the collectors of `config`, keeping runners whose collector did not change."""
-        fresh = build_collectors(config, self.options.collector_overrides)
+    def _build(self, config: Config, web_config: WebConfig | None) -> World:
+        """The collectors of `config`, keeping the runner (and its state) of every collector whose
+        settings did not change. Touches nothing that runs: any exception leaves the old world."""
         runners: dict[str, CollectorRunner] = {}
-        for collector in fresh:
+        timeouts: dict[str, float] = {}
+        for collector in build_collectors(config, self.options.collector_overrides):
             old = self.runners.get(collector.name)
             timeout = config.collector(collector.name).timeout
-            if old is not None and _same(old.collector, collector):
-                old.timeout = timeout
-                runners[collector.name] = old
-            else:
-                runners[collector.name] = CollectorRunner(collector, self.store, timeout)
-        self.runners = runners
-        self.config = config
-        self.hangwatch.reconfigure(config.forensics)
-        self.store.set_collectors(runners)
+            keep = old is not None and _same(old.collector, collector)
+            runners[collector.name] = (
+                old if old is not None and keep else CollectorRunner(collector, self.store, timeout)
+            )
+            timeouts[collector.name] = timeout
         jobs = [(runner, config.collector(name).interval) for name, runner in runners.items()]
-        self.scheduler.start(jobs, config.jitter)
-        log.info("collectors scheduled", extra={"collectors": ",".join(runners), "config": config.source})
+        return World(config, web_config, runners, timeouts, jobs)
+
+    def _swap(self, world: World) -> None:
+        """Make `world` the running one, in one step for the schedule."""
+        for name, runner in world.runners.items():
+            runner.timeout = world.timeouts[name]
+        self.store.set_collectors(world.runners)
+        self.scheduler.update(world.jobs, world.config.jitter)
+        self.hangwatch.reconfigure(world.config.forensics)
+        self.server.update_web_config(world.web_config)
+        self.runners, self.config = world.runners, world.config
+        log.info(
+            "collectors scheduled",
+            extra={"collectors": ",".join(world.runners), "config": world.config.source},
+        )
 
     def reload(self) -> tuple[bool, str]:
-        """Load the config file again; a bad file keeps the running config."""
+        """Read the config (and web config) files again and apply them as one transaction: any
+        failure, of any kind, keeps the running config collecting and says why."""
         with self._reload_lock:
             try:
                 config = load_config(self.options.config_file)
-            except ConfigError as exc:
-                self.store.set_reload_result(False)
-                log.error("config reload failed, keeping the previous config", extra={"error": str(exc)})
-                return False, str(exc)
-            self.apply(config)
+                web_config = self._reload_web_config()
+                world = self._build(config, web_config)
+            except (ConfigError, WebConfigError) as exc:
+                return self._reload_failed(str(exc))
+            except Exception as exc:  # whatever it is, the running config must go on
+                log.exception("config reload failed unexpectedly")
+                return self._reload_failed(f"reload failed: {type(exc).__name__}: {str(exc)[:200]}")
+            previous = World(self.config, self.server.web_config, self.runners, {}, [])
+            try:
+                self._swap(world)
+            except Exception as exc:
+                log.exception("applying the reloaded config failed, going back to the previous one")
+                self._swap(self._build(previous.config, previous.web_config))
+                return self._reload_failed(f"reload failed while applying: {type(exc).__name__}")
             self.store.set_reload_result(True)
             log.info("config reloaded", extra={"config": config.source})
             return True, "config reloaded"
 
+    def _reload_web_config(self) -> WebConfig | None:
+        path = self.options.web_config_file
+        web_config = load_web_config(path) if path else None
+        if (self.server.scheme == "https") != (web_config is not None and web_config.tls is not None):
+            raise WebConfigError(path or "", ["TLS cannot be switched on or off by a reload: restart"])
+        return web_config
+
+    def _reload_failed(self, message: str) -> tuple[bool, str]:
+        self.store.set_reload_result(False)
+        log.error("config reload failed, keeping the previous config", extra={"error": message})
+        return False, message
+
     def capture(self, service: str) -> tuple[int, str]:
         """POST /api/capture?service=NAME: stacks of the service's main process, in the background."""
+        if not self.config.forensics.enabled:
+            return 404, "stack captures are disabled (forensics.enabled: false)"
         process = self.store.facts().get("process")
         facts = process.services.get(service) if process is not None else None
         if facts is None:
-            return 404, f"no service named {service!r}"
+            return 404, f"no service named {service[:64]!r}"
         if facts.main_pid is None:
             return 409, f"service {service} has no running process"
         if not self.hangwatch.request(service, facts.main_pid, "api"):
@@ -114,11 +162,12 @@ class Daemon:
         except CaptureNotFound:
             return None
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     def serve(self, install_signals: bool = True) -> int:
-        """Serve until SIGTERM/SIGINT (or request_stop); SIGHUP reloads. Returns the exit code."""
+        """Serve until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code.
+
+        Stopping never waits for what is in flight: collector runs are abandoned in their daemon
+        worker threads, commands they started (nvidia-smi, py-spy) are killed with their process
+        group, and the server stops accepting."""
         # Collectors run Python in threads beside the HTTP threads; a scrape waiting for the GIL
         # waits up to the switch interval (5 ms by default), which was the p99 of /metrics.
         sys.setswitchinterval(SCRAPE_SWITCH_INTERVAL)
@@ -135,13 +184,19 @@ class Daemon:
                 "version": __version__,
             },
         )
+        reloading: threading.Thread | None = None
         while not self._stop.wait(0.2):
-            if self._reload_requested.is_set():
+            # A reload runs beside this loop (a config on a hung mount must not delay SIGTERM);
+            # SIGHUPs that arrive meanwhile make one more reload after it, not one thread each.
+            if self._reload_requested.is_set() and (reloading is None or not reloading.is_alive()):
                 self._reload_requested.clear()
-                self.reload()
+                reloading = threading.Thread(target=self.reload, name="reload", daemon=True)
+                reloading.start()
         log.info("stopping")
         self.scheduler.stop()
+        killed = subprocesses.kill_all()
         self.server.stop()
+        log.info("stopped", extra={"commands_killed": killed})
         return 0
 
 

@@ -97,6 +97,15 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.scheme = "https" if context is not None else "http"
         self._thread: threading.Thread | None = None
 
+    def update_web_config(self, web_config: WebConfig | None) -> None:
+        """A reloaded web config: users and headers apply to the next request. (TLS certificates
+        are re-read by the TLS context itself; TLS on or off needs a restart.)"""
+        if web_config is self.web_config:
+            return
+        self.web_config = web_config
+        self.authenticator = web_config.authenticator() if web_config else None
+        self.extra_headers = dict(getattr(web_config, "headers", {}) or {})
+
     @property
     def port(self) -> int:
         return int(self.server_address[1])
