@@ -84,8 +84,9 @@ def load(text: str) -> Any:
     """The document as plain data (dicts, lists, scalars). YamlLimitError for every problem."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise YamlLimitError(f"the document is longer than {MAX_BYTES} bytes")
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # the reader already refuses some characters here
         document = loader.get_single_data()
     except YamlLimitError:
         raise
@@ -99,7 +100,8 @@ def load(text: str) -> Any:
     except (ValueError, OverflowError, TypeError) as exc:  # a scalar PyYAML cannot build (a huge int)
         raise YamlLimitError(f"a value cannot be read: {str(exc)[:120]}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     _count_nodes(document)
     return document
 

@@ -1,0 +1,189 @@
+"""The monitor never falls over: a reload is a transaction, stopping never waits for what hangs,
+and the exporter watches its own process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import parse_metrics, sample, wait_until
+
+QUIET = """
+global: {interval: 300ms, timeout: 2s, jitter: 0}
+services: []
+targets: []
+redis: []
+engines: []
+logs: []
+collectors:
+  gpu: {enabled: false}
+  environment: {enabled: false}
+  container: {enabled: false}
+"""
+
+BAD_FILES: dict[str, bytes] = {
+    "not_utf8": b"global:\n  interval: \xff10s\n",
+    "deep": ("a: " + "[" * 20000 + "]" * 20000).encode(),
+    "huge_number": ("redis: [{name: r, db: " + "9" * 5000 + "}]").encode(),
+    "parses_but_cannot_run": b"global: {interval: 100000000000000}\n",
+    "unknown_key": b"globl: {}\n",
+}
+
+
+def _last_success(exporter, collector: str) -> float:
+    return sample(
+        exporter.metrics(), "autoglm_exporter_collector_last_success_timestamp_seconds", collector=collector
+    )
+
+
+def _collecting_after(exporter, moment: float) -> bool:
+    return _last_success(exporter, "system") > moment
+
+
+@pytest.mark.parametrize("how", ["sighup", "post"])
+def test_a_bad_reload_keeps_collecting_and_says_so(start_exporter, tmp_path: Path, how: str) -> None:
+    config = tmp_path / "autoglm.yml"
+    config.write_text(QUIET)
+    exporter = start_exporter(f"--config.file={config}")
+    for name, content in BAD_FILES.items():
+        config.write_bytes(content)
+        before = time.time()
+        if how == "post":
+            response = httpx.post(exporter.url + "/-/reload", timeout=30)
+            assert response.status_code == 500, name
+            assert "bad config" in response.text and "Traceback" not in response.text
+        else:
+            exporter.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: sample(exporter.metrics(), "autoglm_exporter_config_last_reload_successful") == 0)
+        wait_until(lambda moment=before: _collecting_after(exporter, moment))  # collection goes on
+        assert exporter.process.poll() is None, exporter.log()
+        config.write_text(QUIET)  # a good file again: the next reload succeeds
+        assert httpx.post(exporter.url + "/-/reload", timeout=30).status_code == 200
+        assert sample(exporter.metrics(), "autoglm_exporter_config_last_reload_successful") == 1
+    assert "Traceback" not in exporter.log()
+
+
+def test_a_reload_keeps_unchanged_collectors_and_swaps_changed_ones(start_exporter, tmp_path: Path) -> None:
+    config = tmp_path / "autoglm.yml"
+    config.write_text(QUIET + "  system: {interval: 1h}\n")
+    exporter = start_exporter(f"--config.file={config}")
+    system_before = _last_success(exporter, "system")
+    process_before = _last_success(exporter, "process")
+    # Only the process collector changes (a service to watch appears).
+    config.write_text(
+        QUIET.replace("services: []", "services: [{name: me, match: {pidfile: /nonexistent}}]")
+        + "  system: {interval: 1h}\n"
+    )
+    reloaded_at = time.time()
+    assert httpx.post(exporter.url + "/-/reload", timeout=30).status_code == 200
+    wait_until(lambda: sample(exporter.metrics(), "autoglm_process_up", service="me") == 0)
+    assert _last_success(exporter, "process") > max(process_before, reloaded_at - 1)
+    # The unchanged system collector kept its schedule: not run again by the reload.
+    assert _last_success(exporter, "system") == system_before
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
+    """Accepts connections and never answers (a hung service)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1], accepted
+    stop.set()
+    thread.join(5)
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+def test_sigterm_while_a_probe_waits_exits_long_before_the_probe_would_end(
+    start_exporter, tmp_path: Path, silent_server: tuple[int, list[socket.socket]]
+) -> None:
+    port, accepted = silent_server
+    config = tmp_path / "autoglm.yml"
+    config.write_text(
+        QUIET.replace(
+            "targets: []",
+            f"targets: [{{name: hung, module: inference, url: 'http://127.0.0.1:{port}/inference', timeout: 60s}}]",
+        )
+    )
+    exporter = start_exporter(f"--config.file={config}", wait_ready=False)
+    wait_until(lambda: accepted, timeout=30)  # the probe is connected and waiting for its answer
+    exporter.process.send_signal(signal.SIGTERM)
+    # The probe would wait 60 s; the exporter is gone long before, with exit code 0.
+    assert exporter.process.wait(timeout=30) == 0
+
+
+def test_sigterm_kills_a_hung_nvidia_smi_with_its_process_group(start_exporter, tmp_path: Path) -> None:
+    pid_file = tmp_path / "smi.pid"
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(
+        f"#!{sys.executable}\nimport os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(300)\n"
+    )
+    fake.chmod(0o755)
+    config = tmp_path / "autoglm.yml"
+    config.write_text(
+        QUIET.replace("gpu: {enabled: false}", "gpu: {enabled: true, timeout: 90s}")
+        + f"gpu: {{nvml: false, nvidia_smi: {fake}, call_timeout: 60s}}\n"
+    )
+    exporter = start_exporter(f"--config.file={config}", wait_ready=False)
+    wait_until(lambda: pid_file.exists() and pid_file.read_text(), timeout=30)
+    smi_pid = int(pid_file.read_text())
+    exporter.process.send_signal(signal.SIGTERM)
+    assert exporter.process.wait(timeout=30) == 0
+
+    def gone() -> bool:
+        try:
+            os.kill(smi_pid, 0)
+        except ProcessLookupError:
+            return True
+        return open(f"/proc/{smi_pid}/stat").read().split(")")[-1].split()[0] == "Z"
+
+    wait_until(gone, timeout=10)
+
+
+def test_the_exporter_exports_its_own_process_and_the_configured_chain(start_exporter) -> None:
+    exporter = start_exporter()
+    page = exporter.get().text
+    samples = parse_metrics(page)
+    for name in (
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "autoglm_exporter_threads",
+    ):
+        assert sample(samples, name) > 0, name
+    assert sample(samples, "process_cpu_seconds_total") >= 0
+    start = sample(samples, "process_start_time_seconds")
+    assert time.time() - 600 < start <= time.time()
+    chain = {
+        (labels["kind"], labels["dependency"])
+        for (name, label_items), _ in samples.items()
+        if name == "autoglm_service_dependency_info"
+        for labels in [dict(label_items)]
+        if labels["service"] == "open-autoglm"
+    }
+    # The seed's chain: the API needs Redis and the vLLM engine (which is also a watched service).
+    assert chain == {("redis", "redis"), ("engine", "vllm"), ("service", "vllm")}
