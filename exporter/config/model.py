@@ -154,7 +154,7 @@ class ProcessMatch:
 @dataclass(frozen=True, config=STRICT)
 class ServiceConfig:
     name: Name
-    match: ProcessMatch
+    match: ProcessMatch = None  # type: ignore[assignment]  # required; None only to say what it needs
     include_children: Boolean = False  # also count the matched processes' descendants
     port: Port | None = None  # the port it must listen on; defaults to match.port
     # What the service needs to answer: names of Redis instances, engines or other services. An
@@ -162,6 +162,8 @@ class ServiceConfig:
     depends_on: Texts = ()
 
     def __post_init__(self) -> None:
+        if self.match is None:
+            raise _invalid("match", "match: needs at least one of cmdline, exe, pidfile, port")
         if self.port is None and self.match.port is not None:
             object.__setattr__(self, "port", self.match.port)  # frozen: set once, while building
 
