@@ -154,7 +154,7 @@ def gib(value: int) -> str:
 def clock(at: float | None) -> str:
     """A moment as people read it on this host: 14:05:12 today, with the date otherwise."""
     if at is None:
-        return "before the exporter started"
+        return "before start"
     moment = time.localtime(at)
     today = time.localtime().tm_yday == moment.tm_yday and time.localtime().tm_year == moment.tm_year
     return time.strftime("%H:%M:%S" if today else "%Y-%m-%d %H:%M:%S", moment)

@@ -73,7 +73,7 @@ class LinkTracker:
         return [Broken(s.believed, s.since) for s in self._states.values() if s.believed is not None]
 
     def pending_broken(self) -> list[Link]:
-        return [s.pending for s in self._states.values() if s.has_pending and state_of(s.pending) is not None]
+        return [s.pending for s in self._states.values() if s.pending is not None and s.pending.ok is False]
 
     def believe_now(self, name: str) -> list[Change]:
         """Believe a pending state at once (it says more about the symptom the verdict names)."""
