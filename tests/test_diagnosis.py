@@ -129,8 +129,14 @@ def test_a_command_killed_at_its_deadline_is_a_failed_run_not_a_stuck_collector(
     )
     result = diagnose({"process": processes(), "probe": probes(target())}, {**HEALTH, "gpu": killed}, now=NOW)
     assert (result.verdict.layer, result.verdict.reason) == ("exporter", "collector_failed")
-    assert "passed its deadline and was stopped" in result.verdict.summary
+    assert "passed its deadline and was given up (a command is killed)" in result.verdict.summary
     assert "stuck" not in result.verdict.summary
+    # An NVML call that never returns cannot be killed: later runs are skipped, the collector is stuck.
+    hung = CollectorHealth(
+        runs=4, success=False, last_error="NVML call stuck", last_error_kind="skipped_stuck"
+    )
+    result = diagnose({"process": processes(), "probe": probes(target())}, {**HEALTH, "gpu": hung}, now=NOW)
+    assert (result.verdict.layer, result.verdict.reason) == ("exporter", "collector_stuck")
 
 
 def test_container_limits_are_named_as_resources() -> None:

@@ -3,8 +3,9 @@
 A run past its deadline ends one of two ways. An external command (nvidia-smi, py-spy) is killed
 at its deadline and reaped: the run fails (`collector_failed`, kind timeout) and the next run
 starts on time. A call inside the exporter's own thread (NVML, a socket, a D-state read) cannot
-be interrupted: the run is abandoned and the collector is `collector_stuck` until that call
-returns; no new run starts meanwhile, so a hung call costs one thread, never one per interval.
+be interrupted: the run is given up and the collector is `collector_stuck` while that call has
+not returned (its later runs are skipped, kind skipped_stuck), so a hung call costs one thread,
+never one per interval.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ def exporter_links(health: Mapping[str, CollectorHealth]) -> list[Link]:
 
 def _collector_link(name: str, health: CollectorHealth) -> Link:
     error = health.last_error or "no error message"
-    if health.stuck:
+    if health.stuck or health.last_error_kind == "skipped_stuck":
         reason = "collector_stuck"
         summary = f"stuck: a call past its deadline has not returned; no new run until it does ({error})"
     elif health.last_error_kind == "timeout":
         reason = "collector_failed"
-        summary = f"failed: its last run passed its deadline and was stopped (commands are killed): {error}"
+        summary = f"failed: its last run passed its deadline and was given up (a command is killed): {error}"
     else:
         reason = "collector_failed"
         summary = f"failed ({health.last_error_kind or 'error'}): {error}"
