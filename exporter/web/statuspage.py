@@ -68,7 +68,8 @@ def render(
     if diagnosis is None:
         parts.append("<div class='verdict broken'><h2>No diagnosis yet: collectors are starting</h2></div>")
     else:
-        parts += [_verdict(chain, len(diagnosis.chains) > 1, now) for chain in diagnosis.chains]
+        several = len(diagnosis.chains) > 1
+        parts += [_verdict(chain, several, now, first=n == 0) for n, chain in enumerate(diagnosis.chains)]
         parts.append(_chain(diagnosis.links, dict(diagnosis.link_since)))
         parts.append(_history(diagnosis.history))
         parts.append(_recent_errors(diagnosis.recent_errors))
@@ -85,21 +86,22 @@ def render(
     return "\n".join(parts)
 
 
-def _verdict(chain: ChainVerdict, several: bool, now: float) -> str:
+def _verdict(chain: ChainVerdict, several: bool, now: float, first: bool) -> str:
     esc = html.escape
     whose = f"{esc(chain.service)}: " if several else ""
+    anchor = " id='verdict'" if first else ""
     since = f"<div class='since'>{esc(since_text(chain.healthy, chain.since, now))}</div>"
     verdict = chain.verdict
     if verdict is None:
         return (
-            f"<div class='verdict ok' id='verdict' data-service='{esc(chain.service)}'>"
+            f"<div class='verdict ok'{anchor} data-service='{esc(chain.service)}'>"
             f"<h2>{whose}Healthy: every link of the chain answers</h2>{since}</div>"
         )
     evidence = "".join(f"<li>{esc(line)}</li>" for line in verdict.evidence)
     command = f"<p>Next: <code>{esc(verdict.next_command)}</code></p>" if verdict.next_command else ""
     hurt = "users are hurt" if chain.users_hurt else "users are still served"
     return (
-        f"<div class='verdict broken' id='verdict' data-service='{esc(chain.service)}'>"
+        f"<div class='verdict broken'{anchor} data-service='{esc(chain.service)}'>"
         f"<h2>{whose}{esc(verdict.layer)} / {esc(verdict.reason)}: {esc(verdict.name)}</h2>{since}"
         f"<div>{esc(verdict.summary)} ({hurt})</div><ul>{evidence}</ul>{command}</div>"
     )
