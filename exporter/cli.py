@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     doctor.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
+    doctor.add_argument(
+        "--exporter.url",
+        dest="exporter_url",
+        default=_env("exporter.url", "http://127.0.0.1:9877"),
+        help="a running exporter to ask since when and what happened before (default http://127.0.0.1:9877)",
+    )
     capture = commands.add_parser(
         "capture",
         parents=[config_flag],
@@ -225,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         from .commands.doctor import run_doctor
 
-        return run_doctor(options, as_json=args.json, color=not args.no_color and sys.stdout.isatty())
+        color = not args.no_color and sys.stdout.isatty()
+        return run_doctor(options, as_json=args.json, color=color, exporter_url=args.exporter_url)
     return _run(options)
 
 

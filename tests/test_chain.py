@@ -2,15 +2,18 @@
 
 One exporter process watches a service (a server in this test process, matched by its port), a
 real redis-server, a vLLM-like metrics endpoint and an error log. The test breaks one link at a
-time and reads /api/diagnosis and /metrics, as a user's dashboard or alert would, within two
-collection intervals (plus the probe's own timeout).
+time and reads /api/diagnosis and /metrics, as a user's dashboard or alert would. A new verdict
+must hold for two readings of the collector that sees it, so each check waits (bounded) for two
+collection intervals plus two probe timeouts.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ from .conftest import REPO, require_binary, sample, wait_until
 
 INTERVAL = 0.5
 PROBE_TIMEOUT = 1.0
-WITHIN = 2 * INTERVAL + PROBE_TIMEOUT + 2.0  # two intervals, the probe's deadline, slack for CI
+WITHIN = 2 * (INTERVAL + PROBE_TIMEOUT) + 2.0  # two readings, each up to the probe's deadline, CI slack
 
 HEALTHY_ANSWER = fs.answer(200, '{"text": "Hello"}')
 
@@ -120,10 +123,18 @@ def test_service_faults_get_their_verdict_and_metrics(chain, handler, verdict, r
     metrics = chain.metrics()
     assert sample(metrics, "autoglm_probe_success", target="inference") == 0
     assert sample(metrics, "autoglm_probe_failures_total", target="inference", reason=reason) >= 1
-    assert sample(metrics, "autoglm_diagnosis_verdict", layer=verdict[0], reason=verdict[1]) == 1
+    assert (
+        sample(metrics, "autoglm_diagnosis_verdict", service="api", layer=verdict[0], reason=verdict[1]) == 1
+    )
     assert sample(metrics, "autoglm_diagnosis_healthy") == 0
+    assert sample(metrics, "autoglm_diagnosis_users_hurt", service="api") == 1
     chain.api.handler = HEALTHY_ANSWER
-    chain.expect(None)  # and it heals
+    healed = chain.expect(None)  # and it heals
+    assert healed["since_text"].startswith("healthy since ")
+    assert [(c["kind"], c["reason"]) for c in healed["history"] if c["kind"] == "verdict"][-2:] == [
+        ("verdict", verdict[1]),
+        ("verdict", None),
+    ]
 
 
 def test_refused_port_with_no_process_is_a_dead_process(chain) -> None:
@@ -133,8 +144,26 @@ def test_refused_port_with_no_process_is_a_dead_process(chain) -> None:
     assert sample(chain.metrics(), "autoglm_process_up", service="api") == 0
 
 
+def test_a_dead_service_says_since_when_on_every_surface_and_in_the_timeline(chain) -> None:
+    before = time.time()
+    chain.api.stop()
+    diagnosis = chain.expect(("network", "process_dead"))
+    since = diagnosis["since"]
+    assert before - 0.5 <= since <= time.time()  # when a collector first saw it, not when it was believed
+    assert re.fullmatch(r"broken since \d\d:\d\d:\d\d \(\d+ s\)", diagnosis["since_text"])
+    metrics = chain.metrics()
+    assert sample(metrics, "autoglm_diagnosis_verdict_since_timestamp_seconds", service="api") == since
+    assert sample(metrics, "autoglm_diagnosis_users_hurt", service="api") == 1
+    timeline = [(c["kind"], c["name"], c["reason"]) for c in diagnosis["history"]]
+    assert ("link", "probe inference", "process_dead") in timeline
+    assert [t for t in timeline if t[0] == "verdict"] == [("verdict", "api", "process_dead")]
+    page = chain.exporter.get("/").text
+    assert diagnosis["since_text"].split(" (")[0] in page  # "broken since 14:05:12"
+    assert "<h3>Timeline (newest first)</h3>" in page
+
+
 def test_redis_killed_then_paused(chain) -> None:
-    chain.redis.client().execute_command("CLIENT", "PAUSE", "3000", "ALL")
+    chain.redis.client().execute_command("CLIENT", "PAUSE", "8000", "ALL")
     diagnosis = chain.expect(("dependencies", "redis_down"))
     assert "(timeout)" in diagnosis["verdict"]["summary"]
     chain.redis.client().execute_command("CLIENT", "UNPAUSE")
@@ -161,7 +190,7 @@ def test_queue_backlog_growing(chain) -> None:
     client.rpush("autoglm:requests", *range(3))
 
     def grow() -> dict | None:
-        client.rpush("autoglm:requests", "more")
+        client.rpush("autoglm:requests", "more", "more")
         diagnosis = chain.diagnosis()
         return (
             diagnosis

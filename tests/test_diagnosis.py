@@ -1,73 +1,93 @@
-"""The verdict as a pure function: the seed's flowchart, case by case, from facts alone."""
+"""The verdict as a pure function of typed facts, and over time: the seed's flowchart case by case,
+the cause by onset and specificity, no flapping, trends over windows, stale readings."""
 
 from __future__ import annotations
 
-from autoglm_exporter.collectors.probe import ProbeFacts, ProbeOutcome, TargetFacts
-from autoglm_exporter.collectors.process import ProcessFacts, ServiceFacts
-from autoglm_exporter.core.store import CollectorHealth
-from autoglm_exporter.diagnosis import REASONS, diagnose, verdict_families
+from autoglm_exporter.collectors.container import ContainerFacts, ContainerServiceFacts
+from autoglm_exporter.core.health import CollectorHealth
+from autoglm_exporter.diagnosis import REASONS, diagnose, to_dict, verdict_families
+from autoglm_exporter.diagnosis.thresholds import QUEUE_MIN_DEPTH, SAME_CYCLE_SECONDS
 
-NOW = 1_800_000_000.0
+from .verdict_facts import (
+    NOT_WAITING,
+    T0,
+    Feed,
+    cuda_oom_log,
+    deadlock,
+    engine,
+    failing,
+    probes,
+    processes,
+    redis,
+    service,
+    system,
+    target,
+    throttled_cgroup,
+    waiting,
+)
+
+NOW = T0
 HEALTH = {name: CollectorHealth(runs=1, success=True) for name in ("process", "probe")}
 
 
-def service(up: bool = True, ports: tuple[int, ...] = (8080,), expected: int = 8080) -> ProcessFacts:
-    facts = ServiceFacts("api", expected_port=expected)
-    if up:
-        facts.pids = [4242]
-        facts.threads = 12
-        facts.listening_ports = list(ports)
-        facts.expected_port_listening = expected in ports
-    return ProcessFacts({"api": facts})
-
-
-def probes(*targets: TargetFacts) -> ProbeFacts:
-    return ProbeFacts({t.name: t for t in targets})
-
-
-def target(name: str = "inference", ok: bool = True, reason: str | None = None, **kwargs) -> TargetFacts:
-    module = kwargs.pop("module", "inference")
-    layer = kwargs.pop("layer", "client")
-    url = kwargs.pop("url", "http://127.0.0.1:8080/inference")
-    outcome = ProbeOutcome(ok, reason=reason, error=None if ok else f"failed: {reason}", **kwargs)
-    return TargetFacts(name, module, layer, kwargs.get("service", "api"), url, outcome, 0 if ok else 2, NOW)
-
-
-def verdict(facts: dict):
-    result = diagnose(facts, HEALTH, now=NOW)
+def verdict(facts: dict, **kwargs):
+    result = diagnose(facts, HEALTH, now=NOW, **kwargs)
     return (result.verdict.layer, result.verdict.reason) if result.verdict else None
 
 
+# --- one reading, the seed's flowchart ------------------------------------------------------------
+
+
 def test_everything_answers_is_healthy() -> None:
-    assert verdict({"process": service(), "probe": probes(target())}) is None
+    assert verdict({"process": processes(), "probe": probes(target())}) is None
 
 
 def test_refused_and_no_process_means_the_process_is_dead() -> None:
-    facts = {"process": service(up=False), "probe": probes(target(ok=False, reason="connect_refused"))}
+    facts = {"process": processes(service(up=False)), "probe": failing("connect_refused")}
     assert verdict(facts) == ("network", "process_dead")
 
 
 def test_refused_while_the_process_listens_elsewhere_is_a_wrong_port() -> None:
-    facts = {"process": service(ports=(8081,)), "probe": probes(target(ok=False, reason="connect_refused"))}
-    result = diagnose(facts, HEALTH, now=NOW)
+    facts = {"process": processes(service(ports=(8081,))), "probe": failing("connect_refused")}
+    result = diagnose(facts, HEALTH, now=NOW, observed_at={"process": NOW - 2})
     assert (result.verdict.layer, result.verdict.reason) == ("network", "wrong_port")
-    assert "listens on 8081 instead" in result.verdict.summary
+    assert "connection refused on 8080: api listens on 8081 instead" in result.verdict.summary
+
+
+def test_a_refusal_is_never_blamed_on_a_port_the_process_listened_on() -> None:
+    # Killed between the two readings: the process reading (3 s older) still shows it on 8080.
+    facts = {"process": processes(service(ports=(8080,))), "probe": failing("connect_refused")}
+    result = diagnose(facts, HEALTH, now=NOW, observed_at={"process": NOW - 3})
+    assert (result.verdict.layer, result.verdict.reason) == ("network", "connect_refused")
+    assert "wrong_port" not in result.verdict.summary and "instead" not in result.verdict.summary
+    assert "though api (pid 4242) listened on it 3 s earlier" in result.verdict.summary
+
+
+def test_wrong_port_is_judged_on_readings_of_the_same_moment_or_called_stale() -> None:
+    facts = {"process": processes(service(ports=(8081,))), "probe": failing("connect_refused")}
+    old = NOW - SAME_CYCLE_SECONDS - 30
+    result = diagnose(facts, HEALTH, now=NOW, observed_at={"process": old})
+    probe = next(link for link in result.links if link.name == "probe inference")
+    assert (probe.layer, probe.reason) == ("network", "connect_refused")
+    assert "the process reading was taken 45 s before it" in probe.summary
+    assert any("stale" in line for line in probe.evidence)
+    assert result.verdict.reason != "wrong_port"
 
 
 def test_refused_while_the_process_listens_nowhere_is_not_listening() -> None:
-    facts = {"process": service(ports=()), "probe": probes(target(ok=False, reason="connect_refused"))}
+    facts = {"process": processes(service(ports=())), "probe": failing("connect_refused")}
     assert verdict(facts) == ("network", "not_listening")
 
 
 def test_connect_timeout_points_at_the_network_path() -> None:
-    facts = {"process": service(), "probe": probes(target(ok=False, reason="connect_timeout"))}
+    facts = {"process": processes(), "probe": failing("connect_timeout")}
     result = diagnose(facts, HEALTH, now=NOW)
     assert (result.verdict.layer, result.verdict.reason) == ("network", "connect_timeout")
     assert "firewall" in result.verdict.summary
 
 
 def test_connects_but_no_answer_with_no_deeper_cause_is_the_client_verdict() -> None:
-    facts = {"process": service(), "probe": probes(target(ok=False, reason="read_timeout", connected=True))}
+    facts = {"process": processes(), "probe": failing("read_timeout")}
     result = diagnose(facts, HEALTH, now=NOW)
     assert (result.verdict.layer, result.verdict.reason) == ("client", "not_answering")
     assert result.verdict.next_command.startswith("curl -sv")
@@ -81,10 +101,13 @@ def test_engine_that_cannot_generate_while_health_is_200() -> None:
         module="openai_chat",
         layer="dependencies",
         url="http://127.0.0.1:8000/v1/chat/completions",
+        service="vllm",
     )
-    health = target("vllm-health", module="http", layer="dependencies", url="http://127.0.0.1:8000/health")
+    health = target(
+        "vllm-health", module="http", layer="dependencies", url="http://127.0.0.1:8000/health", service="vllm"
+    )
     client = target(ok=False, reason="read_timeout", connected=True)
-    result = diagnose({"process": service(), "probe": probes(client, generate, health)}, HEALTH, now=NOW)
+    result = diagnose({"process": processes(), "probe": probes(client, generate, health)}, HEALTH, now=NOW)
     assert (result.verdict.layer, result.verdict.reason) == ("dependencies", "engine_not_generating")
     assert any("not proof of life" in line for line in result.verdict.evidence)
     assert any(line.startswith("symptom: probe inference") for line in result.verdict.evidence)
@@ -95,26 +118,28 @@ def test_a_failing_collector_is_named_when_nothing_else_is_broken() -> None:
         **HEALTH,
         "system": CollectorHealth(runs=3, success=False, stuck=True, last_error="no result after 8s"),
     }
-    result = diagnose({"process": service(), "probe": probes(target())}, health, now=NOW)
+    result = diagnose({"process": processes(), "probe": probes(target())}, health, now=NOW)
+    assert (result.verdict.layer, result.verdict.reason) == ("exporter", "collector_stuck")
+    assert "no new run until it does" in result.verdict.summary
+
+
+def test_a_command_killed_at_its_deadline_is_a_failed_run_not_a_stuck_collector() -> None:
+    killed = CollectorHealth(
+        runs=3, success=False, last_error="nvidia-smi took the whole 5s", last_error_kind="timeout"
+    )
+    result = diagnose({"process": processes(), "probe": probes(target())}, {**HEALTH, "gpu": killed}, now=NOW)
+    assert (result.verdict.layer, result.verdict.reason) == ("exporter", "collector_failed")
+    assert "passed its deadline and was given up (a command is killed)" in result.verdict.summary
+    assert "stuck" not in result.verdict.summary
+    # An NVML call that never returns cannot be killed: later runs are skipped, the collector is stuck.
+    hung = CollectorHealth(
+        runs=4, success=False, last_error="NVML call stuck", last_error_kind="skipped_stuck"
+    )
+    result = diagnose({"process": processes(), "probe": probes(target())}, {**HEALTH, "gpu": hung}, now=NOW)
     assert (result.verdict.layer, result.verdict.reason) == ("exporter", "collector_stuck")
 
 
-def test_verdict_metrics_cover_every_reason_with_exactly_one_set() -> None:
-    result = diagnose(
-        {"process": service(up=False), "probe": probes(target(ok=False, reason="connect_refused"))},
-        HEALTH,
-        now=NOW,
-    )
-    verdict_family, healthy = verdict_families(result)
-    samples = {(s.labels["layer"], s.labels["reason"]): s.value for s in verdict_family.samples}
-    assert len(samples) == sum(len(reasons) for reasons in REASONS.values())
-    assert [key for key, value in samples.items() if value == 1] == [("network", "process_dead")]
-    assert healthy.samples[0].value == 0
-
-
 def test_container_limits_are_named_as_resources() -> None:
-    from autoglm_exporter.collectors.container import ContainerFacts, ContainerServiceFacts
-
     def with_cgroup(**kwargs) -> dict:
         facts = ContainerServiceFacts("api", pid=4242, cgroup_version=2, cgroup_path="/svc", **kwargs)
         return {"container": ContainerFacts({"api": facts})}
@@ -132,3 +157,314 @@ def test_container_limits_are_named_as_resources() -> None:
         "oom_killed",
     )
     assert verdict(with_cgroup(cpu_throttled_fraction=0.01)) is None
+
+
+# --- probes still in flight ----------------------------------------------------------------------
+
+
+def test_a_probe_still_waiting_past_hang_after_is_not_answering_so_far() -> None:
+    facts = {"process": processes(), "probe": probes(target()), "inflight": waiting(6.2)}
+    result = diagnose(facts, HEALTH, now=NOW, hang_after=5.0)
+    assert (result.verdict.layer, result.verdict.reason) == ("client", "not_answering")
+    assert result.verdict.summary.startswith("no answer for 6 s so far")
+    assert result.verdict.next_command.startswith("py-spy dump --pid 4242")
+    assert verdict({**facts, "inflight": waiting(3.0)}, hang_after=5.0) is None  # still a normal wait
+
+
+def test_a_waiting_probe_to_a_dead_process_is_not_a_hang() -> None:
+    facts = {"process": processes(service(up=False)), "probe": probes(target()), "inflight": waiting(9.0)}
+    assert verdict(facts) == ("service", "process_missing")
+
+
+def test_a_probe_that_cannot_even_connect_is_a_network_fault_so_far() -> None:
+    facts = {"process": processes(), "inflight": waiting(7.0, connected=False)}
+    result = diagnose(facts, HEALTH, now=NOW)
+    assert (result.verdict.layer, result.verdict.reason) == ("network", "connect_timeout")
+    assert "no connection after 7 s so far" in result.verdict.summary
+
+
+def test_a_generation_probe_waiting_beside_a_healthy_health_check_is_an_engine_not_generating() -> None:
+    generate = target(
+        "vllm-generate", module="openai_chat", layer="dependencies", service="vllm", url="http://e/v1/chat"
+    )
+    health = target("vllm-health", module="http", layer="dependencies", service="vllm", url="http://e/health")
+    facts = {
+        "process": processes(),
+        "probe": probes(target(), generate, health),
+        "inflight": waiting(8.0, name="vllm-generate", service="vllm", layer="dependencies"),
+    }
+    result = diagnose(facts, HEALTH, now=NOW)
+    assert (result.verdict.layer, result.verdict.reason) == ("dependencies", "engine_not_generating")
+    assert any("no answer for 8 s so far" in line for line in result.verdict.evidence)
+
+
+# --- which broken link is the cause ---------------------------------------------------------------
+
+
+def test_a_busy_host_is_the_cause_only_when_nothing_about_the_service_explains_the_symptom() -> None:
+    facts = {"process": processes(), "probe": failing("read_timeout"), "system": system(busy=0.99)}
+    health = {**HEALTH, "system": CollectorHealth(runs=1, success=True)}
+    alone = diagnose(facts, health, now=NOW)
+    assert (alone.verdict.layer, alone.verdict.reason) == ("resources", "cpu_saturated")
+    assert any(line.startswith("symptom: probe inference") for line in alone.verdict.evidence)
+    explained = diagnose({**facts, "forensics": deadlock(NOW)}, health, now=NOW)
+    assert (explained.verdict.layer, explained.verdict.reason) == ("stall", "threads_blocked")
+    throttled = diagnose({**facts, "container": throttled_cgroup()}, health, now=NOW)
+    assert (throttled.verdict.layer, throttled.verdict.reason) == ("resources", "cpu_throttled")
+
+
+def test_a_busy_host_is_about_the_service_when_the_service_itself_burns_the_cpu() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    for spent in (10.0, 13.8, 17.6):  # 1.9 CPU seconds per second (2 s apart) of 2 CPUs
+        feed.publish("process", processes(service(cpu_user_seconds=spent)))
+        feed.publish("system", system(busy=0.99))
+    assert feed.verdict() == ("resources", "cpu_saturated")
+    assert feed.diagnosis.verdict.subject == "api"
+    assert "api itself takes most of it" in feed.diagnosis.verdict.evidence
+
+
+def test_the_cause_is_the_link_that_broke_first_not_the_first_layer() -> None:
+    # Redis went first, then the service logged errors: a fixed layer order would name the log.
+    feed = Feed()
+    feed.healthy_start()
+    feed.publish("redis", redis(up=False))
+    broke = feed.now
+    feed.publish("redis", redis(up=False), after=10)
+    feed.publish("logs", cuda_oom_log(feed.now))
+    feed.publish("logs", cuda_oom_log(feed.now - 1))
+    feed.publish("probe", failing("http_status", at=feed.now))
+    feed.publish("probe", failing("http_status", at=feed.now))
+    assert feed.verdict() == ("dependencies", "redis_down")
+    assert feed.diagnosis.chains[0].since == broke
+    assert any(line.startswith("symptom: probe inference") for line in feed.diagnosis.verdict.evidence)
+
+    other = Feed()
+    other.healthy_start()
+    other.publish("logs", cuda_oom_log(other.now))
+    other.publish("logs", cuda_oom_log(other.now))
+    other.publish("redis", redis(up=False), after=10)
+    other.publish("redis", redis(up=False), after=10)
+    assert other.verdict() == ("service", "log_errors")
+
+
+# --- over time: no flapping, onsets, history -----------------------------------------------------
+
+
+def test_one_noisy_reading_never_changes_the_verdict() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    for n in range(10):
+        feed.publish("probe", failing(at=feed.now) if n % 2 else probes(target(at=feed.now)), after=10)
+        feed.publish("system", system())
+        assert feed.verdict() is None
+    assert feed.verdict_changes() == []
+
+
+def test_a_steady_fault_gives_one_verdict_after_two_readings_of_its_own_collector() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    feed.publish("probe", failing(at=feed.now), after=10)
+    first_failure = feed.now
+    for _ in range(5):  # other collectors publishing are not readings of the probe
+        feed.publish("system", system())
+        feed.publish("process", processes())
+        assert feed.verdict() is None
+    feed.publish("probe", failing(at=feed.now), after=10)
+    assert feed.verdict() == ("client", "not_answering")
+    assert feed.diagnosis.chains[0].since == first_failure
+    for _ in range(6):
+        feed.publish("probe", failing(at=feed.now), after=10)
+        feed.publish("system", system())
+    assert feed.verdict_changes() == [("client", "not_answering")]
+    # It heals the same way: two good readings.
+    feed.publish("probe", probes(target(at=feed.now)), after=10)
+    assert feed.verdict() == ("client", "not_answering")
+    feed.publish("probe", probes(target(at=feed.now)), after=10)
+    assert feed.verdict() is None
+    assert feed.verdict_changes() == [("client", "not_answering"), (None, None)]
+    assert feed.diagnosis.chains[0].since == feed.now
+
+
+def test_confirm_readings_is_configurable() -> None:
+    feed = Feed(confirm=3)
+    feed.healthy_start()
+    for expected in (None, None, ("client", "not_answering")):
+        feed.publish("probe", failing(at=feed.now), after=10)
+        assert feed.verdict() == expected
+
+
+def test_broken_at_start_is_broken_since_before_the_exporter_started() -> None:
+    feed = Feed()
+    feed.publish("process", processes(service(up=False)))
+    feed.publish("probe", failing("connect_refused", at=feed.now))
+    feed.publish("process", processes(service(up=False)), after=10)
+    feed.publish("probe", failing("connect_refused", at=feed.now), after=1)
+    assert feed.verdict() == ("network", "process_dead")
+    chain = feed.diagnosis.chains[0]
+    assert chain.since is None
+    assert to_dict(feed.diagnosis, now=feed.now)["since_text"] == "broken since before the exporter started"
+    since = {s.labels["service"]: s.value for s in feed.families[2].samples}
+    assert since == {"api": feed.diagnoser.started_at}
+
+
+def test_a_killed_service_gets_one_verdict_whichever_collector_reads_first() -> None:
+    for first, second in (("process", "probe"), ("probe", "process")):
+        feed = Feed()
+        feed.healthy_start()
+        dead = {"process": processes(service(up=False)), "probe": None}
+        for _ in range(3):
+            for name in (first, second):
+                facts = dead[name] or failing("connect_refused", at=feed.now + 1)
+                feed.publish(name, facts, after=5)
+        assert feed.verdict() == ("network", "process_dead"), first
+        assert feed.verdict_changes() == [("network", "process_dead")], first
+
+
+def test_more_specific_about_the_same_symptom_replaces_the_verdict_at_once() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    feed.publish("inflight", waiting(5.2))
+    hung = feed.now
+    feed.publish("inflight", waiting(6.2))
+    assert feed.verdict() == ("client", "not_answering")
+    assert feed.diagnosis.verdict.summary.startswith("no answer for 6 s so far")
+    feed.touch(deadlock(feed.now))  # the capture finished: no further reading needed
+    assert feed.verdict() == ("stall", "threads_blocked")
+    assert feed.diagnosis.chains[0].since == hung  # broken since the symptom began
+    assert feed.verdict_changes() == [("client", "not_answering"), ("stall", "threads_blocked")]
+    # The probe finally times out: the same symptom, nothing changes.
+    feed.publish("inflight", NOT_WAITING)
+    feed.publish("probe", failing(at=feed.now))
+    feed.publish("inflight", NOT_WAITING)
+    assert feed.verdict() == ("stall", "threads_blocked")
+
+
+def test_a_flapping_busy_host_never_displaces_a_hang_or_its_deadlock() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    for n in range(8):
+        feed.publish("inflight", waiting(5.0 + n))
+        feed.publish("system", system(busy=0.99 if n % 2 else 0.2))
+    assert feed.verdict() == ("client", "not_answering")
+    feed.touch(deadlock(feed.now))
+    for n in range(6):
+        feed.publish("system", system(busy=0.99))
+        feed.publish("inflight", waiting(14.0 + n))
+    assert feed.verdict() == ("stall", "threads_blocked")
+    assert feed.verdict_changes() == [("client", "not_answering"), ("stall", "threads_blocked")]
+
+
+def test_history_tells_which_link_broke_first_what_followed_and_when_it_cleared() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    feed.publish("redis", redis(up=False), after=10)
+    feed.publish("redis", redis(up=False), after=10)
+    feed.publish("probe", failing("http_status", at=feed.now), after=1)
+    feed.publish("probe", failing("http_status", at=feed.now), after=10)
+    feed.publish("redis", redis(), after=10)
+    feed.publish("redis", redis(), after=10)
+    feed.publish("probe", probes(target(at=feed.now)), after=1)
+    feed.publish("probe", probes(target(at=feed.now)), after=10)
+    timeline = [(c.kind, c.name, c.reason) for c in feed.diagnosis.history]
+    assert timeline == [
+        ("link", "redis queue", "redis_down"),
+        ("verdict", "api", "redis_down"),
+        ("link", "probe inference", "http_error"),
+        ("link", "redis queue", None),
+        ("verdict", "api", "http_error"),
+        ("link", "probe inference", None),
+        ("verdict", "api", None),
+    ]
+    assert feed.diagnosis.history[0].at == T0 + 16  # when the redis collector first saw it down
+
+
+# --- trends judged over several readings ----------------------------------------------------------
+
+
+def test_one_burst_onto_an_idle_queue_is_not_a_backlog() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    for depth in (0, 5, 5, 5, 6):  # one LPUSH of 5 items
+        feed.publish("redis", redis(depth=depth), after=10)
+    assert feed.verdict() is None
+
+
+def test_queue_growth_needs_several_readings_and_a_minimum_depth() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    for depth in (1, 2, 3, 4, 5, 5, 5):  # grows, but a handful of requests is normal traffic
+        feed.publish("redis", redis(depth=depth), after=10)
+    assert feed.verdict() is None
+    feed.publish("redis", redis(depth=QUEUE_MIN_DEPTH), after=10)
+    grew_at = feed.now
+    assert feed.verdict() is None  # one rise is not yet a trend
+    feed.publish("redis", redis(depth=QUEUE_MIN_DEPTH + 4), after=10)
+    assert feed.verdict() == ("stall", "queue_backlog_growing")  # held over 3 readings: no extra wait
+    assert feed.diagnosis.chains[0].since == grew_at
+    assert feed.diagnosis.chains[0].users_hurt
+
+
+def test_engine_tokens_flat_for_one_reading_is_not_a_stall() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    feed.publish("engine", engine(waiting=4, stalled=True), after=10)
+    feed.publish("system", system())
+    assert feed.verdict() is None
+    feed.publish("engine", engine(waiting=4, stalled=True), after=10)
+    assert feed.verdict() == ("stall", "engine_stalled")
+    assert "no token generated for 2 readings" in feed.diagnosis.verdict.summary
+    feed.publish("engine", engine(waiting=0, tokens=150), after=10)
+    feed.publish("engine", engine(waiting=0, tokens=200), after=10)
+    assert feed.verdict() is None
+
+
+# --- metrics and chains ---------------------------------------------------------------------------
+
+
+def test_verdict_metrics_cover_every_reason_with_exactly_one_set() -> None:
+    result = diagnose(
+        {"process": processes(service(up=False)), "probe": failing("connect_refused")}, HEALTH, now=NOW
+    )
+    verdict_family, healthy, since, hurt = verdict_families(result)
+    samples = {(s.labels["layer"], s.labels["reason"]): s.value for s in verdict_family.samples}
+    assert {s.labels["service"] for s in verdict_family.samples} == {"api"}
+    assert len(samples) == sum(len(reasons) for reasons in REASONS.values())
+    assert [key for key, value in samples.items() if value == 1] == [("network", "process_dead")]
+    assert healthy.samples[0].value == 0
+    assert hurt.samples[0].labels == {"service": "api"} and hurt.samples[0].value == 1
+
+
+def test_resources_only_with_a_healthy_client_does_not_hurt_users() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    feed.publish("container", throttled_cgroup())
+    feed.publish("container", throttled_cgroup())
+    assert feed.verdict() == ("resources", "cpu_throttled")
+    hurt = {s.labels["service"]: s.value for s in feed.families[3].samples}
+    assert hurt == {"api": 0}
+    feed.publish("probe", failing(at=feed.now))
+    feed.publish("probe", failing(at=feed.now))
+    assert {s.labels["service"]: s.value for s in feed.families[3].samples} == {"api": 1}
+
+
+def test_each_service_has_its_own_verdict_from_what_it_depends_on() -> None:
+    from dataclasses import replace
+
+    from autoglm_exporter.config import ProbeTarget, ProcessMatch, ServiceConfig
+
+    from .verdict_facts import CONFIG
+
+    config = replace(
+        CONFIG,
+        services=CONFIG.services + (ServiceConfig("search", ProcessMatch(port=9090), port=9090),),
+        targets=CONFIG.targets + (ProbeTarget("search", "http", "http://127.0.0.1:9090/", service="search"),),
+    )
+    feed = Feed(config)
+    feed.healthy_start()
+    feed.publish("redis", redis(up=False))
+    feed.publish("redis", redis(up=False))
+    chains = {c.service: c.verdict.reason if c.verdict else None for c in feed.diagnosis.chains}
+    assert chains == {"api": "redis_down", "search": None}
+    ones = {s.labels["service"] for s in feed.families[0].samples if s.value == 1}
+    assert ones == {"api"}

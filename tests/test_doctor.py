@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import free_port
+from .conftest import free_port, wait_until
 
 # A minimal inference service: answers the seed's POST /inference with JSON.
 INFERENCE_SERVICE = """
@@ -100,3 +101,51 @@ def test_bad_config_exits_2(tmp_path: Path) -> None:
     run = _doctor(_config(tmp_path, "  - name: api\n"))
     assert run.returncode == 2
     assert "services[0].match: needs at least one of cmdline, exe, pidfile, port" in run.stderr
+
+
+def test_without_a_running_exporter_doctor_says_it_is_a_one_shot_reading() -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    run = _doctor("--no-color", f"--exporter.url={nobody}")
+    assert run.returncode == 1
+    assert (
+        f"This is a one-shot reading: it cannot say since when, nor what happened before. "
+        f"No running exporter to ask at {nobody}: nothing answers" in run.stdout
+    )
+    report = json.loads(_doctor("--json", f"--exporter.url={nobody}").stdout)
+    assert report["one_shot"] is True and report["since"] is None
+    assert (
+        report["running_exporter"]["url"] == nobody
+        and "nothing answers" in report["running_exporter"]["error"]
+    )
+
+
+def test_doctor_shows_since_when_and_the_timeline_of_a_running_exporter(
+    start_exporter, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "running.yml"
+    config.write_text(
+        "global: {interval: 0.5s, timeout: 3s, jitter: 0}\n"
+        "collectors: {system: {enabled: false}}\n"
+        f"services:\n  - {{name: api, match: {{port: {port}}}, port: {port}}}\n"
+        f"targets:\n  - {{name: api, module: tcp, url: '127.0.0.1:{port}', service: api, timeout: 1s}}\n"
+        "redis: []\nengines: []\nlogs: []\n"
+    )
+    exporter = start_exporter(f"--config.file={config}")  # nothing listens: broken from its start
+    wait_until(lambda: exporter.get("/api/diagnosis").json()["verdict"], timeout=15)
+    # user:password in the URL is sent as basic auth and never printed.
+    url = exporter.url.replace("://", "://someone:secret-pw@")
+    run = _doctor("--no-color", f"--config.file={config}", f"--exporter.url={url}")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"The running exporter at {exporter.url} says:" in run.stdout
+    assert (
+        "  api: network / process_dead: connection refused: the api process is not running, broken since before the exporter started"
+        in run.stdout
+    )
+    assert "    before start link probe api: network / process_dead: " in run.stdout
+    assert re.search(r"    \d\d:\d\d:\d\d verdict api: network / process_dead: ", run.stdout)
+    assert "secret-pw" not in run.stdout + run.stderr
+    report = json.loads(_doctor("--json", f"--config.file={config}", f"--exporter.url={exporter.url}").stdout)
+    running = report["running_exporter"]
+    assert running["error"] is None and running["chains"][0]["since"] is None
+    assert any(change["kind"] == "verdict" for change in running["history"])

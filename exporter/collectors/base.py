@@ -11,11 +11,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..core.health import ERROR_KINDS as ERROR_KINDS
 from ..metrics.spec import Family, MetricSpec
-
-# The bounded set of reasons a collector run can fail, used as the `kind` label of
-# autoglm_exporter_collector_errors_total. Every kind exists from the first scrape.
-ERROR_KINDS = ("timeout", "skipped_stuck", "os_error", "parse_error", "internal")
 
 
 class CollectorError(Exception):

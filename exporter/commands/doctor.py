@@ -1,28 +1,53 @@
 """`autoglm-exporter doctor`: every enabled collector once, through the same runner, then the chain.
 
 Exit 0 when every link is healthy, 1 when one is broken, 2 when the config is bad.
+
+One reading cannot say since when a link is broken, nor what happened before. When an exporter
+runs (`--exporter.url`, by default the local one), doctor adds its verdict with since-when and
+its timeline; otherwise it says plainly that this is a one-shot reading.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from ..collectors import build_collectors
 from ..config import ConfigError, load_config
 from ..core.daemon import Options
 from ..core.runner import CollectorRunner
 from ..core.store import Store
-from ..diagnosis import Diagnosis, Link, diagnose, to_dict
+from ..diagnosis import Diagnosis, Link, chains_of, diagnose, to_dict
+from ..logs.urls import display_url
 
 EXIT_OK, EXIT_BROKEN, EXIT_BAD_CONFIG = 0, 1, 2
+DEFAULT_EXPORTER_URL = "http://127.0.0.1:9877"
+EXPORTER_TIMEOUT = 3.0  # seconds: a running exporter answers /api/diagnosis from memory
+TIMELINE_SHOWN = 10
 
 _MARKS = {True: ("✔", "\033[32m"), False: ("✘", "\033[31m"), None: ("?", "\033[33m")}
 
 
-def run_doctor(options: Options, as_json: bool = False, color: bool = False) -> int:
+@dataclass(frozen=True)
+class Running:
+    """What a running exporter says, or why it could not be asked."""
+
+    url: str  # without credentials
+    diagnosis: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def run_doctor(
+    options: Options, as_json: bool = False, color: bool = False, exporter_url: str = DEFAULT_EXPORTER_URL
+) -> int:
     try:
         config = load_config(options.config_file)
     except ConfigError as exc:
@@ -37,16 +62,53 @@ def run_doctor(options: Options, as_json: bool = False, color: bool = False) -> 
         thread.start()
     for thread in threads:
         thread.join()
-    result = diagnose(store.facts(), store.health())
-    print(render_json(result) if as_json else render_text(result, color))
+    published = store.published()
+    result = diagnose(
+        published.facts,
+        published.health,
+        observed_at=published.observed_at,
+        chains=chains_of(config),
+        hang_after=config.forensics.hang_after,
+    )
+    running = ask_running(exporter_url)
+    print(render_json(result, running) if as_json else render_text(result, color, running))
     return EXIT_OK if result.healthy else EXIT_BROKEN
 
 
-def render_json(result: Diagnosis) -> str:
-    return json.dumps(to_dict(result), indent=2)
+def ask_running(url: str, timeout: float = EXPORTER_TIMEOUT) -> Running:
+    """GET /api/diagnosis of a running exporter; user:password in the URL is sent as basic auth."""
+    shown = display_url(url)
+    parts = urlsplit(url)
+    request = urllib.request.Request(shown.rstrip("/") + "/api/diagnosis")
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Running(shown, diagnosis=json.loads(response.read(4 * 1024 * 1024)))
+    except urllib.error.HTTPError as exc:
+        why = {401: "it asks for a password (user:password@ in --exporter.url)", 503: "it has no verdict yet"}
+        return Running(shown, error=why.get(exc.code, f"HTTP {exc.code}"))
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Running(shown, error=f"nothing answers ({reason})")
+    except ValueError:
+        return Running(shown, error="it answers, but not with a diagnosis")
 
 
-def render_text(result: Diagnosis, color: bool) -> str:
+def render_json(result: Diagnosis, running: Running | None = None) -> str:
+    report = to_dict(result)
+    if running is not None:
+        report["running_exporter"] = {"url": running.url, "error": running.error}
+        if running.diagnosis is not None:
+            report["running_exporter"] |= {
+                "chains": running.diagnosis.get("chains", []),
+                "history": running.diagnosis.get("history", []),
+            }
+    return json.dumps(report, indent=2)
+
+
+def render_text(result: Diagnosis, color: bool, running: Running | None = None) -> str:
     def paint(ok: bool | None, text: str) -> str:
         mark, code = _MARKS[ok]
         return f"{code}{mark} {text}\033[0m" if color else f"{mark} {text}"
@@ -60,6 +122,8 @@ def render_text(result: Diagnosis, color: bool) -> str:
         lines.append("  " + paint(link.ok, f"{link.name}: {link.summary}"))
     lines.append("")
     lines += _verdict_lines(result.verdict, paint)
+    if running is not None:
+        lines += [""] + _running_lines(running)
     return "\n".join(lines)
 
 
@@ -70,4 +134,29 @@ def _verdict_lines(verdict: Link | None, paint: Callable[[bool | None, str], str
     lines += [f"  evidence: {line}" for line in verdict.evidence]
     if verdict.next_command:
         lines.append(f"  next: {verdict.next_command}")
+    return lines
+
+
+def _running_lines(running: Running) -> list[str]:
+    if running.diagnosis is None:
+        return [
+            f"This is a one-shot reading: it cannot say since when, nor what happened before. "
+            f"No running exporter to ask at {running.url}: {running.error} "
+            "(--exporter.url names one)."
+        ]
+    lines = [f"The running exporter at {running.url} says:"]
+    for chain in running.diagnosis.get("chains", []):
+        verdict = chain.get("verdict")
+        named = f"{verdict['layer']} / {verdict['reason']}: {verdict['summary']}" if verdict else "healthy"
+        lines.append(f"  {chain.get('service')}: {named}, {chain.get('since_text')}")
+    history = running.diagnosis.get("history", [])
+    if history:
+        lines.append(f"  timeline (the last {min(len(history), TIMELINE_SHOWN)}, oldest first):")
+        for change in history[-TIMELINE_SHOWN:]:
+            state = f"{change['layer']} / {change['reason']}" if change.get("reason") else "ok"
+            lines.append(
+                f"    {change['at_text']} {change['kind']} {change['name']}: {state}: {change['summary']}"
+            )
+    else:
+        lines.append("  timeline: nothing changed since it started")
     return lines

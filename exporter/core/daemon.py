@@ -7,14 +7,13 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from .. import __version__
 from ..collectors import build_collectors
 from ..collectors.base import Collector
 from ..config import Config, ConfigError, load_config
-from ..diagnosis import derive
+from ..diagnosis import Diagnoser
 from ..diagnosis.startup import StartupTracker
 from ..forensics import CaptureNotFound
 from ..forensics.hangwatch import HangWatch
@@ -24,7 +23,7 @@ from ..web.server import ExporterHTTPServer, ServerHooks, parse_listen_address
 from ..web.webconfig import WebConfig, WebConfigError, load_web_config
 from .runner import CollectorRunner
 from .scheduler import CollectorScheduler
-from .store import CollectorHealth, Deriver, Store
+from .store import Deriver, Published, Store
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,9 @@ class Daemon:
     def __init__(self, options: Options, config: Config, web_config: WebConfig | None) -> None:
         self.options = options
         self.hangwatch = HangWatch(config.forensics, on_change=lambda: self.store.touch())
-        self.store = Store(deriver=chain_deriver(self.hangwatch))
+        self.diagnoser = Diagnoser(config)
+        # The forensics trigger observes every publish; the verdict is derived right after it.
+        self.store = Store(chain_deriver(self.hangwatch, self.diagnoser), observers=(self.hangwatch.observe,))
         self.scheduler = CollectorScheduler()
         self.runners: dict[str, CollectorRunner] = {}
         self.config = config
@@ -99,6 +100,7 @@ class Daemon:
         self.store.set_collectors(world.runners)
         self.scheduler.update(world.jobs, world.config.jitter)
         self.hangwatch.reconfigure(world.config.forensics)
+        self.diagnoser.reconfigure(world.config)
         self.server.update_web_config(world.web_config)
         self.runners, self.config = world.runners, world.config
         log.info(
@@ -200,15 +202,14 @@ class Daemon:
         return 0
 
 
-def chain_deriver(hangwatch: HangWatch) -> Deriver:
-    """What the store derives after every publish: stack captures when a service keeps failing,
-    the verdict, and start-up times (which need memory)."""
+def chain_deriver(hangwatch: HangWatch, diagnoser: Diagnoser) -> Deriver:
+    """What the store derives after every publish: the verdict (with the stack captures' evidence),
+    start-up times, and the captures' metrics."""
     tracker = StartupTracker()
 
-    def derive_all(facts: dict[str, Any], health: dict[str, CollectorHealth]) -> tuple[list[Family], Any]:
-        hangwatch.observe(facts)
-        facts = {**facts, "forensics": hangwatch.facts()}
-        families, diagnosis = derive(facts, health)
+    def derive_all(published: Published) -> tuple[list[Family], object]:
+        facts = {**published.facts, "forensics": hangwatch.facts()}
+        families, diagnosis = diagnoser.derive(replace(published, facts=facts))
         return families + tracker.observe(facts) + hangwatch.families(), diagnosis
 
     return derive_all

@@ -1,19 +1,23 @@
 """The store: the latest finished Result of every collector, its health, and the rendered page.
 
-Collectors publish here; /metrics, the diagnosis and doctor only read. Rendering happens at most
-once per publish: the bytes for each format are cached until the next publish, so a scrape costs
-a dictionary lookup, never a collector run.
+Collectors publish here; /metrics, the diagnosis and doctor only read. Each publish is followed,
+in the publishing thread and one at a time, by the observers of the published facts (the
+forensics trigger) and then by the deriver (the verdict); a scrape only reads what the last
+derivation left. Rendering happens at most once per publish: the bytes for each format are
+cached until the next publish, so a scrape costs a dictionary lookup, never a collector run, a
+diagnosis or a capture.
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import logging
 import platform
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -22,8 +26,11 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from .. import __version__
-from ..collectors.base import ERROR_KINDS, Result
+from ..collectors.base import Result
 from ..metrics.spec import Family, counter, gauge, info
+from .health import CollectorHealth as CollectorHealth
+
+log = logging.getLogger(__name__)
 
 SUCCESS = gauge(
     "autoglm_exporter_collector_success", "1 when the collector's last run succeeded, else 0.", "collector"
@@ -65,27 +72,32 @@ SELF_METRICS = (SUCCESS, DURATION, LAST_SUCCESS, ERRORS, STUCK, RELOAD_OK, RELOA
 MAX_CACHED_PAGES = 8
 
 
-@dataclass
-class CollectorHealth:
-    runs: int = 0
-    success: bool = False
-    duration: float = 0.0
-    last_success: float = 0.0
-    stuck: bool = False
-    last_error: str | None = None
-    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
+@dataclass(frozen=True)
+class Published:
+    """What the store holds right after a publish: copies, safe to read in any thread."""
+
+    facts: dict[str, object]  # collector name -> the facts of its latest successful run
+    observed_at: dict[str, float]  # collector name -> when its latest run (failed too) finished
+    health: dict[str, CollectorHealth]
+    publisher: str | None  # the collector that just published; None: something else changed
 
 
 # Computes what follows from the facts (the verdict): its metric families and an object for the API.
-Deriver = Callable[[dict[str, Any], dict[str, "CollectorHealth"]], tuple[list[Family], Any]]
+Deriver = Callable[[Published], tuple[list[Family], object]]
+# Is told of every publish (the forensics trigger); it must return quickly.
+Observer = Callable[[Mapping[str, object]], None]
 
 
 class Store:
-    def __init__(self, deriver: Deriver | None = None) -> None:
+    def __init__(self, deriver: Deriver | None = None, observers: Iterable[Observer] = ()) -> None:
         self._deriver = deriver
-        self._derived: tuple[int, list[Family], Any] | None = None
+        self._observers = tuple(observers)
+        self._derived: tuple[list[Family], object] | None = None
+        # One derivation at a time, in the order of the publishes: the deriver keeps history.
+        self._derive_lock = threading.Lock()
         self._lock = threading.Lock()
         self._results: dict[str, Result] = {}
+        self._observed_at: dict[str, float] = {}
         self._health: dict[str, CollectorHealth] = {}
         self._reload_ok = True
         self._reload_time = time.time()
@@ -102,23 +114,30 @@ class Store:
             wanted = list(names)
             self._health = {name: self._health.get(name) or CollectorHealth() for name in wanted}
             self._results = {name: r for name, r in self._results.items() if name in self._health}
+            self._observed_at = {n: t for n, t in self._observed_at.items() if n in self._health}
             self._version += 1
+            reload = self._derived is not None
+        if reload:
+            self._derive(None)  # the verdict forgets links of collectors that are gone
 
     def publish_success(self, name: str, result: Result, duration: float) -> None:
         with self._lock:
             health = self._health.get(name)
             if health is None:
                 return  # removed by a reload while it ran
+            now = time.time()
             health.runs += 1
             health.success = True
             health.duration = duration
-            health.last_success = time.time()
+            health.last_success = now
             health.last_error = None
+            health.last_error_kind = None
             self._results[name] = result
+            self._observed_at[name] = now
             self._version += 1
         # Derive right away, in the publishing thread: the verdict (and what remembers it over
         # time) sees every change, not only those a scrape happens to look at.
-        self._derive()
+        self._derive(name)
 
     def publish_failure(
         self, name: str, kind: str, message: str, duration: float, stuck: bool = False
@@ -132,17 +151,19 @@ class Store:
             health.success = False
             health.duration = duration
             health.last_error = message
+            health.last_error_kind = kind
             health.errors[kind] = health.errors.get(kind, 0) + 1
             health.stuck = health.stuck or stuck
             self._results.pop(name, None)
+            self._observed_at[name] = time.time()
             self._version += 1
-        self._derive()
+        self._derive(name)
 
     def touch(self) -> None:
         """Something the deriver reads besides the facts changed (a stack capture finished)."""
         with self._lock:
             self._version += 1
-        self._derive()
+        self._derive(None)
 
     def set_stuck(self, name: str, stuck: bool) -> None:
         with self._lock:
@@ -164,6 +185,19 @@ class Store:
         with self._lock:
             return {name: result.facts for name, result in self._results.items()}
 
+    def published(self, publisher: str | None = None) -> Published:
+        """The facts, their observation times and the health, as one consistent copy."""
+        with self._lock:
+            return self._published(publisher)
+
+    def _published(self, publisher: str | None) -> Published:
+        return Published(
+            {name: result.facts for name, result in self._results.items()},
+            dict(self._observed_at),
+            self._copy_health(),
+            publisher,
+        )
+
     def health(self) -> dict[str, CollectorHealth]:
         with self._lock:
             return self._copy_health()
@@ -172,25 +206,37 @@ class Store:
         return {name: replace(h, errors=dict(h.errors)) for name, h in self._health.items()}
 
     def derived(self) -> Any:
-        """The deriver's object (the diagnosis) for the latest facts; None without a deriver."""
-        return self._derive()[1]
+        """The deriver's object (the diagnosis) of the last publish; None before the first one.
 
-    def _derive(self) -> tuple[list[Family], Any]:
-        if self._deriver is None:
-            return [], None
+        Only reads: a scrape or a page never derives."""
         with self._lock:
-            version = self._version
-            cached = self._derived
-            if cached is None or cached[0] != version:
-                facts = {name: result.facts for name, result in self._results.items()}
-                health = self._copy_health()
-        if cached is not None and cached[0] == version:
-            return cached[1], cached[2]
-        families, payload = self._deriver(facts, health)
+            return self._derived[1] if self._derived is not None else None
+
+    def _derived_families(self) -> list[Family]:
         with self._lock:
-            if self._derived is None or self._derived[0] <= version:
-                self._derived = (version, families, payload)
-        return families, payload
+            return list(self._derived[0]) if self._derived is not None else []
+
+    def _derive(self, publisher: str | None) -> None:
+        """Tell the observers, then derive: once per publish, in the publishing thread."""
+        if self._deriver is None and not self._observers:
+            return
+        with self._derive_lock:
+            published = self.published(publisher)
+            for observer in self._observers:
+                try:
+                    observer(published.facts)
+                except Exception:  # an observer's bug must not fail the collector that published
+                    log.exception("observer of published facts failed")
+            if self._deriver is None:
+                return
+            try:
+                derived = self._deriver(published)
+            except Exception:  # keep serving the last diagnosis rather than none
+                log.exception("deriving the verdict failed")
+                return
+            with self._lock:
+                self._derived = derived
+                self._version += 1  # the page now carries the new verdict: render it again
 
     def ready(self) -> bool:
         """Ready once every enabled collector has finished at least one run."""
@@ -237,7 +283,7 @@ class _StoreView(Collector):
 
     def collect(self) -> Iterable[Metric]:
         families, health, reload_ok, reload_time = self.store._snapshot()
-        families += self.store._derive()[0]
+        families += self.store._derived_families()
         families += _self_metrics(health, reload_ok, reload_time)
         return cast(list[Metric], families)
 

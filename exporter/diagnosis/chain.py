@@ -1,100 +1,67 @@
-"""The verdict: the first broken link of the chain, from every layer's links."""
+"""The verdict of each chain from its broken links, and the one-shot diagnosis (doctor).
+
+A one-shot reading believes every broken link at once and knows no onset; the daemon judges over
+time instead (deriver.py), with the same links and the same ranking.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from ..core.store import CollectorHealth
-from ..metrics.spec import Family, gauge
-from .client import client_links
-from .dependencies import dependency_links
-from .exporterlinks import exporter_links
-from .model import LAYERS, REASONS, Diagnosis, Link
-from .resources import container_links, gpu_links, resource_links
-from .service import environment_links, log_links, recent_errors, service_links, services_of, with_drift
-from .stall import forensics_links, stall_links
+from ..config import ForensicsConfig
+from ..core.health import CollectorHealth
+from .chains import Chains, chains_named
+from .facts import Facts
+from .links import all_links
+from .model import ChainVerdict, Diagnosis
+from .ranking import Broken, pick
+from .service import recent_errors, with_drift
+from .trends import Trends
 
-VERDICT = gauge(
-    "autoglm_diagnosis_verdict",
-    "1 for the layer and reason of the current verdict (the first broken link of the chain), else 0.",
-    "layer",
-    "reason",
-)
-HEALTHY = gauge("autoglm_diagnosis_healthy", "1 when every link of the chain answers, else 0.")
-DIAGNOSIS_METRICS = (VERDICT, HEALTHY)
+if TYPE_CHECKING:
+    from ..collectors.environment import EnvironmentFacts
+
+# A verdict in these layers hurts the service's users even while its own probe still answers.
+HURTING_LAYERS = ("client", "network", "service", "stall")
+
+
+def chain_verdict(
+    service: str,
+    chains: Chains,
+    broken: Sequence[Broken],
+    environment: EnvironmentFacts | None,
+    healthy_since: float | None,
+) -> ChainVerdict:
+    mine = [b for b in broken if chains.holds(service, b.link)]
+    chosen = pick(mine)
+    probe_fails = any(b.link.layer in ("client", "network") and b.link.subject == service for b in mine)
+    hurt = probe_fails or (chosen is not None and chosen.cause.layer in HURTING_LAYERS)
+    if chosen is None:
+        return ChainVerdict(service, None, healthy_since, hurt)
+    return ChainVerdict(service, with_drift(chosen.cause, environment), chosen.since, hurt)
 
 
 def diagnose(
-    facts: Mapping[str, Any], health: Mapping[str, CollectorHealth], now: float | None = None
+    facts: Mapping[str, object],
+    health: Mapping[str, CollectorHealth],
+    now: float | None = None,
+    *,
+    observed_at: Mapping[str, float] | None = None,
+    chains: Chains | None = None,
+    hang_after: float = ForensicsConfig.hang_after,
 ) -> Diagnosis:
+    """One reading judged alone: every broken link is believed, none has a known onset."""
     now = time.time() if now is None else now
-    services = services_of(facts.get("process"))
-    links = (
-        client_links(facts.get("probe"), services)
-        + service_links(facts.get("process"), health.get("process"))
-        + log_links(facts.get("logs"), now)
-        + dependency_links(facts.get("redis"), facts.get("engine"), facts.get("probe"))
-        + resource_links(facts.get("system"), health.get("system"))
-        + container_links(facts.get("container"))
-        + gpu_links(facts.get("gpu"))
-        + forensics_links(facts.get("forensics"), now)
-        + stall_links(facts.get("engine"), facts.get("redis"), facts.get("gpu"))
-        + environment_links(facts.get("environment"))
-        + exporter_links(health)
-    )
-    ordered = tuple(sorted(links, key=lambda link: LAYERS.index(link.layer)))
-    verdict = with_drift(first_broken(ordered), facts.get("environment"))
-    return Diagnosis(ordered, verdict, recent_errors(facts.get("logs")))
+    typed = Facts.of(facts)
+    links = all_links(typed, health, now, observed_at or {}, Trends(), hang_after)
+    chains = chains or chains_named(_client_services(typed))
+    broken = [Broken(link, None) for link in links if link.ok is False]
+    verdicts = tuple(chain_verdict(s, chains, broken, typed.environment, None) for s in chains.members)
+    return Diagnosis(links, verdicts, recent_errors(typed.logs), one_shot=True)
 
 
-def first_broken(links: tuple[Link, ...]) -> Link | None:
-    broken = [link for link in links if link.ok is False]
-    if not broken:
-        return None
-    first = broken[0]
-    if first.layer != "client":
-        return first
-    # It connects but fails: a deeper broken link is the cause, the client failure its symptom.
-    cause = next((link for link in broken[1:] if link.layer not in ("client", "exporter")), None)
-    if cause is None:
-        return first
-    return Link(
-        cause.name,
-        cause.layer,
-        False,
-        cause.summary,
-        cause.reason,
-        cause.evidence + (f"symptom: {first.name}: {first.summary}",),
-        cause.next_command,
-    )
-
-
-def to_dict(diagnosis: Diagnosis) -> dict[str, Any]:
-    """The diagnosis as plain data for JSON (/api/diagnosis, doctor --json)."""
-    return {
-        "healthy": diagnosis.healthy,
-        "verdict": asdict(diagnosis.verdict) if diagnosis.verdict else None,
-        "links": [asdict(link) for link in diagnosis.links],
-        "recent_errors": list(diagnosis.recent_errors),
-    }
-
-
-def verdict_families(diagnosis: Diagnosis) -> list[Family]:
-    verdict = VERDICT.family()
-    current = (diagnosis.verdict.layer, diagnosis.verdict.reason) if diagnosis.verdict else None
-    for layer, reasons in REASONS.items():
-        for reason in reasons:
-            verdict.add_metric([layer, reason], 1 if (layer, reason) == current else 0)
-    return [verdict, HEALTHY.single(1 if diagnosis.healthy else 0)]
-
-
-Deriver = Callable[[Mapping[str, Any], Mapping[str, CollectorHealth]], tuple[list[Family], Diagnosis]]
-
-
-def derive(facts: Mapping[str, Any], health: Mapping[str, CollectorHealth]) -> tuple[list[Family], Diagnosis]:
-    """What the store adds to every page: the verdict as metrics, and the diagnosis itself."""
-    diagnosis = diagnose(facts, health)
-    return verdict_families(diagnosis), diagnosis
+def _client_services(facts: Facts) -> list[str]:
+    targets = list(facts.probe.targets.values()) if facts.probe is not None else []
+    return [t.service or t.name for t in targets if t.layer == "client"]

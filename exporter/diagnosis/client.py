@@ -1,11 +1,23 @@
-"""Client and network links: what a user's request met, and why it could not connect."""
+"""Client and network links: what a user's request met, and why it could not connect.
+
+A probe still waiting is already a fact: once it has waited `hang_after` for a live process, the
+link says "no answer for N s so far" from the in-flight reading instead of the last finished one.
+A refusal is explained by the process reading only when both readings tell the same moment.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .model import Link, host_port_of, pid_list
+from .facts import Facts, InFlightProbe
+from .model import Link, host_port_of, pid_list, port_of
+from .thresholds import SAME_CYCLE_SECONDS
+
+if TYPE_CHECKING:
+    from ..collectors.probe import TargetFacts
+    from ..collectors.process import ServiceFacts
 
 _CONNECT_FAILURES = {"connect_refused", "connect_timeout", "unreachable", "dns", "tls"}
 _CLIENT_REASONS = {
@@ -17,22 +29,93 @@ _CLIENT_REASONS = {
 }
 
 
-def client_links(probe: Any, services: Mapping[str, Any]) -> list[Link]:
-    if probe is None:
-        return []
-    return [_client_link(t, services) for t in probe.targets.values() if t.layer == "client"]
+def client_links(facts: Facts, observed_at: Mapping[str, float], hang_after: float) -> list[Link]:
+    finished = {t.name: t for t in facts.probe.targets.values()} if facts.probe is not None else {}
+    links = []
+    for name in _client_targets(facts):
+        target = finished.get(name)
+        waiting = hung_probe(facts, name, hang_after)
+        if waiting is not None:
+            links.append(_waiting_link(waiting, target, facts.services))
+        elif target is not None:
+            links.append(_finished_link(target, facts.services, observed_at.get("process")))
+    return links
 
 
-def _client_link(target: Any, services: Mapping[str, Any]) -> Link:
+def _client_targets(facts: Facts) -> list[str]:
+    names = [t.name for t in facts.probe.targets.values() if t.layer == "client"] if facts.probe else []
+    if facts.inflight is not None:
+        names += [p.target for p in facts.inflight.targets.values() if p.layer == "client"]
+    return list(dict.fromkeys(names))
+
+
+def hung_probe(facts: Facts, target: str, hang_after: float) -> InFlightProbe | None:
+    """The target's probe in flight, when it has waited `hang_after` for a process that lives."""
+    probe = facts.inflight.targets.get(target) if facts.inflight is not None else None
+    if probe is None or probe.waited < hang_after:
+        return None
+    service = facts.services.get(probe.service or "")
+    if service is not None and not service.up:
+        return None  # nobody to hang: the finished probe will say refused
+    return probe
+
+
+def _waiting_link(
+    probe: InFlightProbe, target: TargetFacts | None, services: Mapping[str, ServiceFacts]
+) -> Link:
+    name = f"probe {probe.target}"
+    subject = probe.service or probe.target
+    since = time.strftime("%H:%M:%S", time.localtime(probe.started_at))
+    url = target.url if target is not None else None
+    service = services.get(probe.service or "")
+    where = f"curl -sv -m 30 {url}" if url else None
+    if service is not None and service.main_pid is not None:
+        where = f"py-spy dump --pid {service.main_pid}" + (f"; {where}" if where else "")
+    if not probe.connected:
+        return Link(
+            name,
+            "network",
+            False,
+            f"no connection after {probe.waited:.0f} s so far: firewall, routing or a full accept queue",
+            "connect_timeout",
+            (f"the probe sent at {since} is still connecting",),
+            where,
+            source="inflight",
+            subject=subject,
+        )
+    return Link(
+        name,
+        "client",
+        False,
+        f"no answer for {probe.waited:.0f} s so far: the service is hung or overloaded",
+        "not_answering",
+        (f"the probe sent at {since} connected and still waits for its answer",),
+        where,
+        source="inflight",
+        subject=subject,
+    )
+
+
+def _finished_link(
+    target: TargetFacts, services: Mapping[str, ServiceFacts], process_at: float | None
+) -> Link:
     outcome = target.outcome
     name = f"probe {target.name}"
+    subject = target.service or target.name
     if outcome.success:
-        return Link(name, "client", True, f"{target.module} {target.url} answered in {outcome.duration:.2f}s")
+        return Link(
+            name,
+            "client",
+            True,
+            f"{target.module} {target.url} answered in {outcome.duration:.2f}s",
+            source="probe",
+            subject=subject,
+        )
     evidence = (
         f"{target.module} {target.url}: {outcome.error} (failed {target.consecutive_failures}x in a row)",
     )
     if outcome.reason in _CONNECT_FAILURES:
-        return _network_link(target, services.get(target.service or ""), evidence)
+        return _network_link(target, services.get(target.service or ""), evidence, process_at)
     reason = _CLIENT_REASONS.get(outcome.reason or "", "bad_answer")
     summaries = {
         "not_answering": "connects, but no answer in time: the service is hung or overloaded",
@@ -41,45 +124,27 @@ def _client_link(target: Any, services: Mapping[str, Any]) -> Link:
         "bad_answer": "answers, but not what a client expects",
         "probe_misconfigured": "the probe itself cannot run",
     }
-    return Link(name, "client", False, summaries[reason], reason, evidence, f"curl -sv -m 30 {target.url}")
+    return Link(
+        name,
+        "client",
+        False,
+        summaries[reason],
+        reason,
+        evidence,
+        f"curl -sv -m 30 {target.url}",
+        source="probe",
+        subject=subject,
+    )
 
 
-def _network_link(target: Any, service: Any, evidence: tuple[str, ...]) -> Link:
-    name = f"probe {target.name}"
-    reason = target.outcome.reason
+def _network_link(
+    target: TargetFacts, service: ServiceFacts | None, evidence: tuple[str, ...], process_at: float | None
+) -> Link:
+    reason = target.outcome.reason or "connect_refused"
+    if reason == "connect_refused" and service is not None:
+        return _refused_by(target, service, evidence, process_at)
     host_port = host_port_of(target.url)
     port = host_port.rsplit(":", 1)[-1]
-    if reason == "connect_refused" and service is not None:
-        if not service.up:
-            return Link(
-                name,
-                "network",
-                False,
-                f"connection refused: the {service.name} process is not running",
-                "process_dead",
-                evidence + (f"no process matches service {service.name}",),
-                f"ps aux | grep -i {service.name}",
-            )
-        listening = ", ".join(str(p) for p in service.listening_ports) or "no port"
-        if service.listening_ports:
-            return Link(
-                name,
-                "network",
-                False,
-                f"connection refused on {port}: {service.name} listens on {listening} instead",
-                "wrong_port",
-                evidence + (f"pid {pid_list(service)} listens on {listening}",),
-                "ss -tlnp",
-            )
-        return Link(
-            name,
-            "network",
-            False,
-            f"connection refused: {service.name} runs (pid {pid_list(service)}) but listens on no port",
-            "not_listening",
-            evidence + ("the process may still be loading the model, or its listener died",),
-            f"ss -tlnp; tail -n 50 /proc/{service.pids[0]}/fd/2" if service.pids else "ss -tlnp",
-        )
     summaries = {
         "connect_refused": f"connection refused: nothing listens on {host_port}",
         "connect_timeout": f"connect to {host_port} timed out: firewall, routing or a full accept queue",
@@ -94,4 +159,78 @@ def _network_link(target: Any, service: Any, evidence: tuple[str, ...]) -> Link:
         "dns": f"getent hosts {host_port.rsplit(':', 1)[0]}",
         "tls": f"openssl s_client -connect {host_port} </dev/null",
     }
-    return Link(name, "network", False, summaries[reason], reason, evidence, commands[reason])
+    return _link(target, reason, summaries[reason], evidence, commands[reason])
+
+
+def _refused_by(
+    target: TargetFacts, service: ServiceFacts, evidence: tuple[str, ...], process_at: float | None
+) -> Link:
+    """A refusal explained by what the process reading of the same moment shows."""
+    host_port = host_port_of(target.url)
+    port = port_of(target.url) or service.expected_port
+    listening = ", ".join(str(p) for p in service.listening_ports[:8])
+    # Seconds from the process reading to the refusal (> 0: the reading came first).
+    gap = None if process_at is None else target.finished_at - process_at
+    if gap is not None and abs(gap) > SAME_CYCLE_SECONDS:
+        when = "before" if gap > 0 else "after"
+        return _link(
+            target,
+            "connect_refused",
+            f"connection refused on {host_port}; the process reading was taken {abs(gap):.0f} s {when} "
+            "it: too far apart to say why",
+            evidence + ("the process readings are stale: is the process collector failing or stuck?",),
+            f"ss -tlnp | grep :{port}",
+        )
+    if service.up and port in service.listening_ports:
+        # The two readings disagree: the process changed between them.
+        if gap is None:
+            when = "listens on it"
+        elif gap >= 0:
+            when = f"listened on it {gap:.0f} s earlier"
+        else:
+            when = f"listens on it again {-gap:.0f} s later"
+        return _link(
+            target,
+            "connect_refused",
+            f"connection refused on {host_port}, though {service.name} (pid {pid_list(service)}) {when}: "
+            "it stopped or restarted in between, or it listens on another address",
+            evidence + (f"pid {pid_list(service)} listens on {listening}",),
+            f"ss -tlnp 'sport = :{port}'",
+        )
+    if not service.up:
+        return _link(
+            target,
+            "process_dead",
+            f"connection refused: the {service.name} process is not running",
+            evidence + (f"no process matches service {service.name}",),
+            f"ps aux | grep -i {service.name}",
+        )
+    if service.listening_ports:
+        return _link(
+            target,
+            "wrong_port",
+            f"connection refused on {port}: {service.name} listens on {listening} instead",
+            evidence + (f"pid {pid_list(service)} listens on {listening}, not on {port}",),
+            "ss -tlnp",
+        )
+    return _link(
+        target,
+        "not_listening",
+        f"connection refused: {service.name} runs (pid {pid_list(service)}) but listens on no port",
+        evidence + ("the process may still be loading the model, or its listener died",),
+        f"ss -tlnp; tail -n 50 /proc/{service.pids[0]}/fd/2",
+    )
+
+
+def _link(target: TargetFacts, reason: str, summary: str, evidence: tuple[str, ...], command: str) -> Link:
+    return Link(
+        f"probe {target.name}",
+        "network",
+        False,
+        summary,
+        reason,
+        evidence,
+        command,
+        source="probe",
+        subject=target.service or target.name,
+    )

@@ -3,29 +3,51 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
+from .client import hung_probe
+from .facts import Facts
 from .model import Link, number
 
+if TYPE_CHECKING:
+    from ..collectors.engine import EngineInstanceFacts
+    from ..collectors.probe import TargetFacts
+    from ..collectors.redis import RedisInstanceFacts
 
-def dependency_links(redis: Any, engine: Any, probe: Any) -> list[Link]:
+
+def dependency_links(facts: Facts, hang_after: float) -> list[Link]:
     links: list[Link] = []
-    if redis is not None:
-        links += [_redis_link(instance) for instance in redis.instances.values()]
-    if engine is not None:
-        links += [_engine_link(instance) for instance in engine.engines.values()]
-    if probe is not None:
-        targets = [t for t in probe.targets.values() if t.layer == "dependencies"]
-        links += [_dependency_probe_link(t, targets) for t in targets]
+    if facts.redis is not None:
+        links += [_redis_link(instance) for instance in facts.redis.instances.values()]
+    if facts.engine is not None:
+        links += [_engine_link(instance) for instance in facts.engine.engines.values()]
+    if facts.probe is not None:
+        targets = [_as_of_now(t, facts, hang_after) for t in facts.probe.targets.values()]
+        dependencies = [(t, source) for t, source in targets if t.layer == "dependencies"]
+        siblings = [t for t, _ in dependencies]
+        links += [_dependency_probe_link(t, siblings, source) for t, source in dependencies]
     return links
 
 
-def _redis_link(instance: Any) -> Link:
+def _as_of_now(target: TargetFacts, facts: Facts, hang_after: float) -> tuple[TargetFacts, str]:
+    """The target as its probe in flight sees it: failing already when it waited too long."""
+    waiting = hung_probe(facts, target.name, hang_after)
+    if waiting is None:
+        return target, "probe"
+    so_far = f"no answer for {waiting.waited:.0f} s so far"
+    outcome = replace(target.outcome, success=False, reason="read_timeout", error=so_far, status=None)
+    return replace(target, outcome=outcome), "inflight"
+
+
+def _redis_link(instance: RedisInstanceFacts) -> Link:
     name = f"redis {instance.name}"
     if instance.up:
         ping = f"{instance.ping_seconds * 1000:.1f} ms" if instance.ping_seconds is not None else "?"
         clients = f", {instance.connected_clients} clients" if instance.connected_clients is not None else ""
-        return Link(name, "dependencies", True, f"PING {ping}{clients}")
+        return Link(
+            name, "dependencies", True, f"PING {ping}{clients}", source="redis", subject=instance.name
+        )
     host, _, port = instance.address.rpartition(":")
     return Link(
         name,
@@ -35,15 +57,18 @@ def _redis_link(instance: Any) -> Link:
         "redis_down",
         (f"{instance.address}: {instance.error}",),
         f"redis-cli -h {host.strip('[]')} -p {port} ping",
+        source="redis",
+        subject=instance.name,
     )
 
 
-def _engine_link(instance: Any) -> Link:
+def _engine_link(instance: EngineInstanceFacts) -> Link:
     name = f"engine {instance.name}"
     if instance.up:
         waiting = number(instance.waiting)
         running = number(instance.running)
-        return Link(name, "dependencies", True, f"{running} requests running, {waiting} waiting")
+        summary = f"{running} requests running, {waiting} waiting"
+        return Link(name, "dependencies", True, summary, source="engine", subject=instance.name)
     return Link(
         name,
         "dependencies",
@@ -52,16 +77,18 @@ def _engine_link(instance: Any) -> Link:
         "engine_down",
         (f"{instance.error}",),
         f"curl -sv -m 10 {instance.url or 'http://127.0.0.1:8000/metrics'} | head",
+        source="engine",
+        subject=instance.name,
     )
 
 
-def _dependency_probe_link(target: Any, siblings: Iterable[Any]) -> Link:
+def _dependency_probe_link(target: TargetFacts, siblings: Iterable[TargetFacts], source: str) -> Link:
     name = f"probe {target.name}"
+    subject = target.service or target.name
     outcome = target.outcome
     if outcome.success:
-        return Link(
-            name, "dependencies", True, f"{target.module} {target.url} answered in {outcome.duration:.2f}s"
-        )
+        summary = f"{target.module} {target.url} answered in {outcome.duration:.2f}s"
+        return Link(name, "dependencies", True, summary, source=source, subject=subject)
     evidence = [f"{target.module} {target.url}: {outcome.error}"]
     # vLLM's /health stays 200 while its engine is dead: generation failing beside a healthy
     # health check is the signature of exactly that.
@@ -84,13 +111,18 @@ def _dependency_probe_link(target: Any, siblings: Iterable[Any]) -> Link:
             tuple(evidence),
             f"curl -s -m 30 {target.url} -H 'Content-Type: application/json' -d "
             '\'{"model": "...", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 1}\'',
+            source=source,
+            subject=subject,
         )
+    failed = outcome.error if source == "inflight" else outcome.reason
     return Link(
         name,
         "dependencies",
         False,
-        f"{target.url} fails: {outcome.reason}",
+        f"{target.url} fails: {failed}",
         "dependency_probe_failed",
         tuple(evidence),
         f"curl -sv -m 30 {target.url}",
+        source=source,
+        subject=subject,
     )

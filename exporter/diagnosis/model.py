@@ -1,9 +1,14 @@
-"""What a diagnosis is made of: the layers, the bounded reasons, links, and wording helpers."""
+"""What a diagnosis is made of: the layers, the bounded reasons, links, verdicts, history."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from ..collectors.process import ServiceFacts
 
 LAYERS = ("client", "network", "service", "dependencies", "resources", "stall", "exporter")
 
@@ -49,33 +54,89 @@ REASONS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Link:
-    name: str
+    name: str  # unique among the links: the verdict remembers each link's state by it
     layer: str
     ok: bool | None  # None: not known (its collector failed, is disabled, or has not run)
     summary: str
     reason: str = "ok"
     evidence: tuple[str, ...] = ()
     next_command: str | None = None
+    # The collector whose readings decide this link: a new state must hold for that many of ITS
+    # readings (config diagnosis.confirm_readings) before the verdict believes it.
+    source: str = ""
+    # What the link is about: a service, Redis instance or engine by its configured name, so it
+    # belongs to the chains of the services that depend on it. None: the machine or the exporter.
+    subject: str | None = None
+    # Readings the state already held when the link judged a window itself (queue growth over
+    # several readings, stacks compared over several dumps): no need to wait for more.
+    held: int = 0
+    # When the condition began, when the link knows better than its first reading (the first
+    # error line in the log, the first flat token reading). Seconds since the epoch.
+    began_at: float | None = None
 
 
 @dataclass(frozen=True)
-class Diagnosis:
-    links: tuple[Link, ...]
-    verdict: Link | None = field(default=None)
-    recent_errors: tuple[str, ...] = ()  # the last matching log lines, redacted, newest last
+class ChainVerdict:
+    """The verdict of one user-facing service: the cause the chain names, and since when."""
+
+    service: str
+    verdict: Link | None  # None: healthy
+    since: float | None  # when this verdict (or health) began; None: before the exporter started
+    users_hurt: bool  # its client probe fails, or the cause is in the client/network/service/stall layer
 
     @property
     def healthy(self) -> bool:
         return self.verdict is None
 
 
-def pid_list(service: Any) -> str:
+@dataclass(frozen=True)
+class Change:
+    """One entry of the incident timeline: a link or a verdict changed state."""
+
+    at: float | None  # when it was observed; None: already so when the exporter started
+    kind: str  # "link" (one link broke or cleared) or "verdict" (what a chain names changed)
+    name: str  # the link's name, or the service of the chain
+    layer: str | None  # None when it cleared / the chain became healthy
+    reason: str | None
+    summary: str
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    links: tuple[Link, ...]
+    chains: tuple[ChainVerdict, ...] = ()
+    recent_errors: tuple[str, ...] = ()  # the last matching log lines, redacted, newest last
+    history: tuple[Change, ...] = ()  # oldest first, bounded
+    link_since: tuple[tuple[str, float | None], ...] = ()  # broken link name -> since when
+    one_shot: bool = True  # a single reading (doctor): no since, no history
+    started_at: float = 0.0  # when the exporter started watching
+
+    @property
+    def verdict(self) -> Link | None:
+        """The verdict of the first chain that is broken (there is usually one chain)."""
+        return next((chain.verdict for chain in self.chains if chain.verdict is not None), None)
+
+    @property
+    def healthy(self) -> bool:
+        return self.verdict is None
+
+
+def pid_list(service: ServiceFacts) -> str:
     return ", ".join(str(pid) for pid in service.pids[:5])
 
 
 def host_port_of(url: str) -> str:
     rest = url.split("://", 1)[-1]
     return rest.split("/", 1)[0]
+
+
+def port_of(url: str) -> int | None:
+    """The TCP port a probe URL (or a tcp target's HOST:PORT) connects to; None when unreadable."""
+    try:
+        parts = urlsplit(url if "://" in url else f"tcp://{url}")
+        return parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None
 
 
 def number(value: float | None) -> str:
@@ -88,3 +149,31 @@ def used_of(used: int | None, total: int | None) -> str:
 
 def gib(value: int) -> str:
     return f"{value / 2**30:.1f} GiB"
+
+
+def clock(at: float | None) -> str:
+    """A moment as people read it on this host: 14:05:12 today, with the date otherwise."""
+    if at is None:
+        return "before start"
+    moment = time.localtime(at)
+    today = time.localtime().tm_yday == moment.tm_yday and time.localtime().tm_year == moment.tm_year
+    return time.strftime("%H:%M:%S" if today else "%Y-%m-%d %H:%M:%S", moment)
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        hours, minutes = divmod(int(seconds // 60), 60)
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+def since_text(healthy: bool, since: float | None, now: float) -> str:
+    """ "broken since 14:05:12 (4 min)"; "... since before the exporter started" when it was so then."""
+    if since is None:
+        return "healthy since the exporter started" if healthy else "broken since before the exporter started"
+    return f"{'healthy' if healthy else 'broken'} since {clock(since)} ({duration(now - since)})"

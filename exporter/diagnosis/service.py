@@ -3,31 +3,31 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from ..core.store import CollectorHealth
+from ..core.health import CollectorHealth
 from .model import Link, pid_list
 from .thresholds import RECENT_LOG_SECONDS
+
+if TYPE_CHECKING:
+    from ..collectors.environment import EnvironmentFacts
+    from ..collectors.logs import LogFacts, LogsFacts
+    from ..collectors.process import ProcessFacts, ServiceFacts
 
 SEVERE_LOG_PATTERNS = ("cuda_oom", "model_load_failure", "config_not_found", "nccl_error", "oom_killed")
 
 
-def services_of(process: Any) -> Mapping[str, Any]:
-    return process.services if process is not None else {}
-
-
-def service_links(process: Any, health: CollectorHealth | None) -> list[Link]:
+def service_links(process: ProcessFacts | None, health: CollectorHealth | None) -> list[Link]:
     if health is None:
         return []
     if process is None:
-        return [
-            Link("processes", "service", None, f"cannot read processes: {health.last_error or 'no run yet'}")
-        ]
-    return [_service_link(service) for service in process.services.values()]
+        why = f"cannot read processes: {health.last_error or 'no run yet'}"
+        return [Link("processes", "service", None, why, source="process")]
+    return [replace(_service_link(s), source="process", subject=s.name) for s in process.services.values()]
 
 
-def _service_link(service: Any) -> Link:
+def _service_link(service: ServiceFacts) -> Link:
     name = f"service {service.name}"
     port = service.expected_port
     if not service.up:
@@ -76,40 +76,37 @@ def _service_link(service: Any) -> Link:
     )
 
 
-def log_links(logs: Any, now: float) -> list[Link]:
+def log_links(logs: LogsFacts | None, now: float) -> list[Link]:
     if logs is None:
         return []
-    links = []
-    for log in logs.logs.values():
-        name = f"log {log.name}"
-        if log.error:
-            links.append(Link(name, "service", None, f"cannot read {log.path}: {log.error}"))
-            continue
-        if not log.present:
-            links.append(Link(name, "service", None, f"{log.path} does not exist (yet)"))
-            continue
-        recent = [m for m in log.recent if now - m.timestamp <= RECENT_LOG_SECONDS]
-        severe = [m for m in recent if m.pattern in SEVERE_LOG_PATTERNS]
-        if not severe:
-            summary = f"{len(recent)} matching lines in the last 5 minutes" if recent else "no recent errors"
-            links.append(Link(name, "service", True, summary))
-            continue
-        patterns = sorted({m.pattern for m in severe})
-        links.append(
-            Link(
-                name,
-                "service",
-                False,
-                f"{', '.join(patterns)} in {log.path} in the last 5 minutes",
-                "log_errors",
-                tuple(f"{m.pattern}: {m.line}" for m in severe[-3:]),
-                f"tail -n 50 {log.path}",
-            )
-        )
-    return links
+    return [replace(_log_link(log, now), source="logs", subject=log.service) for log in logs.logs.values()]
 
 
-def recent_errors(logs: Any, keep: int = 10) -> tuple[str, ...]:
+def _log_link(log: LogFacts, now: float) -> Link:
+    name = f"log {log.name}"
+    if log.error:
+        return Link(name, "service", None, f"cannot read {log.path}: {log.error}")
+    if not log.present:
+        return Link(name, "service", None, f"{log.path} does not exist (yet)")
+    recent = [m for m in log.recent if now - m.timestamp <= RECENT_LOG_SECONDS]
+    severe = [m for m in recent if m.pattern in SEVERE_LOG_PATTERNS]
+    if not severe:
+        summary = f"{len(recent)} matching lines in the last 5 minutes" if recent else "no recent errors"
+        return Link(name, "service", True, summary)
+    patterns = sorted({m.pattern for m in severe})
+    return Link(
+        name,
+        "service",
+        False,
+        f"{', '.join(patterns)} in {log.path} in the last 5 minutes",
+        "log_errors",
+        tuple(f"{m.pattern}: {m.line}" for m in severe[-3:]),
+        f"tail -n 50 {log.path}",
+        began_at=min(m.timestamp for m in severe),  # the first of them: broken since then
+    )
+
+
+def recent_errors(logs: LogsFacts | None, keep: int = 10) -> tuple[str, ...]:
     if logs is None:
         return ()
     matches = sorted((m for log in logs.logs.values() for m in log.recent), key=lambda m: m.timestamp)
@@ -119,7 +116,7 @@ def recent_errors(logs: Any, keep: int = 10) -> tuple[str, ...]:
     )
 
 
-def environment_links(environment: Any) -> list[Link]:
+def environment_links(environment: EnvironmentFacts | None) -> list[Link]:
     links = []
     for env in environment.services.values() if environment is not None else []:
         if env.baseline_taken_at is None:
@@ -129,11 +126,21 @@ def environment_links(environment: Any) -> list[Link]:
             summary = f"changed since the baseline ({', '.join(env.drifted)}){conflicts}"
         else:
             summary = f"as in the baseline{conflicts}"
-        links.append(Link(f"environment {env.name}", "service", True, summary, evidence=env.changes))
+        links.append(
+            Link(
+                f"environment {env.name}",
+                "service",
+                True,
+                summary,
+                evidence=env.changes,
+                source="environment",
+                subject=env.name,
+            )
+        )
     return links
 
 
-def with_drift(verdict: Link | None, environment: Any) -> Link | None:
+def with_drift(verdict: Link | None, environment: EnvironmentFacts | None) -> Link | None:
     """A broken chain after an upgrade: say what changed beside the verdict."""
     if verdict is None or environment is None:
         return verdict
@@ -142,12 +149,4 @@ def with_drift(verdict: Link | None, environment: Any) -> Link | None:
     ]
     if not changes:
         return verdict
-    return Link(
-        verdict.name,
-        verdict.layer,
-        verdict.ok,
-        verdict.summary,
-        verdict.reason,
-        verdict.evidence + tuple(changes[:5]),
-        verdict.next_command,
-    )
+    return replace(verdict, evidence=verdict.evidence + tuple(changes[:5]))

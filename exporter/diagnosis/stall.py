@@ -1,14 +1,30 @@
-"""Stall links: stuck threads (py-spy), an engine not generating, idle GPUs with a backlog, queue growth."""
+"""Stall links: stuck threads (py-spy), an engine not generating, idle GPUs with a backlog, queue growth.
+
+Trends are judged over several readings (trends.py), never one: a stalled engine's tokens stayed
+flat at ENGINE_FLAT_READINGS readings in a row while requests waited; a queue rose at each of
+QUEUE_GROWTH_READINGS readings and holds at least QUEUE_MIN_DEPTH. Such a link says how many
+readings it already held, so the verdict does not wait for as many again.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .model import Link, number
-from .thresholds import FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_STALL
+from .thresholds import ENGINE_FLAT_READINGS, FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_READINGS, QUEUE_MIN_DEPTH
+from .trends import Trends
+
+if TYPE_CHECKING:
+    from ..collectors.engine import EngineFacts
+    from ..collectors.gpu.collector import GpuFacts
+    from ..collectors.redis import RedisFacts
+    from ..forensics.hangwatch import ForensicsFacts
+
+# Captures a human asked for: a busy thread there is not a sign that the service stopped answering.
+_ASKED_FOR = ("api", "cli")
 
 
-def gpu_idle_links(engine: Any, gpu: Any) -> list[Link]:
+def gpu_idle_links(engine: EngineFacts | None, gpu: GpuFacts | None) -> list[Link]:
     """Requests wait while the engine's GPUs do nothing: the engine is stuck before the GPU (seed 4.3)."""
     if engine is None or gpu is None or not gpu.available or not gpu.gpus:
         return []
@@ -22,58 +38,75 @@ def gpu_idle_links(engine: Any, gpu: Any) -> list[Link]:
         if devices and all(d.utilization == 0 for d in devices):
             links.append(
                 Link(
-                    f"engine {instance.name} on gpu {', '.join(str(d.index) for d in devices)}",
+                    f"engine {instance.name} gpus",
                     "stall",
                     False,
-                    f"{number(instance.waiting)} requests wait while its GPUs are idle",
+                    f"{number(instance.waiting)} requests wait while its GPUs "
+                    f"({', '.join(str(d.index) for d in devices)}) are idle",
                     "gpu_idle_with_backlog",
                     ("GPU utilization 0% on every GPU of the engine",),
                     "nvidia-smi; py-spy dump --pid $(pgrep -f vllm | head -1)",
+                    source="engine",
+                    subject=instance.name,
                 )
             )
     return links
 
 
-def stall_links(engine: Any, redis: Any, gpu: Any) -> list[Link]:
+def stall_links(
+    engine: EngineFacts | None, redis: RedisFacts | None, gpu: GpuFacts | None, trends: Trends
+) -> list[Link]:
     links = gpu_idle_links(engine, gpu)
     for instance in engine.engines.values() if engine is not None else []:
-        if instance.up and instance.stalled:
+        flat = trends.flat_readings(instance.name)
+        if instance.up and instance.stalled and flat >= ENGINE_FLAT_READINGS:
             links.append(
                 Link(
-                    f"engine {instance.name}",
+                    f"engine {instance.name} generation",
                     "stall",
                     False,
-                    f"{number(instance.waiting)} requests wait, no token generated since the last reading",
+                    f"{number(instance.waiting)} requests wait, no token generated for {flat} readings",
                     "engine_stalled",
                     (f"generation tokens flat at {number(instance.generation_tokens)}",),
                     "py-spy dump --pid $(pgrep -f 'vllm' | head -1); nvidia-smi",
+                    source="engine",
+                    subject=instance.name,
+                    held=flat,
+                    began_at=instance.stalled_since,
                 )
             )
-    for instance in redis.instances.values() if redis is not None else []:
-        for key, growth in instance.queue_growth.items():
-            depth = instance.queues.get(key)
-            if depth and growth >= QUEUE_GROWTH_STALL:
-                host, _, port = instance.address.rpartition(":")
-                links.append(
-                    Link(
-                        f"queue {key}",
-                        "stall",
-                        False,
-                        f"queue {key} grows: {depth} waiting (+{growth} since the last reading)",
-                        "queue_backlog_growing",
-                        (f"{instance.name} {key}: depth {depth}",),
-                        f"redis-cli -h {host.strip('[]')} -p {port} type '{key}'",
-                    )
+    for redis_instance in redis.instances.values() if redis is not None else []:
+        for key, depth in redis_instance.queues.items():
+            rises, began = trends.queue_rises(redis_instance.name, key)
+            if depth is None or depth < QUEUE_MIN_DEPTH or rises < QUEUE_GROWTH_READINGS - 1:
+                continue
+            host, _, port = redis_instance.address.rpartition(":")
+            links.append(
+                Link(
+                    f"queue {key} on redis {redis_instance.name}",
+                    "stall",
+                    False,
+                    f"queue {key} keeps growing: {depth} waiting, deeper at each of {rises + 1} readings",
+                    "queue_backlog_growing",
+                    (f"{redis_instance.name} {key}: depth {depth}",),
+                    f"redis-cli -h {host.strip('[]')} -p {port} type '{key}'",
+                    source="redis",
+                    subject=redis_instance.name,
+                    held=rises,
+                    began_at=began,
                 )
+            )
     return links
 
 
-def forensics_links(forensics: Any, now: float) -> list[Link]:
+def forensics_links(forensics: ForensicsFacts | None, now: float) -> list[Link]:
     links = []
     for evidence in forensics.services.values() if forensics is not None else []:
         if now - evidence.at > FORENSICS_RECENT_SECONDS:
             continue
         name = f"stacks {evidence.service}"
+        # The stacks stop speaking for the service when its probe answers again: the probe's
+        # readings decide when this link clears.
         if evidence.error_kind == "permission":
             links.append(
                 Link(
@@ -84,6 +117,8 @@ def forensics_links(forensics: Any, now: float) -> list[Link]:
                     "capture_not_permitted",
                     (evidence.error or "",),
                     "docker inspect --format '{{.HostConfig.CapAdd}}' <exporter container>",
+                    source="probe",
+                    subject=evidence.service,
                 )
             )
             continue
@@ -93,14 +128,34 @@ def forensics_links(forensics: Any, now: float) -> list[Link]:
         where = f"py-spy dump --pid {analysis.pid}"
         blocked = [t for t in analysis.threads if t.state == "blocked"]
         busy = [t for t in analysis.threads if t.state == "busy"]
+        # Several dumps compared a short interval apart: the capture is already a judgement
+        # over several readings.
+        held = analysis.dumps
         if analysis.deadlock_suspected:
             evidence_lines = tuple(t.description for t in blocked[:4])
-            link = Link(name, "stall", False, analysis.summary, "threads_blocked", evidence_lines, where)
-        elif busy and evidence.capture is not None and evidence.capture.reason == "probe_failing":
+            reason = "threads_blocked"
+        elif busy and evidence.capture is not None and evidence.capture.reason not in _ASKED_FOR:
             # A thread busy in one function is normal work unless the service stopped answering.
             evidence_lines = tuple(t.description for t in busy[:4])
-            link = Link(name, "stall", False, analysis.summary, "cpu_bound_loop", evidence_lines, where)
+            reason = "cpu_bound_loop"
         else:
-            link = Link(name, "stall", True, analysis.summary)
-        links.append(link)
+            links.append(
+                Link(name, "stall", True, analysis.summary, source="probe", subject=evidence.service)
+            )
+            continue
+        links.append(
+            Link(
+                name,
+                "stall",
+                False,
+                analysis.summary,
+                reason,
+                evidence_lines,
+                where,
+                source="probe",
+                subject=evidence.service,
+                held=held,
+                began_at=evidence.capture.time if evidence.capture is not None else evidence.at,
+            )
+        )
     return links

@@ -13,9 +13,14 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..metrics.spec import Family, gauge
+from .facts import Facts
+
+if TYPE_CHECKING:
+    from ..collectors.probe import ProbeFacts
+    from ..collectors.process import ServiceFacts
 
 STARTUP = gauge(
     "autoglm_service_startup_seconds",
@@ -41,10 +46,11 @@ class StartupTracker:
         self._lock = threading.Lock()
         self._services: dict[str, _Startup] = {}
 
-    def observe(self, facts: Mapping[str, Any], now: float | None = None) -> list[Family]:
+    def observe(self, facts: Mapping[str, object], now: float | None = None) -> list[Family]:
         """Feed the latest facts; returns the start-up families. Safe to call from several threads."""
         now = time.time() if now is None else now
-        process, probe = facts.get("process"), facts.get("probe")
+        typed = Facts.of(facts)
+        process, probe = typed.process, typed.probe
         with self._lock:
             if process is not None:
                 for service in process.services.values():
@@ -52,7 +58,7 @@ class StartupTracker:
                         self._update(service, probe, now)
             return self._families()
 
-    def _update(self, service: Any, probe: Any, now: float) -> None:
+    def _update(self, service: ServiceFacts, probe: ProbeFacts | None, now: float) -> None:
         record = self._services.get(service.name)
         succeeded = _first_success(service.name, probe, service.start_time)
         if record is None or record.start_time != service.start_time:
@@ -81,7 +87,7 @@ class StartupTracker:
         return [family]
 
 
-def _first_success(service: str, probe: Any, since: float) -> float | None:
+def _first_success(service: str, probe: ProbeFacts | None, since: float) -> float | None:
     if probe is None:
         return None
     times = [

@@ -7,12 +7,19 @@ a number here, run `make mixin`; the drift check fails until the generated files
 
 from __future__ import annotations
 
+# A reading is one run of a collector; at the default interval one reading is this long. Counts of
+# readings below become windows in seconds for the alert rules with it.
+READING_SECONDS = 10.0
+
 # --- resources of the machine and of the service's cgroup ---------------------------------------
 MEMORY_LOW_RATIO = 0.05  # available memory under 5% of total
 CPU_SATURATED_RATIO = 0.95  # busy share of every CPU of the machine
 CONTEXT_SWITCHES_PER_CPU_STORM = 100_000.0  # per second per CPU; a quiet server sits near 1-10k
 CPU_THROTTLED_RATIO = 0.25  # share of the cgroup's CFS periods throttled since the last reading
 MEMORY_LIMIT_PRESSURE_RATIO = 0.90  # working set against the cgroup's memory limit
+# Host-wide pressure is the service's own (and so a cause about the service) when the service takes
+# at least this share of it: its processes use this share of the busy CPUs, or of all memory.
+OWN_PRESSURE_SHARE = 0.5
 
 # --- GPUs ---------------------------------------------------------------------------------------
 GPU_MEMORY_FULL_RATIO = 0.95
@@ -23,4 +30,14 @@ RECENT_LOG_SECONDS = 300.0  # a CUDA OOM line (or another severe one) breaks the
 FORENSICS_RECENT_SECONDS = 900.0  # stacks older than this say nothing about the service now
 
 # --- stalls -------------------------------------------------------------------------------------
-QUEUE_GROWTH_STALL = 1  # the queue grew by at least this much since the previous reading
+QUEUE_GROWTH_STALL = 1  # one reading counts as growth when the depth rose by at least this much
+QUEUE_GROWTH_READINGS = 3  # the depth rose at each of this many readings in a row (so 2 rises)...
+QUEUE_MIN_DEPTH = 10  # ...and at least this many wait: a burst onto an idle queue is not a backlog
+QUEUE_GROWTH_WINDOW_SECONDS = (QUEUE_GROWTH_READINGS - 1) * READING_SECONDS  # the alert rule's window
+ENGINE_FLAT_READINGS = 2  # no new token at this many readings in a row while requests wait
+ENGINE_STALL_WINDOW_SECONDS = ENGINE_FLAT_READINGS * READING_SECONDS  # the alert rule's `for`
+
+# --- the verdict over time ------------------------------------------------------------------------
+# A probe's refusal is judged against the process reading only when both were taken this close
+# together (one interval plus its jitter); otherwise the verdict says the reading is stale.
+SAME_CYCLE_SECONDS = 15.0

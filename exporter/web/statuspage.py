@@ -1,4 +1,5 @@
-"""The status page at `/`: the chain drawn as coloured links, the verdict, its evidence, last errors.
+"""The status page at `/`: the verdict of each service with since when, the chain drawn as coloured
+links, the evidence, the incident timeline, last errors.
 
 Everything shown comes from the world (log lines, error messages, URLs) and is hostile input:
 every value passes through html.escape. The page refreshes itself, needs no JavaScript, and
@@ -8,21 +9,24 @@ loads nothing from outside.
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from .. import __version__
-from ..core.store import CollectorHealth
-from ..diagnosis import LAYERS, Diagnosis, Link
+from ..core.health import CollectorHealth
+from ..diagnosis import LAYERS, ChainVerdict, Change, Diagnosis, Link
+from ..diagnosis.model import clock, since_text
 
 REFRESH_SECONDS = 10
+HISTORY_SHOWN = 30  # newest changes on the page; /api/diagnosis has them all
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1d2330;background:#f6f7f9}
 h1{font-size:1.3rem;margin:0 0 1rem}
 .verdict{padding:1rem 1.2rem;border-radius:8px;margin-bottom:1.2rem;color:#fff}
 .verdict.ok{background:#2e7d32}.verdict.broken{background:#c62828}
-.verdict h2{margin:0 0 .4rem;font-size:1.15rem}
+.verdict h2{margin:0 0 .4rem;font-size:1.15rem}.verdict .since{font-weight:bold;margin-bottom:.3rem}
 .verdict ul{margin:.4rem 0 .2rem 1.2rem;padding:0}
 code{background:rgba(0,0,0,.08);padding:.1rem .3rem;border-radius:4px;white-space:pre-wrap}
 .verdict code{background:rgba(255,255,255,.18)}
@@ -50,7 +54,9 @@ def render(
     health: Mapping[str, CollectorHealth],
     telemetry_path: str = "/metrics",
     newest_capture: Mapping[str, Any] | None = None,
+    now: float | None = None,
 ) -> str:
+    now = time.time() if now is None else now
     esc = html.escape
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -62,8 +68,10 @@ def render(
     if diagnosis is None:
         parts.append("<div class='verdict broken'><h2>No diagnosis yet: collectors are starting</h2></div>")
     else:
-        parts.append(_verdict(diagnosis.verdict))
-        parts.append(_chain(diagnosis.links))
+        several = len(diagnosis.chains) > 1
+        parts += [_verdict(chain, several, now, first=n == 0) for n, chain in enumerate(diagnosis.chains)]
+        parts.append(_chain(diagnosis.links, dict(diagnosis.link_since)))
+        parts.append(_history(diagnosis.history))
         parts.append(_recent_errors(diagnosis.recent_errors))
     parts.append(_newest_capture(newest_capture))
     parts.append(_collectors(health))
@@ -78,20 +86,44 @@ def render(
     return "\n".join(parts)
 
 
-def _verdict(verdict: Link | None) -> str:
+def _verdict(chain: ChainVerdict, several: bool, now: float, first: bool) -> str:
     esc = html.escape
+    whose = f"{esc(chain.service)}: " if several else ""
+    anchor = " id='verdict'" if first else ""
+    since = f"<div class='since'>{esc(since_text(chain.healthy, chain.since, now))}</div>"
+    verdict = chain.verdict
     if verdict is None:
-        return "<div class='verdict ok' id='verdict'><h2>Healthy: every link of the chain answers</h2></div>"
+        return (
+            f"<div class='verdict ok'{anchor} data-service='{esc(chain.service)}'>"
+            f"<h2>{whose}Healthy: every link of the chain answers</h2>{since}</div>"
+        )
     evidence = "".join(f"<li>{esc(line)}</li>" for line in verdict.evidence)
     command = f"<p>Next: <code>{esc(verdict.next_command)}</code></p>" if verdict.next_command else ""
+    hurt = "users are hurt" if chain.users_hurt else "users are still served"
     return (
-        "<div class='verdict broken' id='verdict'>"
-        f"<h2>{esc(verdict.layer)} / {esc(verdict.reason)}: {esc(verdict.name)}</h2>"
-        f"<div>{esc(verdict.summary)}</div><ul>{evidence}</ul>{command}</div>"
+        f"<div class='verdict broken'{anchor} data-service='{esc(chain.service)}'>"
+        f"<h2>{whose}{esc(verdict.layer)} / {esc(verdict.reason)}: {esc(verdict.name)}</h2>{since}"
+        f"<div>{esc(verdict.summary)} ({hurt})</div><ul>{evidence}</ul>{command}</div>"
     )
 
 
-def _chain(links: tuple[Link, ...]) -> str:
+def _history(changes: tuple[Change, ...]) -> str:
+    if not changes:
+        return "<section id='history'><h3>Timeline</h3><p>nothing changed since the start</p></section>"
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(clock(c.at))}</td><td>{esc(c.kind)}</td><td>{esc(c.name)}</td>"
+        f"<td>{esc(f'{c.layer} / {c.reason}' if c.reason else 'ok')}</td>"
+        f"<td>{esc(c.summary)}</td></tr>"
+        for c in reversed(changes[-HISTORY_SHOWN:])
+    )
+    return (
+        "<section id='history'><h3>Timeline (newest first)</h3><table><tr><th>when</th><th>what</th>"
+        f"<th>name</th><th>state</th><th>summary</th></tr>{rows}</table></section>"
+    )
+
+
+def _chain(links: tuple[Link, ...], since: Mapping[str, float | None]) -> str:
     esc = html.escape
     boxes = []
     for layer in LAYERS:
@@ -102,7 +134,13 @@ def _chain(links: tuple[Link, ...]) -> str:
         state = "broken" if False in states else ("unknown" if None in states else "ok")
         items = "".join(
             f"<div class='link {_state(link.ok)}'><span class='mark'>{_MARK[link.ok]}</span>"
-            f"<b>{esc(link.name)}</b>: {esc(link.summary)}</div>"
+            f"<b>{esc(link.name)}</b>: {esc(link.summary)}"
+            + (
+                f" <i>(since {esc(clock(since[link.name]))})</i>"
+                if link.ok is False and link.name in since
+                else ""
+            )
+            + "</div>"
             for link in members
         )
         boxes.append(

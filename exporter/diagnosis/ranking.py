@@ -1,0 +1,133 @@
+"""How the verdict picks the cause among broken links: the most specific link that broke first.
+
+Broken links fall into groups, and the first group with a broken link names the cause:
+
+1. what is wrong with the service or what it depends on: its threads (stacks), a refusal the
+   process explains (dead, not listening, wrong port), its process, port, log errors, its
+   cgroup or GPU, Redis, the engine, a stalled engine or queue, pressure on the machine that is
+   the service's own. Within the group the link that broke FIRST wins; on a tie, the more
+   specific one.
+2. the network path when nothing about the process explains it (refused, timeout, DNS, TLS);
+3. the machine as a whole (CPU busy, memory low, context switches, threads blocked on I/O):
+   a cause only when nothing about the service explains the symptom;
+4. the user's symptom alone (no answer, reset, HTTP error, a bad answer);
+5. the exporter's own collectors.
+
+The user's failing probe, when it is not the cause itself, is listed as its symptom.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from .model import LAYERS, Link
+
+# Specificity: how much a broken link says about why, most first.
+STACKS = 6  # where the service's threads are stuck
+EXPLAINED_REFUSAL = 5  # the user's refusal, explained by the process of the same moment
+SERVICE = 4  # a fact about the service or what it depends on
+NETWORK = 3  # the path to it
+HOST = 2  # the whole machine
+SYMPTOM = 1  # what the user's request met
+EXPORTER = 0  # the exporter's own health
+
+_GROUP = {STACKS: 0, EXPLAINED_REFUSAL: 0, SERVICE: 0, NETWORK: 1, HOST: 2, SYMPTOM: 3, EXPORTER: 4}
+_HOST_WIDE = frozenset({"memory_low", "cpu_saturated", "context_switch_storm", "io_blocked"})
+_EXPLAINED_REFUSALS = frozenset({"process_dead", "not_listening", "wrong_port"})
+# One fault seen from the service's side and from the user's: the user's side names it.
+_SAME_FAULT = {
+    "process_missing": frozenset({"process_dead"}),
+    "port_not_listening": frozenset({"not_listening", "wrong_port"}),
+}
+
+
+@dataclass(frozen=True)
+class Broken:
+    link: Link
+    since: float | None  # when it broke; None: before the exporter started
+
+
+@dataclass(frozen=True)
+class Pick:
+    cause: Link  # with the symptom and what changed in its evidence
+    since: float | None  # when the cause or its symptom broke, whichever first
+    symptom: Link | None  # the user's failing probe it explains
+
+
+def specificity(link: Link) -> int:
+    if link.layer == "stall" and link.reason in ("threads_blocked", "cpu_bound_loop"):
+        return STACKS
+    if link.layer == "network":
+        return EXPLAINED_REFUSAL if link.reason in _EXPLAINED_REFUSALS else NETWORK
+    if link.layer == "client":
+        return SYMPTOM
+    if link.layer == "exporter":
+        return EXPORTER
+    if link.layer == "resources" and link.reason in _HOST_WIDE and link.subject is None:
+        return HOST
+    return SERVICE
+
+
+def pick(broken: Sequence[Broken]) -> Pick | None:
+    """The cause among the broken links of one chain; None when none is broken."""
+    candidates = _absorb(broken)
+    if not candidates:
+        return None
+    best = min(candidates, key=_rank)
+    symptoms = [b for b in candidates if _is_users_probe(b.link) and b is not best]
+    symptom = (
+        min(symptoms, key=lambda b: _time(b.since)) if symptoms and not _is_users_probe(best.link) else None
+    )
+    if symptom is None:
+        return Pick(best.link, best.since, None)
+    evidence = best.link.evidence + (f"symptom: {symptom.link.name}: {symptom.link.summary}",)
+    since = min(best.since, symptom.since, key=_time)
+    return Pick(replace(best.link, evidence=evidence), since, symptom.link)
+
+
+def refines(candidate: Link, current: Pick) -> bool:
+    """Whether `candidate` says more about the same symptom than the current cause: then it
+    replaces it at once, without waiting for more readings (not_answering -> threads_blocked)."""
+    concerned = {current.cause.subject} | ({current.symptom.subject} if current.symptom else set())
+    return (
+        candidate.subject is not None
+        and candidate.subject in concerned
+        and specificity(candidate) > specificity(current.cause)
+    )
+
+
+def _absorb(broken: Sequence[Broken]) -> list[Broken]:
+    """Merge the two sides of one fault into the user's side, which keeps the earlier onset."""
+    kept = list(broken)
+    for service_side in broken:
+        merged_into = (
+            _SAME_FAULT.get(service_side.link.reason) if service_side.link.layer == "service" else None
+        )
+        if not merged_into:
+            continue
+        for i, user_side in enumerate(kept):
+            link = user_side.link
+            if (
+                link.layer == "network"
+                and link.reason in merged_into
+                and link.subject == service_side.link.subject
+            ):
+                kept[i] = Broken(link, min(user_side.since, service_side.since, key=_time))
+                kept.remove(service_side)
+                break
+    return kept
+
+
+def _rank(b: Broken) -> tuple[int, float, int, int, str]:
+    level = specificity(b.link)
+    return (_GROUP[level], _time(b.since), -level, LAYERS.index(b.link.layer), b.link.name)
+
+
+def _time(since: float | None) -> float:
+    return -math.inf if since is None else since
+
+
+def _is_users_probe(link: Link) -> bool:
+    return link.layer in ("client", "network")

@@ -1,0 +1,135 @@
+"""What each link's state is believed to be, and since when: no flapping on one noisy reading.
+
+A link's new state (broken for a reason, or not broken) is believed once it held for
+`confirm_readings` readings of the link's own collector (`Link.source`): a publish of an
+unrelated collector is not a reading of it, so two readings are two intervals of evidence. A link
+that judged a window itself (`Link.held`) counts those readings already. The onset of a state is
+when its collector first observed it (or when the link says the condition began); a state its
+collector's first reading already saw began before the exporter started: no onset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .model import Change, Link
+from .ranking import Broken
+
+
+@dataclass
+class _State:
+    source: str
+    believed: Link | None  # the broken link the verdict uses; None: not broken
+    since: float | None  # when the believed state began; None: before the exporter started
+    pending: Link | None = None  # the newest sight of a state not believed yet (None: not broken)
+    has_pending: bool = False
+    count: int = 0  # readings the pending state held
+    pending_since: float | None = None
+    last_reading: tuple[str, int] | None = None
+
+
+def state_of(link: Link | None) -> str | None:
+    return link.reason if link is not None and link.ok is False else None
+
+
+def _began(link: Link | None, reading: tuple[str, int], observed_at: float) -> float | None:
+    """When a state began: what the link knows, else when its collector saw it; None when the
+    collector's first reading already saw it (it began before the exporter started)."""
+    if link is not None and link.began_at is not None:
+        return link.began_at
+    return None if reading[1] == 1 else observed_at
+
+
+class LinkTracker:
+    def __init__(self) -> None:
+        self._states: dict[str, _State] = {}
+        self._derives = 0
+
+    def update(
+        self,
+        links: Iterable[Link],
+        readings: Mapping[str, int],
+        observed_at: Mapping[str, float],
+        now: float,
+        confirm: int,
+    ) -> list[Change]:
+        """Take one derivation's links in; returns the links whose believed state changed."""
+        self._derives += 1
+        changes: list[Change] = []
+        seen = set()
+        for link in links:
+            seen.add(link.name)
+            changes += self._observe(link.name, link, link.source, readings, observed_at, now, confirm)
+        for name in [name for name in self._states if name not in seen]:
+            # Gone from the facts (its collector failed, the probe finished): not broken any more,
+            # once that held as long as anything else.
+            changes += self._observe(
+                name, None, self._states[name].source, readings, observed_at, now, confirm
+            )
+        return changes
+
+    def believed(self) -> list[Broken]:
+        return [Broken(s.believed, s.since) for s in self._states.values() if s.believed is not None]
+
+    def pending_broken(self) -> list[Link]:
+        return [s.pending for s in self._states.values() if s.pending is not None and s.pending.ok is False]
+
+    def believe_now(self, name: str) -> list[Change]:
+        """Believe a pending state at once (it says more about the symptom the verdict names)."""
+        state = self._states.get(name)
+        if state is None or not state.has_pending:
+            return []
+        return self._believe(name, state, state.pending, state.pending_since)
+
+    def _observe(
+        self,
+        name: str,
+        link: Link | None,
+        source: str,
+        readings: Mapping[str, int],
+        observed_at: Mapping[str, float],
+        now: float,
+        confirm: int,
+    ) -> list[Change]:
+        # A source that is not a collector counts every derivation as a reading (a fallback).
+        reading = (source, readings[source]) if source in readings else ("", self._derives)
+        observed = state_of(link)
+        state = self._states.get(name)
+        if state is None:
+            if observed is None:
+                return []  # not broken and never was: nothing to remember
+            state = self._states[name] = _State(source, None, None)
+        state.source = source
+        if observed == state_of(state.believed):
+            state.has_pending, state.pending, state.count = False, None, 0
+            if observed is None:
+                del self._states[name]  # a blip that did not hold: nothing left to remember
+            elif link is not None:
+                state.believed = link  # the same state, its newest words ("no answer for 9 s so far")
+            return []
+        if not state.has_pending or observed != state_of(state.pending):
+            state.has_pending, state.count = True, 0
+            state.pending_since = _began(link, reading, observed_at.get(source, now))
+            state.last_reading = None
+        state.pending = link
+        if reading != state.last_reading:
+            state.count += 1
+            state.last_reading = reading
+        state.count = max(state.count, link.held if link is not None else 0)
+        if state.count >= confirm:
+            return self._believe(name, state, link, state.pending_since)
+        return []
+
+    def _believe(self, name: str, state: _State, link: Link | None, since: float | None) -> list[Change]:
+        previous = state.believed
+        link = link if state_of(link) is not None else None
+        state.believed, state.since = link, since
+        state.has_pending, state.pending, state.count = False, None, 0
+        if link is None:
+            del self._states[name]  # cleared: nothing left to remember
+            assert previous is not None
+            return [
+                Change(since, "link", name, None, None, f"cleared ({previous.layer} / {previous.reason})")
+            ]
+        return [Change(since, "link", name, link.layer, link.reason, link.summary)]

@@ -1,0 +1,106 @@
+"""What only several readings can tell: a queue that keeps growing, an engine whose tokens stay
+flat, how much CPU a service itself uses.
+
+The verdict never judges a trend on one reading (one LPUSH of 5 items onto an idle queue is not
+a backlog). Trends are updated once per new reading of the collector they come from, so a
+publish of an unrelated collector adds nothing. A one-shot reading (doctor) has no trends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .facts import Facts
+from .thresholds import QUEUE_GROWTH_STALL
+
+
+@dataclass(frozen=True)
+class _Queue:
+    depth: int
+    rises: int  # readings in a row at which the depth rose
+    began_at: float | None  # the reading at which the current rise began
+
+
+@dataclass(frozen=True)
+class _Cpu:
+    seconds: float  # user + system of all the service's processes
+    start_time: float
+    at: float
+
+
+class Trends:
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}  # collector -> the reading last taken into account
+        self._queues: dict[tuple[str, str], _Queue] = {}
+        self._flat: dict[str, int] = {}
+        self._cpu: dict[str, _Cpu] = {}
+        self._cores: dict[str, float] = {}
+
+    # --- readers ------------------------------------------------------------------------------
+
+    def queue_rises(self, redis: str, key: str) -> tuple[int, float | None]:
+        """How many readings in a row the queue grew, and since when."""
+        queue = self._queues.get((redis, key))
+        return (queue.rises, queue.began_at) if queue is not None else (0, None)
+
+    def flat_readings(self, engine: str) -> int:
+        """Readings in a row without a new token while requests waited."""
+        return self._flat.get(engine, 0)
+
+    def cores(self, service: str) -> float | None:
+        """CPUs the service's processes used between its last two readings."""
+        return self._cores.get(service)
+
+    # --- one new reading --------------------------------------------------------------------------
+
+    def update(self, facts: Facts, readings: Mapping[str, int], observed_at: Mapping[str, float]) -> None:
+        if self._new("redis", readings):
+            self._update_queues(facts, observed_at.get("redis"))
+        if self._new("engine", readings):
+            self._update_engines(facts)
+        if self._new("process", readings):
+            self._update_cpu(facts, observed_at.get("process"))
+
+    def _new(self, collector: str, readings: Mapping[str, int]) -> bool:
+        reading = readings.get(collector)
+        if reading is None or reading == self._seen.get(collector):
+            return False
+        self._seen[collector] = reading
+        return True
+
+    def _update_queues(self, facts: Facts, at: float | None) -> None:
+        queues: dict[tuple[str, str], _Queue] = {}
+        for instance in facts.redis.instances.values() if facts.redis is not None else []:
+            for key, depth in instance.queues.items():
+                if not instance.up or depth is None:
+                    continue  # unknown is not a trend: start again when it can be read
+                previous = self._queues.get((instance.name, key))
+                if previous is not None and depth - previous.depth >= QUEUE_GROWTH_STALL:
+                    began = previous.began_at if previous.rises else at
+                    queues[(instance.name, key)] = _Queue(depth, previous.rises + 1, began)
+                else:
+                    queues[(instance.name, key)] = _Queue(depth, 0, None)
+        self._queues = queues
+
+    def _update_engines(self, facts: Facts) -> None:
+        engines = facts.engine.engines.values() if facts.engine is not None else []
+        self._flat = {e.name: self._flat.get(e.name, 0) + 1 for e in engines if e.up and e.stalled}
+
+    def _update_cpu(self, facts: Facts, at: float | None) -> None:
+        if at is None:
+            return
+        cpu: dict[str, _Cpu] = {}
+        cores: dict[str, float] = {}
+        for service in facts.services.values():
+            if not service.up:
+                continue
+            now = _Cpu(service.cpu_user_seconds + service.cpu_system_seconds, service.start_time, at)
+            before = self._cpu.get(service.name)
+            # Another process (a restart) or a child that exited makes the difference meaningless.
+            if before is not None and before.start_time == now.start_time and now.at > before.at:
+                used = now.seconds - before.seconds
+                if used >= 0:
+                    cores[service.name] = used / (now.at - before.at)
+            cpu[service.name] = now
+        self._cpu, self._cores = cpu, cores
