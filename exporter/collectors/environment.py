@@ -14,7 +14,7 @@ from typing import Any
 from ..config import EnvironmentConfig, ServiceConfig
 from ..linux.processes import ProcessFinder, ProcfsUnreadable, oldest
 from ..metrics.spec import Families, Family, gauge
-from ..snapshot.take import DRIFT_COMPONENTS, diff_snapshots, drift_components, read_snapshot, take_snapshot
+from ..snapshot import DRIFT_COMPONENTS, diff_snapshots, drift_components, read_snapshot, take_snapshot
 from .base import Collector, CollectorError, Result
 
 DRIFT = gauge(

@@ -12,7 +12,7 @@ from ..config import Config
 from ..forensics import CaptureError, profile
 from ..forensics.hangwatch import HangWatch
 from ..linux.processes import ProcessFinder, ProcfsUnreadable, oldest
-from ..snapshot.take import diff_snapshots, read_snapshot, take_snapshot, write_snapshot
+from ..snapshot import diff_snapshots, read_snapshot, take_snapshot, write_snapshot
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
