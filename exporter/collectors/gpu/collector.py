@@ -15,8 +15,8 @@ Per cycle each GPU costs a fixed set of NVML calls (`NVML_CALLS_PER_GPU`, fewer 
 known to be unsupported, one process-list call among them) plus at least one event-set poll for
 the whole cycle. Identity (UUID, name, compute capability) is read once per NVML session.
 
-Hang guard. Every NVML call of a cycle runs in one worker thread (nvml.py) and the cycle
-waits at most `gpu.call_timeout`. Past it collect() raises CollectorError("timeout"): the runner
+Hang guard. Every NVML call of a cycle runs in one DeadlineWorker thread (core/deadline.py) and
+the cycle waits at most `gpu.call_timeout`. Past it collect() raises CollectorError("timeout"): the runner
 drops every GPU series (never served stale) and counts the failure. Until the stuck call returns,
 each collect() raises CollectorError("skipped_stuck") at once and starts no NVML call. The error
 (`GpuStuckError`) carries the facts with `stuck` set, and `last_facts` keeps them.
@@ -55,12 +55,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...config import GpuConfig, ServiceConfig
+from ...core.deadline import DeadlinePassed, StillBusy
 from ...diagnosis.thresholds import RECENT_XID_SECONDS
 from ...metrics.spec import Families, Family, MetricSpec, counter, gauge, info
 from ..base import Collector, CollectorError, Result
 from . import cuda
 from .join import ProcJoin, gpus_used_by
-from .nvml import NvmlDeadline, NvmlStuck
 from .nvmlreader import NVML_CALLS_PER_GPU as NVML_CALLS_PER_GPU
 from .nvmlreader import NvmlReader, NvmlUnavailable
 from .reading import NO_GPU as NO_GPU
@@ -71,7 +71,6 @@ from .xids import XidLog, XidSnapshot
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("nvml", "nvidia_smi", "none")
 OTHER = "other"  # the service label of GPU processes that belong to no configured service
 
 # NVML clock-event (formerly throttle) reason bits, nvmlClocksEventReason* in nvml.h.
@@ -458,9 +457,9 @@ class GpuCollector(Collector):
         """One NVML cycle (nvmlreader.py) under the hang guard."""
         try:
             return self._nvml.read(self.config.call_timeout)
-        except NvmlDeadline as exc:
+        except DeadlinePassed as exc:
             raise self._stuck("timeout", f"{exc}; GPU series dropped until it returns", exc.doing) from None
-        except NvmlStuck as exc:
+        except StillBusy as exc:
             raise self._stuck("skipped_stuck", str(exc), exc.doing) from None
 
     def _stuck(self, kind: str, message: str, doing: str) -> GpuStuckError:
