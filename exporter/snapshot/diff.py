@@ -20,6 +20,14 @@ SHA_SHOWN = 12  # hex digits of a digest shown in a diff line
 
 Change = tuple[str, str]  # (component, the line that says what changed)
 
+# How a changed key reads: (removed, added, changed).
+PACKAGE_WORDS = (
+    "package {key} removed (was {before})",
+    "package {key} added ({after})",
+    "{key} {before} → {after}",
+)
+ENV_WORDS = ("{key} unset (was {before})", "{key} set to {after} (was unset)", "{key} {before} → {after}")
+
 
 def diff_snapshots(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """What changed from a to b, in plain words, in a stable order."""
@@ -59,9 +67,9 @@ def _service_changes(a: dict[str, Any], b: dict[str, Any]) -> list[Change]:
     if a.get("pid") != b.get("pid"):
         out.append(("service", f"service pid {a.get('pid')} → {b.get('pid')}"))
     out += _python_changes(a, b)
-    out += _keyed_changes("packages", "packages", a.get("packages"), b.get("packages"), _package_words)
+    out += _keyed_changes("packages", "packages", a.get("packages"), b.get("packages"), PACKAGE_WORDS)
     out += _conflict_changes(a.get("conflicts"), b.get("conflicts"))
-    out += _keyed_changes("env", "environment variables", a.get("env"), b.get("env"), _env_words)
+    out += _keyed_changes("env", "environment variables", a.get("env"), b.get("env"), ENV_WORDS, _shown)
     return out
 
 
@@ -83,33 +91,21 @@ def _keyed_changes(
     what: str,
     a: dict[str, str] | None,
     b: dict[str, str] | None,
-    words: Callable[[str, str | None, str | None], str],
+    words: tuple[str, str, str],
+    shown: Callable[[str | None], str] = str,
 ) -> list[Change]:
-    """One line per key whose value differs (added, removed or changed), in key order."""
+    """One line per key whose value differs, in key order, worded by `words`: the templates for a
+    key removed, added, or changed ({key}, {before}, {after})."""
     if a is None or b is None:
         return _unknown(what, a, b)
+    removed, added, changed = words
     out: list[Change] = []
     for key in sorted(set(a) | set(b)):
         before, after = a.get(key), b.get(key)
         if before != after:
-            out.append((component, words(key, before, after)))
+            template = removed if after is None else added if before is None else changed
+            out.append((component, template.format(key=key, before=shown(before), after=shown(after))))
     return out
-
-
-def _package_words(name: str, before: str | None, after: str | None) -> str:
-    if after is None:
-        return f"package {name} removed (was {before})"
-    if before is None:
-        return f"package {name} added ({after})"
-    return f"{name} {before} → {after}"
-
-
-def _env_words(name: str, before: str | None, after: str | None) -> str:
-    if after is None:
-        return f"{name} unset (was {_shown(before)})"
-    if before is None:
-        return f"{name} set to {_shown(after)} (was unset)"
-    return f"{name} {_shown(before)} → {_shown(after)}"
 
 
 def _conflict_changes(a: list[str] | None, b: list[str] | None) -> list[Change]:

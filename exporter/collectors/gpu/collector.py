@@ -65,7 +65,7 @@ from ..base import Collector, CollectorError, Result
 from . import cuda
 from .join import NO_JOIN, ProcJoin, ServiceJoin, gpus_used_by
 from .nvmlreader import NVML_CALLS_PER_GPU as NVML_CALLS_PER_GPU
-from .nvmlreader import NvmlReader, NvmlUnavailable
+from .nvmlreader import NoGpu, NvmlReader, NvmlUnavailable
 from .reading import NO_GPU as NO_GPU
 from .reading import DeviceReading, GpuReading
 from .smi import NvidiaSmi, SmiError
@@ -529,7 +529,7 @@ class GpuCollector(Collector):
         try:
             return self._smi.read(
                 None if nvml_problem is None else str(nvml_problem),
-                nvml_problem is None or nvml_problem.no_gpu,
+                nvml_problem is None or isinstance(nvml_problem, NoGpu),
             )
         except SmiError as exc:
             raise CollectorError(exc.kind, str(exc)) from None

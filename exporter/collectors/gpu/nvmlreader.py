@@ -75,11 +75,11 @@ NVML_CALLS_PER_GPU = (
 
 
 class NvmlUnavailable(Exception):
-    """NVML cannot be used this cycle; `no_gpu` when that is because there is no GPU or driver."""
+    """NVML cannot be used this cycle."""
 
-    def __init__(self, message: str, no_gpu: bool = False) -> None:
-        super().__init__(message)
-        self.no_gpu = no_gpu
+
+class NoGpu(NvmlUnavailable):
+    """NVML cannot be used because there is no GPU or no driver (not a fault to report)."""
 
 
 @dataclass(frozen=True)
@@ -194,10 +194,10 @@ class NvmlReader:
         except error_class as exc:
             code = error_code(exc)
             if code in (LIBRARY_NOT_FOUND, DRIVER_NOT_LOADED):
-                raise NvmlUnavailable(f"{NO_GPU} (NVML: {exc})", no_gpu=True) from None
+                raise NoGpu(f"{NO_GPU} (NVML: {exc})") from None
             raise NvmlUnavailable(f"NVML cannot start: {exc}") from None
         except OSError as exc:
-            raise NvmlUnavailable(f"{NO_GPU} (NVML: {exc})", no_gpu=True) from None
+            raise NoGpu(f"{NO_GPU} (NVML: {exc})") from None
         query = NvmlQuery(nvml, self._errors)
         self._query = query
         try:
@@ -212,7 +212,7 @@ class NvmlReader:
             if not count:
                 _shutdown(nvml)
                 if count == 0:
-                    raise NvmlUnavailable(f"{NO_GPU} (NVML lists no GPU)", no_gpu=True)
+                    raise NoGpu(f"{NO_GPU} (NVML lists no GPU)")
                 raise NvmlUnavailable("NVML cannot count the GPUs")
             devices = [self._identify(query, index) for index in range(int(count))]
             event_set, registered = self._register_events(query, devices)
