@@ -132,44 +132,51 @@ def _service(proc_root: str, pid: int, deadline: float) -> dict[str, Any]:
     service["exe"], service["executable"] = exe, interpreter
     if problem:
         errors.append(problem)
-    if interpreter is None:
-        return service
+    if interpreter is not None:
+        answer, failure = _run_probe(interpreter, environ, deadline)
+        if answer is None:
+            errors.append(failure)
+        else:
+            service.update(_from_probe(answer))
+            errors.extend(str(error) for error in answer.get("errors") or [])
+    return service
+
+
+def _run_probe(
+    interpreter: str, environ: dict[str, str] | None, deadline: float
+) -> tuple[dict[str, Any] | None, str]:
+    """(what probe.py printed, "") or (None, why there is no answer), within the deadline."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        errors.append("no time left to run the service's Python")
-        return service
+        return None, "no time left to run the service's Python"
     try:
-        completed = run_with_deadline(
-            [interpreter, "-B", "-c", PROBE_SOURCE], remaining, env=_probe_env(environ)
-        )
+        argv = [interpreter, "-B", "-c", PROBE_SOURCE]
+        completed = run_with_deadline(argv, remaining, env=_probe_env(environ))
     except CommandTimeout:
-        errors.append(f"the service's Python did not answer within {remaining:.0f}s")
-        return service
+        return None, f"the service's Python did not answer within {remaining:.0f}s"
     except OSError as exc:
-        errors.append(f"cannot run {interpreter}: {exc.strerror or exc}")
-        return service
+        return None, f"cannot run {interpreter}: {exc.strerror or exc}"
     try:
         answer = json.loads(completed.stdout)
         if completed.returncode != 0 or not isinstance(answer, dict):
             raise ValueError
     except ValueError:
         tail = completed.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-        errors.append(f"the service's Python failed (exit {completed.returncode}): {redact(tail[0])[:300]}")
-        return service
-    service["python"] = {
-        "version": str(answer.get("version")),
-        "implementation": str(answer.get("implementation")),
-        "prefix": str(answer.get("prefix")),
-        "base_prefix": str(answer.get("base_prefix")),
-    }
+        return None, f"the service's Python failed (exit {completed.returncode}): {redact(tail[0])[:300]}"
+    return answer, ""
+
+
+def _from_probe(answer: dict[str, Any]) -> dict[str, Any]:
+    """The service part's python, packages and conflicts from the probe's answer, as plain types."""
+    python = {key: str(answer.get(key)) for key in ("version", "implementation", "prefix", "base_prefix")}
+    found: dict[str, Any] = {"python": python}
     packages = answer.get("packages")
     if isinstance(packages, dict):
-        service["packages"] = {str(name): str(version) for name, version in sorted(packages.items())}
+        found["packages"] = {str(name): str(version) for name, version in sorted(packages.items())}
     conflicts = answer.get("conflicts")
     if isinstance(conflicts, list):
-        service["conflicts"] = sorted(str(conflict) for conflict in conflicts)
-    errors.extend(str(error) for error in answer.get("errors") or [])
-    return service
+        found["conflicts"] = sorted(str(conflict) for conflict in conflicts)
+    return found
 
 
 def _read_environ(proc_root: str, pid: int) -> dict[str, str] | None:
