@@ -114,8 +114,11 @@ class Daemon:
         except CaptureNotFound:
             return None
 
+    def request_stop(self) -> None:
+        self._stop.set()
+
     def serve(self, install_signals: bool = True) -> int:
-        """Serve until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
+        """Serve until SIGTERM/SIGINT (or request_stop); SIGHUP reloads. Returns the exit code."""
         # Collectors run Python in threads beside the HTTP threads; a scrape waiting for the GIL
         # waits up to the switch interval (5 ms by default), which was the p99 of /metrics.
         sys.setswitchinterval(SCRAPE_SWITCH_INTERVAL)
