@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_exporter.collectors import build_collectors
+from autoglm_exporter.collectors import COLLECTOR_CLASSES, build_collectors
 from autoglm_exporter.collectors.container import ContainerCollector
 from autoglm_exporter.collectors.gpu.collector import GpuCollector
 from autoglm_exporter.collectors.process import ProcessCollector
@@ -115,8 +115,8 @@ logs: []
     )
 
 
-SERVICE_COLLECTORS = {"process": True, "container": True, "gpu": True, "environment": True}
-OTHERS_OFF = {"system": False, "probe": False, "redis": False, "engine": False, "logs": False}
+SERVICE_COLLECTORS = ("process", "container", "gpu", "environment")
+ONLY_THEM = {name: name in SERVICE_COLLECTORS for name in COLLECTOR_CLASSES}
 
 
 def test_one_look_at_proc_per_cycle_however_many_collectors_ask(tmp_path, monkeypatch) -> None:
@@ -129,7 +129,7 @@ def test_one_look_at_proc_per_cycle_however_many_collectors_ask(tmp_path, monkey
   - {{name: engine, match: {{port: {ENGINE_PORT}}}}}
 """
     config = _config(proc.path, services)
-    collectors = build_collectors(config, {**SERVICE_COLLECTORS, **OTHERS_OFF})
+    collectors = build_collectors(config, ONLY_THEM)
     assert sorted(c.name for c in collectors) == sorted(SERVICE_COLLECTORS)
     facts = {c.name: c.collect().facts for c in collectors}
     assert looks == [proc.path]
@@ -143,7 +143,7 @@ def test_one_look_at_proc_per_cycle_however_many_collectors_ask(tmp_path, monkey
     # A reload that rebuilds only some collectors: old and new ones still share one look.
     reloaded = build_collectors(
         _config(proc.path, services + "environment: {model_dirs: [/nonexistent]}\n"),
-        {**SERVICE_COLLECTORS, **OTHERS_OFF},
+        ONLY_THEM,
     )
     looks.clear()
     kept_process = next(c for c in collectors if c.name == "process")
