@@ -10,7 +10,7 @@ from autoglm_exporter.collectors.environment import EnvironmentCollector
 from autoglm_exporter.config import EnvironmentConfig, ProcessMatch, ServiceConfig
 from autoglm_exporter.core.store import CollectorHealth
 from autoglm_exporter.diagnosis import diagnose
-from autoglm_exporter.snapshot.take import take_snapshot, write_snapshot
+from autoglm_exporter.snapshot import take_snapshot, write_snapshot
 
 from .conftest import assert_promtool_clean, registry_of
 

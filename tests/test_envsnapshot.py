@@ -8,6 +8,7 @@ conflicts computed; pip itself (the dev environment's, with --python) checks our
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import json
@@ -23,9 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_exporter.snapshot import hashcache
+from autoglm_exporter.snapshot import diff_snapshots, drift_components, hashcache, take_snapshot
 from autoglm_exporter.snapshot import take as envsnapshot
-from autoglm_exporter.snapshot.take import diff_snapshots, drift_components, take_snapshot
 
 SLEEPER = "import sys, time; print('up', flush=True); time.sleep(60)"
 
@@ -232,6 +232,33 @@ def test_env_allow_list_never_leaks_secrets(tmp_path: Path, spawn) -> None:
     assert lines[0].startswith("service pid ")
     assert lines[1:] == ["CUDA_VISIBLE_DEVICES 0,1 → 0", 'VLLM_USE_V1 1 → ""']
     assert drift_components(first, second)["env"]
+
+
+def test_a_secret_in_an_allowed_variable_is_masked_in_the_snapshot_and_in_any_diff(
+    tmp_path: Path, spawn
+) -> None:
+    venv = Venv(tmp_path / "venv")
+    env = {"VLLM_EXTRA_ARGS": "--port 8000 --api-key=Zq7hunter2secret"}
+    snapshot = take_snapshot(spawn(venv.python, env=env).pid)
+    assert snapshot["service"]["env"] == {"VLLM_EXTRA_ARGS": "--port 8000 --api-key=***"}
+    assert "Zq7hunter2secret" not in json.dumps(snapshot)
+    # A baseline file written before it was masked (an older exporter, a hand edit) shows no secret.
+    old = json.loads(json.dumps(snapshot))
+    old["service"]["env"]["VLLM_EXTRA_ARGS"] = "--api-key=Zq7hunter2secret"
+    assert diff_snapshots(old, snapshot) == ["VLLM_EXTRA_ARGS --api-key=*** → --port 8000 --api-key=***"]
+
+
+def test_the_probe_runs_in_old_interpreters_without_anything_of_ours() -> None:
+    """What runs in the service's Python: syntax Python 3.5 reads, and only the standard library."""
+    tree = ast.parse(envsnapshot.PROBE_SOURCE, feature_version=(3, 5))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "a relative import: the service's Python has no package around it"
+            imported.add((node.module or "").split(".")[0])
+    assert imported and imported <= sys.stdlib_module_names
 
 
 def test_interpreter_found_through_path_like_python_finds_itself(tmp_path: Path, spawn) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from ..config import KNOWN_COLLECTORS, Config
+from ..linux.processes import MEMBERSHIP_REUSE, ServiceMatcher, shared_matcher
 from .base import Collector
 from .container import ContainerCollector
 from .engine import EngineCollector
@@ -20,23 +21,37 @@ from .system import SystemCollector
 # Each collector with how to build it from the config, in the chain's order (doctor prints it so).
 _REGISTRY: tuple[tuple[type[Collector], Callable[[Config], Collector]], ...] = (
     (SystemCollector, lambda config: SystemCollector(config.proc_root)),
-    (ProcessCollector, lambda config: ProcessCollector(config.services, config.proc_root)),
+    (ProcessCollector, lambda config: ProcessCollector(config.services, config.proc_root, _matcher(config))),
     (
         ContainerCollector,
-        lambda config: ContainerCollector(config.services, config.proc_root, f"{config.sys_root}/fs/cgroup"),
+        lambda config: ContainerCollector(
+            config.services, config.proc_root, f"{config.sys_root}/fs/cgroup", _matcher(config)
+        ),
     ),
     (ProbeCollector, lambda config: ProbeCollector(config.targets)),
     (RedisCollector, lambda config: RedisCollector(config.redis)),
     (EngineCollector, lambda config: EngineCollector(config.engines)),
     (LogsCollector, lambda config: LogsCollector(config.logs)),
-    (GpuCollector, lambda config: GpuCollector(config.gpu, config.services, config.proc_root)),
+    (
+        GpuCollector,
+        lambda config: GpuCollector(config.gpu, config.services, config.proc_root, matcher=_matcher(config)),
+    ),
     (
         EnvironmentCollector,
-        lambda config: EnvironmentCollector(config.services, config.environment, config.proc_root),
+        lambda config: EnvironmentCollector(
+            config.services, config.environment, config.proc_root, _matcher(config)
+        ),
     ),
     (ExporterCollector, lambda config: ExporterCollector(dependencies_of(config))),
 )
 COLLECTOR_CLASSES: dict[str, type[Collector]] = {cls.name: cls for cls, _ in _REGISTRY}
+
+
+def _matcher(config: Config) -> ServiceMatcher:
+    """The one ServiceMatcher of the collectors that ask for a service's processes (process,
+    container, gpu, environment): it hands out one membership per cycle of the quickest of them."""
+    shortest = min(config.collector(name).interval for name in ("process", "container", "gpu", "environment"))
+    return shared_matcher(config.services, config.proc_root, reuse_for=MEMBERSHIP_REUSE * shortest)
 
 
 def build_collectors(config: Config, overrides: Mapping[str, bool] | None = None) -> list[Collector]:

@@ -2,11 +2,10 @@
 whether the process may ptrace, and whether it shares the host's network namespace.
 
 CPU throttling is a classic cause of "alive but not answering": the process is runnable but its
-quota for the period is spent. Each service's MAIN process is found the simple way (the oldest
-process whose command line matches the service's `cmdline` regex or whose executable is its
-`exe`, else the pid in its `pidfile`); a service matched only by port is skipped, and its facts
-say so. Every service has autoglm_container_process_found from the first scrape on; the other
-series exist only while its process does (and quota / limit only when one is set).
+quota for the period is spent. Each service's MAIN process (its oldest, as the shared
+ServiceMatcher finds the service: command line, executable, pidfile or port) is the one read.
+Every service has autoglm_container_process_found from the first scrape on; the other series
+exist only while its process does (and quota / limit only when one is set).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from ..config import ServiceConfig
 from ..linux import cgroups
-from ..linux.processes import ProcessFinder, ProcfsUnreadable, oldest
+from ..linux.processes import ProcfsUnreadable, ServiceMatcher
 from ..metrics.spec import Families, Family, MetricSpec, counter, gauge
 from .base import Collector, CollectorError, Result
 
@@ -148,29 +147,30 @@ class ContainerCollector(Collector):
         services: tuple[ServiceConfig, ...],
         proc_root: str = "/proc",
         cgroup_root: str = cgroups.DEFAULT_CGROUP_ROOT,
+        matcher: ServiceMatcher | None = None,
     ) -> None:
         self.services = services
         self.proc_root = proc_root
         self.cgroup_root = cgroup_root
         self.settings = (services, proc_root, cgroup_root)
-        self.finder = ProcessFinder(services, proc_root)
+        self.matcher = matcher or ServiceMatcher(services, proc_root)
         self._previous: dict[str, _Previous] = {}
 
     def collect(self) -> Result:
         try:
-            cycle, _, matched = self.finder.scan()
+            membership = self.matcher.current()
         except ProcfsUnreadable as exc:
             raise CollectorError("os_error", str(exc)) from exc
         mounts = cgroups.read_mounts(self.proc_root)
         host_namespace = cgroups.net_namespace(self.proc_root, 1)
         facts = {}
         for service in self.services:
-            main = oldest(matched[service.name], cycle)
-            if main is None:
+            pid = membership.main_pid(service.name)
+            if pid is None:
                 self._previous.pop(service.name, None)
                 facts[service.name] = ContainerServiceFacts(service.name, reason=NO_PROCESS_REASON)
             else:
-                facts[service.name] = self._read(service.name, main[0], mounts, host_namespace)
+                facts[service.name] = self._read(service.name, pid, mounts, host_namespace)
         return Result(_families(self.metrics, facts), ContainerFacts(facts))
 
     # --- its cgroup ---------------------------------------------------------------------------

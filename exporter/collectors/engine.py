@@ -132,15 +132,16 @@ class EngineInstanceFacts:
     kind: str
     service: str | None
     up: bool
-    failure: str | None  # one of FAILURE_REASONS when down
-    error: str | None  # why it is down, or a hint when it is up but exposes none of the known series
-    waiting: float | None
-    running: float | None
-    kv_cache_usage: float | None  # 0-1
-    generation_tokens: float | None
-    tokens_since_last: float | None  # None on the first reading or after a counter reset
-    stalled: bool
-    stalled_since: float | None  # time.time() of the first stalled reading
+    # What a down engine leaves out is None (unknown), never 0.
+    failure: str | None = None  # one of FAILURE_REASONS when down
+    error: str | None = None  # why it is down, or a hint when it is up but exposes none of the known series
+    waiting: float | None = None
+    running: float | None = None
+    kv_cache_usage: float | None = None  # 0-1
+    generation_tokens: float | None = None
+    tokens_since_last: float | None = None  # None on the first reading or after a counter reset
+    stalled: bool = False
+    stalled_since: float | None = None  # time.time() of the first stalled reading
     prompt_tokens: float | None = None
     url: str = ""  # the metrics URL without credentials, for the verdict's next command
 
@@ -222,7 +223,6 @@ class EngineCollector(Collector):
             kind=engine.kind,
             service=engine.service,
             up=True,
-            failure=None,
             error=hint,
             waiting=reading.waiting,
             running=reading.running,
@@ -270,21 +270,9 @@ class EngineCollector(Collector):
         self._failures[engine.name][reason] += 1
         self._stalled_since.pop(engine.name, None)
         self._failure_log.failed(engine.name, reason, message)
+        url = display_url(engine.metrics_url)
         return EngineInstanceFacts(
-            name=engine.name,
-            kind=engine.kind,
-            service=engine.service,
-            up=False,
-            failure=reason,
-            error=message,
-            waiting=None,
-            running=None,
-            kv_cache_usage=None,
-            generation_tokens=None,
-            tokens_since_last=None,
-            stalled=False,
-            stalled_since=None,
-            url=display_url(engine.metrics_url),
+            engine.name, engine.kind, engine.service, up=False, failure=reason, error=message, url=url
         )
 
     def _families(self, engines: dict[str, EngineInstanceFacts]) -> list[Family]:

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import EnvironmentConfig, ServiceConfig
-from ..linux.processes import ProcessFinder, ProcfsUnreadable, oldest
+from ..linux.processes import ProcfsUnreadable, ServiceMatcher
 from ..metrics.spec import Families, Family, gauge
-from ..snapshot.take import DRIFT_COMPONENTS, diff_snapshots, drift_components, read_snapshot, take_snapshot
+from ..snapshot import DRIFT_COMPONENTS, diff_snapshots, drift_components, read_snapshot, take_snapshot
 from .base import Collector, CollectorError, Result
 
 DRIFT = gauge(
@@ -60,24 +60,25 @@ class EnvironmentCollector(Collector):
     metrics = (DRIFT, CONFLICTS, BASELINE_TIME)
 
     def __init__(
-        self, services: tuple[ServiceConfig, ...], config: EnvironmentConfig, proc_root: str = "/proc"
+        self,
+        services: tuple[ServiceConfig, ...],
+        config: EnvironmentConfig,
+        proc_root: str = "/proc",
+        matcher: ServiceMatcher | None = None,
     ) -> None:
         self.services = services
         self.config = config
         self.proc_root = proc_root
         self.settings = (services, config, proc_root)
-        self.finder = ProcessFinder(services, proc_root)
+        self.matcher = matcher or ServiceMatcher(services, proc_root)
         self._baselines: dict[str, dict[str, Any]] = {}
 
     def collect(self) -> Result:
         try:
-            cycle, _, matched = self.finder.scan()
+            membership = self.matcher.current()
         except ProcfsUnreadable as exc:
             raise CollectorError("os_error", str(exc)) from exc
-        facts = {}
-        for service in self.services:
-            main = oldest(matched[service.name], cycle)
-            facts[service.name] = self._compare(service.name, main[0] if main else None)
+        facts = {s.name: self._compare(s.name, membership.main_pid(s.name)) for s in self.services}
         return Result(self._families(facts), EnvironmentFacts(facts))
 
     def _compare(self, name: str, pid: int | None) -> ServiceEnvironment:

@@ -1,9 +1,10 @@
 """The service's processes: alive, listening, restarted, and what their threads are doing.
 
-Each configured service is found by command-line regex, executable, pidfile or listening port
-(any rule that matches claims the process), optionally with its children. Every service has all
-of its series from the first scrape on: a service with no process reports up 0 and zeros.
-A process that exits while we read it is simply not counted: that race is normal.
+Which processes are the service's comes from the shared ServiceMatcher (linux/processes.py: any
+of command-line regex, executable, pidfile or listening port claims a process, optionally with
+its children); their counters are read fresh here. Every service has all of its series from the
+first scrape on: a service with no process reports up 0 and zeros. A process that exits while we
+read it is simply not counted: that race is normal.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..config import ServiceConfig
 from ..linux import procfs
-from ..linux.processes import Cycle, ProcessFinder, ProcfsUnreadable, oldest
+from ..linux.processes import Membership, ProcfsUnreadable, ServiceMatcher
 from ..metrics.spec import Families, Family, counter, gauge
 from .base import Collector, CollectorError, Result
 
@@ -115,42 +116,40 @@ class ProcessCollector(Collector):
         PORT_TAKEN,
     )
 
-    def __init__(self, services: tuple[ServiceConfig, ...], proc_root: str = "/proc") -> None:
+    def __init__(
+        self,
+        services: tuple[ServiceConfig, ...],
+        proc_root: str = "/proc",
+        matcher: ServiceMatcher | None = None,
+    ) -> None:
         self.services = services
         self.proc_root = proc_root
         self.settings = (services, proc_root)
-        self.finder = ProcessFinder(services, proc_root)
+        self.matcher = matcher or ServiceMatcher(services, proc_root)
         self._main_process: dict[str, tuple[int, int]] = {}  # service -> (pid, start ticks) of oldest process
         self._restarts: dict[str, int] = {s.name: 0 for s in services}
         self._boot_time: float | None = None
 
     def collect(self) -> Result:
         try:
-            cycle, pids, matched = self.finder.scan()
+            membership = self.matcher.current()
         except ProcfsUnreadable as exc:
             raise CollectorError("os_error", str(exc)) from exc
-        facts = {
-            service.name: self._service_facts(service, matched[service.name], pids, cycle)
-            for service in self.services
-        }
+        facts = {service.name: self._service_facts(service, membership) for service in self.services}
         return Result(self._families(facts), ProcessFacts(facts))
 
     # --- reading them -----------------------------------------------------------------------
 
-    def _service_facts(
-        self, service: ServiceConfig, pids: list[int], all_pids: list[int], cycle: Cycle
-    ) -> ServiceFacts:
+    def _service_facts(self, service: ServiceConfig, membership: Membership) -> ServiceFacts:
         facts = ServiceFacts(service.name, expected_port=service.port)
         ports: set[int] = set()
-        for pid in pids:
-            stat = cycle.stat(pid)
-            if stat is None:
-                continue
+        for pid in membership.services[service.name]:
             try:
+                stat = procfs.parse_pid_stat(procfs.read_text(f"{self.proc_root}/{pid}/stat"))
                 threads = procfs.summarize_threads(self.proc_root, pid)
                 fds = procfs.count_fds(self.proc_root, pid)
-                ports |= cycle.listening_ports(pid)
-            except (FileNotFoundError, ProcessLookupError):
+                ports |= membership.cycle.listening_ports(pid)
+            except (FileNotFoundError, ProcessLookupError, procfs.ProcParseError):
                 continue  # exited while we read it
             except PermissionError:
                 threads, fds = procfs.ThreadSummary(), 0
@@ -167,20 +166,30 @@ class ProcessCollector(Collector):
         facts.listening_ports = sorted(ports)
         facts.expected_port_listening = service.port is not None and service.port in ports
         if service.port is not None and not facts.expected_port_listening:
-            for pid in self.finder.port_owner_pids(service.port, all_pids, cycle):
-                stat = cycle.stat(pid)
-                if stat is not None and pid not in facts.pids:
-                    facts.port_taken_by.append((pid, stat.comm))
-        main = oldest(facts.pids, cycle)
-        if main is not None:
+            facts.port_taken_by = self._others_on(service.port, facts.pids, membership)
+        self._note_main_process(facts, membership.main.get(service.name))
+        return facts
+
+    @staticmethod
+    def _others_on(port: int, mine: list[int], membership: Membership) -> list[tuple[int, str]]:
+        """(pid, command name) of the processes outside the service that listen on its port."""
+        others = []
+        for pid in membership.port_owners.get(port, ()):
+            stat = membership.cycle.stat(pid)
+            if stat is not None and pid not in mine:
+                others.append((pid, stat.comm))
+        return others
+
+    def _note_main_process(self, facts: ServiceFacts, main: tuple[int, int] | None) -> None:
+        """The main (oldest) process, its start time, and a restart when it is another one."""
+        if main is not None and main[0] in facts.pids:
             facts.main_pid = main[0]
             facts.start_time = self._boot() + main[1] / procfs.CLOCK_TICKS
-            previous = self._main_process.get(service.name)
+            previous = self._main_process.get(facts.name)
             if previous is not None and previous != main:
-                self._restarts[service.name] += 1
-            self._main_process[service.name] = main
-        facts.restarts = self._restarts[service.name]
-        return facts
+                self._restarts[facts.name] += 1
+            self._main_process[facts.name] = main
+        facts.restarts = self._restarts[facts.name]
 
     def _boot(self) -> float:
         if self._boot_time is None:

@@ -113,15 +113,16 @@ class RedisInstanceFacts:
     name: str
     address: str
     up: bool
-    failure: str | None  # one of FAILURE_REASONS when down
-    error: str | None  # a short message, never a secret
-    ping_seconds: float | None
-    connected_clients: int | None
-    blocked_clients: int | None
-    memory_used: int | None
-    memory_max: int | None  # 0: no limit
-    queues: dict[str, int | None]  # queue name -> depth; None when it could not be read
-    queue_growth: dict[str, int]  # depth minus the previous run's depth, 0 on the first run
+    # What a down instance leaves out is None (unknown), never 0.
+    failure: str | None = None  # one of FAILURE_REASONS when down
+    error: str | None = None  # a short message, never a secret
+    ping_seconds: float | None = None
+    connected_clients: int | None = None
+    blocked_clients: int | None = None
+    memory_used: int | None = None
+    memory_max: int | None = None  # 0: no limit
+    queues: dict[str, int | None] = field(default_factory=dict)  # queue name -> depth; None: unreadable
+    queue_growth: dict[str, int] = field(default_factory=dict)  # depth minus the previous run's, 0 at first
     queue_errors: dict[str, str] = field(default_factory=dict)  # queue name -> why it has no depth
 
 
@@ -213,8 +214,6 @@ class RedisCollector(Collector):
             name=instance.name,
             address=instance.address,
             up=True,
-            failure=None,
-            error=None,
             ping_seconds=ping,
             connected_clients=_info_int(clients, "connected_clients"),
             blocked_clients=_info_int(clients, "blocked_clients"),
@@ -229,19 +228,9 @@ class RedisCollector(Collector):
         self._failures[instance.name][reason] += 1
         self._depths[instance.name] = {}
         self._failure_log.failed(instance.name, reason, message)
+        unknown: dict[str, int | None] = {name: None for name, _ in self._queues[instance.name]}
         return RedisInstanceFacts(
-            name=instance.name,
-            address=instance.address,
-            up=False,
-            failure=reason,
-            error=message,
-            ping_seconds=None,
-            connected_clients=None,
-            blocked_clients=None,
-            memory_used=None,
-            memory_max=None,
-            queues={name: None for name, _ in self._queues[instance.name]},
-            queue_growth={},
+            instance.name, instance.address, up=False, failure=reason, error=message, queues=unknown
         )
 
     def _client(self, instance: RedisConfig, password: str | None) -> redis.Redis:

@@ -48,7 +48,6 @@ class SystemFacts:
     memory: dict[str, int]
     load: tuple[float, float, float]
     context_switches_per_second: float | None
-    forks_per_second: float | None
     cpu_busy_ratio: float | None  # share of all CPU time not idle or iowait since the last run
 
 
@@ -88,20 +87,19 @@ class SystemCollector(Collector):
     def _facts(
         self, now: float, stat: procfs.SystemStat, memory: dict[str, int], load: tuple[float, float, float]
     ) -> SystemFacts:
-        ctxt_rate = forks_rate = busy = None
+        ctxt_rate = busy = None
         if self._previous is not None:
             then, old = self._previous
             elapsed = now - then
             if elapsed > 0 and stat.context_switches >= old.context_switches:
                 ctxt_rate = (stat.context_switches - old.context_switches) / elapsed
-                forks_rate = (stat.forks - old.forks) / elapsed
             spent = {
                 mode: stat.cpu_seconds[mode] - old.cpu_seconds.get(mode, 0.0) for mode in stat.cpu_seconds
             }
             total = sum(spent.values())
             if total > 0:
                 busy = 1.0 - (spent.get("idle", 0.0) + spent.get("iowait", 0.0)) / total
-        return SystemFacts(stat, memory, load, ctxt_rate, forks_rate, busy)
+        return SystemFacts(stat, memory, load, ctxt_rate, busy)
 
     def _families(
         self, stat: procfs.SystemStat, meminfo: dict[str, int], load: tuple[float, float, float]

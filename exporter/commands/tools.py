@@ -11,8 +11,8 @@ import sys
 from ..config import Config
 from ..forensics import CaptureError, profile
 from ..forensics.hangwatch import HangWatch
-from ..linux.processes import ProcessFinder, ProcfsUnreadable, oldest
-from ..snapshot.take import diff_snapshots, read_snapshot, take_snapshot, write_snapshot
+from ..linux.processes import ProcfsUnreadable, ServiceMatcher
+from ..snapshot import diff_snapshots, read_snapshot, take_snapshot, write_snapshot
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -28,13 +28,12 @@ def main_pid(config: Config, service: str) -> int:
         known = ", ".join(s.name for s in config.services) or "none"
         raise ServiceNotFound(f"no service named {service!r} in the config (known: {known})")
     try:
-        cycle, _, matched = ProcessFinder(tuple(chosen), config.proc_root).scan()
+        found = ServiceMatcher(tuple(chosen), config.proc_root).current().main_pid(service)
     except ProcfsUnreadable as exc:
         raise ServiceNotFound(str(exc)) from exc
-    found = oldest(matched[service], cycle)
     if found is None:
         raise ServiceNotFound(f"service {service} has no running process")
-    return found[0]
+    return found
 
 
 def capture(config: Config, service: str) -> int:

@@ -43,7 +43,6 @@ STATES = ("blocked", "busy", "running", "idle")
 # What a thread waits on. The first group makes a thread that does not move "blocked".
 BLOCKING_WAITS = ("lock", "semaphore", "condition", "event", "queue", "join", "future", "barrier")
 LOCK_WAITS = ("lock", "semaphore")
-IDLE_WAITS = ("select", "accept", "sleep", "io", "work", "unknown")
 _WAIT_WORDS = {
     "lock": "a lock",
     "semaphore": "a semaphore",
@@ -136,7 +135,7 @@ class ThreadReport:
     os_thread_id: int | None
     name: str  # the thread's name, or "thread TID" when it has none
     state: str  # one of STATES
-    waiting_on: str | None  # a wait (BLOCKING_WAITS, IDLE_WAITS or "gil"), None when it is not waiting
+    waiting_on: str | None  # a key of _WAIT_WORDS, None when it is not waiting
     where: Frame | None  # blocked: the application line that waits; busy: where it spins; else the top frame
     samples: int  # dumps the thread appears in
     active_samples: int  # of those, dumps where py-spy saw it on a CPU

@@ -131,10 +131,6 @@ class CaptureStore:
                 del self._cache[name]
         return captures
 
-    def latest(self) -> StoredCapture | None:
-        captures = self.list()
-        return captures[0] if captures else None
-
     def load(self, name: str) -> LoadedCapture:
         """The capture called `name` with its dumps and analysis; CaptureNotFound otherwise."""
         path = self.path_of(name)

@@ -50,7 +50,6 @@ CAPABILITY_NAMES = (
 )  # fmt: skip
 CAP_NET_ADMIN = 12
 CAP_SYS_PTRACE = 19
-CAP_SYS_ADMIN = 21
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 

@@ -122,10 +122,6 @@ class PidStat:
     start_ticks: int  # since boot, in clock ticks: with the pid it identifies one process instance
     rss_bytes: int
 
-    @property
-    def start_seconds_after_boot(self) -> float:
-        return self.start_ticks / CLOCK_TICKS
-
 
 def parse_pid_stat(text: str) -> PidStat:
     """Parse /proc/PID/stat. comm may hold spaces and parentheses, so split at the LAST ')'."""

@@ -92,7 +92,3 @@ def info(name: str, help_text: str, *labels: str) -> MetricSpec:
 
 def histogram(name: str, help_text: str, *labels: str) -> MetricSpec:
     return MetricSpec(name, "histogram", help_text, tuple(labels))
-
-
-def by_name(specs: Iterable[MetricSpec]) -> dict[str, MetricSpec]:
-    return {spec.name: spec for spec in specs}

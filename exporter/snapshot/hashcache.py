@@ -50,9 +50,7 @@ class HashCache:
         self.chunk_size = chunk_size
         self._entries: OrderedDict[_Key, str] = OrderedDict()
         self._lock = threading.Lock()
-        # What was really read, for tests and self-metrics.
-        self.files_read = 0
-        self.bytes_read = 0
+        self.files_read = 0  # files really read (not answered from the cache)
 
     def __len__(self) -> int:
         with self._lock:
@@ -100,7 +98,6 @@ class HashCache:
             after = os.fstat(handle.fileno())
         with self._lock:
             self.files_read += 1
-            self.bytes_read += size
         if size != before.st_size or _key(path, after) != _key(path, before):
             raise FileChanged(f"{path} changed while it was read")
         return digest.hexdigest(), size

@@ -1,10 +1,10 @@
-"""The service's environment as one JSON-able dict, and what changed between two of them.
+"""Taking an environment snapshot: the service's environment as one JSON-able dict, and its file.
 
 A snapshot holds what makes "it worked yesterday" reproducible (seed 2.2, 2.4):
 
 - the service's Python: version, the interpreter it runs, its environment (sys.prefix), its
   installed distributions and their versions, and the dependency conflicts `pip check` would
-  report. They are read by running the service's OWN interpreter on a small script (its
+  report. They are read by running the service's OWN interpreter on probe.py (its
   importlib.metadata, its sys.path), under a deadline. /proc/PID/exe names the real binary, which
   for a virtual environment is the base interpreter outside it, so the interpreter is found the
   way Python finds itself: from argv[0] (against the process's cwd and PATH), accepted only when
@@ -14,6 +14,8 @@ A snapshot holds what makes "it worked yesterday" reproducible (seed 2.2, 2.4):
 - sha256 and size of model files under the given directories (cached by size and mtime, see
   hashcache), hidden files and directories skipped, symlinked directories followed once;
 - what the caller knows of the GPUs (driver, CUDA driver version, names): `gpu_info`.
+
+diff.py says what changed between two snapshots.
 
 The service's interpreter runs with the exporter's privileges: it imports its site-packages' .pth
 files. Run snapshots as the service's user where that matters.
@@ -28,6 +30,7 @@ import socket
 import stat
 import time
 from collections.abc import Iterable
+from importlib import resources
 from typing import Any
 
 from ..linux.subprocesses import CommandTimeout, run_with_deadline
@@ -35,7 +38,6 @@ from ..logs.redact import redact
 from . import hashcache
 
 SNAPSHOT_VERSION = 1
-DRIFT_COMPONENTS = ("packages", "python", "model_files", "env", "gpu_driver", "conflicts")
 
 ENV_ALLOWED = (
     "CUDA_VISIBLE_DEVICES",
@@ -59,72 +61,11 @@ PROBE_ENV_FROM_SERVICE = (
     "LD_LIBRARY_PATH",
 )
 MAX_MODEL_FILES = 10_000  # per snapshot: a wrong --model-dir (/) must not walk the disk
-SHA_SHOWN = 12  # hex digits of a digest shown in a diff line
 
 _PYTHON_NAME = re.compile(r"(python|pypy)[0-9.]*[a-z]?(-dbg)?")
-
-# Runs inside the SERVICE's interpreter: keep it valid for old Pythons (no f-strings, no walrus).
-PROBE_SCRIPT = r"""
-import json, os, re, sys
-if sys.path and sys.path[0] in ("", os.getcwd()):
-    del sys.path[0]
-out = {
-    "version": "%d.%d.%d" % tuple(sys.version_info[:3]),
-    "implementation": sys.implementation.name,
-    "prefix": sys.prefix,
-    "base_prefix": getattr(sys, "base_prefix", sys.prefix),
-    "packages": None,
-    "conflicts": None,
-    "errors": [],
-}
-def canonical(name):
-    return re.sub(r"[-_.]+", "-", name).lower()
-try:
-    from importlib import metadata
-except ImportError:
-    metadata = None
-    out["errors"].append("importlib.metadata is not available (Python older than 3.8)")
-if metadata is not None:
-    found = {}
-    for dist in metadata.distributions():
-        try:
-            name, version = dist.metadata["Name"], dist.version
-        except Exception:
-            continue
-        if name and version and canonical(name) not in found:  # the first on sys.path is imported
-            found[canonical(name)] = (version, dist.requires or [])
-    out["packages"] = dict((key, found[key][0]) for key in sorted(found))
-    Requirement = None
-    for module in ("packaging.requirements", "pip._vendor.packaging.requirements"):
-        try:
-            Requirement = __import__(module, fromlist=["Requirement"]).Requirement
-            break
-        except Exception:
-            pass
-    if Requirement is None:
-        out["errors"].append("packaging is not importable by the service's Python: conflicts unknown")
-    else:
-        conflicts = set()
-        for key in sorted(found):
-            version, requires = found[key]
-            for line in requires:
-                try:
-                    req = Requirement(line)
-                    if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-                        continue
-                    dep = found.get(canonical(req.name))
-                    if dep is None:
-                        conflicts.add("%s %s requires %s, which is not installed."
-                                      % (key, version, canonical(req.name)))
-                    elif not req.specifier.contains(dep[0], prereleases=True):
-                        conflicts.add("%s %s has requirement %s, but you have %s %s."
-                                      % (key, version, req, canonical(req.name), dep[0]))
-                except Exception:
-                    continue
-        out["conflicts"] = sorted(conflicts)
-sys.stdout.write(json.dumps(out))
-"""
-
+# The program the service's interpreter runs, as text for `-c`: run by path, its directory (ours)
+# would come first on that interpreter's sys.path.
+PROBE_SOURCE = resources.files(__package__).joinpath("probe.py").read_text(encoding="utf-8")
 
 # --- taking a snapshot ----------------------------------------------------------------------
 
@@ -191,44 +132,51 @@ def _service(proc_root: str, pid: int, deadline: float) -> dict[str, Any]:
     service["exe"], service["executable"] = exe, interpreter
     if problem:
         errors.append(problem)
-    if interpreter is None:
-        return service
+    if interpreter is not None:
+        answer, failure = _run_probe(interpreter, environ, deadline)
+        if answer is None:
+            errors.append(failure)
+        else:
+            service.update(_from_probe(answer))
+            errors.extend(str(error) for error in answer.get("errors") or [])
+    return service
+
+
+def _run_probe(
+    interpreter: str, environ: dict[str, str] | None, deadline: float
+) -> tuple[dict[str, Any] | None, str]:
+    """(what probe.py printed, "") or (None, why there is no answer), within the deadline."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        errors.append("no time left to run the service's Python")
-        return service
+        return None, "no time left to run the service's Python"
     try:
-        completed = run_with_deadline(
-            [interpreter, "-B", "-c", PROBE_SCRIPT], remaining, env=_probe_env(environ)
-        )
+        argv = [interpreter, "-B", "-c", PROBE_SOURCE]
+        completed = run_with_deadline(argv, remaining, env=_probe_env(environ))
     except CommandTimeout:
-        errors.append(f"the service's Python did not answer within {remaining:.0f}s")
-        return service
+        return None, f"the service's Python did not answer within {remaining:.0f}s"
     except OSError as exc:
-        errors.append(f"cannot run {interpreter}: {exc.strerror or exc}")
-        return service
+        return None, f"cannot run {interpreter}: {exc.strerror or exc}"
     try:
         answer = json.loads(completed.stdout)
         if completed.returncode != 0 or not isinstance(answer, dict):
             raise ValueError
     except ValueError:
         tail = completed.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-        errors.append(f"the service's Python failed (exit {completed.returncode}): {redact(tail[0])[:300]}")
-        return service
-    service["python"] = {
-        "version": str(answer.get("version")),
-        "implementation": str(answer.get("implementation")),
-        "prefix": str(answer.get("prefix")),
-        "base_prefix": str(answer.get("base_prefix")),
-    }
+        return None, f"the service's Python failed (exit {completed.returncode}): {redact(tail[0])[:300]}"
+    return answer, ""
+
+
+def _from_probe(answer: dict[str, Any]) -> dict[str, Any]:
+    """The service part's python, packages and conflicts from the probe's answer, as plain types."""
+    python = {key: str(answer.get(key)) for key in ("version", "implementation", "prefix", "base_prefix")}
+    found: dict[str, Any] = {"python": python}
     packages = answer.get("packages")
     if isinstance(packages, dict):
-        service["packages"] = {str(name): str(version) for name, version in sorted(packages.items())}
+        found["packages"] = {str(name): str(version) for name, version in sorted(packages.items())}
     conflicts = answer.get("conflicts")
     if isinstance(conflicts, list):
-        service["conflicts"] = sorted(str(conflict) for conflict in conflicts)
-    errors.extend(str(error) for error in answer.get("errors") or [])
-    return service
+        found["conflicts"] = sorted(str(conflict) for conflict in conflicts)
+    return found
 
 
 def _read_environ(proc_root: str, pid: int) -> dict[str, str] | None:
@@ -374,169 +322,13 @@ def read_snapshot(path: str) -> dict[str, Any]:
     """Load a snapshot file; ValueError when it is not one this version understands."""
     with open(path, encoding="utf-8") as handle:
         snapshot = json.load(handle)
-    _check(snapshot)
+    check_snapshot(snapshot)
     return snapshot
 
 
-def _check(snapshot: Any) -> None:
+def check_snapshot(snapshot: Any) -> None:
+    """ValueError unless it is a snapshot this version understands."""
     if not isinstance(snapshot, dict) or not isinstance(snapshot.get("version"), int):
         raise ValueError("not an environment snapshot (no version)")
     if snapshot["version"] > SNAPSHOT_VERSION:
         raise ValueError(f"snapshot version {snapshot['version']} is newer than this exporter understands")
-
-
-# --- comparing two ----------------------------------------------------------------------------
-
-
-def diff_snapshots(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """What changed from a to b, in plain words, in a stable order."""
-    return [line for _, line in _changes(a, b)]
-
-
-def drift_components(a: dict[str, Any], b: dict[str, Any]) -> dict[str, bool]:
-    """For each of DRIFT_COMPONENTS: whether it changed from a to b (unknown parts never drift)."""
-    changed = {component for component, _ in _changes(a, b)}
-    return {component: component in changed for component in DRIFT_COMPONENTS}
-
-
-def _changes(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str]]:
-    _check(a)
-    _check(b)
-    out: list[tuple[str, str]] = []
-    machine_a, machine_b = a.get("machine") or {}, b.get("machine") or {}
-    for key, label in (("hostname", "host"), ("kernel", "kernel")):
-        if machine_a.get(key) != machine_b.get(key):
-            out.append(("machine", f"{label} {machine_a.get(key)} → {machine_b.get(key)}"))
-    service_a, service_b = a.get("service"), b.get("service")
-    if service_a and service_b:
-        out += _service_changes(service_a, service_b)
-    elif service_a or service_b:
-        which = "first" if service_a else "second"
-        out.append(("snapshot", f"only the {which} snapshot has a service part"))
-    out += _gpu_changes(a.get("gpu"), b.get("gpu"))
-    out += _model_changes(a.get("model_dirs") or {}, b.get("model_dirs") or {})
-    return out
-
-
-def _service_changes(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    if a.get("pid") != b.get("pid"):
-        out.append(("service", f"service pid {a.get('pid')} → {b.get('pid')}"))
-    python_a, python_b = a.get("python"), b.get("python")
-    if python_a and python_b:
-        if python_a.get("implementation") != python_b.get("implementation"):
-            out.append(
-                ("python", f"python {python_a.get('implementation')} → {python_b.get('implementation')}")
-            )
-        if python_a.get("version") != python_b.get("version"):
-            out.append(("python", f"python {python_a.get('version')} → {python_b.get('version')}"))
-        if a.get("executable") != b.get("executable"):
-            out.append(("python", f"python executable {a.get('executable')} → {b.get('executable')}"))
-        if python_a.get("prefix") != python_b.get("prefix"):
-            out.append(("python", f"python environment {python_a.get('prefix')} → {python_b.get('prefix')}"))
-    out += _unknown("python", python_a, python_b)
-
-    packages_a, packages_b = a.get("packages"), b.get("packages")
-    if packages_a is not None and packages_b is not None:
-        for name in sorted(set(packages_a) | set(packages_b)):
-            before, after = packages_a.get(name), packages_b.get(name)
-            if before == after:
-                continue
-            if after is None:
-                out.append(("packages", f"package {name} removed (was {before})"))
-            elif before is None:
-                out.append(("packages", f"package {name} added ({after})"))
-            else:
-                out.append(("packages", f"{name} {before} → {after}"))
-    out += _unknown("packages", packages_a, packages_b)
-
-    conflicts_a, conflicts_b = a.get("conflicts"), b.get("conflicts")
-    if conflicts_a is not None and conflicts_b is not None:
-        for conflict in sorted(set(conflicts_b) - set(conflicts_a)):
-            out.append(("conflicts", f"new dependency conflict: {conflict}"))
-        for conflict in sorted(set(conflicts_a) - set(conflicts_b)):
-            out.append(("conflicts", f"dependency conflict resolved: {conflict}"))
-    out += _unknown("dependency conflicts", conflicts_a, conflicts_b)
-
-    env_a, env_b = a.get("env"), b.get("env")
-    if env_a is not None and env_b is not None:
-        for name in sorted(set(env_a) | set(env_b)):
-            before, after = env_a.get(name), env_b.get(name)
-            if before == after:
-                continue
-            if after is None:
-                out.append(("env", f"{name} unset (was {_shown(before)})"))
-            elif before is None:
-                out.append(("env", f"{name} set to {_shown(after)} (was unset)"))
-            else:
-                out.append(("env", f"{name} {_shown(before)} → {_shown(after)}"))
-    out += _unknown("environment variables", env_a, env_b)
-    return out
-
-
-def _unknown(what: str, a: Any, b: Any) -> list[tuple[str, str]]:
-    if (a is None) == (b is None):
-        return []
-    which = "first" if a is None else "second"
-    return [("snapshot", f"{what} not compared: unknown in the {which} snapshot")]
-
-
-_GPU_LABELS = {"driver_version": "GPU driver", "cuda_driver_version": "CUDA driver", "names": "GPUs"}
-
-
-def _gpu_changes(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[tuple[str, str]]:
-    if a is None or b is None:
-        return []
-    out = []
-    known = [key for key in _GPU_LABELS if key in a or key in b]
-    others = sorted((set(a) | set(b)) - set(_GPU_LABELS))
-    for key in known + others:
-        if a.get(key) != b.get(key):
-            label = _GPU_LABELS.get(key, f"GPU {key}")
-            out.append(("gpu_driver", f"{label} {_listed(a.get(key))} → {_listed(b.get(key))}"))
-    return out
-
-
-def _model_changes(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    directories = sorted(set(a) | set(b))
-    for directory in directories:
-        if directory not in a or directory not in b:
-            which = "first" if directory in a else "second"
-            out.append(("snapshot", f"model directory {directory} only in the {which} snapshot"))
-            continue
-        files_a, files_b = a[directory].get("files") or {}, b[directory].get("files") or {}
-        for relative in sorted(set(files_a) | set(files_b)):
-            name = relative if len(directories) == 1 else f"{directory}/{relative}"
-            before, after = files_a.get(relative), files_b.get(relative)
-            if after is None:
-                out.append(("model_files", f"model file {name} removed"))
-            elif before is None:
-                out.append(("model_files", f"model file {name} added ({after.get('size')} bytes)"))
-            elif before.get("sha256") and after.get("sha256"):
-                if before["sha256"] != after["sha256"]:
-                    out.append(
-                        (
-                            "model_files",
-                            f"model file {name} changed (sha256 {before['sha256'][:SHA_SHOWN]}… → "
-                            f"{after['sha256'][:SHA_SHOWN]}…)",
-                        )
-                    )
-            elif before.get("size") != after.get("size"):
-                out.append(
-                    (
-                        "model_files",
-                        f"model file {name} changed size ({before.get('size')} → {after.get('size')} bytes)",
-                    )
-                )
-    return out
-
-
-def _shown(value: str | None) -> str:
-    return value if value else '""'
-
-
-def _listed(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        return ", ".join(str(item) for item in value) or "none"
-    return str(value)

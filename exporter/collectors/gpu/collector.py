@@ -15,8 +15,8 @@ Per cycle each GPU costs a fixed set of NVML calls (`NVML_CALLS_PER_GPU`, fewer 
 known to be unsupported, one process-list call among them) plus at least one event-set poll for
 the whole cycle. Identity (UUID, name, compute capability) is read once per NVML session.
 
-Hang guard. Every NVML call of a cycle runs in one worker thread (nvml.py) and the cycle
-waits at most `gpu.call_timeout`. Past it collect() raises CollectorError("timeout"): the runner
+Hang guard. Every NVML call of a cycle runs in one DeadlineWorker thread (core/deadline.py) and
+the cycle waits at most `gpu.call_timeout`. Past it collect() raises CollectorError("timeout"): the runner
 drops every GPU series (never served stale) and counts the failure. Until the stuck call returns,
 each collect() raises CollectorError("skipped_stuck") at once and starts no NVML call. The error
 (`GpuStuckError`) carries the facts with `stuck` set, and `last_facts` keeps them.
@@ -27,10 +27,12 @@ and stays exported for a GPU that is lost or whose other reads fail.
 
 Joins with the configured services (no GPU exporter does these):
 - each GPU process (compute processes, from NVML or nvidia-smi) is attributed to the first service
-  whose cmdline regex or exe matches it or, failing that, one of its ancestors (the engine's worker
-  processes are children of the matched server); others are "other". Pidfile and port rules are
-  the process collector's business and are not used here. A pid that this /proc cannot see (a GPU
-  process in another pid namespace) is "other".
+  it belongs to or, failing that, the service of its nearest ancestor (the engine's worker
+  processes are children of the matched server); others are "other". Which processes belong to a
+  service comes from the ServiceMatcher every collector shares (linux/processes.py: command
+  line, executable, pidfile and port rules), so a service means the same processes here as for
+  the process collector. A pid that this /proc cannot see (a GPU process in another pid
+  namespace) is "other".
 - `CUDA_VISIBLE_DEVICES` of each service's processes, from /proc/PID/environ (the environment the
   process was started with): "unset" when absent, "unreadable" without permission.
 - the CUDA runtime each service uses (cuda.py) against each GPU it may use (the GPUs its
@@ -55,14 +57,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...config import GpuConfig, ServiceConfig
+from ...core.deadline import DeadlinePassed, StillBusy
 from ...diagnosis.thresholds import RECENT_XID_SECONDS
+from ...linux.processes import ProcfsUnreadable, ServiceMatcher
 from ...metrics.spec import Families, Family, MetricSpec, counter, gauge, info
 from ..base import Collector, CollectorError, Result
 from . import cuda
-from .join import ProcJoin, gpus_used_by
-from .nvml import NvmlDeadline, NvmlStuck
+from .join import NO_JOIN, ProcJoin, ServiceJoin, gpus_used_by
 from .nvmlreader import NVML_CALLS_PER_GPU as NVML_CALLS_PER_GPU
-from .nvmlreader import NvmlReader, NvmlUnavailable
+from .nvmlreader import NoGpu, NvmlReader, NvmlUnavailable
 from .reading import NO_GPU as NO_GPU
 from .reading import DeviceReading, GpuReading
 from .smi import NvidiaSmi, SmiError
@@ -71,7 +74,6 @@ from .xids import XidLog, XidSnapshot
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("nvml", "nvidia_smi", "none")
 OTHER = "other"  # the service label of GPU processes that belong to no configured service
 
 # NVML clock-event (formerly throttle) reason bits, nvmlClocksEventReason* in nvml.h.
@@ -270,6 +272,32 @@ READ_ERRORS = counter(
 )
 
 
+# A GPU's series that show one DeviceReading field each: (spec, labels after the GPU's, field).
+DEVICE_VALUES: tuple[tuple[MetricSpec, tuple[str, ...], str], ...] = (
+    (MEMORY_TOTAL, (), "memory_total"),
+    (MEMORY_USED, (), "memory_used"),
+    (MEMORY_FREE, (), "memory_free"),
+    (MEMORY_RESERVED, (), "memory_reserved"),
+    (UTILIZATION, (), "utilization"),
+    (MEMORY_UTILIZATION, (), "memory_utilization"),
+    (TEMPERATURE, (), "temperature"),
+    (POWER, (), "power_draw"),
+    (POWER_LIMIT, (), "power_limit"),
+    (ENERGY, (), "energy"),
+    (CLOCK, ("sm",), "sm_clock"),
+    (CLOCK, ("memory",), "memory_clock"),
+    (PSTATE, (), "pstate"),
+    (ECC_ERRORS, ("corrected",), "ecc_corrected"),
+    (ECC_ERRORS, ("uncorrected",), "ecc_uncorrected"),
+    (REMAPPED_ROWS, ("correctable",), "remapped_correctable"),
+    (REMAPPED_ROWS, ("uncorrectable",), "remapped_uncorrectable"),
+    (REMAP_PENDING, (), "remap_pending"),
+    (REMAP_FAILED, (), "remap_failed"),
+)
+
+_Add = Callable[[MetricSpec, list[str], Any], None]  # Families.add
+
+
 # --- facts ----------------------------------------------------------------------------------------
 
 
@@ -405,6 +433,7 @@ class GpuCollector(Collector):
         services: tuple[ServiceConfig, ...],
         proc_root: str = "/proc",
         nvml_module: Any = None,
+        matcher: ServiceMatcher | None = None,
     ) -> None:
         self.config = config
         self.services = services
@@ -414,7 +443,9 @@ class GpuCollector(Collector):
         self._xids = XidLog()
         self._nvml = NvmlReader(nvml_module, self._errors, self._xids)
         self._smi = NvidiaSmi(config, self._errors)
+        self.matcher = matcher or ServiceMatcher(services, proc_root)
         self._procs = ProcJoin(proc_root, services)
+        self._proc_unreadable = False
         self._last_state: tuple[str, bool, str | None] | None = None
         self._last_devices: tuple[DeviceReading, ...] = ()
         self.last_facts: GpuFacts | None = None
@@ -458,9 +489,9 @@ class GpuCollector(Collector):
         """One NVML cycle (nvmlreader.py) under the hang guard."""
         try:
             return self._nvml.read(self.config.call_timeout)
-        except NvmlDeadline as exc:
+        except DeadlinePassed as exc:
             raise self._stuck("timeout", f"{exc}; GPU series dropped until it returns", exc.doing) from None
-        except NvmlStuck as exc:
+        except StillBusy as exc:
             raise self._stuck("skipped_stuck", str(exc), exc.doing) from None
 
     def _stuck(self, kind: str, message: str, doing: str) -> GpuStuckError:
@@ -498,7 +529,7 @@ class GpuCollector(Collector):
         try:
             return self._smi.read(
                 None if nvml_problem is None else str(nvml_problem),
-                nvml_problem is None or nvml_problem.no_gpu,
+                nvml_problem is None or isinstance(nvml_problem, NoGpu),
             )
         except SmiError as exc:
             raise CollectorError(exc.kind, str(exc)) from None
@@ -508,7 +539,7 @@ class GpuCollector(Collector):
     def _facts(self, reading: GpuReading, xids: XidSnapshot) -> GpuFacts:
         now = time.time()
         gpu_pids = sorted({pid for device in reading.devices for pid, _ in device.processes})
-        join = self._procs.join(gpu_pids)
+        join = self._join(gpu_pids)
         processes = tuple(
             GpuProcessFacts(pid, device.index, used, join.owner.get(pid))
             for device in reading.devices
@@ -550,6 +581,20 @@ class GpuCollector(Collector):
             compatibility_problems=tuple(problems),
         )
 
+    def _join(self, gpu_pids: list[int]) -> ServiceJoin:
+        """The GPU processes joined with the services; none when /proc cannot be listed (said once)."""
+        if not self.services:
+            return NO_JOIN
+        try:
+            membership = self.matcher.current()
+        except ProcfsUnreadable as exc:
+            if not self._proc_unreadable:
+                log.warning("cannot list processes for the GPU joins", extra={"error": str(exc)})
+                self._proc_unreadable = True
+            return NO_JOIN
+        self._proc_unreadable = False
+        return self._procs.join(membership, gpu_pids)
+
     def _compatibility(
         self, reading: GpuReading, services: dict[str, ServiceGpuFacts], runtimes: dict[str, cuda.Runtime]
     ) -> tuple[CompatibilityFacts, ...]:
@@ -579,78 +624,45 @@ class GpuCollector(Collector):
         add(AVAILABLE, [], 1 if reading.available else 0)
         add(SOURCE, [], {"source": reading.source})
         add(DEVICES, [], len(reading.devices))
-        driver_cuda = facts.cuda_driver_version or ""
-        service_names = [s.name for s in self.services]
-        usage: dict[tuple[int, str], tuple[int, int]] = {}  # (gpu, service) -> (processes, bytes)
-        for process in facts.processes:
-            key = (process.gpu, process.service or OTHER)
-            count, used = usage.get(key, (0, 0))
-            usage[key] = (count + 1, used + (process.used_memory_bytes or 0))
-        seen: set[int] = set()
+        usage = _usage(facts.processes)
         for d in reading.devices:
-            seen.add(d.index)
             gpu = [str(d.index), d.uuid, d.name]
-            add(
-                GPU_INFO,
-                gpu,
-                {
-                    "driver_version": reading.driver_version or "",
-                    "cuda_driver_version": driver_cuda,
-                    "compute_capability": d.compute_capability or "",
-                },
-            )
+            identity = {
+                "driver_version": reading.driver_version or "",
+                "cuda_driver_version": facts.cuda_driver_version or "",
+                "compute_capability": d.compute_capability or "",
+            }
+            add(GPU_INFO, gpu, identity)
             add(LOST, gpu, 1 if d.lost else 0)
             self._add_xids(add, gpu, d.index, xids)
-            if d.lost:
-                continue
-            add(MEMORY_TOTAL, gpu, d.memory_total)
-            add(MEMORY_USED, gpu, d.memory_used)
-            add(MEMORY_FREE, gpu, d.memory_free)
-            add(MEMORY_RESERVED, gpu, d.memory_reserved)
-            add(UTILIZATION, gpu, d.utilization)
-            add(MEMORY_UTILIZATION, gpu, d.memory_utilization)
-            add(TEMPERATURE, gpu, d.temperature)
-            add(POWER, gpu, d.power_draw)
-            add(POWER_LIMIT, gpu, d.power_limit)
-            add(ENERGY, gpu, d.energy)
-            add(CLOCK, [*gpu, "sm"], d.sm_clock)
-            add(CLOCK, [*gpu, "memory"], d.memory_clock)
-            add(PSTATE, gpu, d.pstate)
-            if d.clock_reasons is not None:
-                for reason, bit in CLOCK_EVENT_REASONS:
-                    add(CLOCK_EVENT, [*gpu, reason], 1 if d.clock_reasons & bit else 0)
-            add(ECC_ERRORS, [*gpu, "corrected"], d.ecc_corrected)
-            add(ECC_ERRORS, [*gpu, "uncorrected"], d.ecc_uncorrected)
-            add(REMAPPED_ROWS, [*gpu, "correctable"], d.remapped_correctable)
-            add(REMAPPED_ROWS, [*gpu, "uncorrectable"], d.remapped_uncorrectable)
-            add(REMAP_PENDING, gpu, None if d.remap_pending is None else int(d.remap_pending))
-            add(REMAP_FAILED, gpu, None if d.remap_failed is None else int(d.remap_failed))
-            for owner in [*service_names, OTHER]:
-                count, used = usage.get((d.index, owner), (0, 0))
-                add(PROCESSES, [*gpu, owner], count)
-                add(PROCESS_MEMORY, [*gpu, owner], used)
+            if not d.lost:
+                self._add_readings(add, gpu, d, usage)
+        listed = {d.index for d in reading.devices}
         for index, (uuid, name) in sorted(xids.identity.items()):
-            if index not in seen:  # a GPU the current source does not list: its XIDs stay visible
+            if index not in listed:  # a GPU the current source does not list: its XIDs stay visible
                 self._add_xids(add, [str(index), uuid, name], index, xids)
-        for name, service in facts.services.items():
-            for value in service.cuda_visible_devices:
-                add(VISIBLE_DEVICES, [name], {"cuda_visible_devices": value})
-            if service.cuda_runtime:
-                add(
-                    SERVICE_RUNTIME,
-                    [name],
-                    {"cuda_version": service.cuda_runtime, "source": service.cuda_runtime_source or ""},
-                )
-        for check in facts.compatibility:
-            add(COMPATIBLE, [str(check.gpu), check.service, check.check], 1 if check.ok else 0)
+        _add_services(add, facts)
         for function, count in self._errors.items():
             add(READ_ERRORS, [function], count)
         return families.list()
 
-    @staticmethod
-    def _add_xids(
-        add: Callable[[MetricSpec, list[str], Any], None], gpu: list[str], index: int, xids: XidSnapshot
+    def _add_readings(
+        self, add: _Add, gpu: list[str], d: DeviceReading, usage: dict[tuple[int, str], tuple[int, int]]
     ) -> None:
+        """What a GPU that is not lost reads: its values, clock reasons, and each owner's processes."""
+        for spec, labels, field_name in DEVICE_VALUES:
+            value = getattr(d, field_name)
+            add(spec, [*gpu, *labels], int(value) if isinstance(value, bool) else value)
+        if d.clock_reasons is not None:
+            for reason, bit in CLOCK_EVENT_REASONS:
+                add(CLOCK_EVENT, [*gpu, reason], 1 if d.clock_reasons & bit else 0)
+        for owner in [*(s.name for s in self.services), OTHER]:
+            count, used = usage.get((d.index, owner), (0, 0))
+            add(PROCESSES, [*gpu, owner], count)
+            add(PROCESS_MEMORY, [*gpu, owner], used)
+
+    @staticmethod
+    def _add_xids(add: _Add, gpu: list[str], index: int, xids: XidSnapshot) -> None:
         """A GPU's XID series, for GPUs whose XID events are watched (present even when it is lost)."""
         if index not in xids.counts:
             return
@@ -659,6 +671,28 @@ class GpuCollector(Collector):
         last = xids.last.get(index)
         add(LAST_XID_TIME, gpu, last[1] if last else 0)
         add(LAST_XID, gpu, last[0] if last else 0)
+
+
+def _usage(processes: tuple[GpuProcessFacts, ...]) -> dict[tuple[int, str], tuple[int, int]]:
+    """(GPU, service or other) -> (processes, GPU memory they use)."""
+    usage: dict[tuple[int, str], tuple[int, int]] = {}
+    for process in processes:
+        key = (process.gpu, process.service or OTHER)
+        count, used = usage.get(key, (0, 0))
+        usage[key] = (count + 1, used + (process.used_memory_bytes or 0))
+    return usage
+
+
+def _add_services(add: _Add, facts: GpuFacts) -> None:
+    """Each service's CUDA_VISIBLE_DEVICES and runtime, and how that runtime fits each GPU."""
+    for name, service in facts.services.items():
+        for value in service.cuda_visible_devices:
+            add(VISIBLE_DEVICES, [name], {"cuda_visible_devices": value})
+        if service.cuda_runtime:
+            runtime = {"cuda_version": service.cuda_runtime, "source": service.cuda_runtime_source or ""}
+            add(SERVICE_RUNTIME, [name], runtime)
+    for check in facts.compatibility:
+        add(COMPATIBLE, [str(check.gpu), check.service, check.check], 1 if check.ok else 0)
 
 
 def _device_facts(

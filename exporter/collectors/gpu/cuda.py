@@ -91,8 +91,6 @@ TOOLKIT_MIN_DRIVER: tuple[tuple[tuple[int, int], str], ...] = (
 # The least driver with which any runtime of the major starts (minor version compatibility).
 MINOR_COMPAT_MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
 
-CHECKS = ("compute_capability", "driver")
-
 MAX_MAPS_BYTES = 8 * 1024 * 1024  # a big service maps thousands of files; enough for all of them
 
 _SITE_DIR = re.compile(r"(/\S*?/(?:site|dist)-packages)/")
@@ -123,7 +121,7 @@ class Runtime:
 
 @dataclass(frozen=True)
 class Check:
-    check: str  # one of CHECKS
+    check: str  # compute_capability | driver
     ok: bool
     sentence: str  # why, in words a human acts on
 

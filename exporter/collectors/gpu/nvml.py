@@ -1,4 +1,4 @@
-"""NVML access: one query helper that turns "not there" into absence, and a worker with a deadline.
+"""NVML access: one query helper that turns "not there" into absence.
 
 `NvmlQuery` wraps every call into the pynvml module (nvidia-ml-py, or a fake with the same names):
 
@@ -13,27 +13,19 @@
 - Any other NVML error on one field is counted by function, logged once per function and error,
   and only that field is absent: the rest of the cycle goes on.
 
-`NvmlWorker` is the hang guard. A call into a wedged driver can block forever and cannot be
-interrupted from Python, so every NVML call of a cycle runs in one dedicated thread and the caller
-waits at most a deadline. Past it the caller gets `NvmlDeadline` and returns; the worker stays busy
-with the stuck call, and until that call returns every `run()` fails at once with `NvmlStuck`: no
-second NVML call starts, and no second thread. The thread exits after a minute without work, so a
-collector dropped by a reload leaves nothing behind.
+The hang guard is not here: nvmlreader.py runs every NVML call of a cycle in one
+core/deadline.py DeadlineWorker.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # NVML return codes (nvml.h); pynvml's NVMLError carries one in `.value`.
 UNINITIALIZED = 1
@@ -157,91 +149,3 @@ class NvmlQuery:
                 log.info("NVML call not permitted; the field stays absent", extra={"function": name})
             else:
                 log.warning("NVML call failed", extra={"function": name, "error": str(exc)})
-
-
-# --- the hang guard -----------------------------------------------------------------------------
-
-
-class NvmlDeadline(Exception):
-    """The job did not finish within the deadline; it goes on in the worker until NVML returns."""
-
-    def __init__(self, timeout: float, doing: str) -> None:
-        super().__init__(f"{doing or 'an NVML call'} did not return within {timeout:g}s")
-        self.doing = doing
-
-
-class NvmlStuck(Exception):
-    """A job abandoned earlier has still not returned: nothing new is started."""
-
-    def __init__(self, since: float, doing: str) -> None:
-        held = time.monotonic() - since
-        super().__init__(
-            f"{doing or 'an NVML call'} has not returned for {held:.0f}s; no new NVML call started"
-        )
-        self.doing = doing
-
-
-@dataclass
-class _Job(Generic[T]):
-    fn: Callable[[], T]
-    done: threading.Event = field(default_factory=threading.Event)
-    result: T | None = None
-    error: BaseException | None = None
-
-
-class NvmlWorker:
-    """One thread that runs jobs one at a time; callers wait at most their deadline."""
-
-    def __init__(self, name: str = "nvml", idle_exit: float = 60.0) -> None:
-        self.name = name
-        self.idle_exit = idle_exit
-        self.threads_started = 0
-        self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[_Job[Any]] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._busy_since: float | None = None
-        self._doing: Callable[[], str] = lambda: ""
-
-    @property
-    def stuck(self) -> bool:
-        with self._lock:
-            return self._busy_since is not None
-
-    def run(self, fn: Callable[[], T], timeout: float, doing: Callable[[], str] | None = None) -> T:
-        """fn() in the worker. NvmlStuck when the previous job still runs, NvmlDeadline past timeout."""
-        describe = doing or (lambda: "")
-        with self._lock:
-            if self._busy_since is not None:
-                raise NvmlStuck(self._busy_since, self._doing())
-            self._busy_since = time.monotonic()
-            self._doing = describe
-            job: _Job[T] = _Job(fn)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=f"{self.name}-worker", daemon=True)
-                self.threads_started += 1
-                self._thread.start()
-            self._jobs.put(job)
-        if not job.done.wait(timeout):
-            raise NvmlDeadline(timeout, describe())
-        if job.error is not None:
-            raise job.error
-        return job.result  # type: ignore[return-value]
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                job = self._jobs.get(timeout=self.idle_exit)
-            except queue.Empty:
-                with self._lock:
-                    if self._jobs.empty():
-                        self._thread = None
-                        return
-                continue
-            try:
-                job.result = job.fn()
-            except Exception as exc:  # handed to the caller, who may have gone: never kill the thread
-                job.error = exc
-            finally:
-                with self._lock:
-                    self._busy_since = None
-                job.done.set()

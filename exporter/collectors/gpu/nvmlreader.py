@@ -1,8 +1,10 @@
 """Reading the GPUs through NVML: sessions, the per-GPU calls of a cycle, and the XID event set.
 
 `NvmlReader` owns one NVML session at a time (nvmlInit, identity of each GPU read once, the XID
-event set) and runs every call of a cycle in one worker thread (nvml.py), so a wedged
-driver can hang that thread but never the caller. What the calls return becomes a GpuReading
+event set) and runs every call of a cycle in one DeadlineWorker (core/deadline.py), so a wedged
+driver can hang that thread but never the caller: past the deadline the cycle fails with
+DeadlinePassed, and until the stuck call returns every cycle fails at once with StillBusy,
+starting no NVML call and no thread. What the calls return becomes a GpuReading
 (reading.py); what cannot be read is absent. A session that stops answering is closed
 and the reader says NVML is unavailable (the collector then tries nvidia-smi); with a GPU lost,
 the session is opened again now and then to see it come back.
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ...core.deadline import DeadlineWorker
 from . import cuda
 from .nvml import (
     DRIVER_NOT_LOADED,
@@ -23,7 +26,6 @@ from .nvml import (
     UNINITIALIZED,
     GpuLost,
     NvmlQuery,
-    NvmlWorker,
     SessionLost,
     error_code,
 )
@@ -73,11 +75,11 @@ NVML_CALLS_PER_GPU = (
 
 
 class NvmlUnavailable(Exception):
-    """NVML cannot be used this cycle; `no_gpu` when that is because there is no GPU or driver."""
+    """NVML cannot be used this cycle."""
 
-    def __init__(self, message: str, no_gpu: bool = False) -> None:
-        super().__init__(message)
-        self.no_gpu = no_gpu
+
+class NoGpu(NvmlUnavailable):
+    """NVML cannot be used because there is no GPU or no driver (not a fault to report)."""
 
 
 @dataclass(frozen=True)
@@ -131,12 +133,12 @@ class NvmlReader:
         self._nvml_module = nvml_module
         self._errors = errors
         self._xids = xids
-        self._worker = NvmlWorker("gpu-nvml")
+        self._worker = DeadlineWorker("gpu-nvml")
         self._session: _Session | None = None
         self._query: NvmlQuery | None = None  # the session's, for the stuck message
 
     def read(self, timeout: float) -> GpuReading:
-        """The cycle in the worker thread. NvmlDeadline past timeout, NvmlStuck while a call hangs,
+        """The cycle in the worker thread. DeadlinePassed past timeout, StillBusy while a call hangs,
         NvmlUnavailable when NVML cannot be used."""
         return self._worker.run(self._cycle, timeout, self.doing)
 
@@ -192,10 +194,10 @@ class NvmlReader:
         except error_class as exc:
             code = error_code(exc)
             if code in (LIBRARY_NOT_FOUND, DRIVER_NOT_LOADED):
-                raise NvmlUnavailable(f"{NO_GPU} (NVML: {exc})", no_gpu=True) from None
+                raise NoGpu(f"{NO_GPU} (NVML: {exc})") from None
             raise NvmlUnavailable(f"NVML cannot start: {exc}") from None
         except OSError as exc:
-            raise NvmlUnavailable(f"{NO_GPU} (NVML: {exc})", no_gpu=True) from None
+            raise NoGpu(f"{NO_GPU} (NVML: {exc})") from None
         query = NvmlQuery(nvml, self._errors)
         self._query = query
         try:
@@ -210,7 +212,7 @@ class NvmlReader:
             if not count:
                 _shutdown(nvml)
                 if count == 0:
-                    raise NvmlUnavailable(f"{NO_GPU} (NVML lists no GPU)", no_gpu=True)
+                    raise NoGpu(f"{NO_GPU} (NVML lists no GPU)")
                 raise NvmlUnavailable("NVML cannot count the GPUs")
             devices = [self._identify(query, index) for index in range(int(count))]
             event_set, registered = self._register_events(query, devices)
@@ -269,127 +271,12 @@ class NvmlReader:
         base = DeviceReading(device.index, device.uuid, device.name, device.compute_capability)
         if device.handle is None:
             return replace(base, lost=True)
-        q, h, i, nvml = session.query, device.handle, device.index, session.nvml
         try:
-            memory = q.first(
-                (
-                    (
-                        "nvmlDeviceGetMemoryInfo_v2",
-                        "nvmlDeviceGetMemoryInfo",
-                        (h,),
-                        {"version": getattr(nvml, "nvmlMemory_v2", NVML_MEMORY_V2)},
-                    ),
-                    ("nvmlDeviceGetMemoryInfo", "nvmlDeviceGetMemoryInfo", (h,), {}),
-                ),
-                device=i,
-            )
-            rates = q.get("nvmlDeviceGetUtilizationRates", h, device=i)
-            sensor = getattr(nvml, "NVML_TEMPERATURE_GPU", NVML_TEMPERATURE_GPU)
-            temperature = q.first(
-                (
-                    ("nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperatureV", (h, sensor), {}),
-                    ("nvmlDeviceGetTemperature", "nvmlDeviceGetTemperature", (h, sensor), {}),
-                ),
-                device=i,
-            )
-            power = q.get("nvmlDeviceGetPowerUsage", h, device=i)
-            limit = q.get("nvmlDeviceGetEnforcedPowerLimit", h, device=i)
-            energy = q.get("nvmlDeviceGetTotalEnergyConsumption", h, device=i)
-            sm_clock = q.get(
-                "nvmlDeviceGetClockInfo(SM)",
-                h,
-                getattr(nvml, "NVML_CLOCK_SM", NVML_CLOCK_SM),
-                device=i,
-                attr="nvmlDeviceGetClockInfo",
-            )
-            mem_clock = q.get(
-                "nvmlDeviceGetClockInfo(MEM)",
-                h,
-                getattr(nvml, "NVML_CLOCK_MEM", NVML_CLOCK_MEM),
-                device=i,
-                attr="nvmlDeviceGetClockInfo",
-            )
-            pstate = q.get("nvmlDeviceGetPerformanceState", h, device=i)
-            reasons = q.first(
-                (
-                    (
-                        "nvmlDeviceGetCurrentClocksEventReasons",
-                        "nvmlDeviceGetCurrentClocksEventReasons",
-                        (h,),
-                        {},
-                    ),
-                    (
-                        "nvmlDeviceGetCurrentClocksThrottleReasons",
-                        "nvmlDeviceGetCurrentClocksThrottleReasons",
-                        (h,),
-                        {},
-                    ),
-                ),
-                device=i,
-            )
-            volatile = getattr(nvml, "NVML_VOLATILE_ECC", NVML_VOLATILE_ECC)
-            corrected = q.get(
-                "nvmlDeviceGetTotalEccErrors(corrected)",
-                h,
-                getattr(nvml, "NVML_MEMORY_ERROR_TYPE_CORRECTED", NVML_MEMORY_ERROR_TYPE_CORRECTED),
-                volatile,
-                device=i,
-                attr="nvmlDeviceGetTotalEccErrors",
-            )
-            uncorrected = q.get(
-                "nvmlDeviceGetTotalEccErrors(uncorrected)",
-                h,
-                getattr(nvml, "NVML_MEMORY_ERROR_TYPE_UNCORRECTED", NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
-                volatile,
-                device=i,
-                attr="nvmlDeviceGetTotalEccErrors",
-            )
-            remapped = q.get("nvmlDeviceGetRemappedRows", h, device=i)
-            processes = q.first(
-                (
-                    (
-                        "nvmlDeviceGetComputeRunningProcesses_v3",
-                        "nvmlDeviceGetComputeRunningProcesses_v3",
-                        (h,),
-                        {},
-                    ),
-                    (
-                        "nvmlDeviceGetComputeRunningProcesses_v2",
-                        "nvmlDeviceGetComputeRunningProcesses_v2",
-                        (h,),
-                        {},
-                    ),
-                ),
-                device=i,
-            )
+            answers = _DeviceCalls(session.query, session.nvml, device).run()
         except GpuLost:
-            session.lost.add(i)
+            session.lost.add(device.index)
             return replace(base, lost=True)
-        remap = remapped if isinstance(remapped, (tuple, list)) and len(remapped) == 4 else None
-        return replace(
-            base,
-            memory_total=reported_int(getattr(memory, "total", None)),
-            memory_used=reported_int(getattr(memory, "used", None)),
-            memory_free=reported_int(getattr(memory, "free", None)),
-            memory_reserved=reported_int(getattr(memory, "reserved", None)),
-            utilization=ratio_from_percent(getattr(rates, "gpu", None)),
-            memory_utilization=ratio_from_percent(getattr(rates, "memory", None)),
-            temperature=reported_float(temperature),
-            power_draw=_scaled(power, 1e-3),
-            power_limit=_scaled(limit, 1e-3),
-            energy=_scaled(energy, 1e-3),
-            sm_clock=_scaled(sm_clock, 1e6),
-            memory_clock=_scaled(mem_clock, 1e6),
-            pstate=performance_state(pstate),
-            clock_reasons=reported_int(reasons),
-            ecc_corrected=reported_int(corrected),
-            ecc_uncorrected=reported_int(uncorrected),
-            remapped_correctable=reported_int(remap[0]) if remap else None,
-            remapped_uncorrectable=reported_int(remap[1]) if remap else None,
-            remap_pending=bool(remap[2]) if remap else None,
-            remap_failed=bool(remap[3]) if remap else None,
-            processes=_processes(processes),
-        )
+        return _reading(base, answers)
 
     def _poll_events(self, session: _Session) -> None:
         """Drain the XID event set without waiting (0 ms), at most MAX_EVENTS_PER_CYCLE events."""
@@ -430,6 +317,99 @@ class NvmlReader:
         except GpuLost:
             return None
         return int(index) if isinstance(index, int) else None
+
+
+class _DeviceCalls:
+    """The per-GPU calls of one cycle (NVML_CALLS_PER_GPU), each under the name it is counted as."""
+
+    def __init__(self, query: NvmlQuery, nvml: Any, device: _Device) -> None:
+        self.query, self.nvml, self.handle, self.index = query, nvml, device.handle, device.index
+
+    def run(self) -> dict[str, Any]:
+        """What each call answered (None: absent), by the field it feeds."""
+        sensor = self._constant("NVML_TEMPERATURE_GPU", NVML_TEMPERATURE_GPU)
+        volatile = self._constant("NVML_VOLATILE_ECC", NVML_VOLATILE_ECC)
+        return {
+            "memory": self._memory(),
+            "rates": self._get("nvmlDeviceGetUtilizationRates"),
+            "temperature": self._first(
+                "nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature", args=(sensor,)
+            ),
+            "power": self._get("nvmlDeviceGetPowerUsage"),
+            "limit": self._get("nvmlDeviceGetEnforcedPowerLimit"),
+            "energy": self._get("nvmlDeviceGetTotalEnergyConsumption"),
+            "sm_clock": self._clock("SM", self._constant("NVML_CLOCK_SM", NVML_CLOCK_SM)),
+            "memory_clock": self._clock("MEM", self._constant("NVML_CLOCK_MEM", NVML_CLOCK_MEM)),
+            "pstate": self._get("nvmlDeviceGetPerformanceState"),
+            "reasons": self._first(
+                "nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"
+            ),
+            "corrected": self._ecc("corrected", NVML_MEMORY_ERROR_TYPE_CORRECTED, volatile),
+            "uncorrected": self._ecc("uncorrected", NVML_MEMORY_ERROR_TYPE_UNCORRECTED, volatile),
+            "remapped": self._get("nvmlDeviceGetRemappedRows"),
+            "processes": self._first(
+                "nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2"
+            ),
+        }
+
+    def _constant(self, name: str, default: int) -> Any:
+        """An nvml.h constant as the module defines it, else its documented value."""
+        return getattr(self.nvml, name, default)
+
+    def _get(self, name: str, *args: Any, attr: str | None = None) -> Any:
+        return self.query.get(name, self.handle, *args, device=self.index, attr=attr)
+
+    def _first(self, *names: str, args: tuple[Any, ...] = ()) -> Any:
+        """The first of these functions (newest first) that this driver and binding answer."""
+        return self.query.first([(name, name, (self.handle, *args), {}) for name in names], device=self.index)
+
+    def _memory(self) -> Any:
+        """Memory info v2 (it knows what the driver reserves), else v1: one function, two versions."""
+        version = self._constant("nvmlMemory_v2", NVML_MEMORY_V2)
+        options = [
+            ("nvmlDeviceGetMemoryInfo_v2", "nvmlDeviceGetMemoryInfo", (self.handle,), {"version": version}),
+            ("nvmlDeviceGetMemoryInfo", "nvmlDeviceGetMemoryInfo", (self.handle,), {}),
+        ]
+        return self.query.first(options, device=self.index)
+
+    def _clock(self, domain: str, clock: Any) -> Any:
+        return self._get(f"nvmlDeviceGetClockInfo({domain})", clock, attr="nvmlDeviceGetClockInfo")
+
+    def _ecc(self, kind: str, default_type: int, volatile: Any) -> Any:
+        error_type = self._constant(f"NVML_MEMORY_ERROR_TYPE_{kind.upper()}", default_type)
+        return self._get(
+            f"nvmlDeviceGetTotalEccErrors({kind})", error_type, volatile, attr="nvmlDeviceGetTotalEccErrors"
+        )
+
+
+def _reading(base: DeviceReading, answers: dict[str, Any]) -> DeviceReading:
+    """A GPU's reading from what its calls answered, in base units."""
+    memory, rates, remapped = answers["memory"], answers["rates"], answers["remapped"]
+    remap = remapped if isinstance(remapped, (tuple, list)) and len(remapped) == 4 else None
+    return replace(
+        base,
+        memory_total=reported_int(getattr(memory, "total", None)),
+        memory_used=reported_int(getattr(memory, "used", None)),
+        memory_free=reported_int(getattr(memory, "free", None)),
+        memory_reserved=reported_int(getattr(memory, "reserved", None)),
+        utilization=ratio_from_percent(getattr(rates, "gpu", None)),
+        memory_utilization=ratio_from_percent(getattr(rates, "memory", None)),
+        temperature=reported_float(answers["temperature"]),
+        power_draw=_scaled(answers["power"], 1e-3),
+        power_limit=_scaled(answers["limit"], 1e-3),
+        energy=_scaled(answers["energy"], 1e-3),
+        sm_clock=_scaled(answers["sm_clock"], 1e6),
+        memory_clock=_scaled(answers["memory_clock"], 1e6),
+        pstate=performance_state(answers["pstate"]),
+        clock_reasons=reported_int(answers["reasons"]),
+        ecc_corrected=reported_int(answers["corrected"]),
+        ecc_uncorrected=reported_int(answers["uncorrected"]),
+        remapped_correctable=reported_int(remap[0]) if remap else None,
+        remapped_uncorrectable=reported_int(remap[1]) if remap else None,
+        remap_pending=bool(remap[2]) if remap else None,
+        remap_failed=bool(remap[3]) if remap else None,
+        processes=_processes(answers["processes"]),
+    )
 
 
 def _text(value: Any) -> str | None:
