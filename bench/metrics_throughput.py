@@ -105,42 +105,36 @@ def main() -> int:
                     stop_process(proc)
 
     print("-" * 78)
-    lines = []
-    ok_all = True
+    verdicts = {}
     for mode in ("plain", "gzip"):
         ours, peer = results[(mode, "ours")], results[(mode, "node_exporter")]
         ratio = (
             ours.requests_per_second / peer.requests_per_second if peer.requests_per_second else float("inf")
         )
+        ratio_ok = ratio >= TARGET_RATIO
+        p99_ok = ours.p99_ms <= TARGET_P99_MS
         errors_ok = ours.non_2xx == 0 and ours.socket_errors == "none"
         print(
             f"[{mode:>5}] ratio ours/node_exporter req/s = {ratio:.2f}x (target >= {TARGET_RATIO:g}x); "
             f"ours p99 = {ours.p99_ms:.2f} ms (target <= {TARGET_P99_MS:g} ms); "
             f"node_exporter p99 = {peer.p99_ms:.2f} ms"
         )
-        ratio_ok = ratio >= TARGET_RATIO
-        p99_ok = ours.p99_ms <= TARGET_P99_MS
-        if mode == "plain":
-            ok_all = ratio_ok and p99_ok and errors_ok
-        lines.append(
-            c.verdict(
-                f"metrics_throughput[{mode}]{'' if mode == 'plain' else ' (informational)'}",
-                ratio_ok and p99_ok and errors_ok,
-                f"ratio {ratio:.2f}x {'>=' if ratio_ok else '<'} {TARGET_RATIO:g}x, "
-                f"p99 {ours.p99_ms:.2f} ms {'<=' if p99_ok else '>'} {TARGET_P99_MS:g} ms"
-                + ("" if errors_ok else f", ERRORS non-2xx={ours.non_2xx} socket={ours.socket_errors}"),
-            )
+        detail = (
+            f"{mode}: ratio {ratio:.2f}x {'>=' if ratio_ok else '<'} {TARGET_RATIO:g}x, "
+            f"p99 {ours.p99_ms:.2f} ms {'<=' if p99_ok else '>'} {TARGET_P99_MS:g} ms"
         )
-    ours_plain = results[("plain", "ours")]
-    if 35.0 <= ours_plain.p50_ms <= 50.0:
+        if not errors_ok:
+            detail += f", ERRORS non-2xx={ours.non_2xx} socket={ours.socket_errors}"
+        verdicts[mode] = (ratio_ok and p99_ok and errors_ok, detail)
+    if 35.0 <= results[("plain", "ours")].p50_ms <= 50.0:
         print(
             "hint: a ~40 ms median on loopback is the signature of Nagle's algorithm meeting the "
             "client's delayed ACK (response headers and body sent as separate small writes on a "
             "socket without TCP_NODELAY)"
         )
-    for line in lines:
-        print(line)
-    print(c.verdict("metrics_throughput", ok_all, "plain-run targets"))
+    # The gzip run is checked for information; the plain run decides.
+    print(c.verdict("metrics_throughput[gzip] (informational)", *verdicts["gzip"]))
+    print(c.verdict("metrics_throughput", *verdicts["plain"]))
     return 0
 
 
