@@ -38,6 +38,7 @@ docs: deps
 mixin: venv
 	$(PY) -m mixin
 
+# Every bench script to its PASS/FAIL line, then those lines (bench/README.md; ARGS=--quick: seconds).
 bench:
 	BENCH=1 VENV=$(VENV) scripts/install-deps.sh
-	bench/run_all.sh
+	VENV=$(VENV) bench/run_all.sh $(ARGS)

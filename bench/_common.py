@@ -1,32 +1,30 @@
-"""Shared helpers for the benchmarks: paths, binaries, child processes, /proc readings, wrk.
+"""What the bench scripts share: start-up, the --quick convention, verdict lines, a busy child, wrk.
 
-Not a test module and not part of the package. Every helper that starts something returns a
-handle the caller must stop in a `finally`; `stop_process` terminates, waits (bounded) and kills.
+Importing this module is the bench scripts' start-up: it puts the repo root on sys.path (for
+tests.support, tests.fakes, tests.faultservers) and re-runs the script with the repo's venv python
+when autoglm_exporter is not importable. Helpers the tests use too live in tests/support.py.
+Every helper that starts something returns a handle the caller stops in a `finally`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
-VENV_BIN = ROOT / ".venv" / "bin"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
-def ensure_venv_python() -> None:
+def _ensure_venv_python() -> None:
     """Re-run this script with the repo's venv python when autoglm_exporter is not importable."""
     try:
         import autoglm_exporter  # noqa: F401
@@ -34,90 +32,52 @@ def ensure_venv_python() -> None:
         if VENV_PYTHON.exists() and Path(sys.executable).resolve() != VENV_PYTHON.resolve():
             os.execv(str(VENV_PYTHON), [str(VENV_PYTHON), *sys.argv])
         sys.exit(
-            f"FAIL: cannot import autoglm_exporter with {sys.executable}; "
+            f"bench cannot run: cannot import autoglm_exporter with {sys.executable}; "
             f"install the repo into {ROOT / '.venv'} (pip install -e {ROOT})"
         )
 
 
-def require_binary(path: str) -> str:
-    """The binary's path, or exit with a clear message when it is missing."""
-    found = path if os.path.isabs(path) and os.access(path, os.X_OK) else shutil.which(path)
-    if not found:
-        sys.exit(f"FAIL: required binary {path!r} not found (Debian package: see bench/README.md)")
-    return found
+_ensure_venv_python()
+
+from autoglm_exporter.linux import procfs  # noqa: E402
+from tests.support import find_binary, start_logged, stop_process  # noqa: E402
+
+# --- the command line: every script takes --quick -------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def arguments(doc: str | None) -> argparse.ArgumentParser:
+    """A parser with the --quick flag every bench script has; scripts add their own options."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny parameters (seconds, not minutes): the script runs through, its figures decide nothing",
+    )
+    return parser
 
 
-def banner(title: str) -> None:
+def banner(title: str, quick: bool = False) -> None:
     print("=" * 78)
     print(title)
+    if quick:
+        print("QUICK MODE: tiny parameters; the figures and the verdict below decide nothing")
     print("=" * 78, flush=True)
 
 
 def verdict(name: str, ok: bool, detail: str) -> str:
-    line = f"{'PASS' if ok else 'FAIL'}: {name}: {detail}"
-    return line
+    """The line a script ends with; run_all.sh and tests/test_bench.py look for `PASS: name:`."""
+    return f"{'PASS' if ok else 'FAIL'}: {name}: {detail}"
 
 
-# --- processes ------------------------------------------------------------------------------------
+def require_binary(name: str) -> str:
+    """The binary's path; a missing one stops the script (exit 1) with a clear message."""
+    found = find_binary(name)
+    if not found:
+        sys.exit(f"bench cannot run: required binary {name!r} not found (BENCH=1 scripts/install-deps.sh)")
+    return found
 
 
-def start_process(args: list[str], log_path: Path, **kwargs: object) -> subprocess.Popen[bytes]:
-    log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_process through the Popen
-    try:
-        proc = subprocess.Popen(
-            args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            **kwargs,  # type: ignore[call-overload]
-        )
-    finally:
-        log.close()  # the child holds its own descriptor
-    return proc
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
-    """SIGTERM, wait at most `grace` seconds, then SIGKILL and reap. Safe to call twice."""
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=grace)
-    except ProcessLookupError:
-        pass
-
-
-def wait_http(
-    url: str, deadline_s: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
-) -> None:
-    """Poll until `url` answers 200, at most `deadline_s` seconds; exit clearly otherwise."""
-    end = time.monotonic() + deadline_s
-    last = "no answer"
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-            raise RuntimeError(f"process for {url} exited with {proc.returncode} before answering:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-                last = f"HTTP {response.status}"
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer 200 within {deadline_s:g}s ({last})")
-
+# --- a busy service: a child with many threads that keep waking up ------------------------------------
 
 THREADED_CHILD = textwrap.dedent(
     """
@@ -141,11 +101,11 @@ THREADED_CHILD = textwrap.dedent(
 )
 
 
-def start_threaded_child(workdir: Path, marker: str, threads: int = 64) -> subprocess.Popen[bytes]:
+def start_threaded_child(workdir: Path, marker: str, threads: int) -> subprocess.Popen[bytes]:
     """A python process with `threads` worker threads waking every 10 ms; `marker` is in its cmdline."""
     script = workdir / f"{marker}.py"
     script.write_text(THREADED_CHILD)
-    proc = start_process([sys.executable, str(script), str(threads)], workdir / f"{marker}.log")
+    proc = start_logged([sys.executable, str(script), str(threads)], workdir / f"{marker}.log")
     end = time.monotonic() + 15
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -157,44 +117,35 @@ def start_threaded_child(workdir: Path, marker: str, threads: int = 64) -> subpr
     raise RuntimeError(f"threaded child did not reach {threads + 1} threads in 15 s")
 
 
-# --- /proc readings ---------------------------------------------------------------------------------
+# --- readings of processes, through the exporter's own /proc parser ------------------------------------
+
+
+def pid_stat(pid: int | str) -> procfs.PidStat:
+    return procfs.parse_pid_stat(procfs.read_text(f"/proc/{pid}/stat"))
 
 
 def thread_count(pid: int) -> int:
     try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("Threads:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+        return pid_stat(pid).num_threads
+    except (OSError, procfs.ProcParseError):
+        return 0
 
 
 def cpu_seconds_of(pid: int) -> float:
-    """utime + stime of a process (all its threads) from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as handle:
-        text = handle.read()
-    rest = text[text.rfind(")") + 2 :].split()
-    return (int(rest[11]) + int(rest[12])) / CLOCK_TICKS
+    """utime + stime of a process (all its threads)."""
+    stat = pid_stat(pid)
+    return stat.utime_seconds + stat.stime_seconds
 
 
-def rss_bytes(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+def rss_bytes() -> int:
+    """Resident memory of this process."""
+    return pid_stat("self").rss_bytes
 
 
 def count_processes() -> tuple[int, int]:
     """(processes, threads) on the machine right now."""
-    processes = threads = 0
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            processes += 1
-            threads += thread_count(int(name))
-    return processes, threads
+    pids = procfs.list_pids("/proc")
+    return len(pids), sum(thread_count(pid) for pid in pids)
 
 
 # --- wrk ---------------------------------------------------------------------------------------------
@@ -208,7 +159,6 @@ class WrkResult:
     requests: int
     non_2xx: int
     socket_errors: str
-    raw: str
 
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -247,5 +197,4 @@ def run_wrk(
         requests=int(total.group(1)),
         non_2xx=int(non2xx.group(1)) if non2xx else 0,
         socket_errors=errors.group(1).strip() if errors else "none",
-        raw=out,
     )

@@ -8,13 +8,13 @@ and calls run_once() on both, 10,000 times, rendering the store every 10 cycles 
 1,000) and at the end. Targets: final RSS <= 50 MB and growth from cycle 1,000 to 10,000 < 1 MB.
 The peer is the same process's RSS before the first cycle (everything imported and built).
 
-Options: --cycles N (default 10000), --max-seconds S (default 600; stops early and reports the
-targets as not measured when reached).
+Options: --cycles N (default 10000), --warmup N (default 1000), --max-seconds S (default 600;
+stops early and reports the targets as not measured when reached). --quick: 200 cycles, 100 of
+them warm-up, a child of 8 threads.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import re
@@ -23,16 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as c  # noqa: E402
+import _common as c
 
-c.ensure_venv_python()
-
-from autoglm_exporter.collectors.process import ProcessCollector  # noqa: E402
-from autoglm_exporter.collectors.system import SystemCollector  # noqa: E402
-from autoglm_exporter.config import DEFAULT_SERVICES, ProcessMatch, ServiceConfig  # noqa: E402
-from autoglm_exporter.core.runner import CollectorRunner  # noqa: E402
-from autoglm_exporter.core.store import Store  # noqa: E402
+from autoglm_exporter.collectors.process import ProcessCollector
+from autoglm_exporter.collectors.system import SystemCollector
+from autoglm_exporter.config import DEFAULT_SERVICES, ProcessMatch, ServiceConfig
+from autoglm_exporter.core.runner import CollectorRunner
+from autoglm_exporter.core.store import Store
+from tests.support import stop_process
 
 MB = 1_000_000
 TARGET_FINAL_BYTES = 50 * MB
@@ -44,13 +42,20 @@ PROMETHEUS_ACCEPT = (
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = c.arguments(__doc__)
     parser.add_argument("--cycles", type=int, default=10_000)
     parser.add_argument("--warmup", type=int, default=1_000)
     parser.add_argument("--max-seconds", type=float, default=600.0)
     args = parser.parse_args()
+    if args.quick:
+        args.cycles, args.warmup = 200, 100
     cycles, warmup = args.cycles, min(args.warmup, args.cycles)
-    c.banner(f"rss_cycles: RSS over {cycles} cycles of system + process collectors through CollectorRunner")
+    report_every = max(1, min(1000, cycles // 10))
+    threads = 8 if args.quick else 64
+    c.banner(
+        f"rss_cycles: RSS over {cycles} cycles of system + process collectors through CollectorRunner",
+        args.quick,
+    )
     marker = f"autoglm_bench_rss_{os.getpid()}"
     child = None
     checkpoints: list[tuple[int, int]] = []
@@ -59,7 +64,7 @@ def main() -> int:
     done = 0
     with tempfile.TemporaryDirectory(prefix="autoglm-bench-") as tmp:
         try:
-            child = c.start_threaded_child(Path(tmp), marker, 64)
+            child = c.start_threaded_child(Path(tmp), marker, threads)
             services = (*DEFAULT_SERVICES, ServiceConfig("bench", ProcessMatch(cmdline=re.escape(marker))))
             store = Store()
             runners = [
@@ -88,7 +93,7 @@ def main() -> int:
                 done = cycle
                 if cycle == warmup:
                     rss_warm = c.rss_bytes()
-                if cycle % 1000 == 0 or cycle == 100:
+                if cycle % report_every == 0:
                     rss = c.rss_bytes()
                     checkpoints.append((cycle, rss))
                     rate = cycle / (time.monotonic() - started)
@@ -107,7 +112,8 @@ def main() -> int:
                 failures += 1
                 print(f"  WARNING: the bench service matched {facts.pids}, expected [{child.pid}]")
         finally:
-            c.stop_process(child)
+            if child is not None:
+                stop_process(child)
 
     print("-" * 78)
     print(

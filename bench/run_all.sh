@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# Runs the three benchmarks one after the other with the repo's venv python.
-# Each prints its figures and a final PASS/FAIL line; this script prints a summary of those lines.
-# Not part of the unit test suite. Extra arguments are passed to rss_cycles.py (e.g. --cycles 3000).
+# Runs every bench script (bench/*.py but the _helpers), one after the other, each to its end,
+# then prints the PASS/FAIL line each ended with. A script that breaks (an exception, a missing
+# binary) counts as "FAIL: NAME: script error" and the next one runs all the same.
+# Arguments go to every script: `bench/run_all.sh --quick` runs them all in seconds.
+# The python is $PYTHON, else $VENV/bin/python (VENV defaults to the repo's .venv).
+# Exit status: 0 when every script ran to its PASS/FAIL line (even a FAIL), 1 when one broke.
 set -u
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
-python="$root/.venv/bin/python"
+venv="${VENV:-$root/.venv}"
+[[ "$venv" = /* ]] || venv="$root/$venv"
+python="${PYTHON:-$venv/bin/python}"
 if [[ ! -x "$python" ]]; then
-    echo "FAIL: $python not found: create the venv and pip install -e $root" >&2
+    echo "bench cannot run: $python not found: create the venv and pip install -e $root" >&2
     exit 2
 fi
+cd "$root"
 summary=()
 status=0
-for bench in metrics_throughput process_cpu probe_cycle gpu_cycle rss_cycles; do
-    args=()
-    [[ "$bench" == rss_cycles ]] && args=("$@")
+for script in "$here"/[!_]*.py; do
+    name="$(basename "$script" .py)"
     log="$(mktemp)"
-    "$python" "$here/$bench.py" "${args[@]}" 2>&1 | tee "$log"
+    "$python" "$script" "$@" 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
-    final="$(grep -E "^(PASS|FAIL): $bench:" "$log" | tail -n 1)"
+    final="$(grep -E "^(PASS|FAIL): $name: " "$log" | tail -n 1)"
     rm -f "$log"
     if [[ $rc -ne 0 || -z "$final" ]]; then
-        final="FAIL: $bench: script error (exit $rc)"
+        final="FAIL: $name: script error (exit $rc, see its output above)"
         status=1
     fi
     summary+=("$final")
@@ -29,5 +34,4 @@ for bench in metrics_throughput process_cpu probe_cycle gpu_cycle rss_cycles; do
 done
 echo "==================================== summary ===================================="
 printf '%s\n' "${summary[@]}"
-# Exit 0 when the scripts ran, even if a target failed; 1 when a script itself broke.
 exit $status

@@ -1,14 +1,15 @@
-"""Shared helpers: free ports, bounded waits, a real exporter process, real binaries."""
+"""Pytest fixtures and test-only helpers: a real exporter process, real redis-servers, real binaries.
+
+The helpers the bench scripts use too (free ports, bounded waits, starting and stopping processes)
+live in tests/support.py; they are re-exported here, where the tests have always imported them.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,29 +21,9 @@ import redis
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll until predicate returns something truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (httpx.HTTPError, OSError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+from .support import FIXTURES as FIXTURES  # re-exported: tests import these two from here
+from .support import REPO as REPO
+from .support import find_binary, free_port, start_logged, stop_process, wait_until
 
 
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -83,22 +64,10 @@ def assert_promtool_clean(exposition: bytes) -> None:
 
 def require_binary(name: str) -> str:
     """A real component the tests need. Missing is a failure, never a skip: `make test` installs it."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+    path = find_binary(name)
     if path is None:
         pytest.fail(f"{name} is not installed: run `make test`, which installs it (see README)")
     return path
-
-
-def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
-    """Signal a process, give it `timeout` seconds to exit, then kill it; reaped either way."""
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-    return int(process.returncode)
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
@@ -156,10 +125,7 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
             command.append(f"--web.listen-address=127.0.0.1:{port}")
         elif env and "AUTOGLM_EXPORTER_WEB_LISTEN_ADDRESS" in env:
             port = int(env["AUTOGLM_EXPORTER_WEB_LISTEN_ADDRESS"].rsplit(":", 1)[1])
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path
-            )
+        process = start_logged(command, log_path, env=full_env, cwd=tmp_path)
         exporter = ExporterProcess(process, port, log_path, scheme)
         started.append(exporter)
         if wait_ready:

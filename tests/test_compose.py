@@ -32,6 +32,7 @@ from mixin.config import EXPORTER_JOB
 
 from .alertreceiver import WebhookReceiver, point_webhooks_at
 from .conftest import REPO, check_config, free_port, require_binary, stop_process, wait_until
+from .support import wait_http_ok
 
 COMPOSE = REPO / "docker-compose.yml"
 GPU_OVERRIDE = REPO / "deploy/compose/gpu.yml"
@@ -171,14 +172,6 @@ def webhook() -> Iterator[WebhookReceiver]:
     """An Alertmanager webhook receiver on 127.0.0.1."""
     with WebhookReceiver() as receiver:
         yield receiver
-
-
-def wait_http_ok(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
-    def ok() -> bool:
-        assert process.poll() is None, f"{url}: the server exited:\n{log.read_text(errors='replace')}"
-        return httpx.get(url, timeout=2).status_code == 200
-
-    wait_until(ok, timeout=timeout, interval=0.1)
 
 
 # --- the compose files ------------------------------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""Helpers shared by the tests (through conftest.py) and the bench scripts.
+
+No pytest here: the bench scripts import this module too (they run as scripts from the repo root
+and put the root on sys.path). What differs between the two stays with each caller: a missing
+binary fails a test (conftest.require_binary) and stops a benchmark (bench/_common.require_binary).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll until predicate returns something truthy; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (httpx.HTTPError, OSError) as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+def find_binary(name: str) -> str | None:
+    """The path of a real component (on PATH, or a Debian package's /usr/bin), None when missing."""
+    if os.path.isabs(name):
+        return name if os.access(name, os.X_OK) else None
+    return shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
+
+
+def start_logged(command: list[str], log_path: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a process with stdout and stderr in `log_path`; stop it with stop_process."""
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen
+        )
+
+
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+    """Signal a process, give it `timeout` seconds to exit, then kill it; reaped either way."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return int(process.returncode)
+
+
+def wait_http_ok(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
+    """Wait until `url` answers 200; fail at once, with the log, when the server exits."""
+
+    def ok() -> bool:
+        assert process.poll() is None, f"{url}: the server exited:\n{log.read_text(errors='replace')}"
+        return httpx.get(url, timeout=2).status_code == 200
+
+    wait_until(ok, timeout=timeout, interval=0.1)
