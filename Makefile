@@ -40,5 +40,5 @@ mixin: venv
 
 # Every bench script to its PASS/FAIL line, then those lines (bench/README.md; ARGS=--quick: seconds).
 bench:
-	BENCH=1 VENV=$(VENV) scripts/install-deps.sh
+	VENV=$(VENV) scripts/install-deps.sh
 	VENV=$(VENV) bench/run_all.sh $(ARGS)

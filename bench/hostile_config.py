@@ -16,7 +16,6 @@ Run: python bench/hostile_config.py [--quick]   (--quick: fewer files, the idle 
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -29,9 +28,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import ROOT, banner, ensure_venv_python, free_port, verdict
+from _common import ROOT, arguments, banner, verdict
 
-ensure_venv_python()
+from tests.support import free_port
 
 NAME = "hostile_config"
 MAX_SECONDS = 2.0
@@ -265,12 +264,10 @@ def _scrape_loop(port: int, stop: threading.Event) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few files and states: checks the script runs")
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))
     limits = f"<= {MAX_SECONDS:g} CPU s, <= {MAX_RSS_MB:g} MB each"
-    banner(f"{NAME}: bad configs ({limits}) and SIGTERM (<= {SIGTERM_SECONDS:g} s)")
+    banner(f"{NAME}: bad configs ({limits}) and SIGTERM (<= {SIGTERM_SECONDS:g} s)", args.quick)
     with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
         folder = Path(tmp)
         files_ok, failures = check_bad_files(folder, args.quick)

@@ -18,13 +18,12 @@ declare -A PACKAGE_OF=(
   [openssl]=openssl
   [curl]=curl
   [chromium]=chromium
+  # The benchmarks' peers and load generator: `make bench`, and the test that runs every
+  # benchmark in its quick mode.
+  [wrk]=wrk
+  [prometheus-node-exporter]=prometheus-node-exporter
+  [prometheus-process-exporter]=prometheus-process-exporter
 )
-# The benchmarks' peers and load generator, only for `make bench` (BENCH=1).
-if [ "${BENCH:-0}" = 1 ]; then
-  PACKAGE_OF[wrk]=wrk
-  PACKAGE_OF[prometheus-node-exporter]=prometheus-node-exporter
-  PACKAGE_OF[prometheus-process-exporter]=prometheus-process-exporter
-fi
 
 missing=()
 # PYTHON_ONLY=1 (make run): the exporter itself needs no Debian package, only the venv.

@@ -43,10 +43,8 @@ from pathlib import Path
 from autoglm_exporter.collectors import build_collectors
 from autoglm_exporter.collectors.gpu.collector import GpuCollector
 from autoglm_exporter.config import Config, load_config
-from autoglm_exporter.core.daemon import chain_deriver
+from autoglm_exporter.core.pipeline import Pipeline
 from autoglm_exporter.core.runner import CollectorRunner
-from autoglm_exporter.core.store import Store
-from autoglm_exporter.forensics.hangwatch import HangWatch
 
 from . import faultservers as fs
 from .conftest import FIXTURES, RedisServer, assert_promtool_clean, require_binary
@@ -148,8 +146,7 @@ def golden_world(directory: Path, redis: RedisServer) -> Iterator[Config]:
 
 def render_once(config: Config) -> bytes:
     """Each collector once through its runner into a store with the daemon's deriver; the page."""
-    hangwatch = HangWatch(config.forensics, on_change=lambda: None)
-    store = Store(deriver=chain_deriver(hangwatch))
+    store = Pipeline.build(config).store
     fake_gpu = GpuCollector(config.gpu, config.services, config.proc_root, two_h100s())
     collectors = [fake_gpu if c.name == "gpu" else c for c in build_collectors(config)]
     store.set_collectors(c.name for c in collectors)

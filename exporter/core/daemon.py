@@ -7,23 +7,19 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .. import __version__
 from ..collectors import build_collectors
 from ..collectors.base import Collector
 from ..config import Config, ConfigError, load_config
-from ..diagnosis import Diagnoser
-from ..diagnosis.startup import StartupTracker
 from ..forensics import CaptureNotFound
-from ..forensics.hangwatch import HangWatch
 from ..linux import subprocesses
-from ..metrics.spec import Family
 from ..web.server import ExporterHTTPServer, ServerHooks, parse_listen_address
 from ..web.webconfig import WebConfig, WebConfigError, load_web_config
+from .pipeline import Pipeline
 from .runner import CollectorRunner
 from .scheduler import CollectorScheduler
-from .store import Deriver, Published, Store
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +51,8 @@ class World:
 class Daemon:
     def __init__(self, options: Options, config: Config, web_config: WebConfig | None) -> None:
         self.options = options
-        self.hangwatch = HangWatch(config.forensics, on_change=lambda: self.store.touch())
-        self.diagnoser = Diagnoser(config)
-        # The forensics trigger observes every publish; the verdict is derived right after it.
-        self.store = Store(chain_deriver(self.hangwatch, self.diagnoser), observers=(self.hangwatch.observe,))
+        pipeline = Pipeline.build(config)
+        self.store, self.hangwatch, self.diagnoser = pipeline.store, pipeline.hangwatch, pipeline.diagnoser
         self.scheduler = CollectorScheduler()
         self.runners: dict[str, CollectorRunner] = {}
         self.config = config
@@ -200,19 +194,6 @@ class Daemon:
         self.server.stop()
         log.info("stopped", extra={"commands_killed": killed})
         return 0
-
-
-def chain_deriver(hangwatch: HangWatch, diagnoser: Diagnoser) -> Deriver:
-    """What the store derives after every publish: the verdict (with the stack captures' evidence),
-    start-up times, and the captures' metrics."""
-    tracker = StartupTracker()
-
-    def derive_all(published: Published) -> tuple[list[Family], object]:
-        facts = {**published.facts, "forensics": hangwatch.facts()}
-        families, diagnosis = diagnoser.derive(replace(published, facts=facts))
-        return families + tracker.observe(facts) + hangwatch.families(), diagnosis
-
-    return derive_all
 
 
 def _same(old: Collector, new: Collector) -> bool:
