@@ -21,7 +21,7 @@ from .config import ConfigError, load_config
 from .config.check import Checker
 from .core.daemon import Daemon, Options
 from .web import logsetup
-from .web.server import ListenAddressError
+from .web.server import DEFAULT_MAX_REQUESTS, ListenAddressError
 from .web.webconfig import WebConfigError, load_web_config
 
 EXIT_OK, EXIT_BROKEN, EXIT_BAD_CONFIG = 0, 1, 2
@@ -82,6 +82,13 @@ def _daemon_flags() -> argparse.ArgumentParser:
         dest="web_config_file",
         default=_env("web.config.file", None),
         help="exporter-toolkit web config: TLS and basic auth",
+    )
+    parser.add_argument(
+        "--web.max-requests",
+        dest="max_requests",
+        type=int,
+        default=_env("web.max-requests", str(DEFAULT_MAX_REQUESTS)),
+        help=f"requests served at once; more are answered 503 (0: no limit; default {DEFAULT_MAX_REQUESTS})",
     )
     parser.add_argument(
         "--log.level",
@@ -187,6 +194,8 @@ def options_from(args: argparse.Namespace) -> Options:
         or args.telemetry_path == "/"
     ):
         raise UsageError(f"--web.telemetry-path {args.telemetry_path!r}: must be a path like /metrics")
+    if args.max_requests < 0:
+        raise UsageError(f"--web.max-requests {args.max_requests}: must be 0 (no limit) or more")
     return Options(
         config_file=args.config_file,
         listen_address=args.listen_address,
@@ -195,6 +204,7 @@ def options_from(args: argparse.Namespace) -> Options:
         log_level=args.log_level,
         log_format=args.log_format,
         collector_overrides=overrides,
+        max_requests=args.max_requests,
     )
 
 

@@ -19,7 +19,7 @@ from ..diagnosis.startup import StartupTracker
 from ..forensics import CaptureNotFound
 from ..forensics.hangwatch import HangWatch
 from ..metrics.spec import Family
-from ..web.server import ExporterHTTPServer, ServerHooks, parse_listen_address
+from ..web.server import DEFAULT_MAX_REQUESTS, ExporterHTTPServer, ServerHooks, parse_listen_address
 from ..web.webconfig import WebConfig
 from .runner import CollectorRunner
 from .scheduler import CollectorScheduler
@@ -39,6 +39,7 @@ class Options:
     log_level: str = "info"
     log_format: str = "logfmt"
     collector_overrides: Mapping[str, bool] = field(default_factory=dict)
+    max_requests: int = DEFAULT_MAX_REQUESTS  # requests in flight before 503; 0: no limit
 
 
 class Daemon:
@@ -59,7 +60,9 @@ class Daemon:
             captures=lambda: [capture.to_dict() for capture in self.hangwatch.store.list()],
             capture_file=self._capture_file,
         )
-        self.server = ExporterHTTPServer((host, port), self.store, hooks, options.telemetry_path, web_config)
+        self.server = ExporterHTTPServer(
+            (host, port), self.store, hooks, options.telemetry_path, web_config, options.max_requests
+        )
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -98,6 +101,8 @@ class Daemon:
 
     def capture(self, service: str) -> tuple[int, str]:
         """POST /api/capture?service=NAME: stacks of the service's main process, in the background."""
+        if not self.config.forensics.enabled:
+            return 404, "stack captures are disabled (forensics.enabled: false)"
         process = self.store.facts().get("process")
         facts = process.services.get(service) if process is not None else None
         if facts is None:
