@@ -40,13 +40,13 @@ MASK = "***"
 _SCHEMES = r"(?:bearer|basic|token|digest|negotiate|apikey)"
 
 # A value after its name: quoted (possibly cut by the end of the line) or bare up to a delimiter.
-_VALUE = r"""
-    (?P<value>
+_QUOTED = r"""
         "(?:[^"\\]|\\.)*(?:"|$)
       | '[^']*(?:'|$)
-      | [^\s,;&"'<>{}\[\]()]+
-    )
 """
+_VALUE = r"(?P<value>" + _QUOTED + r"""| [^\s,;&"'<>{}\[\]()]+ )"""
+# Environment values and flag arguments run to the next blank: API_KEYS=a,b hides both keys.
+_WORD_VALUE = r"(?P<value>" + _QUOTED + r"""| (?!--)[^\s"']+ )"""
 _SEPARATOR = r"""(?P<sep>["']?[ \t]*[:=][ \t]*)"""
 
 # key (name ending in a secret word) + separator + optional auth scheme + value
@@ -70,21 +70,27 @@ _KEY_VALUE = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 
-# An environment-style assignment (PGPASSWORD=..., "AWS_SECRET_ACCESS_KEY": ...); whether the name
-# names a secret is decided by _ENV_SECRET_WORD, so the name itself is matched in one pass.
+# An environment-style assignment (PGPASSWORD=..., "AWS_SECRET_ACCESS_KEY": ...): an upper-case name
+# with a secret word ending at `_` or the name's end. The lookahead finds the word inside the name,
+# so a name without one is not matched at all (and cannot swallow the assignment after it).
 _ENV_ASSIGNMENT = re.compile(
-    r"(?<![A-Za-z0-9_])(?P<key>[A-Z][A-Z0-9_]*+)(?![a-z])" + _SEPARATOR + _VALUE,
+    r"""
+    (?<![A-Za-z0-9_])
+    (?P<key>(?=[A-Z0-9_]*?(?:PASSWORDS?|PASSWD|TOKEN|SECRETS?|KEYS?)(?![A-Z0-9]))[A-Z][A-Z0-9_]*+)
+    (?![a-z])
+    """
+    + _SEPARATOR
+    + _WORD_VALUE,
     re.VERBOSE,
 )
-_ENV_SECRET_WORD = re.compile(r"(?:PASSWORDS?|PASSWD|TOKEN|SECRETS?|KEYS?)(?![A-Z0-9])")
 
 # A command-line flag and its value: --name=value or --name value.
 _FLAG = re.compile(
     r"""
     (?<![A-Za-z0-9_-])--(?P<key>[A-Za-z0-9][A-Za-z0-9_.-]*+)
     (?P<sep>=|[ \t]+)
-    (?P<value>"(?:[^"\\]|\\.)*(?:"|$) | '[^']*(?:'|$) | (?!--)[^\s"']+)
-    """,
+    """
+    + _WORD_VALUE,
     re.VERBOSE,
 )
 _FLAG_SECRET_WORDS = frozenset(
@@ -143,10 +149,7 @@ def _key_value(match: re.Match[str]) -> str:
 
 
 def _env_assignment(match: re.Match[str]) -> str:
-    key = match.group("key")
-    if not _ENV_SECRET_WORD.search(key) or _NOT_SECRET_KEY.search(key):
-        return match.group(0)
-    return _masked(match)
+    return match.group(0) if _NOT_SECRET_KEY.search(match.group("key")) else _masked(match)
 
 
 def _flag(match: re.Match[str]) -> str:

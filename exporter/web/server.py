@@ -13,6 +13,7 @@ origin is refused (403), so a page the operator visits cannot reload or capture.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
@@ -124,6 +125,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.web_config = web_config
         # Requests in flight beyond the limit are answered 503 at once (0: no limit).
         self._in_flight = threading.BoundedSemaphore(max_requests) if max_requests > 0 else None
+        self.render_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def use_web_config(self, web_config: WebConfig | None) -> None:
@@ -279,7 +281,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self) -> None:
         compressed = accepts_gzip(self.headers.get("Accept-Encoding", ""))
-        body, content_type = self.server.store.render(self.headers.get("Accept", ""), compressed)
+        # One render at a time: when a publish makes the page stale, 200 scrapers arriving together
+        # must not render it 200 times (throughput fell 5x); the first renders, the rest read its bytes.
+        with self.server.render_lock:
+            body, content_type = self.server.store.render(self.headers.get("Accept", ""), compressed)
         extra = {"Content-Encoding": "gzip"} if compressed else {}
         self._send(200, body, content_type=content_type, extra=extra)
 
@@ -373,10 +378,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _close(sock: socket.socket) -> None:
     """Close as the server closes a plain connection: FIN first, so the client reads an end."""
-    try:
+    with contextlib.suppress(OSError):  # the client may be gone already
         sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
     sock.close()
 
 
