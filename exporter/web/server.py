@@ -197,6 +197,14 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(self.request, ssl.SSLSocket):
                 _close(self.request)  # wrapping took the socket the server would have closed
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # For what the standard library refuses before our code runs (a bad request line, a header
+        # too long, an unknown method): our plain-text answer, with a status line even to what looks
+        # like HTTP/0.9, and the connection closed.
+        self.close_connection = True
+        text = redact(message or _reason(code))[:200]
+        self._send(code, f"{text}\n".encode("utf-8", "replace"), extra={"Connection": "close"})
+
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         if log.isEnabledFor(logging.DEBUG):  # called for every request: format only when shown
             log.debug("http request", extra={"request": format % args})
