@@ -14,6 +14,7 @@ origin is refused (403), so a page the operator visits cannot reload or capture.
 from __future__ import annotations
 
 import contextlib
+import email.message
 import email.utils
 import json
 import logging
@@ -177,8 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"autoglm-exporter/{__version__}"
 
     def setup(self) -> None:
-        web_config = self.server.web_config
-        context = web_config.tls_context() if web_config is not None else None
+        self._web_config = self.server.web_config  # renewed for each request in _dispatch
+        context = self._web_config.tls_context() if self._web_config is not None else None
         if context is not None:
             # The context of this moment: a rotated certificate serves the next connection.
             self.request.settimeout(TLS_HANDSHAKE_TIMEOUT)
@@ -348,11 +349,8 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         # One preformatted write per response: BaseHTTPRequestHandler's send_response/send_header
         # path costs more CPU than serving the cached page itself.
-        configured = getattr(self, "_web_config", None) or self.server.web_config
-        headers = "".join(
-            f"{name}: {value}\r\n"
-            for name, value in {**(configured.headers if configured else {}), **(extra or {})}.items()
-        )
+        configured = self._web_config.headers if self._web_config is not None else {}
+        headers = "".join(f"{name}: {value}\r\n" for name, value in {**configured, **(extra or {})}.items())
         head = (
             f"HTTP/1.1 {status} {_reason(status)}\r\nServer: {self.server_version}\r\n"
             f"Date: {_http_date()}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
@@ -391,7 +389,7 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
-def _framing_problem(headers: Any) -> tuple[int, bytes] | None:
+def _framing_problem(headers: email.message.Message) -> tuple[int, bytes] | None:
     """(status, message) when the request's length cannot be trusted, None when it can.
 
     A body we misjudge would be read as the next request, so any doubt is a refusal: a malformed or

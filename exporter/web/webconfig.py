@@ -76,6 +76,7 @@ ALLOWED_HEADERS: Mapping[str, tuple[str, ...] | None] = MappingProxyType(
 )
 
 _TOP_KEYS = ("tls_server_config", "basic_auth_users", "http_server_config")
+_TLS = "tls_server_config"
 _TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version")
 _HTTP_KEYS = ("headers",)
 
@@ -107,52 +108,49 @@ class TLSConfig:
     def ssl_context(self) -> ssl.SSLContext:
         """Build a server-side context; files are (re)read on every call."""
         errors: list[str] = []
-        prefix = "tls_server_config"
         for key, path in (
             ("cert_file", self.cert_file),
             ("key_file", self.key_file),
             ("client_ca_file", self.client_ca_file),
         ):
             if path is not None:
-                _check_readable(path, f"{prefix}.{key}", errors)
+                _check_readable(path, f"{_TLS}.{key}", errors)
         if errors:
             raise WebConfigError(self.source, errors)
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = TLS_VERSIONS[self.min_version]
         ctx.options |= ssl.OP_NO_RENEGOTIATION
+        self._load_certificate(ctx, errors)
+        if self.client_ca_file is not None:
+            try:
+                ctx.load_verify_locations(cafile=self.client_ca_file)
+            except ssl.SSLError:
+                errors.append(f"{_TLS}.client_ca_file: no PEM certificate in {self.client_ca_file}")
+        ctx.verify_mode = _VERIFY_MODES[self.client_auth_type]
+        if errors:
+            raise WebConfigError(self.source, errors)
+        return ctx
 
+    def _load_certificate(self, ctx: ssl.SSLContext, errors: list[str]) -> None:
         # load_cert_chain cannot say whether the cert or the key is bad, so parse
         # the certificate on its own first to blame the right file.
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=self.cert_file)
         except ssl.SSLError:
-            errors.append(f"{prefix}.cert_file: no PEM certificate in {self.cert_file}")
-        else:
-            try:
-                # Without a password callback OpenSSL would prompt on the terminal
-                # for an encrypted key and hang the server.
-                ctx.load_cert_chain(self.cert_file, self.key_file, password=_refuse_password)
-            except _EncryptedKeyError:
-                errors.append(f"{prefix}.key_file: encrypted private keys are not supported: {self.key_file}")
-            except ssl.SSLError as exc:
-                if exc.reason == "KEY_VALUES_MISMATCH":
-                    errors.append(
-                        f"{prefix}.key_file: private key does not match the certificate in cert_file"
-                    )
-                else:
-                    errors.append(f"{prefix}.key_file: no usable PEM private key in {self.key_file}")
-
-        if self.client_ca_file is not None:
-            try:
-                ctx.load_verify_locations(cafile=self.client_ca_file)
-            except ssl.SSLError:
-                errors.append(f"{prefix}.client_ca_file: no PEM certificate in {self.client_ca_file}")
-        ctx.verify_mode = _VERIFY_MODES[self.client_auth_type]
-
-        if errors:
-            raise WebConfigError(self.source, errors)
-        return ctx
+            errors.append(f"{_TLS}.cert_file: no PEM certificate in {self.cert_file}")
+            return
+        try:
+            # Without a password callback OpenSSL would prompt on the terminal
+            # for an encrypted key and hang the server.
+            ctx.load_cert_chain(self.cert_file, self.key_file, password=_refuse_password)
+        except _EncryptedKeyError:
+            errors.append(f"{_TLS}.key_file: encrypted private keys are not supported: {self.key_file}")
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                errors.append(f"{_TLS}.key_file: private key does not match the certificate in cert_file")
+            else:
+                errors.append(f"{_TLS}.key_file: no usable PEM private key in {self.key_file}")
 
 
 class _EncryptedKeyError(Exception):
@@ -378,9 +376,6 @@ def _parse_tls(section: Any, base_dir: str, source: str, errors: list[str]) -> T
     )
 
 
-_TLS = "tls_server_config"
-
-
 def _tls_file(
     section: dict[Any, Any], key: str, base_dir: str, errors: list[str], required: bool
 ) -> str | None:
@@ -469,21 +464,27 @@ def _parse_http(section: Any, errors: list[str]) -> dict[str, str]:
         return {}
     headers: dict[str, str] = {}
     for name, value in raw.items():
-        path = f"{where}.headers.{_key_name(name)}"
-        if name not in ALLOWED_HEADERS:
-            errors.append(f"{path}: header can not be configured; allowed: {', '.join(ALLOWED_HEADERS)}")
-            continue
-        if not isinstance(value, str):
-            errors.append(f"{path}: must be a string, got {_kind(value)}")
-            continue
-        allowed = ALLOWED_HEADERS[name]
-        if allowed is not None and value not in allowed:
-            errors.append(f"{path}: must be one of {', '.join(allowed)}, got {safe_repr(value)}")
-        elif any(ch in value for ch in "\r\n\0"):
-            errors.append(f"{path}: must not contain CR, LF or NUL")  # header injection
-        elif value:  # blank means unset, as in exporter-toolkit's docs
-            headers[name] = value
+        if _header_allowed(name, value, f"{where}.headers.{_key_name(name)}", errors) and value:
+            headers[name] = value  # blank means unset, as in exporter-toolkit's docs
     return headers
+
+
+def _header_allowed(name: Any, value: Any, path: str, errors: list[str]) -> bool:
+    """Whether a web config may set this response header to this value (else an error says why)."""
+    if name not in ALLOWED_HEADERS:
+        errors.append(f"{path}: header can not be configured; allowed: {', '.join(ALLOWED_HEADERS)}")
+        return False
+    if not isinstance(value, str):
+        errors.append(f"{path}: must be a string, got {_kind(value)}")
+        return False
+    allowed = ALLOWED_HEADERS[name]
+    if allowed is not None and value not in allowed:
+        errors.append(f"{path}: must be one of {', '.join(allowed)}, got {safe_repr(value)}")
+        return False
+    if any(ch in value for ch in "\r\n\0"):
+        errors.append(f"{path}: must not contain CR, LF or NUL")  # header injection
+        return False
+    return True
 
 
 def _reject_unknown(section: dict[Any, Any], known: tuple[str, ...], where: str, errors: list[str]) -> None:
