@@ -20,8 +20,8 @@ from .commands import tools
 from .config import ConfigError, json_schema, load_config, parse_duration
 from .core.daemon import Daemon, Options
 from .web import logsetup
-from .web.server import ListenAddressError
-from .web.webconfig import WebConfigError, load_web_config
+from .web.server import DEFAULT_MAX_REQUESTS, ListenAddressError
+from .web.webconfig import WebConfigError, build_web_config
 
 EXIT_OK, EXIT_BROKEN, EXIT_BAD_CONFIG = 0, 1, 2
 DEFAULT_LISTEN_ADDRESS = ":9877"
@@ -83,6 +83,13 @@ def _daemon_flags() -> argparse.ArgumentParser:
         dest="web_config_file",
         default=_env("web.config.file", None),
         help="exporter-toolkit web config: TLS and basic auth",
+    )
+    parser.add_argument(
+        "--web.max-requests",
+        dest="max_requests",
+        type=int,
+        default=_env("web.max-requests", str(DEFAULT_MAX_REQUESTS)),
+        help=f"requests served at once; more are answered 503 (0: no limit; default {DEFAULT_MAX_REQUESTS})",
     )
     parser.add_argument(
         "--log.level",
@@ -196,6 +203,8 @@ def options_from(args: argparse.Namespace) -> Options:
         or args.telemetry_path == "/"
     ):
         raise UsageError(f"--web.telemetry-path {args.telemetry_path!r}: must be a path like /metrics")
+    if args.max_requests < 0:
+        raise UsageError(f"--web.max-requests {args.max_requests}: must be 0 (no limit) or more")
     return Options(
         config_file=args.config_file,
         listen_address=args.listen_address,
@@ -204,6 +213,7 @@ def options_from(args: argparse.Namespace) -> Options:
         log_level=args.log_level,
         log_format=args.log_format,
         collector_overrides=overrides,
+        max_requests=args.max_requests,
     )
 
 
@@ -266,7 +276,7 @@ def _check_config(path: str) -> int:
 def _run(options: Options) -> int:
     try:
         config = load_config(options.config_file)
-        web_config = load_web_config(options.web_config_file) if options.web_config_file else None
+        web_config = build_web_config(options.web_config_file)
         daemon = Daemon(options, config, web_config)
     except (ConfigError, WebConfigError, ListenAddressError) as exc:
         log.error("cannot start", extra={"error": str(exc)})

@@ -118,15 +118,42 @@ def test_reload_endpoint_reports_the_errors(start_exporter, tmp_path: Path) -> N
     assert "global.interval: must be a duration" in response.text
 
 
+def test_reload_errors_never_show_a_secret(start_exporter, tmp_path: Path) -> None:
+    config = _config(tmp_path, SERVICE_CONFIG.format(name="api", port=free_port()))
+    exporter = start_exporter(f"--config.file={config}")
+    config.write_text('global: {interval: "PGPASSWORD=hunter2 --api-key=k3y-123"}\n')
+    response = httpx.post(exporter.url + "/-/reload", timeout=5)
+    assert response.status_code == 500 and "global.interval" in response.text
+    wait_until(lambda: "config reload failed" in exporter.log())
+    for shown in (response.text, exporter.log()):
+        assert "hunter2" not in shown and "k3y-123" not in shown
+
+
 def test_log_level_changes_at_run_time(start_exporter, tmp_path: Path) -> None:
     exporter = start_exporter()
     assert exporter.get("/-/log-level").text.strip() == "info"
-    assert "level=debug" not in exporter.log()
+    assert " level=debug " not in exporter.log()
     assert httpx.post(exporter.url + "/-/log-level?level=debug", timeout=5).status_code == 200
     assert exporter.get("/-/log-level").text.strip() == "debug"
+    changed = wait_until(
+        lambda: [line for line in exporter.log().splitlines() if "log level changed" in line]
+    )
+    # The new level is a field; the line's own severity is fixed (not "debug").
+    assert "level=warn" in changed[0] and "new_level=debug previous_level=info" in changed[0]
     exporter.get("/metrics")
-    wait_until(lambda: "level=debug" in exporter.log())
-    assert httpx.post(exporter.url + "/-/log-level", content=b"loud", timeout=5).status_code == 400
+    wait_until(lambda: " level=debug " in exporter.log())  # debug lines now appear
+    refused = httpx.post(exporter.url + "/-/log-level", content=b"PGPASSWORD=hunter2", timeout=5)
+    assert refused.status_code == 400 and "PGPASSWORD=***" in refused.text and "hunter2" not in refused.text
+
+
+def test_the_capture_api_is_absent_when_forensics_is_disabled(start_exporter, tmp_path: Path) -> None:
+    enabled = start_exporter()
+    response = httpx.post(enabled.url + "/api/capture?service=open-autoglm", timeout=5)
+    assert response.status_code == 409  # enabled: known service, nothing running to capture
+    config = _config(tmp_path, "forensics: {enabled: false}\n")
+    disabled = start_exporter(f"--config.file={config}")
+    response = httpx.post(disabled.url + "/api/capture?service=open-autoglm", timeout=5)
+    assert response.status_code == 404 and "forensics.enabled: false" in response.json()["message"]
 
 
 def test_json_log_format(start_exporter) -> None:

@@ -4,6 +4,7 @@ bcrypt hashes, real TLS handshakes on 127.0.0.1."""
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import socket
 import ssl
@@ -25,6 +26,8 @@ from autoglm_exporter.web.webconfig import (
     WebConfigError,
     load_web_config,
 )
+
+from .conftest import wait_until
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 TIMEOUT = 5.0  # seconds; every socket operation is bounded by this
@@ -715,3 +718,72 @@ def test_config_is_immutable(tmp_path: Path) -> None:
         cast(Any, config.basic_auth_users)["mallory"] = ALICE_HASH
     with pytest.raises(AttributeError):
         cast(Any, config).tls = None
+
+
+# --- certificate rotation in the running exporter -----------------------------------------------
+
+
+def _served_certificate(port: int) -> bytes:
+    """The DER certificate the server presents to a new connection (not verified: we compare it)."""
+    pem = ssl.get_server_certificate(("127.0.0.1", port), timeout=TIMEOUT)
+    return ssl.PEM_cert_to_DER_cert(pem)
+
+
+def _der(cert: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(cert.read_text())
+
+
+def _replace(target: Path, source: Path) -> None:
+    """Put a file in place atomically, as cert-manager or a deploy script would."""
+    staged = target.with_suffix(".new")
+    shutil.copy(source, staged)
+    os.replace(staged, target)
+
+
+def test_a_rotated_certificate_is_served_without_restart(start_exporter, tmp_path: Path) -> None:
+    first_cert, first_key = _self_signed(tmp_path, "first", "localhost")
+    second_cert, second_key = _self_signed(tmp_path, "second", "localhost")
+    live = tmp_path / "live"
+    live.mkdir()
+    _replace(live / "tls.crt", first_cert)
+    _replace(live / "tls.key", first_key)
+    web = write_config(live, "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n")
+    trust_first = ssl.create_default_context(cafile=str(first_cert))
+    exporter = start_exporter(f"--web.config.file={web}", scheme="https", verify=trust_first)
+    assert _served_certificate(exporter.port) == _der(first_cert)
+
+    _replace(live / "tls.crt", second_cert)  # half a rotation: the key does not match yet
+    assert _served_certificate(exporter.port) == _der(first_cert)  # the last good pair still serves
+    wait_until(lambda: "TLS files changed but do not load" in exporter.log())
+
+    _replace(live / "tls.key", second_key)
+    wait_until(lambda: _served_certificate(exporter.port) == _der(second_cert))
+    trust_second = ssl.create_default_context(cafile=str(second_cert))
+    assert exporter.get("/metrics", verify=trust_second).status_code == 200
+    assert exporter.process.poll() is None
+    assert "TLS certificate reloaded" in exporter.log()
+
+
+def test_certificate_files_are_not_read_again_while_unchanged(
+    tmp_path: Path, certs: Certs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_web_config(
+        write_config(tmp_path, f"tls_server_config:\n  cert_file: {certs.cert}\n  key_file: {certs.key}\n")
+    )
+    builds: list[int] = []
+    real = TLSConfig.ssl_context
+    monkeypatch.setattr(TLSConfig, "ssl_context", lambda self: builds.append(1) or real(self))
+    first = config.tls_context()
+    assert all(config.tls_context() is first for _ in range(100))
+    assert len(builds) == 1
+
+
+def test_web_config_files_over_the_size_limit_or_too_deep_are_refused(tmp_path: Path) -> None:
+    big = write_config(tmp_path, "# " + "x" * (webconfig.MAX_FILE_BYTES + 10) + "\n", name="big.yml")
+    assert config_errors(big) == [f"file is larger than {webconfig.MAX_FILE_BYTES} bytes"]
+    deep = write_config(tmp_path, "a: " + "[" * 20000 + "]" * 20000 + "\n", name="deep.yml")
+    assert config_errors(deep) == ["YAML nested too deeply"]
+    hostile = write_config(tmp_path, "tls_server_config:\n  min_version: [TLS12]\n", name="list.yml")
+    assert "tls_server_config.min_version: must be one of TLS12, TLS13, got ['TLS12']" in config_errors(
+        hostile
+    )

@@ -15,8 +15,8 @@ from ..collectors.base import Collector
 from ..config import Config, ConfigError, load_config
 from ..forensics import CaptureNotFound
 from ..linux import subprocesses
-from ..web.server import ExporterHTTPServer, ServerHooks, parse_listen_address
-from ..web.webconfig import WebConfig, WebConfigError, load_web_config
+from ..web.server import DEFAULT_MAX_REQUESTS, ExporterHTTPServer, ServerHooks, parse_listen_address
+from ..web.webconfig import WebConfig, WebConfigError, build_web_config
 from .pipeline import Pipeline
 from .runner import CollectorRunner
 from .scheduler import CollectorScheduler
@@ -35,6 +35,7 @@ class Options:
     log_level: str = "info"
     log_format: str = "logfmt"
     collector_overrides: Mapping[str, bool] = field(default_factory=dict)
+    max_requests: int = DEFAULT_MAX_REQUESTS  # requests in flight before 503; 0: no limit
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,9 @@ class Daemon:
             capture_file=self._capture_file,
         )
         world = self._build(config, web_config)
-        self.server = ExporterHTTPServer((host, port), self.store, hooks, options.telemetry_path, web_config)
+        self.server = ExporterHTTPServer(
+            (host, port), self.store, hooks, options.telemetry_path, web_config, options.max_requests
+        )
         self.scheduler.start([], config.jitter)
         self._swap(world)
 
@@ -95,7 +98,7 @@ class Daemon:
         self.scheduler.update(world.jobs, world.config.jitter)
         self.hangwatch.reconfigure(world.config.forensics)
         self.diagnoser.reconfigure(world.config)
-        self.server.update_web_config(world.web_config)
+        self.server.use_web_config(world.web_config)
         self.runners, self.config = world.runners, world.config
         log.info(
             "collectors scheduled",
@@ -108,8 +111,8 @@ class Daemon:
         with self._reload_lock:
             try:
                 config = load_config(self.options.config_file)
-                web_config = self._reload_web_config()
-                world = self._build(config, web_config)
+                web_file = self.options.web_config_file
+                world = self._build(config, build_web_config(web_file))
             except (ConfigError, WebConfigError) as exc:
                 return self._reload_failed(str(exc))
             except Exception as exc:  # whatever it is, the running config must go on
@@ -125,13 +128,6 @@ class Daemon:
             self.store.set_reload_result(True)
             log.info("config reloaded", extra={"config": config.source})
             return True, "config reloaded"
-
-    def _reload_web_config(self) -> WebConfig | None:
-        path = self.options.web_config_file
-        web_config = load_web_config(path) if path else None
-        if (self.server.scheme == "https") != (web_config is not None and web_config.tls is not None):
-            raise WebConfigError(path or "", ["TLS cannot be switched on or off by a reload: restart"])
-        return web_config
 
     def _reload_failed(self, message: str) -> tuple[bool, str]:
         self.store.set_reload_result(False)

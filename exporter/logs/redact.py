@@ -1,8 +1,11 @@
-"""Remove what looks like a secret from a log line before it is kept or shown.
+"""Remove what looks like a secret from any text before it is kept or shown.
 
-Each secret is replaced by `***` and what names it is kept, so the line still reads:
+The one redactor for every text that reaches a page, a log line, JSON or a file. Each secret is
+replaced by `***` and what names it is kept, so the text still reads:
 
     password=hunter2                  -> password=***
+    PGPASSWORD=hunter2                -> PGPASSWORD=***
+    --api-key abc123 / --token=abc    -> --api-key *** / --token=***
     {"api_key": "abc"}                -> {"api_key": "***"}
     Authorization: Bearer eyJhbGci... -> Authorization: Bearer ***
     https://user:pw@host/             -> https://user:***@host/
@@ -11,7 +14,11 @@ Each secret is replaced by `***` and what names it is kept, so the line still re
 
 Keys are names ending in password, passwd, pwd, secret, token, api_key / apikey / api-key,
 access_key, private_key or authorization (so `client_secret`, `aws_secret_access_key`,
-`X-Api-Key` count), followed by `:` or `=`, the value quoted or not. Names that merely contain
+`X-Api-Key` count), followed by `:` or `=`, the value quoted or not. Environment-style names
+(upper case) count when they contain PASSWORD, PASSWD, TOKEN, SECRET or KEY as a word of their own
+on the right (`PGPASSWORD`, `AWS_SECRET_ACCESS_KEY`, `DB_PASSWORD_FILE`; not `TOKENIZERS_PARALLELISM`
+or `MAX_TOKENS`). Command-line flags count when their last word is such a word (`--password`,
+`--hf-token`, `--api-key`, `--client-secret`), the value after `=` or a space. Names that merely contain
 such a word (`max_tokens`, `tokenizer`) are left alone, and so are the tokenizer's vocabulary
 entries (`eos_token='</s>'`, `pad_token_id=0`): in an LLM service's log they are not secrets.
 An opaque token is a run of 32 or more [A-Za-z0-9+/_-] characters (plus `=` padding) with letters
@@ -26,10 +33,21 @@ secret, and it is idempotent: redact(redact(x)) == redact(x).
 from __future__ import annotations
 
 import re
+import reprlib
 
 MASK = "***"
 
 _SCHEMES = r"(?:bearer|basic|token|digest|negotiate|apikey)"
+
+# A value after its name: quoted (possibly cut by the end of the line) or bare up to a delimiter.
+_QUOTED = r"""
+        "(?:[^"\\]|\\.)*(?:"|$)
+      | '[^']*(?:'|$)
+"""
+_VALUE = r"(?P<value>" + _QUOTED + r"""| [^\s,;&"'<>{}\[\]()]+ )"""
+# Environment values and flag arguments run to the next blank: API_KEYS=a,b hides both keys.
+_WORD_VALUE = r"(?P<value>" + _QUOTED + r"""| (?!--)[^\s"']+ )"""
+_SEPARATOR = r"""(?P<sep>["']?[ \t]*[:=][ \t]*)"""
 
 # key (name ending in a secret word) + separator + optional auth scheme + value
 _KEY_VALUE = re.compile(
@@ -41,17 +59,42 @@ _KEY_VALUE = re.compile(
         (?:[_-]?key)?
     )
     (?![A-Za-z0-9])
-    (?P<sep>["']?[ \t]*[:=][ \t]*)
+    """
+    + _SEPARATOR
+    + r"""
     (?P<scheme>"""
     + _SCHEMES
     + r"""[ \t]+)?
-    (?P<value>
-        "(?:[^"\\]|\\.)*(?:"|$)          # double-quoted, possibly cut by the end of the line
-      | '[^']*(?:'|$)                    # single-quoted
-      | [^\s,;&"'<>{}\[\]()]+            # bare, up to a delimiter
-    )
-    """,
+    """
+    + _VALUE,
     re.IGNORECASE | re.VERBOSE,
+)
+
+# An environment-style assignment (PGPASSWORD=..., "AWS_SECRET_ACCESS_KEY": ...): an upper-case name
+# with a secret word ending at `_` or the name's end. The lookahead finds the word inside the name,
+# so a name without one is not matched at all (and cannot swallow the assignment after it).
+_ENV_ASSIGNMENT = re.compile(
+    r"""
+    (?<![A-Za-z0-9_])
+    (?P<key>(?=[A-Z0-9_]*?(?:PASSWORDS?|PASSWD|TOKEN|SECRETS?|KEYS?)(?![A-Z0-9]))[A-Z][A-Z0-9_]*+)
+    (?![a-z])
+    """
+    + _SEPARATOR
+    + _WORD_VALUE,
+    re.VERBOSE,
+)
+
+# A command-line flag and its value: --name=value or --name value.
+_FLAG = re.compile(
+    r"""
+    (?<![A-Za-z0-9_-])--(?P<key>[A-Za-z0-9][A-Za-z0-9_.-]*+)
+    (?P<sep>=|[ \t]+)
+    """
+    + _WORD_VALUE,
+    re.VERBOSE,
+)
+_FLAG_SECRET_WORDS = frozenset(
+    ("password", "passwd", "pwd", "passphrase", "secret", "token", "key", "apikey", "credentials")
 )
 
 # Tokenizer vocabulary and counters named "..._token": not secrets.
@@ -85,6 +128,8 @@ def redact(line: str) -> str:
     if not line:
         return line
     line = _URL_USERINFO.sub(_url_userinfo, line)
+    line = _ENV_ASSIGNMENT.sub(_env_assignment, line)
+    line = _FLAG.sub(_flag, line)
     line = _KEY_VALUE.sub(_key_value, line)
     line = _AUTH_SCHEME_TOKEN.sub(_auth_scheme, line)
     line = _KNOWN_KEYS.sub(_known_key, line)
@@ -98,9 +143,26 @@ def _url_userinfo(match: re.Match[str]) -> str:
 
 
 def _key_value(match: re.Match[str]) -> str:
-    key, value = match.group("key"), match.group("value")
-    if _NOT_SECRET_KEY.search(key):
+    if _NOT_SECRET_KEY.search(match.group("key")):
         return match.group(0)
+    return _masked(match)
+
+
+def _env_assignment(match: re.Match[str]) -> str:
+    return match.group(0) if _NOT_SECRET_KEY.search(match.group("key")) else _masked(match)
+
+
+def _flag(match: re.Match[str]) -> str:
+    key = match.group("key")
+    last_word = re.split(r"[_.-]", key)[-1].lower()
+    if last_word not in _FLAG_SECRET_WORDS or _NOT_SECRET_KEY.search(key):
+        return match.group(0)
+    return _masked(match)
+
+
+def _masked(match: re.Match[str]) -> str:
+    """The match with its value replaced by ***: the name, separator and quotes kept."""
+    value = match.group("value")
     quote = value[0] if value[0] in "\"'" else ""
     inner = value[len(quote) :]
     if quote and inner.endswith(quote):
@@ -108,7 +170,8 @@ def _key_value(match: re.Match[str]) -> str:
     if not inner or inner.startswith(MASK):
         return match.group(0)  # empty, or already redacted
     closing = quote if quote and len(value) > 1 and value.endswith(quote) else ""
-    return f"{key}{match.group('sep')}{match.group('scheme') or ''}{quote}{MASK}{closing}"
+    head = match.group(0)[: match.start("value") - match.start()]
+    return f"{head}{quote}{MASK}{closing}"
 
 
 def _auth_scheme(match: re.Match[str]) -> str:
@@ -144,3 +207,57 @@ def _looks_opaque(token: str, minimum: int) -> bool:
 
 def _has_letters_and_digits(text: str) -> bool:
     return any(c.isdigit() for c in text) and any(c.isalpha() for c in text)
+
+
+def redact_variable(name: str, value: str) -> str:
+    """An environment variable's value as it may be shown: *** when its name names a secret
+    (in any case: `pgpassword` too), else the value redacted like any text."""
+    assignment = f"{name.upper()}="
+    shown = redact(assignment + value)
+    return shown.removeprefix(assignment) if shown.startswith(assignment) else MASK
+
+
+# --- values in error messages -------------------------------------------------------------------
+
+MAX_SHOWN = 60  # characters of a value an error message shows
+_MAX_REDACTED = 65536  # a longer string is cut to this before it is redacted (bounds the work)
+
+
+def safe_repr(value: object, limit: int = MAX_SHOWN) -> str:
+    """`repr(value)` for an error message: secrets redacted, long values cut, bounded work.
+
+    Never echoes a secret (credentials in URLs become ***), and never builds a huge text: a 10 MB
+    string, a number with a million digits or a YAML alias bomb cost no more than a short value.
+    """
+    if isinstance(value, str):
+        shown = repr(_cut(redact(value[:_MAX_REDACTED]), limit))
+        return shown if len(value) <= limit else f"{shown} ({len(value)} characters)"
+    return _cut(redact(_BOUNDED_REPR.repr(value)), limit)
+
+
+class _BoundedRepr(reprlib.Repr):
+    """reprlib's bounded repr, with every string redacted whole before it is cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxdict = self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = 6
+        self.maxstring = self.maxother = MAX_SHOWN
+
+    def repr_str(self, x: str, level: int) -> str:
+        return repr(_cut(redact(x[:_MAX_REDACTED]), self.maxstring))
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:  # str() of a huge int is slow, and refused past 4300 digits
+            return f"<an integer of about {int(x.bit_length() * 0.30103)} digits>"
+        return repr(x)
+
+    def repr_instance(self, x: object, level: int) -> str:
+        return _cut(redact(super().repr_instance(x, level)), self.maxother)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(limit - 1, 1)] + "…"
+
+
+_BOUNDED_REPR = _BoundedRepr()

@@ -1,4 +1,8 @@
-"""Structured logs in the Prometheus style (logfmt or JSON) with a level that can change at run time."""
+"""Structured logs in the Prometheus style (logfmt or JSON) with a level that can change at run time.
+
+Every text a line carries (the message, each field, a traceback) goes through the redactor, so
+nothing logged carries a secret, whoever wrote the log call.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import json
 import logging
 import sys
 import time
+
+from ..logs.redact import redact
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 FORMATS = ("logfmt", "json")
@@ -21,12 +27,22 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
         "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
         "level": record.levelname.lower().replace("warning", "warn"),
         "caller": f"{record.module}:{record.lineno}",
-        "msg": record.getMessage(),
+        "msg": redact(record.getMessage()),
     }
-    fields.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+    for key, value in vars(record).items():
+        if key not in _STANDARD:
+            # A field never replaces one of the line's own (extra={"level": ...} is not the severity).
+            fields[f"field_{key}" if key in fields else key] = _shown(value)
     if record.exc_info:
-        fields["err"] = logging.Formatter().formatException(record.exc_info)
+        fields["err"] = redact(logging.Formatter().formatException(record.exc_info))
     return fields
+
+
+def _shown(value: object) -> object:
+    """Numbers and booleans as they are (JSON keeps their type), anything else as redacted text."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact(str(value))
 
 
 def _logfmt_value(value: object) -> str:

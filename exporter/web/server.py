@@ -3,34 +3,53 @@
 The server knows nothing of collectors; it reads the store and calls back into the daemon for
 reload. TLS handshakes happen in the connection's own thread, so a slow or hostile client cannot
 stall the accept loop; idle keep-alive connections time out.
+
+Hostile clients: a listen backlog that holds a burst of 200 scrapers; at most --web.max-requests
+requests in flight (503 beyond); a request whose length is in any doubt (Content-Length beside
+Transfer-Encoding, two lengths, a malformed header) is refused and its connection closed, so no
+smuggled second request is ever answered; a state-changing request sent by a web page of another
+origin is refused (403), so a page the operator visits cannot reload or capture.
 """
 
 from __future__ import annotations
 
+import contextlib
+import email.message
 import email.utils
 import json
 import logging
+import re
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__
-from ..core.store import Store
 from ..diagnosis import to_dict
+from ..logs.redact import redact
 from . import logsetup, statuspage
-from .webconfig import BasicAuthenticator, WebConfig
+from .webconfig import WebConfig
+
+if TYPE_CHECKING:  # the server only reads the store it is given
+    from ..core.store import Store
 
 log = logging.getLogger(__name__)
 
 CONNECTION_IDLE_TIMEOUT = 30.0
 TLS_HANDSHAKE_TIMEOUT = 10.0
+# node_exporter's --web.max-requests is 40; ours serves cached bytes and must admit 200 scrapers.
+DEFAULT_MAX_REQUESTS = 256
+MIN_LISTEN_BACKLOG = 1024
+MAX_BODY_BYTES = 65536  # the bodies we accept are a log level or nothing
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass
@@ -71,6 +90,18 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
+def listen_backlog() -> int:
+    """How many connections may wait to be accepted: at least 1024, the system's limit if larger.
+
+    The standard library's 5 dropped connections under 200 concurrent scrapers (the kernel caps
+    the number at net.core.somaxconn anyway)."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return max(MIN_LISTEN_BACKLOG, int(f.read().strip()))
+    except (OSError, ValueError):
+        return MIN_LISTEN_BACKLOG
+
+
 class ExporterHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -82,33 +113,43 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         hooks: ServerHooks,
         telemetry_path: str = "/metrics",
         web_config: WebConfig | None = None,
+        max_requests: int = DEFAULT_MAX_REQUESTS,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.request_queue_size = listen_backlog()
+        if web_config is not None:
+            web_config.tls_context()  # load the certificate now: a bad one is a start-up error
         super().__init__(address, _Handler)
         self.store = store
         self.hooks = hooks
         self.telemetry_path = telemetry_path
         self.web_config = web_config
-        self.authenticator: BasicAuthenticator | None = web_config.authenticator() if web_config else None
-        self.extra_headers = dict(getattr(web_config, "headers", {}) or {})
-        context = web_config.ssl_context() if web_config else None
-        if context is not None:
-            self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
-        self.scheme = "https" if context is not None else "http"
+        # Requests in flight beyond the limit are answered 503 at once (0: no limit).
+        self._in_flight = threading.BoundedSemaphore(max_requests) if max_requests > 0 else None
+        self.render_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def update_web_config(self, web_config: WebConfig | None) -> None:
-        """A reloaded web config: users and headers apply to the next request. (TLS certificates
-        are re-read by the TLS context itself; TLS on or off needs a restart.)"""
-        if web_config is self.web_config:
-            return
+    def use_web_config(self, web_config: WebConfig | None) -> None:
+        """Serve new connections and requests with another web config (from build_web_config).
+
+        One reference swap: requests in flight finish with the config they started with."""
         self.web_config = web_config
-        self.authenticator = web_config.authenticator() if web_config else None
-        self.extra_headers = dict(getattr(web_config, "headers", {}) or {})
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.web_config is not None and self.web_config.tls is not None else "http"
 
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def admit(self) -> bool:
+        """Take a place for one request in flight; False when all are taken."""
+        return self._in_flight is None or self._in_flight.acquire(blocking=False)
+
+    def release(self) -> None:
+        if self._in_flight is not None:
+            self._in_flight.release()
 
     def start_background(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="http-server", daemon=True)
@@ -119,8 +160,12 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.server_close()
 
     def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
-        # A client that drops the connection or fails the TLS handshake is not our error.
-        log.debug("connection error", extra={"client": client_address[0]}, exc_info=True)
+        # A client that drops the connection or fails the TLS handshake is not our error; anything
+        # else is a bug of ours, and says so.
+        if isinstance(sys.exc_info()[1], OSError):  # ssl.SSLError and timeouts included
+            log.debug("connection error", extra={"client": client_address[0]}, exc_info=True)
+        else:
+            log.error("request failed", extra={"client": client_address[0]}, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -133,10 +178,33 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"autoglm-exporter/{__version__}"
 
     def setup(self) -> None:
-        if isinstance(self.request, ssl.SSLSocket):
+        self._web_config = self.server.web_config  # renewed for each request in _dispatch
+        context = self._web_config.tls_context() if self._web_config is not None else None
+        if context is not None:
+            # The context of this moment: a rotated certificate serves the next connection.
             self.request.settimeout(TLS_HANDSHAKE_TIMEOUT)
-            self.request.do_handshake()
+            self.request = context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
+            try:
+                self.request.do_handshake()
+            except BaseException:
+                _close(self.request)
+                raise
         super().setup()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if isinstance(self.request, ssl.SSLSocket):
+                _close(self.request)  # wrapping took the socket the server would have closed
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # For what the standard library refuses before our code runs (a bad request line, a header
+        # too long, an unknown method): our plain-text answer, with a status line even to what looks
+        # like HTTP/0.9, and the connection closed.
+        self.close_connection = True
+        text = redact(message or _reason(code))[:200]
+        self._send(code, f"{text}\n".encode("utf-8", "replace"), extra={"Connection": "close"})
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         if log.isEnabledFor(logging.DEBUG):  # called for every request: format only when shown
@@ -157,7 +225,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("PUT")
 
     def _dispatch(self, method: str) -> None:
-        self._drain_body()
+        self._web_config = self.server.web_config  # one config for the whole request
+        refusal = _framing_problem(self.headers)
+        if refusal is not None:
+            # Where this request ends is in doubt, so nothing after it on this connection is read.
+            self.close_connection = True
+            self._send(refusal[0], refusal[1], extra={"Connection": "close"})
+            return
+        self._read_body()
+        if not self.server.admit():
+            self._send(503, b"Too many requests in flight, try again\n", extra={"Retry-After": "1"})
+            return
+        try:
+            self._answer(method)
+        except Exception:  # a bug of ours: say so to the client and in the log, keep serving
+            log.error("request failed", extra={"path": self.path}, exc_info=True)
+            self.close_connection = True
+            self._send(500, b"Internal Server Error\n", extra={"Connection": "close"})
+        finally:
+            self.server.release()
+
+    def _answer(self, method: str) -> None:
+        if method != "GET" and self._cross_origin():
+            self._send(403, b"Cross-origin request refused\n")
+            return
         if not self._authorized():
             self._send(401, b"Unauthorized\n", extra={"WWW-Authenticate": 'Basic realm="autoglm-exporter"'})
             return
@@ -176,24 +267,33 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"Not Found\n")
 
     def _authorized(self) -> bool:
-        authenticator = self.server.authenticator
+        authenticator = self._web_config.authenticator() if self._web_config is not None else None
         return authenticator is None or authenticator.check(self.headers.get("Authorization"))
 
-    def _drain_body(self) -> None:
-        # Read (and ignore) a request body so the keep-alive stream stays in sync.
-        length = self.headers.get("Content-Length")
-        if length and length.isdigit() and 0 < int(length) <= 65536:
-            self._body = self.rfile.read(int(length))
-        else:
-            self._body = b""
-            if length and length != "0":
-                self.close_connection = True
+    def _cross_origin(self) -> bool:
+        """True when a web page of another origin sent this request (the browser says so in Origin,
+        or in Sec-Fetch-Site when it leaves Origin out)."""
+        if self.headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
+            return True
+        origin = self.headers.get("Origin")
+        if origin is None:
+            return False  # not sent by a browser on behalf of another site: curl, Prometheus, scripts
+        theirs, host = _origin(origin), self.headers.get("Host")
+        return theirs is None or host is None or theirs != _origin(f"{self.server.scheme}://{host.strip()}")
+
+    def _read_body(self) -> None:
+        # Read the whole body (its length was checked) so the keep-alive stream stays in sync.
+        length = int(self.headers.get("Content-Length", "0").strip())
+        self._body = self.rfile.read(length) if length else b""
 
     # --- endpoints ----------------------------------------------------------------------------
 
     def _metrics(self) -> None:
         compressed = accepts_gzip(self.headers.get("Accept-Encoding", ""))
-        body, content_type = self.server.store.render(self.headers.get("Accept", ""), compressed)
+        # One render at a time: when a publish makes the page stale, 200 scrapers arriving together
+        # must not render it 200 times (throughput fell 5x); the first renders, the rest read its bytes.
+        with self.server.render_lock:
+            body, content_type = self.server.store.render(self.headers.get("Accept", ""), compressed)
         extra = {"Content-Encoding": "gzip"} if compressed else {}
         self._send(200, body, content_type=content_type, extra=extra)
 
@@ -205,7 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reload(self) -> None:
         ok, message = self.server.hooks.reload()
-        self._send(200 if ok else 500, (message + "\n").encode())
+        self._send(200 if ok else 500, (redact(message) + "\n").encode())
 
     def _log_level(self) -> None:
         if self.command == "GET":
@@ -213,12 +313,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         query = parse_qs(urlsplit(self.path).query)
         level = (query.get("level") or [self._body.decode("utf-8", "replace").strip()])[0]
+        previous = logsetup.current_level()
         try:
             logsetup.set_level(level)
         except ValueError as exc:
-            self._send(400, (str(exc) + "\n").encode())
+            self._send(400, (redact(str(exc)) + "\n").encode())
             return
-        log.warning("log level changed", extra={"level": level})
+        # At warn whatever the new level, so the line shows at every level but error; the new
+        # level is a field, never the line's own severity.
+        log.warning("log level changed", extra={"new_level": level, "previous_level": previous})
         self._send(200, (level + "\n").encode())
 
     def _status_page(self) -> None:
@@ -246,9 +349,8 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         # One preformatted write per response: BaseHTTPRequestHandler's send_response/send_header
         # path costs more CPU than serving the cached page itself.
-        headers = "".join(
-            f"{name}: {value}\r\n" for name, value in {**self.server.extra_headers, **(extra or {})}.items()
-        )
+        configured = self._web_config.headers if self._web_config is not None else {}
+        headers = "".join(f"{name}: {value}\r\n" for name, value in {**configured, **(extra or {})}.items())
         head = (
             f"HTTP/1.1 {status} {_reason(status)}\r\nServer: {self.server_version}\r\n"
             f"Date: {_http_date()}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
@@ -261,7 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(urlsplit(self.path).query)
         service = (query.get("service") or [""])[0]
         status, message = self.server.hooks.capture(service)
-        self._send_json(status, {"message": message, "service": service})
+        self._send_json(status, {"message": redact(message), "service": service})
 
     def _captures(self) -> None:
         self._send_json(200, {"captures": self.server.hooks.captures()})
@@ -278,6 +380,50 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _healthy(self) -> None:
         self._send(200, b"Healthy\n")
+
+
+def _close(sock: socket.socket) -> None:
+    """Close as the server closes a plain connection: FIN first, so the client reads an end."""
+    with contextlib.suppress(OSError):  # the client may be gone already
+        sock.shutdown(socket.SHUT_WR)
+    sock.close()
+
+
+def _framing_problem(headers: email.message.Message) -> tuple[int, bytes] | None:
+    """(status, message) when the request's length cannot be trusted, None when it can.
+
+    A body we misjudge would be read as the next request, so any doubt is a refusal: a malformed or
+    folded header line, Transfer-Encoding (we read bodies by Content-Length only), two lengths, a
+    length that is not a plain number, or one longer than any body we accept.
+    """
+    if headers.defects or headers.get_payload() or any("\n" in value for value in headers.values()):
+        return 400, b"Malformed request header\n"
+    lengths = headers.get_all("Content-Length") or []
+    if headers.get_all("Transfer-Encoding"):
+        if lengths:
+            return 400, b"Both Content-Length and Transfer-Encoding\n"
+        return 411, b"Transfer-Encoding is not supported: send Content-Length\n"
+    if len(headers.get_all("Host") or []) > 1:
+        return 400, b"More than one Host header\n"
+    if not lengths:
+        return None
+    if len(lengths) > 1 or not _CONTENT_LENGTH.fullmatch(lengths[0].strip()):
+        return 400, b"Invalid Content-Length\n"
+    if int(lengths[0]) > MAX_BODY_BYTES:
+        return 413, b"Request body too large\n"
+    return None
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin or URL, default ports filled in; None when it has none."""
+    try:
+        parts = urlsplit(url.strip())
+        scheme, port = parts.scheme.lower(), parts.port
+    except ValueError:
+        return None
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None  # "null" (a sandboxed page or a file) is nobody's origin
+    return scheme, parts.hostname, port or _DEFAULT_PORTS[scheme]
 
 
 def _reason(status: int) -> str:

@@ -3,12 +3,19 @@
 Same YAML format as node_exporter's ``web-config.yml``, restricted to the keys this
 exporter implements. Validation is strict and reports every problem at once, each
 prefixed with its YAML path, so one edit-and-retry fixes the whole file.
+
+The certificate, key and client CA files are read again when they change on disk, so a
+rotated certificate needs no restart (exporter-toolkit reads them on every handshake; we
+read them when their stat changes, and keep the last good ones while a rotation is half
+done). The file itself is read again on reload: ``build_web_config`` builds the new web
+config completely or raises, and the server swaps it in with ``use_web_config``.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -22,6 +29,10 @@ from typing import Any
 
 import bcrypt
 import yaml
+
+from ..logs.redact import safe_repr
+
+log = logging.getLogger(__name__)
 
 CLIENT_AUTH_TYPES = (
     "NoClientCert",
@@ -65,12 +76,14 @@ ALLOWED_HEADERS: Mapping[str, tuple[str, ...] | None] = MappingProxyType(
 )
 
 _TOP_KEYS = ("tls_server_config", "basic_auth_users", "http_server_config")
+_TLS = "tls_server_config"
 _TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version")
 _HTTP_KEYS = ("headers",)
 
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 _BCRYPT_MAX_PASSWORD = 72  # bytes; bcrypt>=5 raises beyond this instead of truncating
 _MAX_AUTH_HEADER = 4096  # longer headers are refused before base64-decoding them
+MAX_FILE_BYTES = 1024 * 1024  # a web config is a few lines; a bigger file is refused unread
 
 
 class WebConfigError(Exception):
@@ -95,52 +108,49 @@ class TLSConfig:
     def ssl_context(self) -> ssl.SSLContext:
         """Build a server-side context; files are (re)read on every call."""
         errors: list[str] = []
-        prefix = "tls_server_config"
         for key, path in (
             ("cert_file", self.cert_file),
             ("key_file", self.key_file),
             ("client_ca_file", self.client_ca_file),
         ):
             if path is not None:
-                _check_readable(path, f"{prefix}.{key}", errors)
+                _check_readable(path, f"{_TLS}.{key}", errors)
         if errors:
             raise WebConfigError(self.source, errors)
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = TLS_VERSIONS[self.min_version]
         ctx.options |= ssl.OP_NO_RENEGOTIATION
+        self._load_certificate(ctx, errors)
+        if self.client_ca_file is not None:
+            try:
+                ctx.load_verify_locations(cafile=self.client_ca_file)
+            except ssl.SSLError:
+                errors.append(f"{_TLS}.client_ca_file: no PEM certificate in {self.client_ca_file}")
+        ctx.verify_mode = _VERIFY_MODES[self.client_auth_type]
+        if errors:
+            raise WebConfigError(self.source, errors)
+        return ctx
 
+    def _load_certificate(self, ctx: ssl.SSLContext, errors: list[str]) -> None:
         # load_cert_chain cannot say whether the cert or the key is bad, so parse
         # the certificate on its own first to blame the right file.
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=self.cert_file)
         except ssl.SSLError:
-            errors.append(f"{prefix}.cert_file: no PEM certificate in {self.cert_file}")
-        else:
-            try:
-                # Without a password callback OpenSSL would prompt on the terminal
-                # for an encrypted key and hang the server.
-                ctx.load_cert_chain(self.cert_file, self.key_file, password=_refuse_password)
-            except _EncryptedKeyError:
-                errors.append(f"{prefix}.key_file: encrypted private keys are not supported: {self.key_file}")
-            except ssl.SSLError as exc:
-                if exc.reason == "KEY_VALUES_MISMATCH":
-                    errors.append(
-                        f"{prefix}.key_file: private key does not match the certificate in cert_file"
-                    )
-                else:
-                    errors.append(f"{prefix}.key_file: no usable PEM private key in {self.key_file}")
-
-        if self.client_ca_file is not None:
-            try:
-                ctx.load_verify_locations(cafile=self.client_ca_file)
-            except ssl.SSLError:
-                errors.append(f"{prefix}.client_ca_file: no PEM certificate in {self.client_ca_file}")
-        ctx.verify_mode = _VERIFY_MODES[self.client_auth_type]
-
-        if errors:
-            raise WebConfigError(self.source, errors)
-        return ctx
+            errors.append(f"{_TLS}.cert_file: no PEM certificate in {self.cert_file}")
+            return
+        try:
+            # Without a password callback OpenSSL would prompt on the terminal
+            # for an encrypted key and hang the server.
+            ctx.load_cert_chain(self.cert_file, self.key_file, password=_refuse_password)
+        except _EncryptedKeyError:
+            errors.append(f"{_TLS}.key_file: encrypted private keys are not supported: {self.key_file}")
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                errors.append(f"{_TLS}.key_file: private key does not match the certificate in cert_file")
+            else:
+                errors.append(f"{_TLS}.key_file: no usable PEM private key in {self.key_file}")
 
 
 class _EncryptedKeyError(Exception):
@@ -161,6 +171,69 @@ def _check_readable(path: str, where: str, errors: list[str]) -> None:
         errors.append(f"{where}: cannot read {path}: {exc.strerror}")
 
 
+# What identifies a file's content without reading it: a rotation changes one of these.
+_FileStamp = tuple[int, int, int, int] | None
+
+
+def _stamp(path: str | None) -> _FileStamp:
+    if path is None:
+        return None
+    try:
+        info = os.stat(path)  # follows symlinks: a Kubernetes secret swaps its ..data link
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+class RotatingTLSContext:
+    """The server's TLS context, built again when the certificate, key or client CA changes on disk.
+
+    Checked at every new connection (three stat calls). New files that do not load, as when the
+    certificate is replaced and its key not yet, keep the last good context, with one warning per
+    change, until the files load again.
+    """
+
+    def __init__(self, tls: TLSConfig) -> None:
+        self._tls = tls
+        self._lock = threading.Lock()
+        self._context: ssl.SSLContext | None = None
+        self._loaded: tuple[_FileStamp, ...] | None = None
+        self._refused: tuple[_FileStamp, ...] | None = None
+
+    def _stamps(self) -> tuple[_FileStamp, ...]:
+        return tuple(
+            _stamp(path) for path in (self._tls.cert_file, self._tls.key_file, self._tls.client_ca_file)
+        )
+
+    def current(self) -> ssl.SSLContext:
+        """The context for a new connection. Raises WebConfigError only if the files never loaded."""
+        stamps = self._stamps()
+        context = self._context
+        if context is not None and stamps in (self._loaded, self._refused):
+            return context
+        with self._lock:
+            if self._context is None or stamps not in (self._loaded, self._refused):
+                self._load(stamps)
+            assert self._context is not None  # _load raised otherwise
+            return self._context
+
+    def _load(self, stamps: tuple[_FileStamp, ...]) -> None:
+        try:
+            context = self._tls.ssl_context()
+        except WebConfigError as exc:
+            if self._context is None:
+                raise
+            self._refused = stamps
+            log.warning(
+                "TLS files changed but do not load; serving the previous certificate",
+                extra={"error": "; ".join(exc.errors)},
+            )
+            return
+        if self._context is not None:
+            log.info("TLS certificate reloaded", extra={"cert_file": self._tls.cert_file})
+        self._context, self._loaded, self._refused = context, stamps, None
+
+
 @dataclass(frozen=True)
 class WebConfig:
     tls: TLSConfig | None = None
@@ -168,6 +241,8 @@ class WebConfig:
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Built once so its verdict cache is shared by every request.
     _authenticator: BasicAuthenticator | None = field(init=False, repr=False, compare=False)
+    # Loads the TLS files on first use and again when they change.
+    _tls_context: RotatingTLSContext | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Frozen, so freeze the mappings too (and detach them from the caller's dicts).
@@ -175,6 +250,7 @@ class WebConfig:
         object.__setattr__(self, "basic_auth_users", users)
         object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
         object.__setattr__(self, "_authenticator", BasicAuthenticator(users) if users else None)
+        object.__setattr__(self, "_tls_context", RotatingTLSContext(self.tls) if self.tls else None)
 
     def __repr__(self) -> str:
         # Password hashes are secrets (offline-crackable): show user names only.
@@ -184,7 +260,12 @@ class WebConfig:
     __str__ = __repr__
 
     def ssl_context(self) -> ssl.SSLContext | None:
+        """A new context from the files as they are now (None: plain HTTP)."""
         return self.tls.ssl_context() if self.tls is not None else None
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The context for a new connection, the files read again when they changed (None: plain HTTP)."""
+        return self._tls_context.current() if self._tls_context is not None else None
 
     def authenticator(self) -> BasicAuthenticator | None:
         """The shared authenticator, or None when no users are configured."""
@@ -203,24 +284,42 @@ class _StrictLoader(yaml.SafeLoader):
             if isinstance(key, Hashable):
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                        None, None, f"duplicate key {safe_repr(key)}", key_node.start_mark
                     )
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def build_web_config(path: str | None) -> WebConfig | None:
+    """The web config of `path` built completely: parsed, validated and its TLS files loaded.
+
+    Raises WebConfigError listing every problem, before anything runs with it: the daemon's start
+    and reload call this, then swap the result in with ExporterHTTPServer.use_web_config, which
+    cannot fail. None when there is no web config file (plain HTTP, no auth).
+    """
+    if path is None:
+        return None
+    config = load_web_config(path)
+    config.tls_context()  # a certificate that does not load fails here, not at the first handshake
+    return config
 
 
 def load_web_config(path: str) -> WebConfig:
     """Read and strictly validate a web config file; raise WebConfigError listing all problems."""
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise WebConfigError(path, ["file not found"]) from None
     except OSError as exc:
         raise WebConfigError(path, [f"cannot read file: {exc.strerror}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise WebConfigError(path, [f"file is larger than {MAX_FILE_BYTES} bytes"])
 
     try:
         doc = yaml.load(raw, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except RecursionError:
+        raise WebConfigError(path, ["YAML nested too deeply"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -255,55 +354,17 @@ def _parse(doc: Any, base_dir: str, source: str, errors: list[str]) -> WebConfig
 
 
 def _parse_tls(section: Any, base_dir: str, source: str, errors: list[str]) -> TLSConfig | None:
-    where = "tls_server_config"
     if not isinstance(section, dict):
-        errors.append(f"{where}: must be a mapping, got {_kind(section)}")
+        errors.append(f"{_TLS}: must be a mapping, got {_kind(section)}")
         return None
-    _reject_unknown(section, _TLS_KEYS, where, errors)
-    n_errors = len(errors)
-
-    def file_path(key: str, required: bool) -> str | None:
-        value = section.get(key)
-        if value is None or value == "":
-            if required:
-                errors.append(f"{where}.{key}: required when tls_server_config is set")
-            return None
-        if not isinstance(value, str):
-            errors.append(f"{where}.{key}: must be a string, got {_kind(value)}")
-            return None
-        resolved = os.path.join(base_dir, value)  # join() keeps absolute paths as they are
-        if not os.path.exists(resolved):
-            errors.append(f"{where}.{key}: file not found: {resolved}")
-        elif not os.path.isfile(resolved):
-            errors.append(f"{where}.{key}: not a regular file: {resolved}")
-        return resolved
-
-    cert_file = file_path("cert_file", required=True)
-    key_file = file_path("key_file", required=True)
-    client_ca_file = file_path("client_ca_file", required=False)
-    ca_given = section.get("client_ca_file") not in (None, "")
-
-    client_auth_type = section.get("client_auth_type", "NoClientCert")
-    if client_auth_type not in CLIENT_AUTH_TYPES:
-        errors.append(
-            f"{where}.client_auth_type: must be one of {', '.join(CLIENT_AUTH_TYPES)}, "
-            f"got {client_auth_type!r}"
-        )
-    elif client_auth_type in _UNSUPPORTED_AUTH_TYPES:
-        errors.append(f"{where}.client_auth_type: {_UNSUPPORTED_AUTH_TYPES[client_auth_type]}")
-    elif client_auth_type in _VERIFYING_AUTH_TYPES and not ca_given:
-        errors.append(f"{where}.client_ca_file: required when client_auth_type is {client_auth_type}")
-    elif client_auth_type == "NoClientCert" and ca_given:
-        # Same rule as exporter-toolkit: a CA that is never used is a config mistake.
-        errors.append(f"{where}.client_ca_file: set, but client_auth_type is NoClientCert")
-
-    min_version = section.get("min_version", "TLS12")
-    if min_version in _INSECURE_TLS_VERSIONS:
-        errors.append(f"{where}.min_version: {min_version} is insecure and not supported; use TLS12 or TLS13")
-    elif min_version not in TLS_VERSIONS:
-        errors.append(f"{where}.min_version: must be one of {', '.join(TLS_VERSIONS)}, got {min_version!r}")
-
-    if len(errors) > n_errors or cert_file is None or key_file is None:
+    _reject_unknown(section, _TLS_KEYS, _TLS, errors)
+    errors_before = len(errors)
+    cert_file = _tls_file(section, "cert_file", base_dir, errors, required=True)
+    key_file = _tls_file(section, "key_file", base_dir, errors, required=True)
+    client_ca_file = _tls_file(section, "client_ca_file", base_dir, errors, required=False)
+    client_auth_type = _client_auth_type(section, errors)
+    min_version = _min_version(section, errors)
+    if len(errors) > errors_before or cert_file is None or key_file is None:
         return None
     return TLSConfig(
         cert_file=cert_file,
@@ -313,6 +374,53 @@ def _parse_tls(section: Any, base_dir: str, source: str, errors: list[str]) -> T
         min_version=min_version,
         source=source,
     )
+
+
+def _tls_file(
+    section: dict[Any, Any], key: str, base_dir: str, errors: list[str], required: bool
+) -> str | None:
+    """The file named by `key`, resolved against the config's directory and checked to exist."""
+    value = section.get(key)
+    if value is None or value == "":
+        if required:
+            errors.append(f"{_TLS}.{key}: required when tls_server_config is set")
+        return None
+    if not isinstance(value, str):
+        errors.append(f"{_TLS}.{key}: must be a string, got {_kind(value)}")
+        return None
+    resolved = os.path.join(base_dir, value)  # join() keeps absolute paths as they are
+    if not os.path.exists(resolved):
+        errors.append(f"{_TLS}.{key}: file not found: {resolved}")
+    elif not os.path.isfile(resolved):
+        errors.append(f"{_TLS}.{key}: not a regular file: {resolved}")
+    return resolved
+
+
+def _client_auth_type(section: dict[Any, Any], errors: list[str]) -> str:
+    """client_auth_type, checked against client_ca_file: a type that verifies needs a CA, and a CA
+    needs a type that uses it (exporter-toolkit's rule: an unused CA is a config mistake)."""
+    auth_type = section.get("client_auth_type", "NoClientCert")
+    ca_given = section.get("client_ca_file") not in (None, "")
+    where = f"{_TLS}.client_auth_type"
+    if not isinstance(auth_type, str) or auth_type not in CLIENT_AUTH_TYPES:
+        errors.append(f"{where}: must be one of {', '.join(CLIENT_AUTH_TYPES)}, got {safe_repr(auth_type)}")
+    elif auth_type in _UNSUPPORTED_AUTH_TYPES:
+        errors.append(f"{where}: {_UNSUPPORTED_AUTH_TYPES[auth_type]}")
+    elif auth_type in _VERIFYING_AUTH_TYPES and not ca_given:
+        errors.append(f"{_TLS}.client_ca_file: required when client_auth_type is {auth_type}")
+    elif auth_type == "NoClientCert" and ca_given:
+        errors.append(f"{_TLS}.client_ca_file: set, but client_auth_type is NoClientCert")
+    return str(auth_type)
+
+
+def _min_version(section: dict[Any, Any], errors: list[str]) -> str:
+    version = section.get("min_version", "TLS12")
+    where = f"{_TLS}.min_version"
+    if not isinstance(version, str) or version not in TLS_VERSIONS | dict.fromkeys(_INSECURE_TLS_VERSIONS):
+        errors.append(f"{where}: must be one of {', '.join(TLS_VERSIONS)}, got {safe_repr(version)}")
+    elif version in _INSECURE_TLS_VERSIONS:
+        errors.append(f"{where}: {version} is insecure and not supported; use TLS12 or TLS13")
+    return str(version)
 
 
 def _parse_users(section: Any, errors: list[str]) -> dict[str, str]:
@@ -325,16 +433,16 @@ def _parse_users(section: Any, errors: list[str]) -> dict[str, str]:
     users: dict[str, str] = {}
     for user, hashed in section.items():
         if not isinstance(user, str):
-            errors.append(f"{where}.{user}: user name must be a string, got {_kind(user)}")
+            errors.append(f"{where}.{_key_name(user)}: user name must be a string, got {_kind(user)}")
             continue
         if ":" in user or "\0" in user:
             # Basic auth splits user:password at the first colon, so such a user
             # could never log in; NUL would make verdict-cache keys ambiguous.
-            errors.append(f"{where}.{user}: user name must not contain ':' or NUL")
+            errors.append(f"{where}.{_key_name(user)}: user name must not contain ':' or NUL")
             continue
         # Never echo the value: it is a password hash.
         if not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
-            errors.append(f"{where}.{user}: must be a bcrypt hash string")
+            errors.append(f"{where}.{_key_name(user)}: must be a bcrypt hash string")
             continue
         users[user] = hashed
     return users
@@ -356,27 +464,40 @@ def _parse_http(section: Any, errors: list[str]) -> dict[str, str]:
         return {}
     headers: dict[str, str] = {}
     for name, value in raw.items():
-        path = f"{where}.headers.{name}"
-        if name not in ALLOWED_HEADERS:
-            errors.append(f"{path}: header can not be configured; allowed: {', '.join(ALLOWED_HEADERS)}")
-            continue
-        if not isinstance(value, str):
-            errors.append(f"{path}: must be a string, got {_kind(value)}")
-            continue
-        allowed = ALLOWED_HEADERS[name]
-        if allowed is not None and value not in allowed:
-            errors.append(f"{path}: must be one of {', '.join(allowed)}, got {value!r}")
-        elif any(ch in value for ch in "\r\n\0"):
-            errors.append(f"{path}: must not contain CR, LF or NUL")  # header injection
-        elif value:  # blank means unset, as in exporter-toolkit's docs
-            headers[name] = value
+        if _header_allowed(name, value, f"{where}.headers.{_key_name(name)}", errors) and value:
+            headers[name] = value  # blank means unset, as in exporter-toolkit's docs
     return headers
+
+
+def _header_allowed(name: Any, value: Any, path: str, errors: list[str]) -> bool:
+    """Whether a web config may set this response header to this value (else an error says why)."""
+    if name not in ALLOWED_HEADERS:
+        errors.append(f"{path}: header can not be configured; allowed: {', '.join(ALLOWED_HEADERS)}")
+        return False
+    if not isinstance(value, str):
+        errors.append(f"{path}: must be a string, got {_kind(value)}")
+        return False
+    allowed = ALLOWED_HEADERS[name]
+    if allowed is not None and value not in allowed:
+        errors.append(f"{path}: must be one of {', '.join(allowed)}, got {safe_repr(value)}")
+        return False
+    if any(ch in value for ch in "\r\n\0"):
+        errors.append(f"{path}: must not contain CR, LF or NUL")  # header injection
+        return False
+    return True
 
 
 def _reject_unknown(section: dict[Any, Any], known: tuple[str, ...], where: str, errors: list[str]) -> None:
     for key in section:
         if key not in known:
-            errors.append(f"{where}.{key}: unknown key" if where else f"{key}: unknown key")
+            name = _key_name(key)
+            errors.append(f"{where}.{name}: unknown key" if where else f"{name}: unknown key")
+
+
+def _key_name(key: Any) -> str:
+    """A mapping key as a path segment of an error message: short, whatever the file holds."""
+    text = key if isinstance(key, str) else safe_repr(key)
+    return text if len(text) <= 60 else text[:59] + "…"
 
 
 def _kind(value: Any) -> str:
