@@ -151,3 +151,31 @@ def test_rendered_page_is_cached_until_the_next_publish() -> None:
     assert store.render()[0] is first  # same bytes object: no re-render between publishes
     runner.run_once()
     assert store.render()[0] is not first
+
+
+def test_a_scrape_reads_the_page_the_publisher_rendered(monkeypatch) -> None:
+    """After the first scrape of a format, every page is rendered by the publishing collector's
+    thread: a scrape never builds one, so a burst of scrapers never waits for a render."""
+    from autoglm_exporter.core import store as store_module
+
+    renders: list[str] = []
+    real_collect = store_module._StoreView.collect
+
+    def counting(view):  # type: ignore[no-untyped-def]
+        renders.append(threading.current_thread().name)
+        return real_collect(view)
+
+    monkeypatch.setattr(store_module._StoreView, "collect", counting)
+    store = Store()
+    store.set_collectors(["failing"])
+    runner = CollectorRunner(Failing(), store, timeout=5)
+    runner.run_once()
+    store.render()  # the first scrape of the text format renders it
+    renders.clear()
+    runner.run_once()  # a publish: the collector's worker renders the new page
+    assert renders and all(name.startswith("collector-") for name in renders)
+    renders.clear()
+    for _ in range(20):
+        page, _ = store.render()
+    assert renders == []  # scrapes only read
+    assert b"autoglm_test_value 7.0" in page

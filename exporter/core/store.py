@@ -3,15 +3,13 @@
 Collectors publish here; /metrics, the diagnosis and doctor only read. Each publish is followed,
 in the publishing thread and one at a time, by the observers of the published facts (the
 forensics trigger) and then by the deriver (the verdict); a scrape only reads what the last
-derivation left. Rendering happens at most once per publish: the bytes for each format are
-cached until the next publish, so a scrape costs a dictionary lookup, never a collector run, a
-diagnosis or a capture.
+derivation left. The page is rendered by the publisher too (pages.py): the bytes of each format
+are ready before a scrape asks, so a scrape costs a dictionary lookup, never a render, a
+collector run, a diagnosis or a capture.
 """
 
 from __future__ import annotations
 
-import functools
-import gzip
 import logging
 import platform
 import threading
@@ -22,13 +20,13 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..collectors.base import Result
 from ..metrics.spec import Family, counter, gauge, info
 from .health import CollectorHealth as CollectorHealth
+from .pages import Pages
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +67,6 @@ BUILD_INFO = info(
 )
 SELF_METRICS = (SUCCESS, DURATION, LAST_SUCCESS, ERRORS, STUCK, RELOAD_OK, RELOAD_TIME, BUILD_INFO)
 
-MAX_CACHED_PAGES = 8
-
 
 @dataclass(frozen=True)
 class Published:
@@ -102,9 +98,9 @@ class Store:
         self._reload_ok = True
         self._reload_time = time.time()
         self._version = 0
-        self._rendered: dict[tuple[str, bool], tuple[int, bytes]] = {}
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_StoreView(self))
+        self._pages = Pages(self._registry, lambda: self._version)
 
     # --- writers ----------------------------------------------------------------------------
 
@@ -119,6 +115,7 @@ class Store:
             reload = self._derived is not None
         if reload:
             self._derive(None)  # the verdict forgets links of collectors that are gone
+        self._pages.refresh()
 
     def publish_success(self, name: str, result: Result, duration: float) -> None:
         with self._lock:
@@ -138,6 +135,7 @@ class Store:
         # Derive right away, in the publishing thread: the verdict (and what remembers it over
         # time) sees every change, not only those a scrape happens to look at.
         self._derive(name)
+        self._pages.refresh()
 
     def publish_failure(
         self, name: str, kind: str, message: str, duration: float, stuck: bool = False
@@ -158,19 +156,23 @@ class Store:
             self._observed_at[name] = time.time()
             self._version += 1
         self._derive(name)
+        self._pages.refresh()
 
     def touch(self) -> None:
         """Something the deriver reads besides the facts changed (a stack capture finished)."""
         with self._lock:
             self._version += 1
         self._derive(None)
+        self._pages.refresh()
 
     def set_stuck(self, name: str, stuck: bool) -> None:
         with self._lock:
             health = self._health.get(name)
-            if health is not None and health.stuck != stuck:
-                health.stuck = stuck
-                self._version += 1
+            if health is None or health.stuck == stuck:
+                return
+            health.stuck = stuck
+            self._version += 1
+        self._pages.refresh()
 
     def set_reload_result(self, ok: bool) -> None:
         with self._lock:
@@ -178,6 +180,7 @@ class Store:
             if ok:
                 self._reload_time = time.time()
             self._version += 1
+        self._pages.refresh()
 
     # --- readers ----------------------------------------------------------------------------
 
@@ -245,34 +248,12 @@ class Store:
 
     def render(self, accept: str = "", compressed: bool = False) -> tuple[bytes, str]:
         """The page for this Accept header (text format or OpenMetrics) and its content type."""
-        encoder, content_type = _negotiate(accept)
-        key = (content_type, compressed)
-        with self._lock:
-            version = self._version
-            cached = self._rendered.get(key)
-        if cached is not None and cached[0] == version:
-            return cached[1], content_type
-        body = encoder(self._registry)
-        if compressed:
-            body = gzip.compress(body, compresslevel=1)
-        with self._lock:
-            if len(self._rendered) >= MAX_CACHED_PAGES:
-                self._rendered.clear()  # Accept headers come from clients: keep the cache bounded
-            # A publish during rendering makes this page one version old: cache it under the old
-            # version so the next scrape renders again.
-            self._rendered[key] = (version, body)
-        return body, content_type
+        return self._pages.page(accept, compressed)
 
     def _snapshot(self) -> tuple[list[Family], dict[str, CollectorHealth], bool, float]:
         with self._lock:
             families = [family for result in self._results.values() for family in result.families]
             return families, self._copy_health(), self._reload_ok, self._reload_time
-
-
-@functools.lru_cache(maxsize=32)
-def _negotiate(accept: str) -> tuple[Callable[[CollectorRegistry], bytes], str]:
-    """choose_encoder, remembered: Prometheus sends the same Accept header on every scrape."""
-    return choose_encoder(accept)
 
 
 class _StoreView(Collector):

@@ -126,7 +126,6 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.web_config = web_config
         # Requests in flight beyond the limit are answered 503 at once (0: no limit).
         self._in_flight = threading.BoundedSemaphore(max_requests) if max_requests > 0 else None
-        self.render_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def use_web_config(self, web_config: WebConfig | None) -> None:
@@ -290,10 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self) -> None:
         compressed = accepts_gzip(self.headers.get("Accept-Encoding", ""))
-        # One render at a time: when a publish makes the page stale, 200 scrapers arriving together
-        # must not render it 200 times (throughput fell 5x); the first renders, the rest read its bytes.
-        with self.server.render_lock:
-            body, content_type = self.server.store.render(self.headers.get("Accept", ""), compressed)
+        body, content_type = self.server.store.render(self.headers.get("Accept", ""), compressed)
         extra = {"Content-Encoding": "gzip"} if compressed else {}
         self._send(200, body, content_type=content_type, extra=extra)
 
