@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from . import __version__
 from .collectors import COLLECTOR_CLASSES
@@ -57,64 +58,61 @@ def _env_bool(flag: str) -> bool | None:
     raise UsageError(f"{env_name(flag)}={value!r}: expected true or false")
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A daemon flag: its name, the Options field it fills, its default and its help."""
+
+    name: str
+    dest: str
+    default: str | None
+    help: str
+    choices: tuple[str, ...] | None = None
+    kind: type = str
+
+
+DAEMON_FLAGS = (
+    Flag(
+        "config.file", "config_file", None, "YAML config file; without it the defaults watch the seed's setup"
+    ),
+    Flag("web.listen-address", "listen_address", DEFAULT_LISTEN_ADDRESS, "address to serve on"),
+    Flag("web.telemetry-path", "telemetry_path", "/metrics", "path of the metrics page"),
+    Flag("web.config.file", "web_config_file", None, "exporter-toolkit web config: TLS and basic auth"),
+    Flag(
+        "web.max-requests",
+        "max_requests",
+        str(DEFAULT_MAX_REQUESTS),
+        "requests served at once; more are answered 503 (0: no limit)",
+        kind=int,
+    ),
+    Flag("log.level", "log_level", "info", "log level", tuple(logsetup.LEVELS)),
+    Flag("log.format", "log_format", "logfmt", "log format, to stderr", logsetup.FORMATS),
+)
+
+
 def _daemon_flags() -> argparse.ArgumentParser:
-    """The flags shared by `run` and `doctor`."""
+    """The flags shared by `run` and `doctor`; each can also come from its environment variable."""
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument(
-        "--config.file",
-        dest="config_file",
-        default=_env("config.file", None),
-        help="YAML config file; without it the built-in defaults watch the seed's setup",
-    )
-    parser.add_argument(
-        "--web.listen-address",
-        dest="listen_address",
-        default=_env("web.listen-address", DEFAULT_LISTEN_ADDRESS),
-        help=f"address to serve on (default {DEFAULT_LISTEN_ADDRESS})",
-    )
-    parser.add_argument(
-        "--web.telemetry-path",
-        dest="telemetry_path",
-        default=_env("web.telemetry-path", "/metrics"),
-        help="path of the metrics page (default /metrics)",
-    )
-    parser.add_argument(
-        "--web.config.file",
-        dest="web_config_file",
-        default=_env("web.config.file", None),
-        help="exporter-toolkit web config: TLS and basic auth",
-    )
-    parser.add_argument(
-        "--web.max-requests",
-        dest="max_requests",
-        type=int,
-        default=_env("web.max-requests", str(DEFAULT_MAX_REQUESTS)),
-        help=f"requests served at once; more are answered 503 (0: no limit; default {DEFAULT_MAX_REQUESTS})",
-    )
-    parser.add_argument(
-        "--log.level",
-        dest="log_level",
-        choices=list(logsetup.LEVELS),
-        default=_env("log.level", "info"),
-    )
-    parser.add_argument(
-        "--log.format",
-        dest="log_format",
-        choices=list(logsetup.FORMATS),
-        default=_env("log.format", "logfmt"),
-    )
+    for flag in DAEMON_FLAGS:
+        default = f" (default {flag.default})" if flag.default is not None else ""
+        parser.add_argument(
+            f"--{flag.name}",
+            dest=flag.dest,
+            type=flag.kind,
+            choices=list(flag.choices) if flag.choices else None,
+            default=_env(flag.name, flag.default),
+            help=flag.help + default,
+        )
     for name in COLLECTOR_CLASSES:
-        flag = f"collector.{name}"
         group = parser.add_mutually_exclusive_group()
         group.add_argument(
-            f"--{flag}",
+            f"--collector.{name}",
             dest=f"collector_{name}",
             action="store_true",
             default=None,
             help=f"enable the {name} collector (default: as in the config file)",
         )
         group.add_argument(
-            f"--no-{flag}",
+            f"--no-collector.{name}",
             dest=f"collector_{name}",
             action="store_false",
             help=f"disable the {name} collector",
@@ -205,16 +203,8 @@ def options_from(args: argparse.Namespace) -> Options:
         raise UsageError(f"--web.telemetry-path {args.telemetry_path!r}: must be a path like /metrics")
     if args.max_requests < 0:
         raise UsageError(f"--web.max-requests {args.max_requests}: must be 0 (no limit) or more")
-    return Options(
-        config_file=args.config_file,
-        listen_address=args.listen_address,
-        telemetry_path=args.telemetry_path,
-        web_config_file=args.web_config_file,
-        log_level=args.log_level,
-        log_format=args.log_format,
-        collector_overrides=overrides,
-        max_requests=args.max_requests,
-    )
+    values = {flag.dest: getattr(args, flag.dest) for flag in DAEMON_FLAGS}
+    return Options(**values, collector_overrides=overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
