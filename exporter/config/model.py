@@ -25,6 +25,7 @@ KNOWN_COLLECTORS = (
     "system",
     "process",
     "probe",
+    "inflight",
     "redis",
     "engine",
     "logs",
@@ -33,6 +34,7 @@ KNOWN_COLLECTORS = (
     "environment",
 )
 ENVIRONMENT_INTERVAL = 300.0  # running each service's interpreter to list packages is not a 10 s job
+INFLIGHT_INTERVAL = 1.0  # how long the probes now waiting have waited: cheap, and a hang is news at once
 PROBE_MODULES = ("inference", "openai_chat", "http", "tcp")
 PROBE_LAYERS = ("client", "dependencies")
 QUEUE_TYPES = ("list", "stream", "zset", "stream_pending")
@@ -326,7 +328,10 @@ def _build(raw: dict[str, Any], source: str) -> Config:
         interval,
         timeout,
         timeouts={"probe": probe_timeout, "environment": 120.0, "gpu": max(timeout, gpu.call_timeout + 2.0)},
-        intervals={"environment": max(interval, ENVIRONMENT_INTERVAL)},
+        intervals={
+            "environment": max(interval, ENVIRONMENT_INTERVAL),
+            "inflight": min(interval, INFLIGHT_INTERVAL),
+        },
     )
 
     if check.errors:
