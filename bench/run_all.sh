@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the three benchmarks one after the other with the repo's venv python.
+# Runs the benchmarks one after the other with the repo's venv python (diagnosis_matrix, the
+# fault matrix, takes about 1.5 hours; run it alone with bench/diagnosis_matrix.py --faults ...).
 # Each prints its figures and a final PASS/FAIL line; this script prints a summary of those lines.
 # Not part of the unit test suite. Extra arguments are passed to rss_cycles.py (e.g. --cycles 3000).
 set -u
@@ -12,7 +13,7 @@ if [[ ! -x "$python" ]]; then
 fi
 summary=()
 status=0
-for bench in metrics_throughput process_cpu probe_cycle gpu_cycle rss_cycles; do
+for bench in metrics_throughput process_cpu probe_cycle gpu_cycle rss_cycles diagnosis_matrix; do
     args=()
     [[ "$bench" == rss_cycles ]] && args=("$@")
     log="$(mktemp)"
