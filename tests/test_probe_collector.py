@@ -9,6 +9,7 @@ import time
 import pytest
 from prometheus_client import generate_latest
 
+from autoglm_exporter.collectors import build_collectors
 from autoglm_exporter.collectors.inflight import InFlightCollector, InFlightRegistry
 from autoglm_exporter.collectors.probe import ProbeCollector, classify_os_error
 from autoglm_exporter.config import ProbeTarget, Secret, parse_config
@@ -311,3 +312,27 @@ def test_a_failed_probe_leaves_nothing_in_flight() -> None:
     result = InFlightCollector((target,), registry).collect()
     assert result.facts.targets == {}
     assert registry_of(result).get_sample_value("autoglm_probe_in_flight_seconds", {"target": "api"}) == 0
+
+
+def test_after_a_reload_the_new_inflight_collector_still_sees_the_old_probe_waiting() -> None:
+    with fs.FaultServer(fs.never_answer) as server:
+        config = f"""
+targets: [{{name: api, module: inference, url: '{server.url}/inference', service: svc, timeout: 60s}}]
+services: [{{name: svc, match: {{port: {server.port}}}}}]
+forensics: {{hang_after: HANG}}
+"""
+        before = {c.name: c for c in build_collectors(parse_config(config.replace("HANG", "5s")))}
+        # Only the threshold changed: the daemon keeps the probe collector, replaces the inflight one.
+        after = {c.name: c for c in build_collectors(parse_config(config.replace("HANG", "2s")))}
+        assert before["probe"].settings == after["probe"].settings
+        assert before["inflight"].settings != after["inflight"].settings
+        probing = threading.Thread(target=before["probe"].collect)
+        probing.start()
+
+        def waiting():
+            facts = after["inflight"].collect().facts
+            return facts if facts.targets else None
+
+        facts = wait_until(waiting, timeout=30)
+    probing.join(30)
+    assert list(facts.targets) == ["api"] and facts.hang_after == 2.0

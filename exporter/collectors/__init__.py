@@ -17,28 +17,31 @@ from .process import ProcessCollector
 from .redis import RedisCollector
 from .system import SystemCollector
 
-# Each collector with how to build it from the config and the registry of probes in flight (one
-# per build: the probe collector fills it, the inflight collector reads it), in the chain's order
-# (doctor prints it so).
-Build = Callable[[Config, InFlightRegistry], Collector]
-_REGISTRY: tuple[tuple[type[Collector], Build], ...] = (
-    (SystemCollector, lambda config, _: SystemCollector(config.proc_root)),
-    (ProcessCollector, lambda config, _: ProcessCollector(config.services, config.proc_root)),
+# The probes now waiting: the probe collector fills it, the inflight collector reads it. One for the
+# process, not one per build: a reload keeps or replaces those two collectors each on its own
+# settings, and they must still share it. Keyed by target name.
+IN_FLIGHT = InFlightRegistry()
+
+# Each collector with how to build it from the config, in the chain's order (doctor prints it so).
+_REGISTRY: tuple[tuple[type[Collector], Callable[[Config], Collector]], ...] = (
+    (SystemCollector, lambda config: SystemCollector(config.proc_root)),
+    (ProcessCollector, lambda config: ProcessCollector(config.services, config.proc_root)),
     (
         ContainerCollector,
-        lambda config, _: ContainerCollector(
-            config.services, config.proc_root, f"{config.sys_root}/fs/cgroup"
-        ),
+        lambda config: ContainerCollector(config.services, config.proc_root, f"{config.sys_root}/fs/cgroup"),
     ),
-    (ProbeCollector, lambda config, in_flight: ProbeCollector(config.targets, in_flight)),
-    (InFlightCollector, lambda config, in_flight: InFlightCollector(config.targets, in_flight)),
-    (RedisCollector, lambda config, _: RedisCollector(config.redis)),
-    (EngineCollector, lambda config, _: EngineCollector(config.engines)),
-    (LogsCollector, lambda config, _: LogsCollector(config.logs)),
-    (GpuCollector, lambda config, _: GpuCollector(config.gpu, config.services, config.proc_root)),
+    (ProbeCollector, lambda config: ProbeCollector(config.targets, IN_FLIGHT)),
+    (
+        InFlightCollector,
+        lambda config: InFlightCollector(config.targets, IN_FLIGHT, config.forensics.hang_after),
+    ),
+    (RedisCollector, lambda config: RedisCollector(config.redis)),
+    (EngineCollector, lambda config: EngineCollector(config.engines)),
+    (LogsCollector, lambda config: LogsCollector(config.logs)),
+    (GpuCollector, lambda config: GpuCollector(config.gpu, config.services, config.proc_root)),
     (
         EnvironmentCollector,
-        lambda config, _: EnvironmentCollector(config.services, config.environment, config.proc_root),
+        lambda config: EnvironmentCollector(config.services, config.environment, config.proc_root),
     ),
 )
 COLLECTOR_CLASSES: dict[str, type[Collector]] = {cls.name: cls for cls, _ in _REGISTRY}
@@ -47,9 +50,8 @@ COLLECTOR_CLASSES: dict[str, type[Collector]] = {cls.name: cls for cls, _ in _RE
 def build_collectors(config: Config, overrides: Mapping[str, bool] | None = None) -> list[Collector]:
     """Instances of every enabled collector; `overrides` are the --[no-]collector.NAME flags."""
     overrides = overrides or {}
-    in_flight = InFlightRegistry()
     return [
-        build(config, in_flight)
+        build(config)
         for cls, build in _REGISTRY
         if overrides.get(cls.name, config.collector(cls.name).enabled)
     ]

@@ -38,6 +38,9 @@ class InFlightProbe:
 @dataclass(frozen=True)
 class InFlightFacts:
     targets: dict[str, InFlightProbe]  # only the targets with a probe in flight
+    # The config's forensics.hang_after: a connected client probe unanswered this long is a hang
+    # (the stack capture starts then), so the verdict can judge by the same number.
+    hang_after: float = 5.0
 
 
 @dataclass
@@ -91,10 +94,13 @@ class InFlightCollector(Collector):
     name = "inflight"
     metrics = (IN_FLIGHT,)
 
-    def __init__(self, targets: tuple[ProbeTarget, ...], registry: InFlightRegistry) -> None:
+    def __init__(
+        self, targets: tuple[ProbeTarget, ...], registry: InFlightRegistry, hang_after: float = 5.0
+    ) -> None:
         self.targets = targets
         self.registry = registry
-        self.settings = (targets,)
+        self.hang_after = hang_after
+        self.settings = (targets, hang_after)
 
     def collect(self) -> Result:
         names = {target.name for target in self.targets}
@@ -103,4 +109,4 @@ class InFlightCollector(Collector):
         for target in self.targets:
             probe = probes.get(target.name)
             families.add(IN_FLIGHT, [target.name], probe.waited if probe is not None else 0.0)
-        return Result(families.list(), InFlightFacts(probes))
+        return Result(families.list(), InFlightFacts(probes, self.hang_after))
