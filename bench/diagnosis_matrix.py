@@ -17,7 +17,10 @@ config: 10 s interval, 30 s probe timeout):
   changes are shown, not judged);
 - back to healthy within 2 intervals after the fault ends, plus the rest of a probe still in
   flight when it ended, plus the log window for a log fault (which ends when it is written: its
-  line breaks the link until the window is over).
+  line breaks the link until the window is over);
+- no automatic stack capture for a fault where the client's requests do not hang (refused, HTTP
+  errors, bad answers, resets, a port taken): stacks explain nothing there. The `captures` column
+  counts them (`!` marks one that should not have been taken).
 
     bench/diagnosis_matrix.py                      the full run (about 1.5 hours)
     bench/diagnosis_matrix.py --quick              1 s interval, three faults, idle only (a minute)
@@ -52,6 +55,7 @@ ensure_venv_python()
 sys.path.insert(0, str(ROOT))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from prometheus_client.samples import Sample  # noqa: E402
 
 from autoglm_exporter.config import load_config  # noqa: E402
 from autoglm_exporter.diagnosis.thresholds import RECENT_LOG_SECONDS  # noqa: E402
@@ -88,7 +92,7 @@ QUICK = Mode(
 
 
 class World:
-    """The processes one fault needs, on free ports, all stopped by close().
+    """The processes one fault needs, on free ports: bring_up() starts them, close() stops them.
 
     `single`: bench/matrix_service.py as the service `svc`. `demo`: redis-server, `python -m demo
     engine` and `python -m demo api` as services `api` and `engine`. Both have a fake nvidia-smi
@@ -107,11 +111,13 @@ class World:
         self.paused: set[str] = set()
         self.churning = False
         self._churn_changed = 0.0
+        self.redis_port, self.engine_port = free_port(), free_port()
         self.set_mode("healthy")
         self.set_smi_mode("no_driver")
         self._fake_gpu_tools()
-        if stack == "demo":
-            self.redis_port, self.engine_port = free_port(), free_port()
+
+    def bring_up(self) -> None:
+        if self.stack == "demo":
             self.start_redis()
             self.start("engine", [sys.executable, "-m", "demo", "engine", "--port", str(self.engine_port)])
             _wait_http(f"http://127.0.0.1:{self.engine_port}/health")
@@ -318,6 +324,9 @@ class Fault:
     inject: Callable[[World], None]
     clear: Callable[[World], None]
     kind: str = "steady"  # steady | churn (no steady state) | log (ends when written, clears with its window)
+    # The client's requests hang (connected, no answer): the only faults where a stack capture may
+    # be taken, as stacks explain nothing about refused connections, HTTP errors or bad answers.
+    hangs: bool = False
     tick: Callable[[World, float], None] | None = None  # called at every reading while the fault runs
 
 
@@ -347,6 +356,7 @@ FAULTS = (
         "client/not_answering",
         lambda w: w.set_mode("hung_accept"),
         lambda w: w.set_mode("healthy"),
+        hangs=True,
     ),
     Fault(
         "http_500",
@@ -383,8 +393,9 @@ FAULTS = (
         "stall/threads_blocked",
         lambda w: w.demo_fault("api", "deadlock"),
         lambda w: w.restart_api(),
+        hangs=True,
     ),
-    Fault("cpu_spin", "single", "stall/cpu_bound_loop", lambda w: w.set_mode("spin"), _end_spin),
+    Fault("cpu_spin", "single", "stall/cpu_bound_loop", lambda w: w.set_mode("spin"), _end_spin, hangs=True),
     Fault(
         "redis_killed",
         "demo",
@@ -398,6 +409,7 @@ FAULTS = (
         "dependencies/redis_down",
         lambda w: w.pause("redis"),
         lambda w: w.resume("redis"),
+        hangs=True,
     ),
     Fault(
         "engine_health_ok_generation_fails",
@@ -412,6 +424,7 @@ FAULTS = (
         "stall/engine_stalled",
         lambda w: w.demo_fault("engine", "stall"),
         lambda w: w.demo_fault("engine", "none"),
+        hangs=True,
     ),
     Fault(
         "cuda_oom_log",
@@ -454,6 +467,7 @@ class Row:
     changes: int  # verdict changes from the first right verdict to the end of the hold
     back: float | None  # seconds from the end of the fault to healthy; None: not within the wait
     back_budget: float
+    captures: int = 0  # automatic stack captures while the fault was held
     note: str = ""
     timeline: list[tuple[float, str]] = field(default_factory=list)  # (seconds after the fault, verdict)
     ended_at: float = 0.0  # seconds after the fault began
@@ -476,8 +490,12 @@ class Row:
         return self.back is not None and self.back <= self.back_budget
 
     @property
+    def captured_rightly(self) -> bool:
+        return self.fault.hangs or self.captures == 0
+
+    @property
     def passed(self) -> bool:
-        return self.right and self.fast and self.steady and self.recovered
+        return self.right and self.fast and self.steady and self.recovered and self.captured_rightly
 
 
 class Exporter:
@@ -504,19 +522,23 @@ class Exporter:
             return HEALTHY
         return f"{found['layer']}/{found['reason']}" if found else "unknown"
 
-    def in_flight(self) -> dict[str, float]:
-        """autoglm_probe_in_flight_seconds per target."""
+    def samples(self, family: str) -> list[Sample]:
+        """The samples of one metric family on /metrics now (none when it does not answer)."""
         try:
             with urllib.request.urlopen(self.url + "/metrics", timeout=5) as answer:
                 text = answer.read().decode()
         except OSError:
-            return {}
-        return {
-            s.labels["target"]: s.value
-            for family in text_string_to_metric_families(text)
-            if family.name == "autoglm_probe_in_flight_seconds"
-            for s in family.samples
-        }
+            return []
+        return [s for f in text_string_to_metric_families(text) if f.name == family for s in f.samples]
+
+    def in_flight(self) -> dict[str, float]:
+        """How long each target's probe now in flight has waited."""
+        return {s.labels["target"]: s.value for s in self.samples("autoglm_probe_in_flight_seconds")}
+
+    def automatic_captures(self) -> int:
+        """Stack captures the exporter took by itself (not asked for)."""
+        samples = self.samples("autoglm_forensics_captures")
+        return int(sum(s.value for s in samples if s.labels.get("reason") == "probe_failing"))
 
     def wait_ready(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -538,6 +560,7 @@ def run_fault(fault: Fault, condition: str, mode: Mode) -> Row:
         world = World(Path(tmp), fault.stack)
         exporter: Exporter | None = None
         try:
+            world.bring_up()
             config_path = world.config(mode)
             config = load_config(str(config_path))
             interval = config.interval
@@ -582,6 +605,7 @@ def _measure(
     held = [key for t, key in timeline if to_right is not None and t >= to_right]
     changes = sum(1 for before, after in zip(held, held[1:], strict=False) if before != after)
 
+    captures = exporter.automatic_captures()
     waiting = exporter.in_flight()  # a probe still waiting answers only when the fault ends
     rests = [timeouts.get(target, 0.0) - waited for target, waited in waiting.items() if waited > 0]
     ended = started if fault.kind == "log" else time.monotonic()
@@ -601,6 +625,7 @@ def _measure(
         changes,
         None if healthy_at is None else healthy_at - ended,
         budget,
+        captures,
         notes.get(fault.kind, ""),
         readings.timeline,
         ended - started,
@@ -693,7 +718,7 @@ class Hog:
 
 # --- the table ------------------------------------------------------------------------------------
 
-COLUMNS = "{:<34} {:<5} {:<29} {:<29} {:>8} {:>7} {:>8} {:>8}  {:<4} {}"
+COLUMNS = "{:<34} {:<5} {:<36} {:<36} {:>8} {:>7} {:>8} {:>7} {:>8}  {:<4} {}"
 
 
 def _seconds(value: float | None) -> str:
@@ -701,7 +726,19 @@ def _seconds(value: float | None) -> str:
 
 
 def print_header() -> None:
-    titles = ("fault", "cond", "expected", "observed", "to right", "changes", "back", "budget", "ok", "note")
+    titles = (
+        "fault",
+        "cond",
+        "expected",
+        "observed",
+        "to right",
+        "changes",
+        "back",
+        "budget",
+        "captures",
+        "ok",
+        "note",
+    )
     print(COLUMNS.format(*titles))
 
 
@@ -718,6 +755,7 @@ def print_row(row: Row) -> None:
             changes,
             _seconds(row.back),
             f"{row.back_budget:.0f}s",
+            f"{row.captures}{'' if row.captured_rightly else '!'}",
             "PASS" if row.passed else "FAIL",
             note.strip("; "),
         ),
@@ -748,6 +786,7 @@ def print_totals(rows: list[Row]) -> bool:
             f"{count(lambda r: r.fast, mine)}, "
             f"no change while held {count(lambda r: r.steady, mine_steady)}, "
             f"back to healthy in time {count(lambda r: r.recovered, mine)}, "
+            f"no capture where stacks explain nothing {count(lambda r: r.captured_rightly, mine)}, "
             f"every target {count(lambda r: r.passed, mine)}"
         )
     times = sorted(r.to_right for r in rows if r.to_right is not None)
@@ -767,6 +806,7 @@ def main() -> None:
     parser.add_argument("--conditions", help="comma-separated, of: idle, hog")
     args = parser.parse_args()
     mode = QUICK if args.quick else FULL
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))  # so every finally runs
     names = args.faults.split(",") if args.faults else list(mode.faults or FAULTS_BY_NAME)
     conditions = args.conditions.split(",") if args.conditions else list(mode.conditions)
     unknown = [n for n in names if n not in FAULTS_BY_NAME]
@@ -791,7 +831,7 @@ def main() -> None:
                     row = run_fault(FAULTS_BY_NAME[name], condition, mode)
                 except RuntimeError as exc:  # a process of the run would not start
                     note = f"could not run: {exc}"
-                    row = Row(FAULTS_BY_NAME[name], condition, "?", "not run", None, 0, None, 0.0, note)
+                    row = Row(FAULTS_BY_NAME[name], condition, "?", "not run", None, 0, None, 0.0, note=note)
                 rows.append(row)
                 print_row(row)
                 if not row.passed and row.timeline:
