@@ -296,10 +296,8 @@ class ProbeCollector(Collector):
         try:
             model = str(response.json()["data"][0]["id"])
         except (ValueError, LookupError, TypeError):
-            raise ProbeFailure(
-                "bad_body",
-                f"GET {prefix}/models gave no model (HTTP {response.status_code}{excerpt(response.content)})",
-            ) from None
+            answer = f"HTTP {response.status_code}{_excerpt(response.content)}"
+            raise ProbeFailure("bad_body", f"GET {prefix}/models gave no model ({answer})") from None
         self._models[target.name] = model
         return model
 
@@ -506,24 +504,24 @@ def _status_ok(target: ProbeTarget, status: int) -> bool:
 
 def _check_answer(target: ProbeTarget, status: int, payload: bytes, default_field: str | None = None) -> None:
     if not _status_ok(target, status):
-        raise ProbeFailure("http_status", f"HTTP {status}{excerpt(payload)}")
+        raise ProbeFailure("http_status", f"HTTP {status}{_excerpt(payload)}")
     if target.expect_body_regex and not re.search(
         target.expect_body_regex, payload.decode("utf-8", "replace")
     ):
-        raise ProbeFailure("bad_body", f"answer does not match expect.body_regex{excerpt(payload)}")
+        raise ProbeFailure("bad_body", f"answer does not match expect.body_regex{_excerpt(payload)}")
     wants_json = target.module in ("inference", "openai_chat") or target.expect_json_field
     if not wants_json:
         return
     try:
         document = json.loads(payload)
     except ValueError:
-        raise ProbeFailure("bad_body", f"answer is not valid JSON{excerpt(payload)}") from None
+        raise ProbeFailure("bad_body", f"answer is not valid JSON{_excerpt(payload)}") from None
     field_path = target.expect_json_field or default_field
     if field_path and not _has_field(document, field_path):
-        raise ProbeFailure("bad_body", f"answer has no field {field_path}{excerpt(payload)}")
+        raise ProbeFailure("bad_body", f"answer has no field {field_path}{_excerpt(payload)}")
 
 
-def excerpt(payload: bytes) -> str:
+def _excerpt(payload: bytes) -> str:
     """': ' and the start of an answer's body on one line, redacted, for a failure's message."""
     text = " ".join(payload[: EXCERPT_CHARS * 4].decode("utf-8", "replace").split())
     if not text:
