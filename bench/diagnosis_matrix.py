@@ -590,19 +590,21 @@ def _measure(
     started = time.monotonic()
     fault.inject(world)
     readings = Readings(exporter, started)
-    first_right: float | None = None
+    right: int | None = None  # index of the first right reading in the timeline
     # A late verdict is still measured, up to two probe timeouts past the target (fewer at 1 s intervals).
     give_up = started + min(TO_RIGHT_TARGET, 10 * interval) + 2 * max(timeouts.values())
-    while time.monotonic() < (give_up if first_right is None else first_right + hold):
+    while True:
+        to_right = None if right is None else readings.timeline[right][0]
+        if time.monotonic() >= (give_up if to_right is None else started + to_right + hold):
+            break
         if fault.tick is not None:
             fault.tick(world, time.monotonic())
-        if readings.read() == fault.expected and first_right is None:
-            first_right = time.monotonic()
+        if readings.read() == fault.expected and right is None:
+            right = len(readings.timeline) - 1
         time.sleep(POLL)
     timeline = list(readings.timeline)
     observed = timeline[-1][1] if timeline else "no answer"
-    to_right = None if first_right is None else first_right - started
-    held = [key for t, key in timeline if to_right is not None and t >= to_right]
+    held = [key for _, key in timeline[right:]] if right is not None else []
     changes = sum(1 for before, after in zip(held, held[1:], strict=False) if before != after)
 
     captures = exporter.automatic_captures()
