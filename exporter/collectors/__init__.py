@@ -20,7 +20,7 @@ from .system import SystemCollector
 # The probes now waiting: the probe collector fills it, the inflight collector reads it. One for the
 # process, not one per build: a reload keeps or replaces those two collectors each on its own
 # settings, and they must still share it. Keyed by target name.
-IN_FLIGHT = InFlightRegistry()
+PROBES_IN_FLIGHT = InFlightRegistry()
 
 # Each collector with how to build it from the config, in the chain's order (doctor prints it so).
 _REGISTRY: tuple[tuple[type[Collector], Callable[[Config], Collector]], ...] = (
@@ -30,10 +30,10 @@ _REGISTRY: tuple[tuple[type[Collector], Callable[[Config], Collector]], ...] = (
         ContainerCollector,
         lambda config: ContainerCollector(config.services, config.proc_root, f"{config.sys_root}/fs/cgroup"),
     ),
-    (ProbeCollector, lambda config: ProbeCollector(config.targets, IN_FLIGHT)),
+    (ProbeCollector, lambda config: ProbeCollector(config.targets, PROBES_IN_FLIGHT)),
     (
         InFlightCollector,
-        lambda config: InFlightCollector(config.targets, IN_FLIGHT, config.forensics.hang_after),
+        lambda config: InFlightCollector(config.targets, PROBES_IN_FLIGHT, config.forensics.hang_after),
     ),
     (RedisCollector, lambda config: RedisCollector(config.redis)),
     (EngineCollector, lambda config: EngineCollector(config.engines)),
