@@ -336,3 +336,9 @@ forensics: {{hang_after: HANG}}
         facts = wait_until(waiting, timeout=30)
     probing.join(30)
     assert list(facts.targets) == ["api"] and facts.hang_after == 2.0
+
+
+def test_the_inflight_collector_runs_every_second_by_default() -> None:
+    assert parse_config("").collector("inflight").interval == 1.0
+    assert parse_config("global: {interval: 0.5s}").collector("inflight").interval == 0.5
+    assert parse_config("collectors: {inflight: {interval: 3s}}").collector("inflight").interval == 3.0
