@@ -7,20 +7,26 @@ probes, capture the stacks before anyone restarts the service, and say which lin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from autoglm_exporter.collectors.inflight import InFlightCollector, InFlightRegistry
+from autoglm_exporter.collectors.probe import ProbeCollector
+from autoglm_exporter.collectors.process import ProcessCollector
+from autoglm_exporter.config import ForensicsConfig, ProbeTarget, ProcessMatch, ServiceConfig
 from autoglm_exporter.diagnosis import diagnose
-from autoglm_exporter.forensics.hangwatch import ForensicsFacts, ServiceEvidence
+from autoglm_exporter.forensics.hangwatch import RETRY_COOLDOWN, ForensicsFacts, HangWatch, ServiceEvidence
 
 from . import faultservers as fs
-from .conftest import REPO, sample, wait_until
+from .conftest import REPO, free_port, sample, wait_until
 
 SERVICES = REPO / "tests" / "stuck_services.py"
 
@@ -49,7 +55,9 @@ def stuck_service():
         process.wait(5)
 
 
-def _config(tmp_path: Path, mode: str, api_url: str, trigger: int = 2) -> Path:
+def _config(
+    tmp_path: Path, mode: str, api_url: str, trigger: int = 2, timeout: str = "0.5s", hang_after: str = "5s"
+) -> Path:
     config = tmp_path / "autoglm.yml"
     config.write_text(
         f"""
@@ -60,12 +68,13 @@ services:
   - name: api
     match: {{cmdline: 'stuck_services\\.py {mode}'}}
 targets:
-  - {{name: inference, module: inference, url: '{api_url}/inference', service: api, timeout: 0.5s}}
+  - {{name: inference, module: inference, url: '{api_url}/inference', service: api, timeout: {timeout}}}
 redis: []
 engines: []
 logs: []
 forensics:
   trigger_after_failures: {trigger}
+  hang_after: {hang_after}
   dumps: 3
   dump_interval: 0.3s
   directory: {tmp_path / "captures"}
@@ -169,3 +178,157 @@ def test_a_capture_refused_for_permission_tells_to_add_sys_ptrace() -> None:
     assert diagnosis.verdict is not None
     assert (diagnosis.verdict.layer, diagnosis.verdict.reason) == ("exporter", "capture_not_permitted")
     assert "add SYS_PTRACE" in diagnosis.verdict.summary
+
+
+# --- what triggers a capture -----------------------------------------------------------------------
+
+
+def test_a_probe_still_waiting_triggers_the_capture_before_it_times_out(
+    stuck_service, start_exporter, tmp_path: Path
+) -> None:
+    service = _deadlock(stuck_service)
+    with fs.FaultServer(fs.answer(200, '{"text": "ok"}')) as api:
+        # A 60 s probe timeout and a trigger count never reached: only the probe in flight can do it.
+        config = _config(tmp_path, "deadlock", api.url, trigger=100, timeout="60s", hang_after="1s")
+        exporter = start_exporter(f"--config.file={config}")
+        api.handler = fs.never_answer  # from now on the API accepts and keeps silent
+
+        def blocked() -> dict | None:
+            verdict = exporter.get("/api/diagnosis").json()["verdict"]
+            return verdict if verdict and verdict["reason"] == "threads_blocked" else None
+
+        verdict = wait_until(blocked, timeout=60, interval=0.3)
+        metrics = exporter.metrics()
+        captures = exporter.get("/api/captures").json()["captures"]
+    assert [c["reason"] for c in captures] == ["probe_failing"]
+    assert verdict["next_command"] == f"py-spy dump --pid {service.pid}"
+    # The probe that showed the hang has not failed yet: it was still waiting.
+    assert sample(metrics, "autoglm_probe_failures_total", target="inference", reason="read_timeout") == 0
+    assert sample(metrics, "autoglm_probe_in_flight_seconds", target="inference") >= 1.0
+    assert sample(metrics, "autoglm_probe_success", target="inference") == 1  # the last finished one
+
+
+class Cycle:
+    """The collectors the trigger reads, run in this process against real processes and servers."""
+
+    def __init__(self, tmp_path: Path, target: ProbeTarget, port: int | None = None) -> None:
+        self.pidfile = tmp_path / "api.pid"
+        service = ServiceConfig("api", ProcessMatch(pidfile=str(self.pidfile)), port=port)
+        self.process = ProcessCollector((service,))
+        registry = InFlightRegistry()
+        self.probe = ProbeCollector((target,), registry)
+        self.in_flight = InFlightCollector((target,), registry)
+
+    def service_is(self, process: subprocess.Popen[bytes]) -> None:
+        self.pidfile.write_text(f"{process.pid}\n")
+
+    def facts(self) -> dict:
+        """One cycle's facts, the probe's after it finished (nothing left in flight)."""
+        return {
+            "process": self.process.collect().facts,
+            "probe": self.probe.collect().facts,
+            "inflight": self.in_flight.collect().facts,
+        }
+
+
+def _watch(tmp_path: Path, clock=time.monotonic, **settings) -> HangWatch:
+    settings = {"dumps": 2, "dump_interval": 0.2, "directory": str(tmp_path / "captures"), **settings}
+    return HangWatch(ForensicsConfig(**settings), clock=clock)
+
+
+def _finished(watch: HangWatch, after: float = 0.0) -> ServiceEvidence:
+    """The evidence of the service's next capture that finished after `after` (time.time())."""
+
+    def done() -> ServiceEvidence | None:
+        evidence = watch.facts().services.get("api")
+        return evidence if evidence is not None and evidence.at > after else None
+
+    return wait_until(done, timeout=60, interval=0.1)
+
+
+def _inference(url: str, timeout: float = 2.0) -> ProbeTarget:
+    return ProbeTarget("inference", "inference", url + "/inference", service="api", timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("handler", "reason"),
+    [
+        (None, "connect_refused"),  # nothing listens there: a wrong port, or the process is gone
+        (fs.answer(500, '{"error": "boom"}'), "http_status"),
+        (fs.answer(200, "<html>not json</html>"), "bad_body"),
+        (fs.reset_mid_body, "reset"),
+    ],
+    ids=["refused", "http-500", "bad-body", "reset"],
+)
+def test_failures_stacks_cannot_explain_never_trigger_a_capture(
+    stuck_service, tmp_path: Path, handler, reason: str
+) -> None:
+    watch = _watch(tmp_path, trigger_after_failures=1, hang_after=0.0)
+    with fs.FaultServer(handler) if handler else contextlib.nullcontext() as server:
+        url = server.url if server else f"http://127.0.0.1:{free_port()}"
+        cycle = Cycle(tmp_path, _inference(url))
+        cycle.service_is(stuck_service("healthy"))
+        for _ in range(3):
+            facts = cycle.facts()
+            assert facts["probe"].targets["inference"].outcome.reason == reason
+            assert watch.observe(facts) == []
+    assert watch.store.list() == []
+
+
+def test_a_hang_on_a_port_another_process_holds_is_not_the_service_s_to_explain(
+    stuck_service, tmp_path: Path
+) -> None:
+    watch = _watch(tmp_path, trigger_after_failures=1, hang_after=0.0)
+    with fs.FaultServer(fs.never_answer) as intruder:  # holds the service's port and keeps silent
+        cycle = Cycle(tmp_path, _inference(intruder.url, timeout=0.3), port=intruder.port)
+        cycle.service_is(stuck_service("healthy"))
+        facts = cycle.facts()
+    assert facts["probe"].targets["inference"].outcome.reason == "read_timeout"
+    assert not facts["process"].services["api"].expected_port_listening
+    assert watch.observe(facts) == []
+
+
+def test_timeouts_count_for_the_current_process_only(stuck_service, tmp_path: Path) -> None:
+    watch = _watch(tmp_path, trigger_after_failures=2, hang_after=60.0)
+    with fs.FaultServer(fs.never_answer) as api:
+        cycle = Cycle(tmp_path, _inference(api.url, timeout=0.3))
+        old = stuck_service("healthy")
+        cycle.service_is(old)
+        assert watch.observe(cycle.facts()) == []  # one timeout of the old process
+        old.kill()
+        new = stuck_service("healthy")
+        cycle.service_is(new)  # restarted: a fresh, healthy process
+        assert watch.observe(cycle.facts()) == []  # its first timeout; the old one's does not count
+        assert watch.observe(cycle.facts()) == ["api"]  # its second in a row
+    assert _finished(watch).pid == new.pid
+
+
+def test_an_empty_capture_is_retried_soon_one_that_found_the_cause_waits_the_cooldown(
+    stuck_service, tmp_path: Path
+) -> None:
+    now = [1000.0]
+    watch = _watch(tmp_path, clock=lambda: now[0], trigger_after_failures=1, cooldown=600.0)
+    with fs.FaultServer(fs.never_answer) as api:
+        cycle = Cycle(tmp_path, _inference(api.url, timeout=0.3))
+        cycle.service_is(stuck_service("healthy"))  # its threads only wait for work: nothing to see
+        assert watch.observe(cycle.facts()) == ["api"]
+        empty = _finished(watch)
+        assert empty.analysis is not None
+        assert empty.analysis.counts()["blocked"] == empty.analysis.counts()["busy"] == 0
+        now[0] += RETRY_COOLDOWN - 1
+        assert watch.observe(cycle.facts()) == []
+        now[0] += 2
+        assert watch.observe(cycle.facts()) == ["api"]  # retried long before the 600 s cooldown
+        retried = _finished(watch, after=empty.at)
+
+    with fs.FaultServer(fs.never_answer) as api:
+        cycle = Cycle(tmp_path, _inference(api.url, timeout=0.3))
+        cycle.service_is(_deadlock(stuck_service))  # a new process: captured at once
+        assert watch.observe(cycle.facts()) == ["api"]
+        found = _finished(watch, after=retried.at)
+        assert found.analysis is not None and found.analysis.deadlock_suspected
+        now[0] += RETRY_COOLDOWN + 1
+        assert watch.observe(cycle.facts()) == []  # the cause is known: no capture for a while
+        now[0] += 600.0
+        assert watch.observe(cycle.facts()) == ["api"]
+        _finished(watch, after=found.at)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
 from prometheus_client import generate_latest
 
+from autoglm_exporter.collectors import build_collectors
+from autoglm_exporter.collectors.inflight import InFlightCollector, InFlightRegistry
 from autoglm_exporter.collectors.probe import ProbeCollector, classify_os_error
 from autoglm_exporter.config import ExpectConfig, ProbeTarget, parse_config
 from autoglm_exporter.logs.urls import display_url
 
 from . import faultservers as fs
-from .conftest import assert_promtool_clean, free_port, registry_of
+from .conftest import assert_promtool_clean, free_port, registry_of, wait_until
 
 
 def probe(target: ProbeTarget, collector: ProbeCollector | None = None):
@@ -202,3 +205,148 @@ def test_default_targets_probe_by_generating_and_lint_clean() -> None:
 
 def test_display_url_hides_credentials_and_query() -> None:
     assert display_url("https://user:pw@host:8443/v1/x?key=abc") == "https://host:8443/v1/x"
+
+
+# --- histograms of every probe ----------------------------------------------------------------------
+
+CONTRACT_BUCKETS = [str(float(b)) for b in (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60)] + ["+Inf"]
+
+
+def histogram_of(result, name: str, target: str) -> tuple[dict[str, float], float, float]:
+    """(cumulative count per le, _count, _sum) of one target's histogram in a collector Result."""
+    buckets, count, total = {}, None, None
+    for family in result.families:
+        for s in family.samples:
+            if s.labels.get("target") != target:
+                continue
+            if s.name == name + "_bucket":
+                buckets[s.labels["le"]] = s.value
+            elif s.name == name + "_count":
+                count = s.value
+            elif s.name == name + "_sum":
+                total = s.value
+    assert count is not None and total is not None, f"no {name} for {target}"
+    return buckets, count, total
+
+
+def test_every_probe_lands_in_the_duration_histogram_failed_ones_too() -> None:
+    with fs.FaultServer(fs.answer(200, '{"text": "hi"}')) as server:
+        collector = ProbeCollector((inference(server.url, timeout=0.5),))
+        durations, reasons = [], []
+        for handler in (fs.answer(200, '{"text": "hi"}'), fs.answer(500, "{}"), fs.never_answer):
+            server.handler = handler
+            result = collector.collect()
+            durations.append(result.facts.targets["api"].outcome.duration)
+            reasons.append(result.facts.targets["api"].outcome.reason)
+    assert reasons == [None, "http_status", "read_timeout"]
+    buckets, count, total = histogram_of(result, "autoglm_probe_request_duration_seconds", "api")
+    assert list(buckets) == CONTRACT_BUCKETS
+    assert count == 3 and buckets["+Inf"] == 3  # availability = 1 - failures / _count
+    for le, cumulative in buckets.items():
+        bound = float("inf") if le == "+Inf" else float(le)
+        assert cumulative == sum(1 for d in durations if d <= bound), (le, durations)
+    assert total == pytest.approx(sum(durations))
+    assert durations[2] >= 0.5  # the timed-out probe counts with the time it waited
+    assert_promtool_clean(generate_latest(registry_of(result)))
+
+
+def test_first_token_histogram_only_for_streaming_chat_targets() -> None:
+    with fs.FaultServer(fs.openai(stream_delay=0.1)) as server:
+        url = server.url + "/v1/chat/completions"
+        streamed = ProbeTarget("streamed", "openai_chat", url, timeout=3, stream=True)
+        plain = ProbeTarget("plain", "openai_chat", url, timeout=3)
+        result = ProbeCollector((streamed, plain)).collect()
+    ttft = result.facts.targets["streamed"].outcome.ttft
+    buckets, count, total = histogram_of(result, "autoglm_probe_first_token_seconds", "streamed")
+    assert count == 1 and total == ttft and list(buckets) == CONTRACT_BUCKETS
+    first_token = [f for f in result.families if f.name == "autoglm_probe_first_token_seconds"]
+    assert {s.labels["target"] for s in first_token[0].samples} == {"streamed"}
+    assert histogram_of(result, "autoglm_probe_request_duration_seconds", "plain")[1] == 1
+
+
+# --- what the server said, redacted -------------------------------------------------------------------
+
+
+def test_what_the_server_answered_is_quoted_in_the_failure_with_secrets_masked() -> None:
+    body = '{"error": "upstream refused api_key=sk-proj-Zx81kLm20QqT5vBn77Hs for org 42"}'
+    with fs.FaultServer(fs.answer(500, body)) as server:
+        failed = probe(inference(server.url))
+    assert failed.outcome.error.startswith("HTTP 500: {")
+    assert "upstream refused api_key=***" in failed.outcome.error
+    assert "Zx81kLm20QqT5vBn77Hs" not in failed.outcome.error
+    with fs.FaultServer(fs.answer(200, "<html>\n  <body>Bad   gateway</body></html>" + "x" * 500)) as server:
+        html = probe(inference(server.url))
+    assert html.outcome.error.startswith(
+        "answer is not valid JSON: <html> <body>Bad gateway</body></html>xxx"
+    )
+    assert len(html.outcome.error) < 200 and html.outcome.error.endswith("...")
+
+
+# --- probes in flight ----------------------------------------------------------------------------------
+
+
+def test_a_probe_waiting_for_its_answer_is_in_flight_connected_and_counting() -> None:
+    registry = InFlightRegistry()
+    with fs.FaultServer(fs.never_answer) as server:
+        target = inference(server.url, timeout=60.0, service="api")
+        collector = ProbeCollector((target,), registry)
+        watcher = InFlightCollector((target,), registry)
+        assert watcher.collect().facts.targets == {}
+        before = time.time()
+        probing = threading.Thread(target=collector.collect)
+        probing.start()
+
+        def waiting_connected():
+            result = watcher.collect()
+            fact = result.facts.targets.get("api")
+            return (fact, result) if fact is not None and fact.connected and fact.waited >= 0.3 else None
+
+        fact, result = wait_until(waiting_connected, timeout=30)
+        assert server.requests  # the request went out; the answer is what we wait for
+    probing.join(30)  # the server closed the connection: the probe ends
+    assert not probing.is_alive()
+    assert (fact.target, fact.service, fact.layer, fact.url) == ("api", "api", "client", target.url)
+    assert before <= fact.started_at <= time.time()
+    assert registry_of(result).get_sample_value("autoglm_probe_in_flight_seconds", {"target": "api"}) >= 0.3
+    done = watcher.collect()
+    assert done.facts.targets == {}
+    assert registry_of(done).get_sample_value("autoglm_probe_in_flight_seconds", {"target": "api"}) == 0
+
+
+def test_a_failed_probe_leaves_nothing_in_flight() -> None:
+    registry = InFlightRegistry()
+    target = inference(f"http://127.0.0.1:{free_port()}")
+    ProbeCollector((target,), registry).collect()
+    result = InFlightCollector((target,), registry).collect()
+    assert result.facts.targets == {}
+    assert registry_of(result).get_sample_value("autoglm_probe_in_flight_seconds", {"target": "api"}) == 0
+
+
+def test_after_a_reload_the_new_inflight_collector_still_sees_the_old_probe_waiting() -> None:
+    with fs.FaultServer(fs.never_answer) as server:
+        config = f"""
+targets: [{{name: api, module: inference, url: '{server.url}/inference', service: svc, timeout: 60s}}]
+services: [{{name: svc, match: {{port: {server.port}}}}}]
+forensics: {{hang_after: HANG}}
+"""
+        before = {c.name: c for c in build_collectors(parse_config(config.replace("HANG", "5s")))}
+        # Only the threshold changed: the daemon keeps the probe collector, replaces the inflight one.
+        after = {c.name: c for c in build_collectors(parse_config(config.replace("HANG", "2s")))}
+        assert before["probe"].settings == after["probe"].settings
+        assert before["inflight"].settings != after["inflight"].settings
+        probing = threading.Thread(target=before["probe"].collect)
+        probing.start()
+
+        def waiting():
+            facts = after["inflight"].collect().facts
+            return facts if facts.targets else None
+
+        facts = wait_until(waiting, timeout=30)
+    probing.join(30)
+    assert list(facts.targets) == ["api"] and facts.hang_after == 2.0
+
+
+def test_the_inflight_collector_runs_every_second_by_default() -> None:
+    assert parse_config("").collector("inflight").interval == 1.0
+    assert parse_config("global: {interval: 0.5s}").collector("inflight").interval == 0.5
+    assert parse_config("collectors: {inflight: {interval: 3s}}").collector("inflight").interval == 3.0

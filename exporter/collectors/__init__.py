@@ -12,11 +12,17 @@ from .engine import EngineCollector
 from .environment import EnvironmentCollector
 from .exporter import ExporterCollector, dependencies_of
 from .gpu.collector import GpuCollector
+from .inflight import InFlightCollector, InFlightRegistry
 from .logs import LogsCollector
 from .probe import ProbeCollector
 from .process import ProcessCollector
 from .redis import RedisCollector
 from .system import SystemCollector
+
+# The probes now waiting: the probe collector fills it, the inflight collector reads it. One for the
+# process, not one per build: a reload keeps or replaces those two collectors each on its own
+# settings, and they must still share it. Keyed by target name.
+PROBES_IN_FLIGHT = InFlightRegistry()
 
 # Each collector with how to build it from the config, in the chain's order (doctor prints it so).
 _REGISTRY: tuple[tuple[type[Collector], Callable[[Config], Collector]], ...] = (
@@ -28,7 +34,11 @@ _REGISTRY: tuple[tuple[type[Collector], Callable[[Config], Collector]], ...] = (
             config.services, config.proc_root, f"{config.sys_root}/fs/cgroup", _matcher(config)
         ),
     ),
-    (ProbeCollector, lambda config: ProbeCollector(config.targets)),
+    (ProbeCollector, lambda config: ProbeCollector(config.targets, PROBES_IN_FLIGHT)),
+    (
+        InFlightCollector,
+        lambda config: InFlightCollector(config.targets, PROBES_IN_FLIGHT, config.forensics.hang_after),
+    ),
     (RedisCollector, lambda config: RedisCollector(config.redis)),
     (EngineCollector, lambda config: EngineCollector(config.engines)),
     (LogsCollector, lambda config: LogsCollector(config.logs)),

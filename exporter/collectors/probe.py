@@ -9,6 +9,11 @@ probe by generating.
 All targets run concurrently on one event loop, so a cycle costs the slowest probe, not the sum;
 each probe has its own connect and total deadline. Every probe opens a fresh connection, as a new
 client would. Failure reasons are a bounded set, so a verdict can be drawn from them.
+
+While a probe waits it is noted in an InFlightRegistry (see inflight.py), so a hang is known
+seconds after it began, not only when the probe times out. Every probe's duration also goes into
+a histogram (failed ones at the time they failed), the base of availability and latency objectives.
+Text the probed server sent (a body excerpt, a protocol error) is redacted before it is shown.
 """
 
 from __future__ import annotations
@@ -23,17 +28,22 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from ..config import INFERENCE_BODY, ProbeTarget
 from ..config.credentials import SecretError, read_secret
+from ..logs.redact import redact
 from ..logs.urls import display_url
-from ..metrics.spec import Families, Family, counter, gauge, info
+from ..metrics.spec import Families, Family, MetricSpec, counter, gauge, histogram, info
 from .base import Collector, Result
+from .inflight import InFlightRegistry
 
 PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 REASONS = (
@@ -50,6 +60,10 @@ REASONS = (
 )
 MAX_BODY_BYTES = 1024 * 1024
 USER_AGENT = "autoglm-exporter-probe"
+EXCERPT_CHARS = 120  # of an answer's body, in a failed probe's message
+# Fit for LLM answers: a quarter second for a cached reply up to a minute for a long generation;
+# the seed's 30 s timeout is a bucket bound, so "answered within the timeout" is a ratio of buckets.
+DURATION_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60)
 
 SUCCESS = gauge("autoglm_probe_success", "1 when the target's last probe succeeded, else 0.", "target")
 DURATION = gauge("autoglm_probe_duration_seconds", "How long the target's last probe took in all.", "target")
@@ -83,6 +97,18 @@ LAST_FINISHED = gauge(
 CONSECUTIVE = gauge(
     "autoglm_probe_consecutive_failures",
     "Probes of the target that failed in a row, 0 after a success.",
+    "target",
+)
+REQUEST_DURATION = histogram(
+    "autoglm_probe_request_duration_seconds",
+    "How long each probe of the target took, failed ones until they failed; its _count is the number of "
+    "probes.",
+    "target",
+)
+FIRST_TOKEN = histogram(
+    "autoglm_probe_first_token_seconds",
+    "Streaming openai_chat probes: time from sending the request to the first generated token, per probe "
+    "that got one.",
     "target",
 )
 TARGET_INFO = info(
@@ -142,14 +168,19 @@ class ProbeCollector(Collector):
         FAILURES,
         LAST_FINISHED,
         CONSECUTIVE,
+        REQUEST_DURATION,
+        FIRST_TOKEN,
         TARGET_INFO,
     )
 
-    def __init__(self, targets: tuple[ProbeTarget, ...]) -> None:
+    def __init__(self, targets: tuple[ProbeTarget, ...], in_flight: InFlightRegistry | None = None) -> None:
         self.targets = targets
+        self.in_flight = in_flight or InFlightRegistry()
         self.settings = (targets,)
         self._failures = {t.name: dict.fromkeys(REASONS, 0) for t in targets}
         self._consecutive = {t.name: 0 for t in targets}
+        self._durations = {t.name: _Histogram() for t in targets}
+        self._first_tokens = {t.name: _Histogram() for t in targets if _streams(t)}
         self._models: dict[str, str] = {}  # openai_chat target -> model discovered from /v1/models
 
     def collect(self) -> Result:
@@ -157,6 +188,9 @@ class ProbeCollector(Collector):
         now = time.time()
         facts = {}
         for target, outcome in zip(self.targets, outcomes, strict=True):
+            self._durations[target.name].observe(outcome.duration)
+            if outcome.ttft is not None and target.name in self._first_tokens:
+                self._first_tokens[target.name].observe(outcome.ttft)
             if outcome.success:
                 self._consecutive[target.name] = 0
             else:
@@ -178,8 +212,14 @@ class ProbeCollector(Collector):
         return list(await asyncio.gather(*(self._probe(target) for target in self.targets)))
 
     async def _probe(self, target: ProbeTarget) -> ProbeOutcome:
+        self.in_flight.started(target)
+        try:
+            return await self._probe_once(target, _Timings(lambda: self.in_flight.connected(target.name)))
+        finally:
+            self.in_flight.finished(target.name)
+
+    async def _probe_once(self, target: ProbeTarget, timings: _Timings) -> ProbeOutcome:
         started = time.monotonic()
-        timings = _Timings()
         try:
             async with asyncio.timeout(target.timeout):
                 if target.module == "tcp":
@@ -229,7 +269,11 @@ class ProbeCollector(Collector):
     async def _probe_openai(
         self, client: httpx.AsyncClient, target: ProbeTarget, timings: _Timings
     ) -> tuple[int | None, float | None]:
-        model = target.model or self._models.get(target.name) or await self._discover_model(client, target)
+        model = (
+            target.model
+            or self._models.get(target.name)
+            or await self._discover_model(client, target, timings)
+        )
         body = dict(target.body) if isinstance(target.body, dict) else {}
         body.setdefault("model", model)
         body.setdefault("messages", [{"role": "user", "content": "Hello"}])
@@ -244,22 +288,21 @@ class ProbeCollector(Collector):
         _check_answer(target, status, payload, default_field="choices.0")
         return status, None
 
-    async def _discover_model(self, client: httpx.AsyncClient, target: ProbeTarget) -> str:
+    async def _discover_model(self, client: httpx.AsyncClient, target: ProbeTarget, timings: _Timings) -> str:
         parts = urlsplit(target.url)
         prefix = parts.path.split("/chat/completions")[0] or "/v1"
         models_url = urlunsplit((parts.scheme, parts.netloc, prefix + "/models", "", ""))
-        response = await client.get(models_url)
+        response = await client.get(models_url, extensions={"trace": timings.trace})
         try:
             model = str(response.json()["data"][0]["id"])
         except (ValueError, LookupError, TypeError):
-            raise ProbeFailure(
-                "bad_body", f"GET {prefix}/models gave no model (HTTP {response.status_code})"
-            ) from None
+            answer = f"HTTP {response.status_code}{_excerpt(response.content)}"
+            raise ProbeFailure("bad_body", f"GET {prefix}/models gave no model ({answer})") from None
         self._models[target.name] = model
         return model
 
     def _families(self, facts: dict[str, TargetFacts]) -> list[Family]:
-        families = Families(self.metrics)
+        families = Families(spec for spec in self.metrics if spec.kind != "histogram")
         add = families.add
 
         for target in self.targets:
@@ -277,6 +320,7 @@ class ProbeCollector(Collector):
                 add(FAILURES, [name, reason], count)
             add(LAST_FINISHED, [name], fact.finished_at)
             add(CONSECUTIVE, [name], fact.consecutive_failures)
+
             add(
                 TARGET_INFO,
                 [name],
@@ -287,16 +331,56 @@ class ProbeCollector(Collector):
                     "url": fact.url,
                 },
             )
-        return families.list()
+        return families.list() + [
+            _histogram_family(REQUEST_DURATION, self._durations),
+            _histogram_family(FIRST_TOKEN, self._first_tokens),
+        ]
+
+
+class _Histogram:
+    """Cumulative counts of observations per bucket of DURATION_BUCKETS, and their sum."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(DURATION_BUCKETS)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        for index, bound in enumerate(DURATION_BUCKETS):
+            if value <= bound:
+                self.counts[index] += 1
+
+    def buckets(self) -> list[tuple[str, int]]:
+        bounds = [floatToGoString(bound) for bound in DURATION_BUCKETS]
+        return list(zip(bounds, self.counts, strict=True)) + [("+Inf", self.count)]
+
+
+def _histogram_family(spec: MetricSpec, histograms: dict[str, _Histogram]) -> Family:
+    family = cast(HistogramMetricFamily, spec.family())
+    for target, observed in histograms.items():
+        family.add_metric([target], observed.buckets(), observed.sum)
+    return cast(Family, family)
+
+
+def _streams(target: ProbeTarget) -> bool:
+    return target.module == "openai_chat" and target.stream
 
 
 class _Timings:
     """Phase timestamps, fed by our own DNS lookup and httpx's trace extension."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_connected: Callable[[], None] = lambda: None) -> None:
         self.marks: dict[str, float] = {}
         self.connected = False
         self.status: int | None = None  # of the answer, once its headers arrived
+        self._on_connected = on_connected
+
+    def mark_connected(self) -> None:
+        self.marks["connection.connect_tcp.complete"] = time.monotonic()
+        self.connected = True
+        self._on_connected()
 
     async def resolve(self, host: str, port: int) -> None:
         self.marks["resolve.started"] = time.monotonic()
@@ -307,9 +391,10 @@ class _Timings:
         self.marks["resolve.complete"] = time.monotonic()
 
     async def trace(self, event: str, info: dict[str, Any]) -> None:
-        self.marks[event] = time.monotonic()
         if event == "connection.connect_tcp.complete":
-            self.connected = True
+            self.mark_connected()
+        else:
+            self.marks[event] = time.monotonic()
 
     def in_tls_handshake(self) -> bool:
         return (
@@ -419,21 +504,30 @@ def _status_ok(target: ProbeTarget, status: int) -> bool:
 
 def _check_answer(target: ProbeTarget, status: int, payload: bytes, default_field: str | None = None) -> None:
     if not _status_ok(target, status):
-        raise ProbeFailure("http_status", f"HTTP {status}")
+        raise ProbeFailure("http_status", f"HTTP {status}{_excerpt(payload)}")
     if target.expect_body_regex and not re.search(
         target.expect_body_regex, payload.decode("utf-8", "replace")
     ):
-        raise ProbeFailure("bad_body", "answer does not match expect.body_regex")
+        raise ProbeFailure("bad_body", f"answer does not match expect.body_regex{_excerpt(payload)}")
     wants_json = target.module in ("inference", "openai_chat") or target.expect_json_field
     if not wants_json:
         return
     try:
         document = json.loads(payload)
     except ValueError:
-        raise ProbeFailure("bad_body", "answer is not valid JSON") from None
+        raise ProbeFailure("bad_body", f"answer is not valid JSON{_excerpt(payload)}") from None
     field_path = target.expect_json_field or default_field
     if field_path and not _has_field(document, field_path):
-        raise ProbeFailure("bad_body", f"answer has no field {field_path}")
+        raise ProbeFailure("bad_body", f"answer has no field {field_path}{_excerpt(payload)}")
+
+
+def _excerpt(payload: bytes) -> str:
+    """': ' and the start of an answer's body on one line, redacted, for a failure's message."""
+    text = " ".join(payload[: EXCERPT_CHARS * 4].decode("utf-8", "replace").split())
+    if not text:
+        return ""
+    text = redact(text)  # before shortening: a cut must not leave half a secret
+    return ": " + (text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "...")
 
 
 def _has_field(document: Any, dotted: str) -> bool:
@@ -458,8 +552,7 @@ async def _probe_tcp(target: ProbeTarget, timings: _Timings) -> None:
             _, writer = await asyncio.open_connection(host, int(port))
     except TimeoutError:
         raise ProbeFailure("connect_timeout", f"no connection within {target.connect_timeout:g}s") from None
-    timings.marks["connection.connect_tcp.complete"] = time.monotonic()
-    timings.connected = True
+    timings.mark_connected()
     writer.close()
     with contextlib.suppress(OSError):  # a peer that resets on close still accepted the connection
         await writer.wait_closed()
@@ -469,7 +562,7 @@ def _failed(reason: str, message: str, started: float, timings: _Timings) -> Pro
     return ProbeOutcome(
         False,
         reason=reason,
-        error=message,
+        error=redact(message),  # it may quote what the server sent
         status=timings.status,
         duration=time.monotonic() - started,
         phases=timings.phases(),

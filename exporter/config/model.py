@@ -45,6 +45,7 @@ DEFAULT_TIMEOUT = 8.0
 DEFAULT_JITTER = 1.0
 ENVIRONMENT_INTERVAL = 300.0  # running each service's interpreter to list packages is not a 10 s job
 ENVIRONMENT_TIMEOUT = 120.0
+INFLIGHT_INTERVAL = 1.0  # how long the probes now waiting have waited: cheap, and a hang is news at once
 PROBE_MODULES = ("inference", "openai_chat", "http", "tcp")
 PROBE_LAYERS = ("client", "dependencies")
 QUEUE_TYPES = ("list", "stream", "zset", "stream_pending")
@@ -123,6 +124,7 @@ class CollectorsConfig:
     system: CollectorSettings = CollectorSettings()
     process: CollectorSettings = CollectorSettings()
     probe: CollectorSettings = CollectorSettings()
+    inflight: CollectorSettings = CollectorSettings()  # probes still waiting, read every second
     redis: CollectorSettings = CollectorSettings()
     engine: CollectorSettings = CollectorSettings()
     logs: CollectorSettings = CollectorSettings()
@@ -420,6 +422,8 @@ class Config:
     def _default_interval(self, name: str) -> float:
         if name == "environment":
             return max(self.interval, ENVIRONMENT_INTERVAL)
+        if name == "inflight":
+            return min(self.interval, INFLIGHT_INTERVAL)
         return self.interval
 
     def _default_timeout(self, name: str) -> float:

@@ -81,7 +81,7 @@ class Published:
 # Computes what follows from the facts (the verdict): its metric families and an object for the API.
 Deriver = Callable[[Published], tuple[list[Family], object]]
 # Is told of every publish (the forensics trigger); it must return quickly.
-Observer = Callable[[Mapping[str, object]], None]
+Observer = Callable[[Mapping[str, object]], object]  # what it returns is not used
 
 
 class Store:

@@ -1,10 +1,20 @@
-"""Evidence before the restart: py-spy stacks of a service whose probes keep failing.
+"""Evidence before the restart: py-spy stacks of a service that stopped answering.
 
-It watches the latest facts (after every publish). When a service's client probes have failed
-`trigger_after_failures` times in a row, it captures the main process's Python stacks a few
-times, analyses them (blocked on locks? spinning?) and saves them, at most once per cooldown per
-service, in a thread of its own so no collector or scrape ever waits for py-spy. A capture can
-also be asked for (POST /api/capture, `autoglm-exporter capture`).
+It watches the latest facts (after every publish) and captures the main process's Python stacks
+a few times, analyses them (blocked on locks? spinning?) and saves them, in a thread of its own
+so no collector or scrape ever waits for py-spy. A capture can also be asked for (POST
+/api/capture, `autoglm-exporter capture`).
+
+Stacks explain a hang, nothing else, so only a hang of a live process triggers a capture:
+- a client probe connected to the service and still waiting after `hang_after` seconds (the
+  inflight collector's facts), while that probe still waits: evidence within seconds, not after
+  the probe's 30 s timeout;
+- or `trigger_after_failures` client probes in a row that connected and timed out (probes whose
+  timeout is shorter than `hang_after`), counted for the service's current main process only.
+Refused connections, HTTP errors, bad answers, resets or a port held by another process never
+trigger one. At most one automatic capture per service per `cooldown`, except that a capture
+that found nothing blocked or busy (or could not be taken for a passing reason) may be retried
+after RETRY_COOLDOWN, and a new main process (a restart) may be captured at once.
 """
 
 from __future__ import annotations
@@ -15,7 +25,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
+from ..collectors.inflight import InFlightFacts
+from ..collectors.probe import ProbeFacts
+from ..collectors.process import ProcessFacts, ServiceFacts
 from ..config import ForensicsConfig
 from ..metrics.spec import Families, Family, counter, gauge
 from . import CAPTURE_ERROR_KINDS, STATES, Analysis, CaptureError, CaptureStore, StoredCapture
@@ -25,6 +39,8 @@ from . import capture as capture_stacks
 log = logging.getLogger(__name__)
 
 CAPTURE_REASONS = ("probe_failing", "api", "cli")
+RETRY_COOLDOWN = 60.0  # seconds before another automatic try, after a capture that explained nothing
+LASTING_CAPTURE_ERRORS = ("permission", "not_python", "py_spy_missing")  # another try would fail too
 
 CAPTURES = counter(
     "autoglm_forensics_captures",
@@ -78,17 +94,26 @@ class ForensicsFacts:
 
 
 class HangWatch:
-    def __init__(self, config: ForensicsConfig, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        config: ForensicsConfig,
+        on_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.store = CaptureStore(config.directory, config.max_captures, config.max_bytes)
         self._on_change = on_change
+        self._clock = clock
         self._lock = threading.Lock()
         self._running: set[str] = set()
-        self._last_automatic: dict[str, float] = {}
         self._evidence: dict[str, ServiceEvidence] = {}
         self._captures: dict[tuple[str, str], int] = {}
         self._failures: dict[tuple[str, str], int] = {}
         self._services: set[str] = set()
+        self._main_pids: dict[str, int | None] = {}  # service -> its main pid at the last look
+        self._timeouts: dict[tuple[str, str], int] = {}  # (service, target) -> timed out in a row
+        self._counted: dict[str, float] = {}  # target -> finished_at of the last probe counted
+        self._next_automatic: dict[str, float] = {}  # service -> clock() before which none starts
 
     def reconfigure(self, config: ForensicsConfig) -> None:
         """A reloaded config: new limits and directory apply from the next capture."""
@@ -98,60 +123,112 @@ class HangWatch:
 
     # --- triggers ---------------------------------------------------------------------------
 
-    def observe(self, facts: Mapping[str, Any]) -> None:
-        """Start a capture for every service whose client probes have failed too often in a row."""
-        process, probe = facts.get("process"), facts.get("probe")
+    def observe(self, facts: Mapping[str, Any]) -> list[str]:
+        """Start a capture for every live service that hangs (see the module docstring); returns
+        the services whose capture it started. Safe to call from several threads at once."""
+        process: ProcessFacts | None = facts.get("process")
+        probe: ProbeFacts | None = facts.get("probe")
+        in_flight: InFlightFacts | None = facts.get("inflight")
         if process is None:
-            return
+            return []
+        started: list[tuple[ServiceFacts, str]] = []
         with self._lock:
             self._services.update(process.services)
-        if probe is not None:
-            self._retire_evidence(process, probe)
-        if not self.config.enabled or probe is None:
-            return
-        now = time.monotonic()
-        for target in probe.targets.values():
-            service = process.services.get(target.service or "")
-            if (
-                target.layer != "client"
-                or service is None
-                or service.main_pid is None
-                or target.consecutive_failures < self.config.trigger_after_failures
-            ):
-                continue
-            last = self._last_automatic.get(service.name)
-            if last is not None and now - last < self.config.cooldown:
-                continue
-            if self.request(service.name, service.main_pid, "probe_failing"):
-                self._last_automatic[service.name] = now
-                log.warning(
-                    "service keeps failing: capturing its stacks",
-                    extra={"service": service.name, "pid": service.main_pid, "target": target.name},
-                )
-
-    def _retire_evidence(self, process: Any, probe: Any) -> None:
-        """Mark stacks as history once their service answers again or runs as another process."""
-        with self._lock:
-            for name, evidence in list(self._evidence.items()):
-                service = process.services.get(name)
-                if not evidence.current or service is None:
+            self._follow_main_pids(process)
+            if probe is not None:
+                self._count_timeouts(probe)
+                self._retire_evidence(process, probe)
+            if not self.config.enabled:
+                return []
+            now = self._clock()
+            for service, why in self._hanging(process, probe, in_flight):
+                if service.name in self._running or now < self._next_automatic.get(service.name, 0.0):
                     continue
-                clients = [t for t in probe.targets.values() if t.service == name and t.layer == "client"]
-                answering = bool(clients) and all(t.consecutive_failures == 0 for t in clients)
-                if answering or service.main_pid != evidence.pid:
-                    self._evidence[name] = replace(evidence, current=False)
+                self._next_automatic[service.name] = now + self.config.cooldown
+                self._start(service.name, service.main_pid or 0, "probe_failing")
+                started.append((service, why))
+        for service, why in started:
+            log.warning(
+                "service hangs: capturing its stacks",
+                extra={"service": service.name, "pid": service.main_pid, "why": why},
+            )
+        return [service.name for service, _ in started]
+
+    def _follow_main_pids(self, process: ProcessFacts) -> None:
+        """A new main process is a new suspect: forget the old one's timeouts and cooldown."""
+        for name, service in process.services.items():
+            if name in self._main_pids and self._main_pids[name] != service.main_pid:
+                self._timeouts = {key: n for key, n in self._timeouts.items() if key[0] != name}
+                self._next_automatic.pop(name, None)
+            self._main_pids[name] = service.main_pid
+
+    def _count_timeouts(self, probe: ProbeFacts) -> None:
+        """Client probes that connected and timed out in a row; anything else breaks the row."""
+        for target in probe.targets.values():
+            if target.layer != "client" or not target.service:
+                continue
+            if self._counted.get(target.name) == target.finished_at:
+                continue  # the same probe result, seen again at another collector's publish
+            self._counted[target.name] = target.finished_at
+            key = (target.service, target.name)
+            outcome = target.outcome
+            hung = outcome.reason == "read_timeout" and outcome.connected
+            self._timeouts[key] = self._timeouts.get(key, 0) + 1 if hung else 0
+
+    def _hanging(
+        self, process: ProcessFacts, probe: ProbeFacts | None, in_flight: InFlightFacts | None
+    ) -> list[tuple[ServiceFacts, str]]:
+        """Live services a client probe reached and got no answer from, with why we think so."""
+        found: dict[str, tuple[ServiceFacts, str]] = {}
+
+        def hangs(service_name: str | None, url: str, why: str) -> None:
+            service = process.services.get(service_name or "")
+            if service is not None and _reached(service, url):
+                found.setdefault(service.name, (service, why))
+
+        for waiting in in_flight.targets.values() if in_flight is not None else []:
+            if waiting.layer == "client" and waiting.connected and waiting.waited >= self.config.hang_after:
+                hangs(
+                    waiting.service,
+                    waiting.url,
+                    f"probe {waiting.target} unanswered for {waiting.waited:.1f}s",
+                )
+        for target in probe.targets.values() if probe is not None else []:
+            row = self._timeouts.get((target.service or "", target.name), 0)
+            if target.layer == "client" and row >= self.config.trigger_after_failures:
+                hangs(target.service, target.url, f"probe {target.name} timed out {row}x in a row")
+        return list(found.values())
+
+    def _retire_evidence(self, process: ProcessFacts, probe: ProbeFacts) -> None:
+        """Mark stacks as history once their service answers again or runs as another process."""
+        for name, evidence in list(self._evidence.items()):
+            service = process.services.get(name)
+            if not evidence.current or service is None:
+                continue
+            clients = [t for t in probe.targets.values() if t.service == name and t.layer == "client"]
+            # Answered since: a result from before the capture says nothing (a hang is caught while
+            # its probe still waits, so the last result is often a success from before it began).
+            answering = bool(clients) and all(
+                t.outcome.success and t.finished_at > evidence.at for t in clients
+            )
+            if answering or service.main_pid != evidence.pid:
+                self._evidence[name] = replace(evidence, current=False)
 
     def request(self, service: str, pid: int, reason: str) -> bool:
         """Capture in the background; False when a capture of this service is already running."""
         with self._lock:
             if service in self._running:
                 return False
-            self._running.add(service)
-            self._services.add(service)
+            self._start(service, pid, reason)
+        return True
+
+    def _start(self, service: str, pid: int, reason: str) -> None:
+        """With the lock held: mark the service's capture running and start it in its own thread."""
+        self._running.add(service)
+        self._services.add(service)
         threading.Thread(
             target=self._capture, args=(service, pid, reason), name=f"capture-{service}", daemon=True
         ).start()
-        return True
 
     def capture_now(self, service: str, pid: int, reason: str) -> ServiceEvidence:
         """Capture in this thread (the CLI); the same steps and bookkeeping as a triggered capture."""
@@ -163,6 +240,7 @@ class HangWatch:
 
     def _capture(self, service: str, pid: int, reason: str) -> None:
         config = self.config
+        begun = self._clock()
         try:
             dumps = capture_stacks(pid, config.dumps, config.dump_interval, config.timeout, config.py_spy)
             analysis = analyse_dumps(dumps)
@@ -186,6 +264,9 @@ class HangWatch:
         with self._lock:
             self._evidence[service] = evidence
             self._running.discard(service)
+            if reason == "probe_failing" and not _explains(evidence):
+                retry = begun + min(RETRY_COOLDOWN, config.cooldown)
+                self._next_automatic[service] = min(self._next_automatic.get(service, retry), retry)
         self._on_change()
 
     def _count(self, counts: dict[tuple[str, str], int], key: tuple[str, str]) -> None:
@@ -220,3 +301,32 @@ class HangWatch:
                     add(THREADS, [service, state], counts.get(state, 0))
                 add(DEADLOCK, [service], 1 if found.current and found.analysis.deadlock_suspected else 0)
         return families.list()
+
+
+def _explains(evidence: ServiceEvidence) -> bool:
+    """Whether the capture found what it looked for (blocked or busy threads), or failed in a way
+    another try would not change: either spends the full cooldown."""
+    if evidence.error_kind is not None:
+        return evidence.error_kind in LASTING_CAPTURE_ERRORS
+    counts = evidence.analysis.counts() if evidence.analysis is not None else {}
+    return counts.get("blocked", 0) + counts.get("busy", 0) > 0
+
+
+def _reached(service: ServiceFacts, url: str) -> bool:
+    """A live service the probe could have reached: not when another process holds the service's
+    port (stacks of the service would not explain that process's silence)."""
+    if service.main_pid is None:
+        return False
+    port = _port_of(url)
+    return not (port is not None and port == service.expected_port and not service.expected_port_listening)
+
+
+def _port_of(url: str) -> int | None:
+    if "://" in url:
+        try:
+            parts = urlsplit(url)
+            return parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            return None
+    port = url.rpartition(":")[2]  # tcp targets: HOST:PORT
+    return int(port) if port.isdigit() else None
