@@ -102,9 +102,7 @@ NOT_WAITING = InFlightFacts({})
 def system(busy: float = 0.1, cpus: int = 2) -> SystemFacts:
     stat = SystemStat({}, cpus, 0, 0, 1, 0, T0 - 1e5)
     gib = 2**30
-    return SystemFacts(
-        stat, {"MemTotal": 16 * gib, "MemAvailable": 8 * gib}, (0.5, 0.5, 0.5), 1000.0, 1.0, busy
-    )
+    return SystemFacts(stat, {"MemTotal": 16 * gib, "MemAvailable": 8 * gib}, (0.5, 0.5, 0.5), 1000.0, busy)
 
 
 def redis(up: bool = True, depth: int | None = 0) -> RedisFacts:
