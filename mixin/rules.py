@@ -178,13 +178,14 @@ def rate_rules() -> list[tuple[str, str]]:
 
 
 def recording_rules() -> list[tuple[str, str]]:
-    """Every recording rule, in evaluation order: the links first, which the SLO rules do not need
-    but the alerts do."""
-    return link_rules() + rate_rules() + slo_rules()
+    """The recording group's rules, in evaluation order. The SLO ratios are recorded in the group of
+    the burn-rate alerts instead (mixin/alerts.py), so that an alert reads the ratio recorded in the
+    same evaluation, never the one before."""
+    return link_rules() + rate_rules()
 
 
-# The rules at the shipped windows, for the modules that only need their names and expressions.
-RECORDING_RULES: list[tuple[str, str]] = recording_rules()
+# Every recording rule at the shipped windows, for the modules that only need names and expressions.
+RECORDING_RULES: list[tuple[str, str]] = recording_rules() + slo_rules()
 
 
 def recording_group() -> dict:
