@@ -70,7 +70,6 @@ class Api:
     flaky: FlakyCounter = field(default_factory=FlakyCounter)
 
 
-
 class ApiHandler(Handler):
     server_version = "demo-autoglm-api"
 

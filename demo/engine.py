@@ -95,13 +95,19 @@ class EngineState:
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.first_token = Histogram(
-            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", FIRST_TOKEN_BUCKETS
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            FIRST_TOKEN_BUCKETS,
         )
         self.inter_token = Histogram(
-            "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", INTER_TOKEN_BUCKETS
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            INTER_TOKEN_BUCKETS,
         )
         self.end_to_end = Histogram(
-            "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", REQUEST_BUCKETS
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            REQUEST_BUCKETS,
         )
         self.queue_time = Histogram(
             "vllm:request_queue_time_seconds",

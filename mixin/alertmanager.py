@@ -27,7 +27,12 @@ WEBHOOK_URL = "http://webhook:5001/"  # the demo's receiver in docker-compose (d
 WATCHDOG = "AutoglmWatchdog"
 EXPORTER_DOWN = "AutoglmExporterDown"
 # The causes that explain a refused connection to a service's own port.
-PROCESS_CAUSES = ("AutoglmProcessMissing", "AutoglmPortNotListening", "AutoglmPortTaken", "AutoglmThreadsBlocked")
+PROCESS_CAUSES = (
+    "AutoglmProcessMissing",
+    "AutoglmPortNotListening",
+    "AutoglmPortTaken",
+    "AutoglmThreadsBlocked",
+)
 
 
 @dataclass(frozen=True)
@@ -212,7 +217,7 @@ _EXAMPLES = {
     #     channel: '#autoglm-alerts'
     #     send_resolved: true
     #     title: '[{{ .Status | toUpper }}] {{ .CommonLabels.alertname }} {{ .CommonLabels.service }}'
-    #     text: '{{ range .Alerts }}{{ .Annotations.summary }}: {{ .Annotations.runbook_url }}{{ "\\n" }}{{ end }}'
+    #     text: "{{ range .Alerts }}{{ .Annotations.summary }}: {{ .Annotations.runbook_url }}\\n{{ end }}"
 """,
 }
 

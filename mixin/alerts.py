@@ -118,7 +118,8 @@ LOG_SERVICE = 'autoglm_log_info{service!=""}'
 def log_service(expr: str) -> str:
     """`expr` (per log) with the service the log belongs to, mapped to the service it breaks."""
     with_service = f"({expr}) * on (instance, log) group_left (service) {LOG_SERVICE}"
-    return f"{sole_service(with_service, 'service', 'service')} or (({expr}) unless on (instance, log) {LOG_SERVICE})"
+    without = f"(({expr}) unless on (instance, log) {LOG_SERVICE})"
+    return f"{sole_service(with_service, 'service', 'service')} or {without}"
 
 
 # --- template queries: what an alert whose identity must stay stable says in its text -------------
@@ -151,17 +152,19 @@ def chain() -> list[Alert]:
         " * on (instance, job, target) group_left (service, layer, url) autoglm_probe_target_info"
         " and on (instance, target) autoglm_probe_consecutive_failures > 0"
     )
-    log_errors = f"increase(autoglm_log_errors_total{{pattern=~\"{SERVICE_LOG_PATTERNS}\"}}[{duration(config.LOG_ERROR_WINDOW)}]) > 0"
-    oom = f'increase(autoglm_log_errors_total{{pattern="cuda_oom"}}[{duration(config.LOG_ERROR_WINDOW)}]) > 0'
+    log_window = duration(config.LOG_ERROR_WINDOW)
+    log_errors = f'increase(autoglm_log_errors_total{{pattern=~"{SERVICE_LOG_PATTERNS}"}}[{log_window}]) > 0'
+    oom = f'increase(autoglm_log_errors_total{{pattern="cuda_oom"}}[{log_window}]) > 0'
     restarts = (
         f"increase(autoglm_process_restarts_total[{duration(config.RESTART_WINDOW)}])"
         f" >= {T['restarts_per_window']}"
     )
     stale = (
-        f"(time() - autoglm_probe_last_finished_timestamp_seconds > {config.PROBE_STALE * config.TIME_SCALE:g})"
+        f"(time() - autoglm_probe_last_finished_timestamp_seconds > "
+        f"{config.PROBE_STALE * config.TIME_SCALE:g})"
         " * on (instance, job, target) group_left (service) autoglm_probe_target_info"
     )
-    log_window, restart_window = duration(config.LOG_ERROR_WINDOW), duration(config.RESTART_WINDOW)
+    restart_window = duration(config.RESTART_WINDOW)
     return [
         Alert(
             "AutoglmChainBroken",
@@ -179,7 +182,9 @@ def chain() -> list[Alert]:
             "AutoglmChainDegraded",
             "warning",
             f"{verdict} unless {hurt}",
-            "{{ $labels.service }} on {{ $labels.instance }} still answers, but " + VERDICT_NOW + " is broken",
+            "{{ $labels.service }} on {{ $labels.instance }} still answers, but "
+            + VERDICT_NOW
+            + " is broken",
             "The exporter's verdict names " + VERDICT_NOW + " for {{ $labels.service }} on "
             "{{ $labels.instance }} (for " + VERDICT_HELD + ") while its client probe still succeeds: "
             "the service is at risk, not down.",
@@ -192,7 +197,8 @@ def chain() -> list[Alert]:
             "(autoglm_probe_consecutive_failures > 0)"
             ' * on (instance, target) group_left (service, url) autoglm_probe_target_info{layer="client"}',
             "{{ $labels.service }} does not answer its client probe {{ $labels.target }}",
-            "The synthetic request {{ $labels.target }} to {{ $labels.url }} has failed {{ $value }} times in "
+            "The synthetic request {{ $labels.target }} to {{ $labels.url }} has failed {{ $value }} times "
+            "in "
             "a row on {{ $labels.instance }}: users get no answer from {{ $labels.service }}.",
             FOR["symptom"],
             "symptom",
@@ -203,7 +209,11 @@ def chain() -> list[Alert]:
             sole_service(unreachable, "service", "service"),
             "{{ $labels.target }} cannot be connected to: {{ $labels.reason }}",
             "Probes of {{ $labels.target }} ({{ $labels.url }}, for {{ $labels.service }}) failed to connect "
-            "with reason {{ $labels.reason }} on {{ $labels.instance }} (" + COUNT + " in the last " + W + "). "
+            "with reason {{ $labels.reason }} on {{ $labels.instance }} ("
+            + COUNT
+            + " in the last "
+            + W
+            + "). "
             "connect_refused: nothing listens on the port (process down or on another "
             "port); connect_timeout: packets are dropped (firewall, routing) or the accept queue is full.",
             FOR["network"],
@@ -214,7 +224,8 @@ def chain() -> list[Alert]:
             "critical",
             fan_out("autoglm_process_up == 0", "service", "service"),
             "No process of {{ $labels.dependency }} runs on {{ $labels.instance }}",
-            "The exporter on {{ $labels.instance }} finds no process matching service {{ $labels.dependency }}: "
+            "The exporter on {{ $labels.instance }} finds no process matching service "
+            "{{ $labels.dependency }}: "
             "it exited, crashed or never started, and {{ $labels.service }} cannot answer without it.",
             FOR["cause"],
             "cause",
@@ -223,7 +234,8 @@ def chain() -> list[Alert]:
             "AutoglmPortNotListening",
             "critical",
             fan_out(
-                "autoglm_process_expected_port_listening == 0 and on (instance, service) autoglm_process_up == 1",
+                "autoglm_process_expected_port_listening == 0 and on (instance, service) autoglm_process_up "
+                "== 1",
                 "service",
                 "service",
                 ("port",),
@@ -240,7 +252,8 @@ def chain() -> list[Alert]:
             "critical",
             fan_out("autoglm_process_expected_port_taken == 1", "service", "service", ("port",)),
             "Another process holds port {{ $labels.port }} of {{ $labels.dependency }}",
-            "A process that is not part of {{ $labels.dependency }} listens on its port {{ $labels.port }} on "
+            "A process that is not part of {{ $labels.dependency }} listens on its port {{ $labels.port }} "
+            "on "
             "{{ $labels.instance }}: clients reach the wrong program and the service cannot bind.",
             FOR["cause"],
             "cause",
@@ -384,11 +397,16 @@ def dependencies() -> list[Alert]:
             "AutoglmQueueBacklogHigh",
             "warning",
             sole_service(f"autoglm_redis_queue_depth > {T['queue_backlog_high_depth']}", "redis", "redis"),
-            "Queue {{ $labels.queue }} has held over " + str(T["queue_backlog_high_depth"]) + " items for "
+            "Queue {{ $labels.queue }} has held over "
+            + str(T["queue_backlog_high_depth"])
+            + " items for "
             + duration(FOR["ticket_slow"]),
             "Queue {{ $labels.queue }} in Redis {{ $labels.redis }}, read by {{ $labels.instance }}, holds "
-            "{{ $value }} items and has stayed above " + str(T["queue_backlog_high_depth"]) + " for "
-            + duration(FOR["ticket_slow"]) + ", growing or not: requests wait minutes before a worker "
+            "{{ $value }} items and has stayed above "
+            + str(T["queue_backlog_high_depth"])
+            + " for "
+            + duration(FOR["ticket_slow"])
+            + ", growing or not: requests wait minutes before a worker "
             "takes them.",
             FOR["ticket_slow"],
         ),
@@ -440,7 +458,8 @@ def gpu() -> list[Alert]:
             "critical",
             f'increase(autoglm_gpu_xid_errors_total{{xid=~"{_regex(CRITICAL_XIDS)}"}}[{xid_window}]) > 0',
             "GPU {{ $labels.gpu }} reported critical XID {{ $labels.xid }}",
-            "GPU {{ $labels.gpu }} ({{ $labels.name }}) on {{ $labels.instance }} reported XID {{ $labels.xid }} "
+            "GPU {{ $labels.gpu }} ({{ $labels.name }}) on {{ $labels.instance }} reported XID "
+            "{{ $labels.xid }} "
             "in the last " + xid_window + " (events: " + COUNT + "): a memory or bus fault that "
             "usually needs a GPU reset.",
             role="node",
@@ -503,7 +522,9 @@ def system() -> list[Alert]:
         Alert(
             "AutoglmOomKilled",
             "warning",
-            fan_out(f"increase(autoglm_container_oom_kills_total[{restart_window}]) > 0", "service", "service"),
+            fan_out(
+                f"increase(autoglm_container_oom_kills_total[{restart_window}]) > 0", "service", "service"
+            ),
             "The OOM killer killed processes of {{ $labels.dependency }}",
             "The kernel's OOM killer killed processes of {{ $labels.dependency }}'s cgroup on "
             "{{ $labels.instance }} in the last " + restart_window + " (kills: " + COUNT + ").",
@@ -561,7 +582,8 @@ def exporter() -> list[Alert]:
             "warning",
             "autoglm_exporter_collector_stuck == 1",
             "Collector {{ $labels.collector }} is stuck",
-            "A run of the {{ $labels.collector }} collector on {{ $labels.instance }} is still going past its "
+            "A run of the {{ $labels.collector }} collector on {{ $labels.instance }} is still going past "
+            "its "
             "deadline (a hung NVML call, socket or subprocess); no new run starts until it returns.",
             FOR["exporter"],
         ),
@@ -579,7 +601,8 @@ def exporter() -> list[Alert]:
             "warning",
             fan_out(capture_failures, "service", "service"),
             "The exporter may not capture stacks of {{ $labels.dependency }}",
-            "py-spy could not attach to {{ $labels.dependency }} on {{ $labels.instance }} (permission): give "
+            "py-spy could not attach to {{ $labels.dependency }} on {{ $labels.instance }} (permission): "
+            "give "
             "the exporter CAP_SYS_PTRACE and the host PID namespace, or hangs are paged without evidence.",
         ),
     ]
@@ -597,8 +620,13 @@ def _burn_alert(objective: Objective, pair: config.BurnWindows) -> Alert:
         pair.severity,
         f"{long_rule} > {factor} and {short_rule} > {factor}",
         "{{ $labels.service }} burns its error budget " + f"{pair.burn_rate:g}" + "x too fast (" + long + ")",
-        "{{ $value | humanizePercentage }} of the " + bad + " over the last "
-        + long + " (and still over the last " + short + "), against an objective of "
+        "{{ $value | humanizePercentage }} of the "
+        + bad
+        + " over the last "
+        + long
+        + " (and still over the last "
+        + short
+        + "), against an objective of "
         + f"{objective.target:.1%}"
         + ": at this rate the 30-day error budget is gone in "
         + f"{config.SLO_PERIOD / 86400 / pair.burn_rate:.3g} days ({budget_share:.0%} of it in this window).",

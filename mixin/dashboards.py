@@ -10,7 +10,6 @@ import json
 
 from . import config
 from .config import RATE_WINDOW, prometheus_duration
-from .rules import slo_rule_name
 from .grafana import (
     BYTES,
     CELSIUS,
@@ -40,6 +39,7 @@ from .grafana import (
     timeseries,
     up_down,
 )
+from .rules import slo_rule_name
 
 # Rates that recording rules (rules.py) keep are read from them: computed once, the same numbers
 # the alerts and the autoscalers see, over the rules' window W.
@@ -139,7 +139,8 @@ def verdict_row() -> Row:
         (
             stat(
                 "Verdict",
-                "The first broken link of each service's chain as layer / reason, red; green when every link answers.",
+                "The first broken link of each service's chain as layer / reason, red; green when every link "
+                "answers.",
                 verdict,
                 NONE,
                 mapped=VERDICT_STATES,
@@ -149,7 +150,8 @@ def verdict_row() -> Row:
             ).with_links((RUNBOOKS,), (STATUS_PAGE,)),
             stat(
                 "Verdict held for",
-                "How long each service's current verdict (or its health) has held, from the exporter's own clock.",
+                "How long each service's current verdict (or its health) has held, from the exporter's own "
+                "clock.",
                 (Target(held, "{{instance}} {{service}}"),),
                 SECONDS,
                 base_color="blue",
@@ -170,7 +172,15 @@ def verdict_row() -> Row:
                 hide=("Time", "Value", "__name__", "alertstate"),
                 width=24,
                 height=6,
-            ).with_links((RUNBOOKS,), (Link("Runbook: ${__data.fields.alertname}", config.RUNBOOK_BASE + "#${__data.fields.alertname}"),)),
+            ).with_links(
+                (RUNBOOKS,),
+                (
+                    Link(
+                        "Runbook: ${__data.fields.alertname}",
+                        config.RUNBOOK_BASE + "#${__data.fields.alertname}",
+                    ),
+                ),
+            ),
             state_timeline(
                 "Verdict over time",
                 "When each verdict held: a row per first broken link (layer / reason), or healthy.",
@@ -254,7 +264,8 @@ def probes_row() -> Row:
             ),
             timeseries(
                 "Consecutive failures and waiting now",
-                "Probes that failed in a row, and how long the probe in flight has waited: a hang shows before it times out.",
+                "Probes that failed in a row, and how long the probe in flight has waited: a hang shows "
+                "before it times out.",
                 (
                     Target(f"autoglm_probe_consecutive_failures{{{INST}}}", "{{target}} failures in a row"),
                     Target(f"autoglm_probe_in_flight_seconds{{{INST}}}", "{{target}} seconds waiting"),
@@ -272,7 +283,8 @@ def probes_row() -> Row:
             ),
             stat(
                 "Last HTTP status",
-                "HTTP status of each target's last answer: green 2xx, yellow 3xx, orange 4xx, red 5xx and 0 (no answer).",
+                "HTTP status of each target's last answer: green 2xx, yellow 3xx, orange 4xx, red 5xx and 0 "
+                "(no answer).",
                 (Target(f"autoglm_probe_http_status_code{{{INST}}}", "{{target}}"),),
                 NONE,
                 steps=tuple(Step(value, color) for value, color in config.HTTP_STATUS_STEPS),
@@ -288,7 +300,8 @@ def _quantiles(histogram: str, selector: str, by: str, legend: str) -> tuple[Tar
     """p50, p95 and p99 of a histogram's rate, one series per `by`."""
     buckets = f"sum by (le, {by}) (rate({histogram}_bucket{{{selector}}}[$__rate_interval]))"
     return tuple(
-        Target(f"histogram_quantile({q}, {buckets})", f"{legend} p{round(q * 100)}") for q in (0.5, 0.95, 0.99)
+        Target(f"histogram_quantile({q}, {buckets})", f"{legend} p{round(q * 100)}")
+        for q in (0.5, 0.95, 0.99)
     )
 
 
@@ -303,7 +316,8 @@ def latency_row() -> Row:
         (
             timeseries(
                 "Probe duration percentiles",
-                "p50, p95 and p99 of the probes' whole request, from their histogram; above the line misses the latency objective.",
+                "p50, p95 and p99 of the probes' whole request, from their histogram; above the line misses "
+                "the latency objective.",
                 _quantiles("autoglm_probe_request_duration_seconds", INST, "target", "{{target}}"),
                 SECONDS,
                 steps=line("probe_latency_warning_seconds"),
@@ -318,7 +332,8 @@ def latency_row() -> Row:
             ),
             timeseries(
                 "Engine time to first token",
-                "p50, p95 and p99 of vLLM's time to first token (queue and prefill) over every request it served.",
+                "p50, p95 and p99 of vLLM's time to first token (queue and prefill) over every request it "
+                "served.",
                 _quantiles("vllm:time_to_first_token_seconds", VLLM, "model_name", "{{model_name}}"),
                 SECONDS,
                 width=6,
@@ -339,7 +354,8 @@ def latency_row() -> Row:
             ),
             timeseries(
                 "Engine queue time",
-                "p50, p95 and p99 of the time vLLM's requests waited before being scheduled: rising means too few replicas.",
+                "p50, p95 and p99 of the time vLLM's requests waited before being scheduled: rising means "
+                "too few replicas.",
                 _quantiles("vllm:request_queue_time_seconds", VLLM, "model_name", "{{model_name}}"),
                 SECONDS,
                 width=6,
@@ -362,7 +378,8 @@ def slo_row() -> Row:
         (
             stat(
                 "Probes succeeding (1h)",
-                f"Share of client probes that succeeded over the last hour, per service; the objective is {config.AVAILABILITY.target:.1%}.",
+                f"Share of client probes that succeeded over the last hour, per service; the objective is "
+                f"{config.AVAILABILITY.target:.1%}.",
                 (Target(f"1 - {ratio(config.AVAILABILITY, hour)}", "{{service}}"),),
                 RATIO,
                 base_color="blue",
@@ -370,7 +387,8 @@ def slo_row() -> Row:
             ).with_links((runbook(config.AVAILABILITY.alert),)),
             stat(
                 "Probes within the latency objective (1h)",
-                f"Share of client probes that answered within {config.LATENCY.threshold:g} s over the last hour; the objective is {config.LATENCY.target:.0%}.",
+                f"Share of client probes that answered within {config.LATENCY.threshold:g} s over the last "
+                f"hour; the objective is {config.LATENCY.target:.0%}.",
                 (Target(f"1 - {ratio(config.LATENCY, hour)}", "{{service}}"),),
                 RATIO,
                 base_color="blue",
@@ -378,7 +396,8 @@ def slo_row() -> Row:
             ).with_links((runbook(config.LATENCY.alert),)),
             timeseries(
                 "Error budget burn rate (1h)",
-                "How many times faster than the 30-day budget allows each objective burns; the fast alert pages from 14.4.",
+                "How many times faster than the 30-day budget allows each objective burns; the fast alert "
+                "pages from 14.4.",
                 burn,
                 SHORT,
                 width=12,
@@ -388,13 +407,15 @@ def slo_row() -> Row:
 
 
 def host_row() -> Row:
-    busy = f'sum by (instance) (rate(autoglm_system_cpu_seconds_total{{{INST}, mode!~"idle|iowait"}}[$__rate_interval]))'
+    working = f'{INST}, mode!~"idle|iowait"'
+    busy = f"sum by (instance) (rate(autoglm_system_cpu_seconds_total{{{working}}}[$__rate_interval]))"
     return Row(
         "Host resources",
         (
             timeseries(
                 "CPU busy",
-                "Cores busy on the whole machine against the cores it has: at the top, every thread waits for a CPU.",
+                "Cores busy on the whole machine against the cores it has: at the top, every thread waits "
+                "for a CPU.",
                 (
                     Target(busy, "{{instance}} busy"),
                     Target(f"autoglm_system_cpus{{{INST}}}", "{{instance}} cores"),
@@ -405,7 +426,12 @@ def host_row() -> Row:
             timeseries(
                 "Memory available",
                 "Memory available to new work (free plus reclaimable) against the total.",
-                (Target(f'autoglm_system_memory_bytes{{{INST}, field=~"total|available"}}', "{{instance}} {{field}}"),),
+                (
+                    Target(
+                        f'autoglm_system_memory_bytes{{{INST}, field=~"total|available"}}',
+                        "{{instance}} {{field}}",
+                    ),
+                ),
                 BYTES,
                 width=6,
             ),
@@ -421,7 +447,8 @@ def host_row() -> Row:
             ),
             timeseries(
                 "Threads running and blocked",
-                "Threads runnable now, and blocked in I/O (D state): many blocked means the disk or a mount hangs.",
+                "Threads runnable now, and blocked in I/O (D state): many blocked means the disk or a mount "
+                "hangs.",
                 (
                     Target(f"autoglm_system_procs_running{{{INST}}}", "{{instance}} running"),
                     Target(f"autoglm_system_procs_blocked{{{INST}}}", "{{instance}} blocked"),
@@ -497,7 +524,9 @@ def context_switch_row() -> Row:
 
 
 def threads_cpu_row() -> Row:
-    restarts = f"increase(autoglm_process_restarts_total{{{SVC}}}[{prometheus_duration(config.RESTART_WINDOW)}])"
+    restarts = (
+        f"increase(autoglm_process_restarts_total{{{SVC}}}[{prometheus_duration(config.RESTART_WINDOW)}])"
+    )
     return Row(
         "Threads, CPU and memory",
         (

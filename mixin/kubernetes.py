@@ -313,12 +313,14 @@ def generated_files() -> dict[str, str]:
         ALERTMANAGER_CONFIG_FILE: dump(
             alertmanager_config(),
             (
-                "The routing and inhibition of deploy/alertmanager/alertmanager.yml, for the Prometheus Operator.",
+                "The routing and inhibition of deploy/alertmanager/alertmanager.yml, for the Prometheus "
+                "Operator.",
                 "Adapt: the Alertmanager CR must select it (alertmanagerConfigSelector and",
                 "alertmanagerConfigNamespaceSelector) and should not restrict it to this namespace",
                 "(alertmanagerConfigMatcherStrategy: {type: None}): the rules' alerts carry no namespace.",
                 "The receivers have no integration yet: add pagerdutyConfigs to page, slackConfigs to",
-                "ticket and a heartbeat's webhookConfigs to watchdog, their keys in a Secret (docs/kubernetes.md).",
+                "ticket and a heartbeat's webhookConfigs to watchdog, their keys in a Secret "
+                "(docs/kubernetes.md).",
             ),
         ),
         KEDA_FILE: dump(

@@ -45,7 +45,8 @@ def _affected() -> str:
     depended_on = _relabel(
         f'group by (instance, dependency) ({_DEPENDS_ON}{{kind="service"}})', "service", "dependency"
     )
-    independent = f"(group by (instance, job, service) (autoglm_process_up) unless on (instance, service) {depended_on})"
+    services = "group by (instance, job, service) (autoglm_process_up)"
+    independent = f"({services} unless on (instance, service) {depended_on})"
     called = 'group by (instance, job, service) (autoglm_probe_target_info{layer="client", service!=""})'
     own = _set(_relabel(f"({independent} or {called})", "dependency", "service"), "kind", "service")
     parts = [
@@ -61,7 +62,8 @@ def _sole() -> str:
     shared = f"(count by (instance, kind, dependency) ({AFFECTED}) > 1)"
     alone = f"({AFFECTED} unless on (instance, kind, dependency) {shared})"
     named = _relabel(
-        f"group by (instance, job, kind, dependency) ({AFFECTED} and on (instance, kind, dependency) {shared})",
+        f"group by (instance, job, kind, dependency) ({AFFECTED} and on (instance, kind, dependency) "
+        f"{shared})",
         "service",
         "dependency",
     )

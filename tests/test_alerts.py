@@ -89,7 +89,9 @@ def rule_identity(rule: dict[str, Any]) -> tuple[str, dict[str, str]]:
 
 
 def missing_cases(
-    rules: list[tuple[str, dict[str, str]]], documents: list[dict[str, Any]], always_firing: set[str] = frozenset()
+    rules: list[tuple[str, dict[str, str]]],
+    documents: list[dict[str, Any]],
+    always_firing: set[str] = frozenset(),
 ) -> list[str]:
     """Every rule needs a firing case that pins its static labels and every annotation, and every
     alert name a non-firing case."""
@@ -97,7 +99,9 @@ def missing_cases(
     missing = []
     for name, labels in rules:
         counts = cases.get(name, {"firing": [], "quiet": 0})
-        if not any(labels.items() <= {k: str(v) for k, v in fired.items()}.items() for fired in counts["firing"]):
+        if not any(
+            labels.items() <= {k: str(v) for k, v in fired.items()}.items() for fired in counts["firing"]
+        ):
             missing.append(
                 f"{name} {labels}: no firing case (exp_alerts with severity, summary, description, runbook_url)"
             )
@@ -305,7 +309,11 @@ def test_for_durations_and_windows_come_from_mixin_config(rebuilt_alerts: pytest
     rebuilt_alerts.setitem(mixin.config.FOR, "ticket", 37 * 60)
     rebuilt_alerts.setattr(mixin.config, "XID_WINDOW", 41 * 60)
     after = _expressions()
-    assert _one(after, "AutoglmGpuMemoryNearFull")["for"] == "37m" != _one(before, "AutoglmGpuMemoryNearFull")["for"]
+    assert (
+        _one(after, "AutoglmGpuMemoryNearFull")["for"]
+        == "37m"
+        != _one(before, "AutoglmGpuMemoryNearFull")["for"]
+    )
     assert "[41m]" in _one(after, "AutoglmGpuCriticalXid")["expr"]
 
 
@@ -340,7 +348,12 @@ def test_one_time_scale_shrinks_every_duration_of_the_rules() -> None:
             _seconds(w) for w in re.findall(r"\[(\w+)\]", scaled_rule["expr"])
         ], name
     # the latency objective of 10 s becomes the 0.5 s bucket; the rules keep their shipped names
-    names = {rule["record"]: rule["expr"] for group in scaled["groups"] for rule in group["rules"] if "record" in rule}
+    names = {
+        rule["record"]: rule["expr"]
+        for group in scaled["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
     assert 'le=~"10(\\\\.0)?"' not in names["service:autoglm_probe_slow:ratio_rate5m"]
     assert 'le="0.5"' in names["service:autoglm_probe_slow:ratio_rate5m"]
     assert "[15s]" in names["service:autoglm_probe_slow:ratio_rate5m"]

@@ -397,7 +397,9 @@ def test_prometheus_config_finds_the_rules_in_the_container_and_in_the_repositor
     container_config = PurePosixPath(flags(spec["command"])["config.file"])
     assert host_path(spec, str(container_config)) == PROMETHEUS_CONFIG
     for pattern in config["rule_files"]:
-        assert not pattern.startswith("/"), "an absolute path exists in the container or on the host, not both"
+        assert not pattern.startswith("/"), (
+            "an absolute path exists in the container or on the host, not both"
+        )
         in_container = _resolved(container_config.parent, pattern)
         assert host_path(spec, str(in_container)) == REPO / "alerts/*.rules.yml", pattern
         assert (PROMETHEUS_CONFIG.parent / pattern).resolve() == (REPO / "alerts/*.rules.yml").resolve()
@@ -527,7 +529,9 @@ def test_alertmanager_config_passes_amtool(tmp_path: Path) -> None:
     # Out of the box every receiver is the demo's webhook service, resolved notifications included
     # (but the Watchdog's, which never resolves).
     config = load(ALERTMANAGER_CONFIG)
-    hooks = [hook for r in config["receivers"] if r["name"] != "watchdog" for hook in r.get("webhook_configs", [])]
+    hooks = [
+        hook for r in config["receivers"] if r["name"] != "watchdog" for hook in r.get("webhook_configs", [])
+    ]
     assert hooks and all(hook["send_resolved"] for hook in hooks)
     hooks += [hook for r in config["receivers"] if r["name"] == "watchdog" for hook in r["webhook_configs"]]
     assert {hook["url"] for hook in hooks} == {f"http://webhook:{demo_args('webhook').port}/"}
@@ -564,7 +568,9 @@ def test_alertmanager_config_is_the_mixins() -> None:
     from mixin import alertmanager
 
     assert load(ALERTMANAGER_CONFIG) == alertmanager.routing()
-    critical = [r for r in load(ALERTMANAGER_CONFIG)["route"]["routes"] if 'severity="critical"' in r["matchers"]]
+    critical = [
+        r for r in load(ALERTMANAGER_CONFIG)["route"]["routes"] if 'severity="critical"' in r["matchers"]
+    ]
     assert critical[0]["group_by"] == ["service"] and 'service=~".+"' in critical[0]["matchers"]
     for rule in load(ALERTMANAGER_CONFIG)["inhibit_rules"]:
         for label in rule["equal"]:
@@ -595,9 +601,17 @@ def test_real_alertmanager_routes_pages_and_inhibits(tmp_path: Path, spawn, webh
         # Redis down, seen by the exporters of two nodes: one notification, its symptoms silenced
         _alert("AutoglmRedisDown", "critical", "host-a:9877", **redis),
         _alert("AutoglmRedisDown", "critical", "host-c:9877", **redis),
-        _alert("AutoglmServiceNotAnswering", "critical", "host-a:9877", service="open-autoglm", target="inference"),
+        _alert(
+            "AutoglmServiceNotAnswering",
+            "critical",
+            "host-a:9877",
+            service="open-autoglm",
+            target="inference",
+        ),
         _alert("AutoglmChainBroken", "critical", "host-c:9877", service="open-autoglm"),
-        _alert("AutoglmAvailabilityBudgetBurn", "critical", None, service="open-autoglm", long="1h", short="5m"),
+        _alert(
+            "AutoglmAvailabilityBudgetBurn", "critical", None, service="open-autoglm", long="1h", short="5m"
+        ),
         # another service on the same node is another incident
         _alert("AutoglmServiceNotAnswering", "critical", "host-a:9877", service="batch-api", target="batch"),
         # no service on either side: an empty label is no match
@@ -658,7 +672,9 @@ def test_real_alertmanager_routes_pages_and_inhibits(tmp_path: Path, spawn, webh
     assert sorted(a["labels"]["instance"] for a in incident["alerts"]) == ["host-a:9877", "host-c:9877"]
     assert {a["labels"]["alertname"] for a in incident["alerts"]} == {"AutoglmRedisDown"}
     wait_until(lambda: by_receiver("watchdog"), timeout=10, interval=0.2)
-    assert [a["labels"]["alertname"] for n in by_receiver("watchdog") for a in n["alerts"]] == ["AutoglmWatchdog"]
+    assert [a["labels"]["alertname"] for n in by_receiver("watchdog") for a in n["alerts"]] == [
+        "AutoglmWatchdog"
+    ]
 
 
 # --- Grafana -------------------------------------------------------------------------------------------

@@ -51,7 +51,10 @@ CONTRACT_METRICS |= {
 THRESHOLD_PANELS = {
     ("autoglm-process", "System context switches per CPU"): "context_switches_per_cpu_per_second",
     ("autoglm-process", "CPU throttled ratio"): "cpu_throttled_ratio",
-    ("autoglm-process", f"Restarts in {config.prometheus_duration(config.RESTART_WINDOW)}"): "restarts_per_window",
+    (
+        "autoglm-process",
+        f"Restarts in {config.prometheus_duration(config.RESTART_WINDOW)}",
+    ): "restarts_per_window",
     ("autoglm-dependencies", "KV cache usage"): "kv_cache_usage_ratio",
     ("autoglm-dependencies", "Queue depth"): "queue_backlog_min_depth",
     ("autoglm-dependencies", "Requests waiting and running"): "engine_queue_scale_out",
@@ -105,7 +108,9 @@ def engine_metrics() -> set[str]:
     state.generated(clock)
     state.finish(1, 1, clock)
     return {
-        sample.name for family in text_string_to_metric_families(state.exposition("m").decode()) for sample in family.samples
+        sample.name
+        for family in text_string_to_metric_families(state.exposition("m").decode())
+        for sample in family.samples
     }
 
 
@@ -215,7 +220,11 @@ def test_a_host_without_gpu_is_neutral_and_http_status_is_coloured() -> None:
 
 
 def test_latency_percentiles_of_the_probes_and_of_vllm() -> None:
-    row = [p for p in panels(generated()["autoglm-chain"]) if "percentiles" in p["title"] or p["title"].startswith("Engine ")]
+    row = [
+        p
+        for p in panels(generated()["autoglm-chain"])
+        if "percentiles" in p["title"] or p["title"].startswith("Engine ")
+    ]
     exprs = " ".join(t["expr"] for p in row for t in p["targets"])
     for histogram in (
         "autoglm_probe_request_duration_seconds",
@@ -226,7 +235,9 @@ def test_latency_percentiles_of_the_probes_and_of_vllm() -> None:
         "vllm:request_queue_time_seconds",
     ):
         for q in ("0.5", "0.95", "0.99"):
-            assert f"histogram_quantile({q}, sum by (le, " in exprs and f"{histogram}_bucket" in exprs, histogram
+            assert f"histogram_quantile({q}, sum by (le, " in exprs and f"{histogram}_bucket" in exprs, (
+                histogram
+            )
 
 
 def test_units_say_cores_and_tokens() -> None:

@@ -227,12 +227,13 @@ def test_alertmanager_config_routes_and_inhibits_as_the_compose_alertmanager() -
 
     route = crd["spec"]["route"]
     assert matchers(route["matchers"]) == ['alertname=~"Autoglm.+"'], "only this project's alerts"
-    assert [(r["receiver"], matchers(r["matchers"]), r["groupBy"], r["groupWait"]) for r in route["routes"]] == [
-        (r["receiver"], r["matchers"], r["group_by"], r["group_wait"]) for r in plain["route"]["routes"]
-    ]
-    assert [(matchers(i["sourceMatch"]), matchers(i["targetMatch"]), i["equal"]) for i in crd["spec"]["inhibitRules"]] == [
-        (i["source_matchers"], i["target_matchers"], i["equal"]) for i in plain["inhibit_rules"]
-    ]
+    assert [
+        (r["receiver"], matchers(r["matchers"]), r["groupBy"], r["groupWait"]) for r in route["routes"]
+    ] == [(r["receiver"], r["matchers"], r["group_by"], r["group_wait"]) for r in plain["route"]["routes"]]
+    assert [
+        (matchers(i["sourceMatch"]), matchers(i["targetMatch"]), i["equal"])
+        for i in crd["spec"]["inhibitRules"]
+    ] == [(i["source_matchers"], i["target_matchers"], i["equal"]) for i in plain["inhibit_rules"]]
     assert {r["name"] for r in crd["spec"]["receivers"]} == {r["name"] for r in plain["receivers"]}
 
 
