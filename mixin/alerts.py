@@ -146,11 +146,15 @@ def chain() -> list[Alert]:
     W = duration(config.RATE_WINDOW)
     verdict = 'max by (instance, job, service) (autoglm_diagnosis_verdict{layer!="exporter"}) == 1'
     hurt = "on (instance, service) autoglm_diagnosis_users_hurt == 1"
+    connect = 'reason=~"connect_refused|connect_timeout|unreachable|dns|tls"'
     unreachable = (
-        "(sum by (instance, job, target, reason) (increase(autoglm_probe_failures_total"
-        f'{{reason=~"connect_refused|connect_timeout|unreachable|dns|tls"}}[{W}])) > 0)'
+        "(sum by (instance, job, target, reason)"
+        f" (increase(autoglm_probe_failures_total{{{connect}}}[{W}])) > 0)"
         " * on (instance, job, target) group_left (service, layer, url) autoglm_probe_target_info"
         " and on (instance, target) autoglm_probe_consecutive_failures > 0"
+        # every failure of the window a connect failure: a hang that follows a restart is not one
+        " unless on (instance, target) (sum by (instance, target) (increase(autoglm_probe_failures_total"
+        f'{{reason!~"connect_refused|connect_timeout|unreachable|dns|tls"}}[{W}])) > 0)'
     )
     log_window = duration(config.LOG_ERROR_WINDOW)
     log_errors = f'increase(autoglm_log_errors_total{{pattern=~"{SERVICE_LOG_PATTERNS}"}}[{log_window}]) > 0'
