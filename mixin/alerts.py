@@ -145,7 +145,21 @@ T = THRESHOLDS
 def chain() -> list[Alert]:
     W = duration(config.RATE_WINDOW)
     verdict = 'max by (instance, job, service) (autoglm_diagnosis_verdict{layer!="exporter"}) == 1'
-    hurt = "on (instance, service) autoglm_diagnosis_users_hurt == 1"
+    # Error lines of the service's log while its client probe still succeeds are evidence, not an
+    # outage: the line's own alert (a CUDA OOM pages) speaks for them, and the verdict keeps them
+    # longer than that alert's window, so a page here would outlive the cause that silences it.
+    client_ok = (
+        "min by (instance, service) (autoglm_probe_success * on (instance, job, target)"
+        ' group_left (service) autoglm_probe_target_info{layer="client"}) == 1'
+    )
+    log_lines_only = (
+        'max by (instance, service) (autoglm_diagnosis_verdict{layer="service", reason="log_errors"}) == 1'
+        f" and on (instance, service) {client_ok}"
+    )
+    hurt = (
+        "on (instance, service)"
+        f" (autoglm_diagnosis_users_hurt == 1 unless on (instance, service) ({log_lines_only}))"
+    )
     connect = 'reason=~"connect_refused|connect_timeout|unreachable|dns|tls"'
     unreachable = (
         "(sum by (instance, job, target, reason)"
@@ -373,8 +387,8 @@ def dependencies() -> list[Alert]:
             ),
             "Engine {{ $labels.engine }} has {{ $value }} requests waiting and generates nothing",
             "{{ $value }} requests wait in engine {{ $labels.engine }} on {{ $labels.instance }} and it "
-            "generated no token for " + duration(FOR["stall"]) + ". Its /health may still answer 200.",
-            FOR["stall"],
+            "generated no token for " + duration(FOR["cause"]) + ". Its /health may still answer 200.",
+            FOR["cause"],
             "cause",
         ),
         Alert(

@@ -85,9 +85,11 @@ STATUS_PAGE_URL = "http://${__field.labels.instance}/"
 # stack capture (the in-flight hang capture starts 5 s into an unanswered probe) all fit in that
 # margin, and Alertmanager's group_wait (below) adds another 30 s for the cause to join.
 FOR = {
-    "cause": 1 * MINUTE,  # a named broken link: no process, nothing listens, Redis or the engine down
+    # a named broken link: no process, nothing listens, Redis or the engine down or stalled (six
+    # readings in a row without a token while requests wait: longer than any prefill pause)
+    "cause": 1 * MINUTE,
     "network": 2 * MINUTE,  # connections refused or timing out: after the causes that explain it
-    "stall": 2 * MINUTE,  # readings must agree a while: a long prefill pauses tokens for seconds
+    "stall": 2 * MINUTE,  # GPU readings must agree a while: an idle GPU between batches is normal
     "symptom": 3 * MINUTE,  # what users see; the causes get two minutes to be named first
     "exporter": 2 * MINUTE,  # the exporter itself cannot be scraped
     "ticket": 10 * MINUTE,
