@@ -15,7 +15,7 @@ built, so config changes (and the end-to-end test's time scale) apply."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import yaml
 
@@ -704,15 +704,40 @@ GROUPS = {
 }
 
 
+def _built() -> dict[str, list[Alert]]:
+    return {name: build() for name, build in GROUPS.items()}
+
+
+def _names(groups: dict[str, list[Alert]], *roles: str) -> str:
+    return "|".join(sorted({a.name for alerts in groups.values() for a in alerts if a.role in roles}))
+
+
+def gated(groups: dict[str, list[Alert]]) -> dict[str, list[Alert]]:
+    """Symptoms wait while a cause of the same service (or a broken GPU of the instance) is pending
+    or firing: the cause fires first even when it is detected seconds later than the symptom, and a
+    symptom that outlives its cause by moments does not page on its own (it needs its whole `for:`
+    again). Alertmanager's inhibition (mixin/alertmanager.py) says the same for every Prometheus."""
+    causes = f'ALERTS{{alertname=~"{_names(groups, "cause", "network")}", service!=""}}'
+    nodes = f'ALERTS{{alertname=~"{_names(groups, "node")}"}}'
+    gates = {
+        "symptom": f" unless on (instance, service) {causes} unless on (instance) {nodes}",
+        "slo": f" unless on (service) {causes}",
+    }
+    return {
+        name: [replace(a, expr=f"({a.expr}){gates[a.role]}") if a.role in gates else a for a in alerts]
+        for name, alerts in groups.items()
+    }
+
+
 def all_alerts() -> list[Alert]:
-    return [alert for build in GROUPS.values() for alert in build()]
+    return [alert for alerts in gated(_built()).values() for alert in alerts]
 
 
 def alerting_groups() -> list[dict]:
     groups = []
-    for name, build in GROUPS.items():
-        rules = [a.rule() for a in build()]
-        if build is slo:  # the ratios first: the alerts below read them in the same evaluation
+    for name, alerts in gated(_built()).items():
+        rules = [a.rule() for a in alerts]
+        if GROUPS[name] is slo:  # the ratios first: the alerts below read them in the same evaluation
             rules = [{"record": record, "expr": expr} for record, expr in slo_rules()] + rules
         groups.append({"name": name, "rules": rules})
     return groups

@@ -317,6 +317,23 @@ def test_for_durations_and_windows_come_from_mixin_config(rebuilt_alerts: pytest
     assert "[41m]" in _one(after, "AutoglmGpuCriticalXid")["expr"]
 
 
+def test_symptoms_wait_while_a_cause_of_their_service_is_pending_or_firing() -> None:
+    alerts = mixin.alerts.all_alerts()
+    causes = {a.name for a in alerts if a.role in ("cause", "network")}
+    assert {"AutoglmRedisDown", "AutoglmProcessMissing", "AutoglmThreadsBlocked"} <= causes
+    for alert in alerts:
+        if alert.role == "symptom":
+            assert "unless on (instance, service) ALERTS{alertname=~" in alert.expr, alert.name
+            assert "unless on (instance) ALERTS{alertname=~" in alert.expr, alert.name
+        elif alert.role == "slo":
+            assert "unless on (service) ALERTS{alertname=~" in alert.expr, alert.name
+        else:
+            assert "ALERTS" not in alert.expr, alert.name
+        gate = re.search(r'ALERTS\{alertname=~"([^"]+)", service!=""\}', alert.expr)
+        if gate:
+            assert set(gate.group(1).split("|")) == causes, alert.name
+
+
 def test_severity_names_come_from_mixin_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """An Alertmanager that routes on other names: rename them in one place, rules and routing follow."""
     monkeypatch.setitem(mixin.config.SEVERITY, "critical", "P1")

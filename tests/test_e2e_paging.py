@@ -439,7 +439,13 @@ class Incident:
         for n in self.notifications:
             if n["receiver"] == "watchdog":
                 continue
-            names = sorted({f"{a['labels']['alertname']}({a['status']})" for a in n["alerts"]})
+            names = sorted(
+                {
+                    f"{a['labels']['alertname']}({a['status']}"
+                    + (f" +{_epoch(a['startsAt']) - self.started:.0f}s)" if a["status"] == "firing" else ")")
+                    for a in n["alerts"]
+                }
+            )
             new = " NEW" if n in pages else ""
             lines.append(
                 f"  {n['receiver']} {json.dumps(n['groupLabels'])} {n['status']}{new}: {', '.join(names)}"
