@@ -379,7 +379,7 @@ class ExpressionLedger:
         for where, expr in self.expressions.items():
             if where in self.with_data or where.endswith(": the expression"):
                 continue
-            if any(name in expr for name in NEVER_HERE):
+            if any(name in where or name in expr for name in NEVER_HERE):
                 continue
             missing.append(f"{where}: {expr}")
         return missing
