@@ -168,7 +168,7 @@ class Objective:
 # daily outage. Latency: the probe asks for 50 tokens (the seed's request), which a healthy
 # service answers in 1-3 s; 10 s is the point where a chat user gives up, and 99% within it keeps
 # the budget small enough (1%) that a service slow on every request burns it at 100x and pages
-# from the fast window within ten minutes (at 95% the fastest possible burn is 20x, barely above
+# from the fast window within about twelve minutes (at 95% the fastest possible burn is 20x, barely above
 # the 14.4x of the fast window: a service slow on every request would page after 45 minutes).
 # Time to first token: streaming client targets only; the first token of a short prompt comes
 # within a second unless requests queue, so 99% within 5 s.
