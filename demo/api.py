@@ -9,8 +9,10 @@
                   the workers or the engine, which is why the exporter probes /inference instead)
 
 Faults (see admin.py for how to set them): hang (handlers block until cleared; connections are
-accepted and never answered), slow (`seconds` per request), error (500), deadlock (deadlock.py: for
-good), oom (writes one CUDA out-of-memory line to the log file per call; nothing else changes).
+accepted and never answered), slow (`seconds` per request), error (500), flaky (every other request
+500: a service failing half its requests, which no "failed N times in a row" check sees), deadlock
+(deadlock.py: for good), oom (writes one CUDA out-of-memory line to the log file per call; nothing
+else changes).
 
 With a trace file (trace.py), each request that gets past validation appends its points there:
 received, queued, dequeued and generated (by the worker), then done or error.
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -36,9 +38,22 @@ from .worker import EngineClient, Workers
 
 log = logging.getLogger("demo.api")
 
-FAULTS = ("none", "hang", "slow", "error", "deadlock", "oom")
+FAULTS = ("none", "hang", "slow", "error", "flaky", "deadlock", "oom")
 MAX_TOKENS_LIMIT = 4096
 DEFAULT_MAX_TOKENS = 50
+
+
+class FlakyCounter:
+    """The flaky fault's alternation: shared by the handler threads, so exactly every other one fails."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def fails(self) -> bool:
+        with self._lock:
+            self._count += 1
+            return self._count % 2 == 0
 
 
 @dataclass
@@ -52,6 +67,7 @@ class Api:
     locks: ServiceLocks
     trace: Trace
     oom_lines: int = 0
+    flaky: FlakyCounter = field(default_factory=FlakyCounter)
 
 
 class ApiHandler(Handler):
@@ -108,6 +124,8 @@ class ApiHandler(Handler):
             api.faults.pause(fault)
         elif fault.name == "error":
             return failed(500, "internal error while handling the request (injected fault: error)")
+        elif fault.name == "flaky" and api.flaky.fails():
+            return failed(500, "internal error on every other request (injected fault: flaky)")
         key = result_key(api.queue, job.request_id)
         api.trace.point(job.request_id, "queued")  # before the LPUSH: a worker may pop it at once
         try:

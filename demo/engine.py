@@ -1,8 +1,11 @@
 """A vLLM look-alike: the OpenAI-compatible chat endpoint, /health, and vLLM's own /metrics.
 
-It generates fake text a token every few milliseconds and keeps the counters vLLM keeps, under
-vLLM's metric names, so the exporter's engine collector and client probes read it as they would
-read vLLM. Its faults are the ones that fool a naive monitor:
+It generates fake text a token every few milliseconds and keeps the counters and latency
+histograms vLLM keeps, under the names of vLLM 0.11 (vllm/v1/metrics/loggers.py: requests waiting
+and running, KV cache usage, prompt and generation tokens, time to first token, inter-token latency,
+end-to-end latency, queue time; label model_name), so the exporter's engine collector, the client
+probes and the dashboards read it as they would read vLLM. Its faults are the ones that fool a
+naive monitor:
 
     stall  requests are accepted and wait (vllm:num_requests_waiting rises), nothing is generated
            (vllm:generation_tokens_total stays flat, running requests freeze too), and /health
@@ -20,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .admin import Admin
@@ -40,8 +43,49 @@ SENTENCE = (
 )
 
 
+# Histogram buckets, in seconds: a token takes milliseconds, a whole answer up to minutes.
+FIRST_TOKEN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Histogram:
+    """Cumulative buckets, sum and count of observations, as Prometheus exposes a histogram."""
+
+    def __init__(self, name: str, help_text: str, bounds: tuple[float, ...]) -> None:
+        self.name, self.help_text, self.bounds = name, help_text, bounds
+        self.counts = [0] * len(bounds)
+        self.total = 0.0
+        self.observations = 0
+
+    def observe(self, value: float) -> None:
+        for index, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[index] += 1
+        self.total += value
+        self.observations += 1
+
+    def lines(self, labels: str) -> list[str]:
+        """The text-format lines; `labels` is the inside of the braces, without them."""
+        lines = [f"# HELP {self.name} {self.help_text}", f"# TYPE {self.name} histogram"]
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            lines.append(f'{self.name}_bucket{{{labels},le="{bound!r}"}} {float(count)!r}')
+        lines.append(f'{self.name}_bucket{{{labels},le="+Inf"}} {float(self.observations)!r}')
+        lines.append(f"{self.name}_sum{{{labels}}} {self.total!r}")
+        lines.append(f"{self.name}_count{{{labels}}} {float(self.observations)!r}")
+        return lines
+
+
+@dataclass
+class RequestClock:
+    """When one request arrived, was scheduled and produced its last token (time.monotonic())."""
+
+    arrived: float = field(default_factory=time.monotonic)
+    last_token: float | None = None
+
+
 class EngineState:
-    """vLLM's scheduler counters, shared by every request thread."""
+    """vLLM's scheduler counters and latency histograms, shared by every request thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -50,35 +94,70 @@ class EngineState:
         self.kv_tokens = 0  # tokens held in the KV cache by running requests
         self.prompt_tokens = 0
         self.generation_tokens = 0
+        self.first_token = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            FIRST_TOKEN_BUCKETS,
+        )
+        self.inter_token = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            INTER_TOKEN_BUCKETS,
+        )
+        self.end_to_end = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            REQUEST_BUCKETS,
+        )
+        self.queue_time = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            REQUEST_BUCKETS,
+        )
 
-    def enqueue(self) -> None:
+    def enqueue(self) -> RequestClock:
         with self._lock:
             self.waiting += 1
+        return RequestClock()
 
-    def schedule(self, prompt_tokens: int, max_tokens: int) -> None:
+    def schedule(self, prompt_tokens: int, max_tokens: int, clock: RequestClock) -> None:
         with self._lock:
             self.waiting -= 1
             self.running += 1
             self.prompt_tokens += prompt_tokens
             self.kv_tokens += prompt_tokens + max_tokens
+            self.queue_time.observe(time.monotonic() - clock.arrived)
 
-    def generated(self) -> None:
+    def generated(self, clock: RequestClock) -> None:
+        now = time.monotonic()
         with self._lock:
             self.generation_tokens += 1
+            if clock.last_token is None:
+                self.first_token.observe(now - clock.arrived)
+            else:
+                self.inter_token.observe(now - clock.last_token)
+        clock.last_token = now
 
-    def finish(self, prompt_tokens: int, max_tokens: int) -> None:
+    def finish(self, prompt_tokens: int, max_tokens: int, clock: RequestClock) -> None:
         with self._lock:
             self.running -= 1
             self.kv_tokens -= prompt_tokens + max_tokens
+            if clock.last_token is not None:  # answered: a request cut off mid-way is no latency
+                self.end_to_end.observe(time.monotonic() - clock.arrived)
 
     def exposition(self, model: str) -> bytes:
         """Prometheus text format 0.0.4, the way vLLM's prometheus_client writes it: a counter's
         HELP and TYPE lines name the sample, `_total` included."""
         with self._lock:
             values = (self.waiting, self.running, self.kv_tokens, self.prompt_tokens, self.generation_tokens)
+            escaped = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+            labels = f'model_name="{escaped}"'
+            histograms = [
+                line
+                for histogram in (self.first_token, self.inter_token, self.end_to_end, self.queue_time)
+                for line in histogram.lines(labels)
+            ]
         waiting, running, kv_tokens, prompt, generation = values
-        escaped = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        labels = f'{{model_name="{escaped}"}}'
         families = (
             ("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.", running),
             ("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", waiting),
@@ -96,9 +175,9 @@ class EngineState:
             lines += [
                 f"# HELP {name} {help_text}",
                 f"# TYPE {name} {kind}",
-                f"{name}{labels} {float(value)!r}",
+                f"{name}{{{labels}}} {float(value)!r}",
             ]
-        return ("\n".join(lines) + "\n").encode()
+        return ("\n".join(lines + histograms) + "\n").encode()
 
 
 @dataclass
@@ -187,24 +266,24 @@ class EngineHandler(Handler):
             self._error(500, "Internal server error (injected fault: error).")
             return
         state = engine.state
-        state.enqueue()
+        clock = state.enqueue()
         fault = engine.faults.current()
         if fault.name == "slow":
             engine.faults.pause(fault)
         engine.faults.wait_while("stall")  # accepted and waiting, never scheduled while stalled
-        state.schedule(request.prompt_tokens, request.max_tokens)
+        state.schedule(request.prompt_tokens, request.max_tokens, clock)
         try:
             if request.stream:
-                self._stream(engine, request)
+                self._stream(engine, request, clock)
             else:
-                text = "".join(_generate(engine, request.max_tokens))
+                text = "".join(_generate(engine, request.max_tokens, clock))
                 self.send_json(200, _completion(engine.model, request, text))
         except OSError:
             self.close_connection = True  # the client went away mid-answer
         finally:
-            state.finish(request.prompt_tokens, request.max_tokens)
+            state.finish(request.prompt_tokens, request.max_tokens, clock)
 
-    def _stream(self, engine: Engine, request: ChatRequest) -> None:
+    def _stream(self, engine: Engine, request: ChatRequest, clock: RequestClock) -> None:
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def event(delta: dict[str, str], finish: str | None = None) -> bytes:
@@ -219,7 +298,7 @@ class EngineHandler(Handler):
 
         self.start_stream(200, "text/event-stream; charset=utf-8")
         self.write_chunk(event({"role": "assistant", "content": ""}))
-        for token in _generate(engine, request.max_tokens):
+        for token in _generate(engine, request.max_tokens, clock):
             self.write_chunk(event({"content": token}))
         self.write_chunk(event({}, "length"))
         self.write_chunk(b"data: [DONE]\n\n")
@@ -229,13 +308,13 @@ class EngineHandler(Handler):
 _WORDS = SENTENCE.split(" ")
 
 
-def _generate(engine: Engine, max_tokens: int) -> Iterator[str]:
+def _generate(engine: Engine, max_tokens: int, clock: RequestClock) -> Iterator[str]:
     """Fake tokens, one every token_delay seconds; a stall freezes running requests too."""
     for index in range(max_tokens):
         engine.faults.wait_while("stall")
         if engine.token_delay:
             time.sleep(engine.token_delay)
-        engine.state.generated()
+        engine.state.generated(clock)
         yield ("" if index == 0 else " ") + _WORDS[index % len(_WORDS)]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # Each module has generated_files() -> {path relative to the repo root: content}.
-GENERATORS = ("mixin.alerts", "mixin.dashboards", "mixin.kubernetes")
+GENERATORS = ("mixin.alerts", "mixin.alertmanager", "mixin.dashboards", "mixin.kubernetes")
 
 
 def generated_files() -> dict[str, str]:

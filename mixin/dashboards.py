@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 
 from . import config
-from .config import RATE_WINDOW
+from .config import RATE_WINDOW, prometheus_duration
 from .grafana import (
     BYTES,
     CELSIUS,
+    CORES,
     HERTZ,
     NONE,
     OPS,
@@ -20,8 +21,12 @@ from .grafana import (
     RATIO,
     SECONDS,
     SHORT,
+    TOKENS_PER_SECOND,
     WATTS,
+    Annotation,
     Dashboard,
+    Link,
+    Panel,
     Row,
     State,
     Step,
@@ -34,17 +39,21 @@ from .grafana import (
     timeseries,
     up_down,
 )
+from .rules import slo_rule_name
 
 # Rates that recording rules (rules.py) keep are read from them: computed once, the same numbers
 # the alerts and the autoscalers see, over the rules' window W.
-W = RATE_WINDOW
+W = prometheus_duration(RATE_WINDOW)  # the recording rules' names carry the shipped window
 INST = 'instance=~"$instance"'  # the selector every query starts from
 SVC = f'{INST}, service=~"$service"'
+SVC_ONLY = 'service=~"$service"'  # service-wide series (the objectives) have no instance
 GPU = f'{INST}, gpu=~"$gpu"'
 
 INSTANCE_VAR = Variable("instance", "Instance", "autoglm_exporter_build_info", "instance")
 SERVICE_VAR = Variable("service", "Service", f"autoglm_process_up{{{INST}}}", "service")
 GPU_VAR = Variable("gpu", "GPU", f"autoglm_gpu_info{{{INST}}}", "gpu")
+# The engine's own metrics come from Prometheus scraping it (job vllm), not from the exporter.
+MODEL_VAR = Variable("model_name", "Model", "vllm:num_requests_running", "model_name")
 
 
 def line(key: str, color: str = "red") -> tuple[Step, ...]:
@@ -58,6 +67,44 @@ def rate(metric: str, selector: str, by: str, window: str = "$__rate_interval") 
 
 def increase(metric: str, selector: str, by: str, window: str = "$__rate_interval") -> str:
     return f"sum by ({by}) (increase({metric}{{{selector}}}[{window}]))"
+
+
+# --- panels more than one dashboard shows ---------------------------------------------------------
+
+
+def redis_up(width: int) -> Panel:
+    return stat(
+        "Redis up",
+        "Red when a Redis instance does not answer PING in time.",
+        (Target(f"autoglm_redis_up{{{INST}}}", "{{redis}}"),),
+        NONE,
+        mapped=up_down(),
+        width=width,
+    ).with_links((runbook("AutoglmRedisDown"),))
+
+
+def engine_up(width: int) -> Panel:
+    return stat(
+        "Engine up",
+        "Red when the inference engine's metrics endpoint does not answer.",
+        (Target(f"autoglm_engine_up{{{INST}}}", "{{engine}}"),),
+        NONE,
+        mapped=up_down(),
+        width=width,
+    ).with_links((runbook("AutoglmEngineDown"),))
+
+
+def gpu_available(width: int) -> Panel:
+    return stat(
+        "GPU available",
+        "Whether an NVIDIA GPU could be read; a host without one shows a neutral tile, not an error.",
+        (Target(f"autoglm_gpu_available{{{INST}}}", "{{instance}}"),),
+        NONE,
+        # neutral: a CPU-only host is not broken; a GPU host that cannot read its GPU has
+        # AutoglmCollectorFailing for the gpu collector
+        mapped=(State(0, "no GPU", "blue"), State(1, "available", "green")),
+        width=width,
+    )
 
 
 # --- 1. Chain overview ------------------------------------------------------------------------
@@ -75,29 +122,64 @@ PROBE_WITH_LAYER = (
     f"autoglm_probe_success{{{INST}}} * on (instance, job, target) group_left (layer, service)"
     f" autoglm_probe_target_info{{{SVC}}}"
 )
+STATUS_PAGE = Link("Status page of ${__field.labels.instance}", config.STATUS_PAGE_URL)
+RUNBOOKS = Link("Runbooks", config.RUNBOOK_BASE)
+
+
+def runbook(alert: str) -> Link:
+    return Link(f"Runbook: {alert}", f"{config.RUNBOOK_BASE}#{alert.lower()}")
 
 
 def verdict_row() -> Row:
-    verdict = (Target(VERDICT, "{{instance}}: {{layer}} / {{reason}}"),)
+    verdict = (Target(VERDICT, "{{instance}} {{service}}: {{layer}} / {{reason}}"),)
+    held = f"time() - autoglm_diagnosis_verdict_since_timestamp_seconds{{{SVC}}}"
+    firing = 'ALERTS{alertstate="firing", alertname=~"Autoglm.+", alertname!="AutoglmWatchdog"}'
     return Row(
         "Verdict",
         (
             stat(
                 "Verdict",
-                "The first broken link of the chain as layer / reason, red; green when every link answers.",
+                "The first broken link of each service's chain as layer / reason, red; green when every link "
+                "answers.",
                 verdict,
                 NONE,
                 mapped=VERDICT_STATES,
                 text_mode="name",
                 no_value="no verdict: is the exporter scraped?",
-                width=18,
-            ),
+                width=12,
+            ).with_links((RUNBOOKS,), (STATUS_PAGE,)),
+            stat(
+                "Verdict held for",
+                "How long each service's current verdict (or its health) has held, from the exporter's own "
+                "clock.",
+                (Target(held, "{{instance}} {{service}}"),),
+                SECONDS,
+                base_color="blue",
+                width=6,
+            ).with_links(data_links=(STATUS_PAGE,)),
             stat(
                 "Healthy",
                 "Red as soon as any link of the chain is broken on the instance.",
                 (Target(f"autoglm_diagnosis_healthy{{{INST}}}", "{{instance}}"),),
                 NONE,
                 mapped=up_down("broken", "healthy"),
+                width=6,
+            ).with_links(data_links=(STATUS_PAGE,)),
+            table(
+                "Firing alerts",
+                "The alerts firing now, with the service they break; a name opens its runbook.",
+                Target(firing),
+                hide=("Time", "Value", "__name__", "alertstate"),
+                width=24,
+                height=6,
+            ).with_links(
+                (RUNBOOKS,),
+                (
+                    Link(
+                        "Runbook: ${__data.fields.alertname}",
+                        config.RUNBOOK_BASE + "#${__data.fields.alertname}",
+                    ),
+                ),
             ),
             state_timeline(
                 "Verdict over time",
@@ -121,7 +203,7 @@ def links_row() -> Row:
                 NONE,
                 mapped=up_down("failing", "ok"),
                 width=8,
-            ),
+            ).with_links((runbook("AutoglmServiceNotAnswering"),)),
             stat(
                 "Process up",
                 "Red when no process of the service runs.",
@@ -129,7 +211,7 @@ def links_row() -> Row:
                 NONE,
                 mapped=up_down(),
                 width=4,
-            ),
+            ).with_links((runbook("AutoglmProcessMissing"),)),
             stat(
                 "Expected port listening",
                 "Red when the service runs but nothing of it listens on its configured port.",
@@ -137,31 +219,10 @@ def links_row() -> Row:
                 NONE,
                 mapped=up_down("not listening", "listening"),
                 width=4,
-            ),
-            stat(
-                "Redis up",
-                "Red when a Redis instance does not answer PING in time.",
-                (Target(f"autoglm_redis_up{{{INST}}}", "{{redis}}"),),
-                NONE,
-                mapped=up_down(),
-                width=3,
-            ),
-            stat(
-                "Engine up",
-                "Red when the inference engine's metrics endpoint does not answer.",
-                (Target(f"autoglm_engine_up{{{INST}}}", "{{engine}}"),),
-                NONE,
-                mapped=up_down(),
-                width=3,
-            ),
-            stat(
-                "GPU available",
-                "Red when no NVIDIA GPU could be read on the instance.",
-                (Target(f"autoglm_gpu_available{{{INST}}}", "{{instance}}"),),
-                NONE,
-                mapped=up_down("no GPU", "available"),
-                width=2,
-            ),
+            ).with_links((runbook("AutoglmPortNotListening"),)),
+            redis_up(3),
+            engine_up(3),
+            gpu_available(2),
         ),
     )
 
@@ -202,9 +263,13 @@ def probes_row() -> Row:
                 steps=line("probe_latency_warning_seconds"),
             ),
             timeseries(
-                "Consecutive failures",
-                "Probes that failed in a row; a growing count is an outage, not a blip.",
-                (Target(f"autoglm_probe_consecutive_failures{{{INST}}}", "{{target}}"),),
+                "Consecutive failures and waiting now",
+                "Probes that failed in a row, and how long the probe in flight has waited: a hang shows "
+                "before it times out.",
+                (
+                    Target(f"autoglm_probe_consecutive_failures{{{INST}}}", "{{target}} failures in a row"),
+                    Target(f"autoglm_probe_in_flight_seconds{{{INST}}}", "{{target}} seconds waiting"),
+                ),
                 SHORT,
             ),
             stat(
@@ -218,10 +283,12 @@ def probes_row() -> Row:
             ),
             stat(
                 "Last HTTP status",
-                "HTTP status of each target's last answer: 0 means none came (refused, timeout, reset).",
+                "HTTP status of each target's last answer: green 2xx, yellow 3xx, orange 4xx, red 5xx and 0 "
+                "(no answer).",
                 (Target(f"autoglm_probe_http_status_code{{{INST}}}", "{{target}}"),),
                 NONE,
-                base_color="blue",
+                steps=tuple(Step(value, color) for value, color in config.HTTP_STATUS_STEPS),
+                base_color="red",
                 width=12,
                 height=8,
             ),
@@ -229,14 +296,200 @@ def probes_row() -> Row:
     )
 
 
+def _quantiles(histogram: str, selector: str, by: str, legend: str) -> tuple[Target, ...]:
+    """p50, p95 and p99 of a histogram's rate, one series per `by`."""
+    buckets = f"sum by (le, {by}) (rate({histogram}_bucket{{{selector}}}[$__rate_interval]))"
+    return tuple(
+        Target(f"histogram_quantile({q}, {buckets})", f"{legend} p{round(q * 100)}")
+        for q in (0.5, 0.95, 0.99)
+    )
+
+
+VLLM = 'model_name=~"$model_name"'
+
+
+def latency_row() -> Row:
+    """What users wait for: the probes' own percentiles beside the engine's (vLLM's histograms, scraped
+    from the engine's /metrics by Prometheus itself)."""
+    return Row(
+        "Latency",
+        (
+            timeseries(
+                "Probe duration percentiles",
+                "p50, p95 and p99 of the probes' whole request, from their histogram; above the line misses "
+                "the latency objective.",
+                _quantiles("autoglm_probe_request_duration_seconds", INST, "target", "{{target}}"),
+                SECONDS,
+                steps=line("probe_latency_warning_seconds"),
+                width=12,
+            ),
+            timeseries(
+                "Probe time to first token percentiles",
+                "p50, p95 and p99 of the streaming probes' wait for their first token.",
+                _quantiles("autoglm_probe_first_token_seconds", INST, "target", "{{target}}"),
+                SECONDS,
+                width=12,
+            ),
+            timeseries(
+                "Engine time to first token",
+                "p50, p95 and p99 of vLLM's time to first token (queue and prefill) over every request it "
+                "served.",
+                _quantiles("vllm:time_to_first_token_seconds", VLLM, "model_name", "{{model_name}}"),
+                SECONDS,
+                width=6,
+            ),
+            timeseries(
+                "Engine inter-token latency",
+                "p50, p95 and p99 of vLLM's time between two output tokens: the decode speed users see.",
+                _quantiles("vllm:inter_token_latency_seconds", VLLM, "model_name", "{{model_name}}"),
+                SECONDS,
+                width=6,
+            ),
+            timeseries(
+                "Engine end-to-end latency",
+                "p50, p95 and p99 of vLLM's whole request, from arrival to the last token.",
+                _quantiles("vllm:e2e_request_latency_seconds", VLLM, "model_name", "{{model_name}}"),
+                SECONDS,
+                width=6,
+            ),
+            timeseries(
+                "Engine queue time",
+                "p50, p95 and p99 of the time vLLM's requests waited before being scheduled: rising means "
+                "too few replicas.",
+                _quantiles("vllm:request_queue_time_seconds", VLLM, "model_name", "{{model_name}}"),
+                SECONDS,
+                width=6,
+            ),
+        ),
+    )
+
+
+def slo_row() -> Row:
+    def ratio(objective: config.Objective, window: float) -> str:
+        return f"{slo_rule_name(objective, window)}{{{SVC_ONLY}}}"
+
+    hour = config.HOUR
+    burn = tuple(
+        Target(f"{ratio(o, hour)} / {o.budget:g}", f"{{{{service}}}} {o.name.removeprefix('probe_')}")
+        for o in config.OBJECTIVES
+    )
+    return Row(
+        "Service level objectives",
+        (
+            stat(
+                "Probes succeeding (1h)",
+                f"Share of client probes that succeeded over the last hour, per service; the objective is "
+                f"{config.AVAILABILITY.target:.1%}.",
+                (Target(f"1 - {ratio(config.AVAILABILITY, hour)}", "{{service}}"),),
+                RATIO,
+                base_color="blue",
+                width=6,
+            ).with_links((runbook(config.AVAILABILITY.alert),)),
+            stat(
+                "Probes within the latency objective (1h)",
+                f"Share of client probes that answered within {config.LATENCY.threshold:g} s over the last "
+                f"hour; the objective is {config.LATENCY.target:.0%}.",
+                (Target(f"1 - {ratio(config.LATENCY, hour)}", "{{service}}"),),
+                RATIO,
+                base_color="blue",
+                width=6,
+            ).with_links((runbook(config.LATENCY.alert),)),
+            timeseries(
+                "Error budget burn rate (1h)",
+                "How many times faster than the 30-day budget allows each objective burns; the fast alert "
+                "pages from 14.4.",
+                burn,
+                SHORT,
+                width=12,
+            ),
+        ),
+    )
+
+
+def host_row() -> Row:
+    working = f'{INST}, mode!~"idle|iowait"'
+    busy = f"sum by (instance) (rate(autoglm_system_cpu_seconds_total{{{working}}}[$__rate_interval]))"
+    return Row(
+        "Host resources",
+        (
+            timeseries(
+                "CPU busy",
+                "Cores busy on the whole machine against the cores it has: at the top, every thread waits "
+                "for a CPU.",
+                (
+                    Target(busy, "{{instance}} busy"),
+                    Target(f"autoglm_system_cpus{{{INST}}}", "{{instance}} cores"),
+                ),
+                CORES,
+                width=6,
+            ),
+            timeseries(
+                "Memory available",
+                "Memory available to new work (free plus reclaimable) against the total.",
+                (
+                    Target(
+                        f'autoglm_system_memory_bytes{{{INST}, field=~"total|available"}}',
+                        "{{instance}} {{field}}",
+                    ),
+                ),
+                BYTES,
+                width=6,
+            ),
+            timeseries(
+                "Load average",
+                "Runnable and uninterruptible threads averaged over 1, 5 and 15 minutes, against the cores.",
+                (
+                    Target(f"autoglm_system_load{{{INST}}}", "{{instance}} {{window}}"),
+                    Target(f"autoglm_system_cpus{{{INST}}}", "{{instance}} cores"),
+                ),
+                SHORT,
+                width=6,
+            ),
+            timeseries(
+                "Threads running and blocked",
+                "Threads runnable now, and blocked in I/O (D state): many blocked means the disk or a mount "
+                "hangs.",
+                (
+                    Target(f"autoglm_system_procs_running{{{INST}}}", "{{instance}} running"),
+                    Target(f"autoglm_system_procs_blocked{{{INST}}}", "{{instance}} blocked"),
+                ),
+                SHORT,
+                width=6,
+            ),
+        ),
+    )
+
+
+CHAIN_ANNOTATIONS = (
+    Annotation(
+        "Verdict changes",
+        f"autoglm_diagnosis_verdict_since_timestamp_seconds{{{SVC}}} * 1000",
+        "Verdict of {{service}} changed",
+        "{{instance}}: see the Verdict panel for the new one",
+        "red",
+        ("service", "instance"),
+    ),
+    Annotation(
+        "Process starts",
+        f"autoglm_process_start_time_seconds{{{SVC}}} * 1000 > 0",
+        "{{service}} started",
+        "A new process of {{service}} on {{instance}} (a restart when it follows another)",
+        "orange",
+        ("service", "instance"),
+    ),
+)
+
+
 def chain() -> Dashboard:
     return Dashboard(
         "autoglm-chain",
         "AutoGLM / Chain overview",
-        "The verdict (first broken link of the chain) and the state of every link: probes, process, "
-        "port, Redis, engine, GPU.",
-        (verdict_row(), links_row(), probes_row()),
-        (INSTANCE_VAR, SERVICE_VAR),
+        "The verdict (first broken link of the chain) and how long it held, the alerts firing, every "
+        "link (probes, process, port, Redis, engine, GPU), latency percentiles, the objectives and "
+        "the host.",
+        (verdict_row(), links_row(), probes_row(), latency_row(), slo_row(), host_row()),
+        (INSTANCE_VAR, SERVICE_VAR, MODEL_VAR),
+        annotations=CHAIN_ANNOTATIONS,
     )
 
 
@@ -271,7 +524,9 @@ def context_switch_row() -> Row:
 
 
 def threads_cpu_row() -> Row:
-    restarts = f"increase(autoglm_process_restarts_total{{{SVC}}}[{config.RESTART_WINDOW}])"
+    restarts = (
+        f"increase(autoglm_process_restarts_total{{{SVC}}}[{prometheus_duration(config.RESTART_WINDOW)}])"
+    )
     return Row(
         "Threads, CPU and memory",
         (
@@ -298,8 +553,7 @@ def threads_cpu_row() -> Row:
                         "{{service}} {{mode}}",
                     ),
                 ),
-                SHORT,
-                axis_label="cores",
+                CORES,
                 width=8,
             ),
             timeseries(
@@ -317,7 +571,7 @@ def threads_cpu_row() -> Row:
                 width=8,
             ),
             timeseries(
-                f"Restarts in {config.RESTART_WINDOW}",
+                f"Restarts in {prometheus_duration(config.RESTART_WINDOW)}",
                 "Times the service's process was replaced; above the line it is crash-looping.",
                 (Target(restarts, "{{service}}"),),
                 SHORT,
@@ -358,8 +612,7 @@ def cgroup_row() -> Row:
                     ),
                     Target(f"autoglm_container_cpu_quota_cores{{{SVC}}}", "{{service}} quota"),
                 ),
-                SHORT,
-                axis_label="cores",
+                CORES,
                 width=8,
             ),
             timeseries(
@@ -454,14 +707,7 @@ def redis_row() -> Row:
     return Row(
         "Redis",
         (
-            stat(
-                "Redis up",
-                "Red when the Redis instance does not answer PING in time.",
-                (Target(f"autoglm_redis_up{{{INST}}}", "{{redis}}"),),
-                NONE,
-                mapped=up_down(),
-                width=4,
-            ),
+            redis_up(4),
             stat(
                 "Queues readable",
                 "Red when a queue's depth could not be read: wrong key type, missing group or Redis down.",
@@ -515,14 +761,7 @@ def engine_row() -> Row:
     return Row(
         "Engine",
         (
-            stat(
-                "Engine up",
-                "Red when the engine's metrics endpoint does not answer.",
-                (Target(f"autoglm_engine_up{{{INST}}}", "{{engine}}"),),
-                NONE,
-                mapped=up_down(),
-                width=4,
-            ),
+            engine_up(4),
             state_timeline(
                 "Engine stalled",
                 "Red while requests wait in the engine and it generates no token: the engine hangs.",
@@ -555,8 +794,7 @@ def engine_row() -> Row:
                 "Token rate",
                 "Tokens generated and prompt tokens read per second; flat at 0 while requests wait: a stall.",
                 (Target(tokens, "{{engine}} generated"), Target(prompt, "{{engine}} prompt")),
-                PER_SECOND,
-                axis_label="tokens/s",
+                TOKENS_PER_SECOND,
                 width=8,
             ),
         ),
@@ -629,14 +867,7 @@ def gpu_overview_row() -> Row:
     return Row(
         "GPUs",
         (
-            stat(
-                "GPU available",
-                "Red when no NVIDIA GPU or driver could be read on the instance.",
-                (Target(f"autoglm_gpu_available{{{INST}}}", "{{instance}}"),),
-                NONE,
-                mapped=up_down("no GPU", "available"),
-                width=4,
-            ),
+            gpu_available(4),
             stat(
                 "GPUs",
                 "Number of GPUs found; fewer than installed means one fell off the bus.",
@@ -906,12 +1137,53 @@ def collectors_row() -> Row:
     )
 
 
+def exporter_process_row() -> Row:
+    own = f"{config.EXPORTER_SELECTOR}, {INST}"
+    return Row(
+        "Exporter process",
+        (
+            timeseries(
+                "Exporter CPU",
+                "CPU the exporter itself uses; a monitor should stay a small fraction of one core.",
+                (Target(f"rate(process_cpu_seconds_total{{{own}}}[$__rate_interval])", "{{instance}}"),),
+                CORES,
+                width=6,
+            ),
+            timeseries(
+                "Exporter memory",
+                "Resident memory of the exporter; steady growth is a leak.",
+                (Target(f"process_resident_memory_bytes{{{own}}}", "{{instance}}"),),
+                BYTES,
+                width=6,
+            ),
+            timeseries(
+                "Exporter threads",
+                "Threads of the exporter: a call that hangs must never multiply them.",
+                (Target(f"autoglm_exporter_threads{{{INST}}}", "{{instance}}"),),
+                SHORT,
+                width=6,
+            ),
+            timeseries(
+                "Exporter file descriptors",
+                "File descriptors the exporter holds open against its limit.",
+                (
+                    Target(f"process_open_fds{{{own}}}", "{{instance}} open"),
+                    Target(f"process_max_fds{{{own}}}", "{{instance}} limit"),
+                ),
+                SHORT,
+                width=6,
+            ),
+        ),
+    )
+
+
 def exporter() -> Dashboard:
     return Dashboard(
         "autoglm-exporter",
         "AutoGLM / Exporter health",
-        "The exporter itself: is it scraped, does its config load, do its collectors succeed in time.",
-        (scrape_row(), collectors_row()),
+        "The exporter itself: is it scraped, does its config load, do its collectors succeed in time, "
+        "what it costs the machine.",
+        (scrape_row(), collectors_row(), exporter_process_row()),
         (INSTANCE_VAR,),
     )
 

@@ -23,6 +23,8 @@ WATTS = "watt"
 HERTZ = "hertz"
 PER_SECOND = "cps"  # counts per second
 OPS = "ops"  # operations (probes, runs) per second
+CORES = "suffix:cores"  # CPU seconds per second: how many cores are busy
+TOKENS_PER_SECOND = "count:tokens/s"  # scaled like a count (1.2K tokens/s)
 SHORT = "short"
 NONE = "none"  # booleans and text: value mappings say what the number means
 
@@ -94,6 +96,18 @@ def thresholds_json(steps: tuple[Step, ...], base: str = "green") -> Json:
 
 
 @dataclass(frozen=True)
+class Link:
+    """A link from a panel (its corner menu) or from a value (a data link): `url` may use Grafana's
+    variables, e.g. ${__field.labels.instance} for the series clicked."""
+
+    title: str
+    url: str
+
+    def to_json(self) -> Json:
+        return {"targetBlank": True, "title": self.title, "url": self.url}
+
+
+@dataclass(frozen=True)
 class Panel:
     """A panel of any kind; use timeseries(), stat(), state_timeline() or table() to make one."""
 
@@ -111,11 +125,17 @@ class Panel:
     custom: Json = field(default_factory=dict)
     options: Json = field(default_factory=dict)
     transformations: tuple[Json, ...] = ()
+    links: tuple[Link, ...] = ()  # the panel's own links
+    data_links: tuple[Link, ...] = ()  # links from each value shown
+
+    def with_links(self, links: tuple[Link, ...] = (), data_links: tuple[Link, ...] = ()) -> Panel:
+        return replace(self, links=self.links + links, data_links=self.data_links + data_links)
 
     def to_json(self, panel_id: int, x: int, y: int) -> Json:
         defaults: Json = {
             "color": {"mode": "palette-classic" if self.kind == "timeseries" else "thresholds"},
             "custom": self.custom,
+            "links": [link.to_json() for link in self.data_links],
             "mappings": mappings_json(self.mapped),
             "thresholds": thresholds_json(self.steps, self.base_color),
             "unit": self.unit,
@@ -127,6 +147,7 @@ class Panel:
             "fieldConfig": {"defaults": defaults, "overrides": []},
             "gridPos": {"h": self.height, "w": self.width, "x": x, "y": y},
             "id": panel_id,
+            "links": [link.to_json() for link in self.links],
             "options": self.options,
             "targets": [t.to_json(chr(ord("A") + i)) for i, t in enumerate(self.targets)],
             "title": self.title,
@@ -362,6 +383,34 @@ def _row_json(title: str, panel_id: int, y: int) -> Json:
 
 
 @dataclass(frozen=True)
+class Annotation:
+    """Events drawn on every time series panel, from a query whose value is the event's time in
+    milliseconds since the epoch (Grafana's "series value as timestamp")."""
+
+    name: str
+    expr: str
+    title: str  # legend-style template: {{label}}
+    text: str
+    color: str
+    tag_keys: tuple[str, ...] = ()
+
+    def to_json(self) -> Json:
+        return {
+            "datasource": DATASOURCE,
+            "enable": True,
+            "expr": self.expr,
+            "hide": False,
+            "iconColor": self.color,
+            "name": self.name,
+            "step": "$__interval",
+            "tagKeys": ",".join(self.tag_keys),
+            "textFormat": self.text,
+            "titleFormat": self.title,
+            "useValueForTime": True,
+        }
+
+
+@dataclass(frozen=True)
 class Dashboard:
     uid: str
     title: str
@@ -369,10 +418,11 @@ class Dashboard:
     rows: tuple[Row, ...]
     variables: tuple[Variable, ...]
     tags: tuple[str, ...] = ("autoglm",)
+    annotations: tuple[Annotation, ...] = ()
 
     def to_json(self) -> Json:
         return {
-            "annotations": {"list": [_builtin_annotations()]},
+            "annotations": {"list": [_builtin_annotations()] + [a.to_json() for a in self.annotations]},
             "description": self.description,
             "editable": True,
             "fiscalYearStartMonth": 0,
@@ -396,6 +446,7 @@ class Dashboard:
     def queries(self) -> list[tuple[str, str]]:
         """(uid/panel title, expr) for every target, and (uid/$name, selector) for every variable."""
         found = [(f"{self.uid}/${v.name}", v.selector) for v in self.variables]
+        found += [(f"{self.uid}/@{a.name}", a.expr) for a in self.annotations]
         for row in self.rows:
             found += [(f"{self.uid}/{p.title}", t.expr) for p in row.panels for t in p.targets]
         return found

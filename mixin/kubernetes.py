@@ -2,6 +2,8 @@
 
 - deploy/kubernetes/prometheusrule.yaml: every rule group (recording and alerting) as a
   PrometheusRule for the Prometheus Operator, the same groups as the files in alerts/;
+- deploy/kubernetes/alertmanagerconfig.yaml: the routing and inhibition of
+  deploy/alertmanager/alertmanager.yml as an AlertmanagerConfig (mixin/alertmanager.py);
 - deploy/kubernetes/autoscaling/keda/keda-scaledobject.yaml: KEDA scales the inference Deployment
   on the recording rules, with the thresholds of config.py;
 - deploy/kubernetes/autoscaling/prometheus-adapter/: the same two signals through
@@ -22,6 +24,7 @@ from .rules import RECORDING_RULES
 
 DIR = "deploy/kubernetes"
 PROMETHEUS_RULE_FILE = f"{DIR}/prometheusrule.yaml"
+ALERTMANAGER_CONFIG_FILE = f"{DIR}/alertmanagerconfig.yaml"
 KEDA_FILE = f"{DIR}/autoscaling/keda/keda-scaledobject.yaml"
 ADAPTER_CONFIG_FILE = f"{DIR}/autoscaling/prometheus-adapter/prometheus-adapter-config.yaml"
 HPA_FILE = f"{DIR}/autoscaling/prometheus-adapter/hpa.yaml"
@@ -135,6 +138,12 @@ def prometheus_rule() -> dict:
         },
         "spec": {"groups": rule_groups()},
     }
+
+
+def alertmanager_config() -> dict:
+    from .alertmanager import alertmanager_config_crd
+
+    return alertmanager_config_crd(NAMESPACE, {**labels("alerting"), **PROMETHEUS_SELECTOR_LABELS})
 
 
 def _scale_target_ref(target: ScaleTarget) -> dict:
@@ -299,6 +308,19 @@ def generated_files() -> dict[str, str]:
                 "The rule groups of alerts/*.rules.yml, for the Prometheus Operator.",
                 f"Adapt: `{selector}` must match your Prometheus CR's ruleSelector",
                 "(PROMETHEUS_SELECTOR_LABELS in mixin/kubernetes.py; servicemonitor.yaml has it too).",
+            ),
+        ),
+        ALERTMANAGER_CONFIG_FILE: dump(
+            alertmanager_config(),
+            (
+                "The routing and inhibition of deploy/alertmanager/alertmanager.yml, for the Prometheus "
+                "Operator.",
+                "Adapt: the Alertmanager CR must select it (alertmanagerConfigSelector and",
+                "alertmanagerConfigNamespaceSelector) and should not restrict it to this namespace",
+                "(alertmanagerConfigMatcherStrategy: {type: None}): the rules' alerts carry no namespace.",
+                "The receivers have no integration yet: add pagerdutyConfigs to page, slackConfigs to",
+                "ticket and a heartbeat's webhookConfigs to watchdog, their keys in a Secret "
+                "(docs/kubernetes.md).",
             ),
         ),
         KEDA_FILE: dump(

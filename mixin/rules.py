@@ -1,10 +1,129 @@
-"""Recording rules: what the dashboards and the autoscalers read, computed once per evaluation.
+"""Recording rules: what the alerts, the dashboards and the autoscalers read, computed once per
+evaluation. Names follow Prometheus' level:metric:operations convention; a name carries the
+shipped window (rate5m) even when the end-to-end test scales the window itself down."""
 
-Names follow Prometheus' level:metric:operations convention."""
+from __future__ import annotations
 
-from .config import RATE_WINDOW
+from . import config
+from .config import RATE_WINDOW, Objective, duration, prometheus_duration
 
-W = RATE_WINDOW
+# --- which user-facing service an incident of a link of the chain breaks ----------------------------
+#
+# One series per (instance, kind, dependency, service): `dependency` is a configured service, Redis
+# instance or engine (`kind` says which), `service` the user-facing service that breaks when it
+# breaks. Edges come from the exporter's autoglm_service_dependency_info (the config's depends_on);
+# a service users call (it has client probes), or that no other service depends on, is its own
+# incident; a Redis or an engine no service depends on is an incident of its own name. Alerts about
+# a link join this to carry the `service` that Alertmanager groups and inhibits by.
+AFFECTED = "instance_dependency:autoglm_affected_service:info"
+# The same with one service per link: the only service that depends on it, or, for a link several
+# services share, the link's own name. For alerts finer than a link (one per queue, per probe
+# target): PromQL cannot pair every queue with every service, so a shared link keeps its name.
+SOLE = "instance_dependency:autoglm_sole_service:info"
+
+_DEPENDS_ON = "autoglm_service_dependency_info"
+
+
+def _relabel(expr: str, target: str, source: str) -> str:
+    return f'label_replace({expr}, "{target}", "$1", "{source}", "(.+)")'
+
+
+def _set(expr: str, label: str, value: str) -> str:
+    return f'label_replace({expr}, "{label}", "{value}", "", "")'
+
+
+def _own_incident(kind: str, label: str, metric: str) -> str:
+    """Redis instances or engines (their `label`, one series each from `metric`) no service
+    depends on, as edges to a service of their own name."""
+    links = f"group by (instance, job, {label}) ({metric})"
+    used = _relabel(f'group by (instance, dependency) ({_DEPENDS_ON}{{kind="{kind}"}})', label, "dependency")
+    orphans = f"({links} unless on (instance, {label}) {used})"
+    return _set(_relabel(_relabel(orphans, "dependency", label), "service", label), "kind", kind)
+
+
+def _affected() -> str:
+    depended_on = _relabel(
+        f'group by (instance, dependency) ({_DEPENDS_ON}{{kind="service"}})', "service", "dependency"
+    )
+    services = "group by (instance, job, service) (autoglm_process_up)"
+    independent = f"({services} unless on (instance, service) {depended_on})"
+    called = 'group by (instance, job, service) (autoglm_probe_target_info{layer="client", service!=""})'
+    own = _set(_relabel(f"({independent} or {called})", "dependency", "service"), "kind", "service")
+    parts = [
+        _DEPENDS_ON,
+        own,
+        _own_incident("redis", "redis", "autoglm_redis_up"),
+        _own_incident("engine", "engine", "autoglm_engine_up"),
+    ]
+    return "group by (instance, job, kind, dependency, service) (" + " or ".join(parts) + ")"
+
+
+def _sole() -> str:
+    shared = f"(count by (instance, kind, dependency) ({AFFECTED}) > 1)"
+    alone = f"({AFFECTED} unless on (instance, kind, dependency) {shared})"
+    named = _relabel(
+        f"group by (instance, job, kind, dependency) ({AFFECTED} and on (instance, kind, dependency) "
+        f"{shared})",
+        "service",
+        "dependency",
+    )
+    return f"{alone} or {named}"
+
+
+def link_rules() -> list[tuple[str, str]]:
+    return [(AFFECTED, _affected()), (SOLE, _sole())]
+
+
+# --- service level objectives ----------------------------------------------------------------------
+
+# A probe target of a user-facing service: a client probe, joined for its `service` label.
+CLIENT_TARGETS = 'autoglm_probe_target_info{layer="client", service!=""}'
+
+
+def per_service(expr: str) -> str:
+    """The sum over every client probe target of each service (all instances together)."""
+    return f"sum by (service) ({expr} * on (instance, job, target) group_left (service) {CLIENT_TARGETS})"
+
+
+def le_matcher(bound: float) -> str:
+    """A bucket bound as Prometheus stores it: Go clients write 10, Python's client 10.0."""
+    if float(bound).is_integer():
+        return f'le=~"{int(bound)}(\\\\.0)?"'
+    return f'le="{bound:g}"'
+
+
+def slo_rule_name(objective: Objective, window: float) -> str:
+    return f"service:autoglm_{objective.name}:ratio_rate{prometheus_duration(window)}"
+
+
+def bad_ratio(objective: Objective, window: float) -> str:
+    """The share of bad probes of each service over `window` (0-1)."""
+    w = duration(window)
+    if objective.threshold is None:
+        probes = per_service(f"rate(autoglm_probe_request_duration_seconds_count[{w}])")
+        # A service whose probes never failed may have no failure series yet: 0, not no data.
+        failures = per_service(f"rate(autoglm_probe_failures_total[{w}])")
+        return f"({failures} or {probes} * 0) / {probes}"
+    histogram = (
+        "autoglm_probe_request_duration_seconds"
+        if objective is config.LATENCY
+        else "autoglm_probe_first_token_seconds"
+    )
+    probes = per_service(f"rate({histogram}_count[{w}])")
+    bound = le_matcher(config.latency_bucket(objective.threshold))
+    fast = per_service(f"rate({histogram}_bucket{{{bound}}}[{w}])")
+    return f"1 - {fast} / {probes}"
+
+
+def slo_rules() -> list[tuple[str, str]]:
+    return [
+        (slo_rule_name(objective, window), bad_ratio(objective, window))
+        for objective in config.OBJECTIVES
+        for window in config.slo_windows()
+    ]
+
+
+# --- the rest: autoscaling and dashboards -----------------------------------------------------------
 
 # GPU utilization of each GPU that runs a process of a service, labelled with that service.
 _GPU_UTIL_BY_SERVICE = (
@@ -12,53 +131,67 @@ _GPU_UTIL_BY_SERVICE = (
     ' clamp_max(autoglm_gpu_processes{service!="other"} > 0, 1)'
 )
 
-RECORDING_RULES: list[tuple[str, str]] = [
-    # autoscaling: GPU utilization per service, per node and across the cluster
-    (
-        "instance_service:autoglm_gpu_utilization_ratio:avg",
-        f"avg by (instance, service) ({_GPU_UTIL_BY_SERVICE})",
-    ),
-    ("service:autoglm_gpu_utilization_ratio:avg", f"avg by (service) ({_GPU_UTIL_BY_SERVICE})"),
-    # autoscaling: queues (engine waiting requests, Redis queue depth)
-    ("engine:autoglm_engine_requests_waiting:sum", "sum by (engine) (autoglm_engine_requests_waiting)"),
-    # max, not sum: every node's exporter reads the same shared queue
-    ("queue:autoglm_redis_queue_depth:max", "max by (redis, queue) (autoglm_redis_queue_depth)"),
-    # the dashboards (mixin/dashboards.py) read these rates and ratios
-    (
-        "instance_gpu:autoglm_gpu_memory_used:ratio",
-        "autoglm_gpu_memory_used_bytes / autoglm_gpu_memory_total_bytes",
-    ),
-    (
-        f"instance:autoglm_system_context_switches_per_cpu:rate{W}",
-        f"rate(autoglm_system_context_switches_total[{W}]) / on (instance, job) autoglm_system_cpus",
-    ),
-    (
-        f"instance_service:autoglm_process_context_switches:rate{W}",
-        f"sum by (instance, job, service, type) (rate(autoglm_process_context_switches_total[{W}]))",
-    ),
-    (
-        f"instance_service:autoglm_process_cpu_seconds:rate{W}",
-        f"sum by (instance, job, service) (rate(autoglm_process_cpu_seconds_total[{W}]))",
-    ),
-    (
-        f"instance_service:autoglm_container_cpu_throttled:ratio_rate{W}",
-        # clamp_min: a cgroup without a quota has no periods, 0/0 would be NaN
-        f"rate(autoglm_container_cpu_throttled_periods_total[{W}])"
-        f" / clamp_min(rate(autoglm_container_cpu_periods_total[{W}]), 1e-9)",
-    ),
-    (
-        f"instance_engine:autoglm_engine_generation_tokens:rate{W}",
-        f"rate(autoglm_engine_generation_tokens_total[{W}])",
-    ),
-    (
-        f"instance_target:autoglm_probe_failures:rate{W}",
-        f"sum by (instance, job, target, reason) (rate(autoglm_probe_failures_total[{W}]))",
-    ),
-]
+
+def rate_rules() -> list[tuple[str, str]]:
+    name, w = prometheus_duration(RATE_WINDOW), duration(RATE_WINDOW)
+    return [
+        # autoscaling: GPU utilization per service, per node and across the cluster
+        (
+            "instance_service:autoglm_gpu_utilization_ratio:avg",
+            f"avg by (instance, service) ({_GPU_UTIL_BY_SERVICE})",
+        ),
+        ("service:autoglm_gpu_utilization_ratio:avg", f"avg by (service) ({_GPU_UTIL_BY_SERVICE})"),
+        # autoscaling: queues (engine waiting requests, Redis queue depth)
+        ("engine:autoglm_engine_requests_waiting:sum", "sum by (engine) (autoglm_engine_requests_waiting)"),
+        # max, not sum: every node's exporter reads the same shared queue
+        ("queue:autoglm_redis_queue_depth:max", "max by (redis, queue) (autoglm_redis_queue_depth)"),
+        # the dashboards (mixin/dashboards.py) read these rates and ratios
+        (
+            "instance_gpu:autoglm_gpu_memory_used:ratio",
+            "autoglm_gpu_memory_used_bytes / autoglm_gpu_memory_total_bytes",
+        ),
+        (
+            f"instance:autoglm_system_context_switches_per_cpu:rate{name}",
+            f"rate(autoglm_system_context_switches_total[{w}]) / on (instance, job) autoglm_system_cpus",
+        ),
+        (
+            f"instance_service:autoglm_process_context_switches:rate{name}",
+            f"sum by (instance, job, service, type) (rate(autoglm_process_context_switches_total[{w}]))",
+        ),
+        (
+            f"instance_service:autoglm_process_cpu_seconds:rate{name}",
+            f"sum by (instance, job, service) (rate(autoglm_process_cpu_seconds_total[{w}]))",
+        ),
+        (
+            f"instance_service:autoglm_container_cpu_throttled:ratio_rate{name}",
+            # clamp_min: a cgroup without a quota has no periods, 0/0 would be NaN
+            f"rate(autoglm_container_cpu_throttled_periods_total[{w}])"
+            f" / clamp_min(rate(autoglm_container_cpu_periods_total[{w}]), 1e-9)",
+        ),
+        (
+            f"instance_engine:autoglm_engine_generation_tokens:rate{name}",
+            f"rate(autoglm_engine_generation_tokens_total[{w}])",
+        ),
+        (
+            f"instance_target:autoglm_probe_failures:rate{name}",
+            f"sum by (instance, job, target, reason) (rate(autoglm_probe_failures_total[{w}]))",
+        ),
+    ]
+
+
+def recording_rules() -> list[tuple[str, str]]:
+    """The recording group's rules, in evaluation order. The SLO ratios are recorded in the group of
+    the burn-rate alerts instead (mixin/alerts.py), so that an alert reads the ratio recorded in the
+    same evaluation, never the one before."""
+    return link_rules() + rate_rules()
+
+
+# Every recording rule at the shipped windows, for the modules that only need names and expressions.
+RECORDING_RULES: list[tuple[str, str]] = recording_rules() + slo_rules()
 
 
 def recording_group() -> dict:
     return {
         "name": "autoglm.recording",
-        "rules": [{"record": name, "expr": expr} for name, expr in RECORDING_RULES],
+        "rules": [{"record": name, "expr": expr} for name, expr in recording_rules()],
     }

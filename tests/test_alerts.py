@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+import mixin.alertmanager
 import mixin.alerts
 import mixin.config
 
@@ -24,7 +25,10 @@ ALERTS = REPO / mixin.alerts.ALERTS_FILE
 RECORDING = REPO / mixin.alerts.RECORDING_FILE
 RULE_TESTS = REPO / "alerts" / "tests"
 RUNBOOKS = REPO / "docs" / "runbooks.md"
-SEVERITIES = {"page", "ticket"}
+SEVERITIES = set(mixin.config.SEVERITY.values())
+# Alerts with no non-firing case, and why: the Watchdog fires always by design (its silence is the
+# page, which only a heartbeat service outside the stack can send; the e2e test sees it arrive).
+ALWAYS_FIRING = {"AutoglmWatchdog"}
 ANNOTATIONS = {"summary", "description", "runbook_url"}
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
@@ -34,7 +38,7 @@ def rules_of(path: Path) -> list[dict[str, Any]]:
 
 
 def alert_rules() -> list[dict[str, Any]]:
-    return rules_of(ALERTS)
+    return [rule for rule in rules_of(ALERTS) if "alert" in rule]
 
 
 def rule_test_files() -> list[Path]:
@@ -64,33 +68,46 @@ def _complete(expected: dict[str, Any]) -> bool:
     return "severity" in labels and all(key in annotations for key in ANNOTATIONS)
 
 
-def alert_cases(documents: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """alertname -> {"firing": cases that expect it with labels and annotations, "quiet": empty cases}."""
-    cases: dict[str, dict[str, int]] = {}
+def alert_cases(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """alertname -> {"firing": the exp_labels of complete expected alerts, "quiet": empty cases}."""
+    cases: dict[str, dict[str, Any]] = {}
     for document in documents:
         for test in document.get("tests") or []:
             for case in test.get("alert_rule_test") or []:
-                counts = cases.setdefault(case["alertname"], {"firing": 0, "quiet": 0})
+                counts = cases.setdefault(case["alertname"], {"firing": [], "quiet": 0})
                 expected = case.get("exp_alerts") or []
                 if not expected:
                     counts["quiet"] += 1
                 elif all(_complete(alert) for alert in expected):
-                    counts["firing"] += 1
+                    counts["firing"] += [alert["exp_labels"] for alert in expected]
     return cases
 
 
-def missing_cases(alert_names: list[str], documents: list[dict[str, Any]]) -> list[str]:
+def rule_identity(rule: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """A rule's alert name and static labels: rules of one name (the burn-rate windows) differ there."""
+    return rule["alert"], dict(rule.get("labels") or {})
+
+
+def missing_cases(
+    rules: list[tuple[str, dict[str, str]]],
+    documents: list[dict[str, Any]],
+    always_firing: set[str] = frozenset(),
+) -> list[str]:
+    """Every rule needs a firing case that pins its static labels and every annotation, and every
+    alert name a non-firing case."""
     cases = alert_cases(documents)
     missing = []
-    for name in alert_names:
-        counts = cases.get(name, {"firing": 0, "quiet": 0})
-        if not counts["firing"]:
+    for name, labels in rules:
+        counts = cases.get(name, {"firing": [], "quiet": 0})
+        if not any(
+            labels.items() <= {k: str(v) for k, v in fired.items()}.items() for fired in counts["firing"]
+        ):
             missing.append(
-                f"{name}: no firing case (exp_alerts with severity, summary, description, runbook_url)"
+                f"{name} {labels}: no firing case (exp_alerts with severity, summary, description, runbook_url)"
             )
-        if not counts["quiet"]:
+        if not counts["quiet"] and name not in always_firing:
             missing.append(f"{name}: no non-firing case (an alert_rule_test with exp_alerts: [])")
-    return missing
+    return sorted(set(missing))
 
 
 def unexercised_records(record_names: list[str], documents: list[dict[str, Any]]) -> list[str]:
@@ -130,7 +147,7 @@ def test_promtool_check_rules_is_clean() -> None:
     output = checked.stdout + checked.stderr
     assert checked.returncode == 0, output
     assert "WARNING" not in output and "FAILED" not in output, output
-    assert f"SUCCESS: {len(alert_rules())} rules found" in output, output
+    assert f"SUCCESS: {len(rules_of(ALERTS))} rules found" in output, output
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -146,9 +163,12 @@ def test_promtool_unit_tests_pass() -> None:
 
 
 def test_every_alert_has_a_firing_and_a_non_firing_case() -> None:
-    names = [rule["alert"] for rule in alert_rules()]
-    assert len(names) == len(set(names)), "duplicate alert names"
-    assert missing_cases(names, rule_test_documents()) == []
+    identities = [rule_identity(rule) for rule in alert_rules()]
+    keys = [(name, sorted(labels.items())) for name, labels in identities]
+    assert len(keys) == len(set(map(str, keys))), "two rules with the same name and labels"
+    repeated = {name for name, _ in identities if sum(1 for other, _ in identities if other == name) > 1}
+    assert repeated == {o.alert for o in mixin.config.OBJECTIVES}, "only burn-rate windows share a name"
+    assert missing_cases(identities, rule_test_documents(), ALWAYS_FIRING) == []
 
 
 def test_unit_tests_name_only_alerts_that_exist() -> None:
@@ -168,23 +188,31 @@ def test_the_case_checker_catches_a_missing_case() -> None:
     }
     quiet = {"alertname": "AutoglmX", "exp_alerts": []}
     both = [{"tests": [{"alert_rule_test": [quiet, firing]}]}]
-    assert missing_cases(["AutoglmX"], both) == []
-    assert missing_cases(["AutoglmX"], [{"tests": [{"alert_rule_test": [firing]}]}]) == [
+    x = ("AutoglmX", {"severity": "page"})
+    assert missing_cases([x], both) == []
+    assert missing_cases([x], [{"tests": [{"alert_rule_test": [firing]}]}]) == [
         "AutoglmX: no non-firing case (an alert_rule_test with exp_alerts: [])"
     ]
-    assert missing_cases(["AutoglmX"], [{"tests": [{"alert_rule_test": [quiet]}]}]) == [
-        "AutoglmX: no firing case (exp_alerts with severity, summary, description, runbook_url)"
+    assert missing_cases([x], [{"tests": [{"alert_rule_test": [firing]}]}], {"AutoglmX"}) == []
+    assert missing_cases([x], [{"tests": [{"alert_rule_test": [quiet]}]}]) == [
+        "AutoglmX {'severity': 'page'}: no firing case (exp_alerts with severity, summary, description, runbook_url)"
     ]
     # a firing case that does not pin the annotations does not test the templates: it does not count
     untemplated = {"alertname": "AutoglmX", "exp_alerts": [{"exp_labels": {"severity": "page"}}]}
-    assert missing_cases(["AutoglmX"], [{"tests": [{"alert_rule_test": [quiet, untemplated]}]}]) == [
-        "AutoglmX: no firing case (exp_alerts with severity, summary, description, runbook_url)"
+    assert missing_cases([x], [{"tests": [{"alert_rule_test": [quiet, untemplated]}]}]) == [
+        "AutoglmX {'severity': 'page'}: no firing case (exp_alerts with severity, summary, description, runbook_url)"
     ]
-    assert len(missing_cases(["AutoglmX", "AutoglmY"], both)) == 2
+    # a rule of the same name with other static labels (another burn-rate window) needs its own case
+    other_window = ("AutoglmX", {"severity": "page", "long": "6h"})
+    assert missing_cases([x, other_window], both) == [
+        "AutoglmX {'severity': 'page', 'long': '6h'}: no firing case (exp_alerts with severity, summary, "
+        "description, runbook_url)"
+    ]
+    assert len(missing_cases([x, ("AutoglmY", {"severity": "page"})], both)) == 2
 
 
 def test_every_recording_rule_is_exercised() -> None:
-    records = [rule["record"] for rule in rules_of(RECORDING)]
+    records = [rule["record"] for path in (RECORDING, ALERTS) for rule in rules_of(path) if "record" in rule]
     assert records
     assert unexercised_records(records, rule_test_documents()) == []
     assert unexercised_records(["a:b:c"], [{"tests": [{"promql_expr_test": [{"expr": "a:b:cd"}]}]}]) == [
@@ -225,7 +253,7 @@ def test_runbook_parser() -> None:
 
 
 def test_committed_rule_files_match_the_generator() -> None:
-    for path, content in mixin.alerts.generated_files().items():
+    for path, content in mixin.alerts.rule_files().items():
         committed = REPO / path
         assert committed.is_file(), f"{path} is missing: run make mixin"
         assert committed.read_text() == content, f"{path} differs from mixin/: run make mixin"
@@ -240,7 +268,8 @@ def rebuilt_alerts(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPat
 
 
 def _expressions() -> dict[str, dict[str, Any]]:
-    return {alert.name: {"expr": alert.expr, "for": alert.for_} for alert in mixin.alerts.all_alerts()}
+    rules = [alert.rule() for alert in mixin.alerts.all_alerts()]
+    return {f"{r['alert']} {r['labels']}": {"expr": r["expr"], "for": r.get("for")} for r in rules}
 
 
 @pytest.mark.parametrize(
@@ -251,7 +280,10 @@ def _expressions() -> dict[str, dict[str, Any]]:
         ("context_switches_per_cpu_per_second", "AutoglmContextSwitchStorm"),
         ("cpu_throttled_ratio", "AutoglmCpuThrottled"),
         ("queue_backlog_min_depth", "AutoglmQueueBacklogGrowing"),
+        ("queue_backlog_high_depth", "AutoglmQueueBacklogHigh"),
         ("restarts_per_window", "AutoglmServiceRestarting"),
+        ("kv_cache_usage_ratio", "AutoglmKvCacheNearFull"),
+        ("redis_memory_used_ratio", "AutoglmRedisMemoryNearMax"),
     ],
 )
 def test_thresholds_come_from_mixin_config(
@@ -261,16 +293,101 @@ def test_thresholds_come_from_mixin_config(
     rebuilt_alerts.setitem(mixin.config.THRESHOLDS, threshold, 123457)
     importlib.reload(mixin.alerts)
     after = _expressions()
-    assert "123457" in after[alert]["expr"] and after[alert]["expr"] != before[alert]["expr"]
-    assert "123457" in mixin.alerts.generated_files()[mixin.alerts.ALERTS_FILE]
-    assert [name for name in before if before[name] != after[name]] == [alert]
+    changed = [key for key in before if before[key] != after[key]]
+    assert [key.split(" ", 1)[0] for key in changed] == [alert]
+    assert "123457" in after[changed[0]]["expr"]
+    assert "123457" in mixin.alerts.rule_files()[mixin.alerts.ALERTS_FILE]
+
+
+def _one(expressions: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    (found,) = [value for key, value in expressions.items() if key.split(" ", 1)[0] == name]
+    return found
 
 
 def test_for_durations_and_windows_come_from_mixin_config(rebuilt_alerts: pytest.MonkeyPatch) -> None:
     before = _expressions()
-    rebuilt_alerts.setitem(mixin.config.FOR, "ticket", "37m")
-    rebuilt_alerts.setattr(mixin.config, "XID_WINDOW", "41m")
-    importlib.reload(mixin.alerts)
+    rebuilt_alerts.setitem(mixin.config.FOR, "ticket", 37 * 60)
+    rebuilt_alerts.setattr(mixin.config, "XID_WINDOW", 41 * 60)
     after = _expressions()
-    assert after["AutoglmGpuMemoryNearFull"]["for"] == "37m" != before["AutoglmGpuMemoryNearFull"]["for"]
-    assert "[41m]" in after["AutoglmGpuCriticalXid"]["expr"]
+    assert (
+        _one(after, "AutoglmGpuMemoryNearFull")["for"]
+        == "37m"
+        != _one(before, "AutoglmGpuMemoryNearFull")["for"]
+    )
+    assert "[41m]" in _one(after, "AutoglmGpuCriticalXid")["expr"]
+
+
+def test_symptoms_wait_while_a_cause_of_their_service_is_pending_or_firing() -> None:
+    alerts = mixin.alerts.all_alerts()
+    causes = {a.name for a in alerts if a.role in ("cause", "network")}
+    assert {"AutoglmRedisDown", "AutoglmProcessMissing", "AutoglmThreadsBlocked"} <= causes
+    for alert in alerts:
+        if alert.role == "symptom":
+            assert "unless on (instance, service) ALERTS{alertname=~" in alert.expr, alert.name
+            assert "unless on (instance) ALERTS{alertname=~" in alert.expr, alert.name
+        elif alert.role == "slo":
+            assert "unless on (service) ALERTS{alertname=~" in alert.expr, alert.name
+        else:
+            assert "ALERTS" not in alert.expr, alert.name
+        gate = re.search(r'ALERTS\{alertname=~"([^"]+)", service!=""\}', alert.expr)
+        if gate:
+            assert set(gate.group(1).split("|")) == causes, alert.name
+
+
+def test_severity_names_come_from_mixin_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Alertmanager that routes on other names: rename them in one place, rules and routing follow."""
+    monkeypatch.setitem(mixin.config.SEVERITY, "critical", "P1")
+    rules = [alert.rule() for alert in mixin.alerts.all_alerts()]
+    assert "P1" in {rule["labels"]["severity"] for rule in rules}
+    assert "critical" not in {rule["labels"]["severity"] for rule in rules}
+    routes = mixin.alertmanager.routing()["route"]["routes"]
+    assert any('severity="P1"' in route["matchers"] for route in routes)
+    assert not any('severity="critical"' in route["matchers"] for route in routes)
+
+
+def test_one_time_scale_shrinks_every_duration_of_the_rules() -> None:
+    """The end-to-end test's shortcut: every `for:`, window and latency objective, by one factor."""
+    shipped = yaml.safe_load(mixin.alerts.rule_files()[mixin.alerts.ALERTS_FILE])
+    with mixin.config.time_scale(1 / 20):
+        scaled = yaml.safe_load(mixin.alerts.rule_files()[mixin.alerts.ALERTS_FILE])
+    pairs = [
+        (a, b)
+        for g1, g2 in zip(shipped["groups"], scaled["groups"], strict=True)
+        for a, b in zip(g1["rules"], g2["rules"], strict=True)
+    ]
+    assert pairs
+    for shipped_rule, scaled_rule in pairs:
+        name = shipped_rule.get("alert") or shipped_rule["record"]
+        if "for" in shipped_rule:
+            assert _seconds(scaled_rule["for"]) * 20 == _seconds(shipped_rule["for"]), name
+        windows = re.findall(r"\[(\w+)\]", shipped_rule["expr"])
+        assert [_seconds(w) / 20 for w in windows] == [
+            _seconds(w) for w in re.findall(r"\[(\w+)\]", scaled_rule["expr"])
+        ], name
+    # the latency objective of 10 s becomes the 0.5 s bucket; the rules keep their shipped names
+    names = {
+        rule["record"]: rule["expr"]
+        for group in scaled["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+    assert 'le=~"10(\\\\.0)?"' not in names["service:autoglm_probe_slow:ratio_rate5m"]
+    assert 'le="0.5"' in names["service:autoglm_probe_slow:ratio_rate5m"]
+    assert "[15s]" in names["service:autoglm_probe_slow:ratio_rate5m"]
+    with mixin.config.time_scale(1 / 7), pytest.raises(ValueError, match="no bucket bound"):
+        mixin.alerts.rule_files()
+
+
+def _seconds(duration: str) -> float:
+    total = 0.0
+    for number, unit in re.findall(r"(\d+)(ms|[smhd])", duration):
+        total += int(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+    return total
+
+
+def test_prometheus_durations() -> None:
+    assert [mixin.config.prometheus_duration(s) for s in (300, 90, 1.5, 3600, 86400 * 3, 0.05)] == [
+        "5m", "90s", "1500ms", "1h", "3d", "50ms",
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        mixin.config.prometheus_duration(0)

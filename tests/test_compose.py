@@ -16,6 +16,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -360,11 +361,10 @@ def test_exporter_image_runs_the_daemon() -> None:
 
 
 def _prometheus_config_for_this_host(tmp_path: Path, targets: dict[str, str], alertmanager: str) -> Path:
-    """deploy/prometheus/prometheus.yml with its container paths mapped through the compose mounts
-    and its targets moved to 127.0.0.1 (job name -> target)."""
-    spec = service("prometheus")
+    """deploy/prometheus/prometheus.yml written elsewhere: its rule files (relative to the shipped
+    file) made absolute, its targets moved (job name -> target)."""
     config = load(PROMETHEUS_CONFIG)
-    config["rule_files"] = [str(host_path(spec, pattern)) for pattern in config["rule_files"]]
+    config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / pattern) for pattern in config["rule_files"]]
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
     config["alerting"]["alertmanagers"][0]["static_configs"] = [{"targets": [alertmanager]}]
@@ -373,34 +373,69 @@ def _prometheus_config_for_this_host(tmp_path: Path, targets: dict[str, str], al
     return path
 
 
-def test_prometheus_config_loads_the_mounted_alerts(tmp_path: Path) -> None:
+def _resolved(base: PurePosixPath, pattern: str) -> PurePosixPath:
+    """A rule_files entry as Prometheus resolves it: relative to the config file's directory."""
+    parts: list[str] = []
+    for part in (base / pattern).parts:
+        if part == "..":
+            parts.pop()
+        else:
+            parts.append(part)
+    return PurePosixPath(*parts)
+
+
+def test_prometheus_config_finds_the_rules_in_the_container_and_in_the_repository() -> None:
     spec = service("prometheus")
     config = load(PROMETHEUS_CONFIG)
-    assert host_path(spec, flags(spec["command"])["config.file"]) == PROMETHEUS_CONFIG
-    assert [host_path(spec, pattern) for pattern in config["rule_files"]] == [REPO / "alerts/*.rules.yml"], (
-        "rule_files must read the repository's alerts/ through the compose mount"
-    )
-    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    port = DEFAULT_LISTEN_ADDRESS.rsplit(":", 1)[1]
-    assert targets[EXPORTER_JOB] == [f"host.docker.internal:{port}"]
-    assert "host.docker.internal:host-gateway" in spec["extra_hosts"]
-    assert "--web.enable-lifecycle" in spec["command"]
-    assert "storage.tsdb.retention.time" in flags(spec["command"])
-    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    container_config = PurePosixPath(flags(spec["command"])["config.file"])
+    assert host_path(spec, str(container_config)) == PROMETHEUS_CONFIG
+    for pattern in config["rule_files"]:
+        assert not pattern.startswith("/"), (
+            "an absolute path exists in the container or on the host, not both"
+        )
+        in_container = _resolved(container_config.parent, pattern)
+        assert host_path(spec, str(in_container)) == REPO / "alerts/*.rules.yml", pattern
+        assert (PROMETHEUS_CONFIG.parent / pattern).resolve() == (REPO / "alerts/*.rules.yml").resolve()
 
-    local = _prometheus_config_for_this_host(tmp_path, {job: "127.0.0.1:1" for job in targets}, "127.0.0.1:1")
+
+def test_promtool_check_config_from_the_repository_finds_every_rule_file() -> None:
+    """What a user runs before `docker compose up`: the shipped file, unchanged, from the repository."""
     checked = subprocess.run(
-        [require_binary("promtool"), "check", "config", str(local)],
+        [require_binary("promtool"), "check", "config", str(PROMETHEUS_CONFIG.relative_to(REPO))],
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=REPO,
     )
     output = checked.stdout + checked.stderr
     assert checked.returncode == 0, output
     found = re.search(r"SUCCESS: (\d+) rule files found", output)
-    assert found and int(found.group(1)) == len(alert_rule_files()) >= 1, output
+    assert found and int(found.group(1)) == len(alert_rule_files()) >= 2, output
     for rules in alert_rule_files():
-        assert f"Checking {rules}" in output, output
+        assert f"Checking {rules.relative_to(REPO)}" in output, output
+        assert "SUCCESS" in output.split(f"Checking {rules.relative_to(REPO)}", 1)[1].split("Checking", 1)[0]
+
+
+def test_prometheus_scrapes_the_exporter_the_engine_and_the_paging_path_on_the_hosts_loopback() -> None:
+    spec = service("prometheus")
+    config = load(PROMETHEUS_CONFIG)
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    port = DEFAULT_LISTEN_ADDRESS.rsplit(":", 1)[1]
+    assert targets[EXPORTER_JOB] == [f"127.0.0.1:{port}"]
+    exporter_command = flags(service("exporter")["command"])
+    assert exporter_command["web.listen-address"] == f"127.0.0.1:{port}"
+    engine = load(EXPORTER_CONFIG)["engines"][0]["metrics_url"]
+    assert targets["vllm"] == [engine.split("//", 1)[1].split("/", 1)[0]], "the engine the exporter reads"
+    assert set(targets) == {EXPORTER_JOB, "vllm", "prometheus", "alertmanager"}
+    assert spec["network_mode"] == "host" and "ports" not in spec and "extra_hosts" not in spec
+    assert flags(spec["command"])["web.listen-address"] == "127.0.0.1:9090"
+    assert targets["prometheus"] == ["127.0.0.1:9090"]
+    published = [p for p in service("alertmanager")["ports"] if p.endswith(":9093:9093")]
+    assert published and interpolate(published[0]).startswith("127.0.0.1:")
+    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
+    assert targets["alertmanager"] == ["127.0.0.1:9093"]
+    assert "--web.enable-lifecycle" in spec["command"]
+    assert "storage.tsdb.retention.time" in flags(spec["command"])
 
 
 @pytest.mark.slow
@@ -431,6 +466,7 @@ def test_real_prometheus_scrapes_the_compose_exporter(tmp_path: Path, spawn, sta
         tmp_path,
         {
             EXPORTER_JOB: f"127.0.0.1:{exporter.port}",
+            "vllm": "127.0.0.1:1",
             "prometheus": f"127.0.0.1:{port}",
             "alertmanager": "127.0.0.1:1",
         },
@@ -446,7 +482,7 @@ def test_real_prometheus_scrapes_the_compose_exporter(tmp_path: Path, spawn, sta
     wait_http_ok(f"{url}/-/ready", process, tmp_path / "prometheus.log")
 
     groups = httpx.get(f"{url}/api/v1/rules", timeout=5).json()["data"]["groups"]
-    assert {Path(group["file"]) for group in groups} == set(alert_rule_files())
+    assert {Path(group["file"]).resolve() for group in groups} == {p.resolve() for p in alert_rule_files()}
     assert sum(len(group["rules"]) for group in groups) > 0
     assert any(rule["type"] == "alerting" for group in groups for rule in group["rules"])
 
@@ -483,10 +519,14 @@ def test_alertmanager_config_passes_amtool(tmp_path: Path) -> None:
         [amtool, "check-config", str(uncommented)], capture_output=True, text=True, timeout=60
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    # Out of the box every receiver is the demo's webhook service, resolved notifications included.
+    # Out of the box every receiver is the demo's webhook service, resolved notifications included
+    # (but the Watchdog's, which never resolves).
     config = load(ALERTMANAGER_CONFIG)
-    hooks = [hook for r in config["receivers"] for hook in r.get("webhook_configs", [])]
+    hooks = [
+        hook for r in config["receivers"] if r["name"] != "watchdog" for hook in r.get("webhook_configs", [])
+    ]
     assert hooks and all(hook["send_resolved"] for hook in hooks)
+    hooks += [hook for r in config["receivers"] if r["name"] == "watchdog" for hook in r["webhook_configs"]]
     assert {hook["url"] for hook in hooks} == {f"http://webhook:{demo_args('webhook').port}/"}
     assert flags(service("alertmanager")["command"])["cluster.listen-address"] == ""
     assert host_path(service("alertmanager"), flags(service("alertmanager")["command"])["config.file"]) == (
@@ -494,23 +534,47 @@ def test_alertmanager_config_passes_amtool(tmp_path: Path) -> None:
     )
 
 
-def _alert(name: str, severity: str, instance: str, **labels: str) -> dict[str, Any]:
-    common = {"alertname": name, "severity": severity, "instance": instance, "job": EXPORTER_JOB}
+def _alert(name: str, severity: str, instance: str | None, **labels: str) -> dict[str, Any]:
+    common = {"alertname": name, "severity": severity, "job": EXPORTER_JOB}
+    if instance:
+        common["instance"] = instance
     return {"labels": common | labels, "annotations": {"summary": f"{name} (test)"}}
 
 
 def _key(labels: dict[str, str]) -> tuple[str, str, str]:
-    return labels["alertname"], labels["instance"], labels.get("service", "")
+    return labels["alertname"], labels.get("instance", ""), labels.get("service", "")
 
 
 def _seconds(duration: str) -> float:
     return float(duration[:-1]) * {"s": 1, "m": 60, "h": 3600}[duration[-1]]
 
 
+def _quick(config: dict[str, Any], wait: str = "1s") -> None:
+    """The shipped routes with their waits shortened (the routing and inhibition unchanged)."""
+    for route in [config["route"], *config["route"]["routes"]]:
+        route["group_wait"], route["group_interval"] = wait, "1m"
+
+
+def test_alertmanager_config_is_the_mixins() -> None:
+    """The committed file is the routing and inhibition mixin/alertmanager.py generates from the
+    alerts' names and roles (the drift test checks the text; this, what Alertmanager reads)."""
+    from mixin import alertmanager
+
+    assert load(ALERTMANAGER_CONFIG) == alertmanager.routing()
+    critical = [
+        r for r in load(ALERTMANAGER_CONFIG)["route"]["routes"] if 'severity="critical"' in r["matchers"]
+    ]
+    assert critical[0]["group_by"] == ["service"] and 'service=~".+"' in critical[0]["matchers"]
+    for rule in load(ALERTMANAGER_CONFIG)["inhibit_rules"]:
+        for label in rule["equal"]:
+            assert f'{label}=~".+"' in rule["source_matchers"], "an empty label must never match"
+
+
 @pytest.mark.slow
 def test_real_alertmanager_routes_pages_and_inhibits(tmp_path: Path, spawn, webhook) -> None:
     config = load(ALERTMANAGER_CONFIG)
     point_webhooks_at(config, webhook.url)
+    _quick(config)
     local = tmp_path / "alertmanager.yml"
     local.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
@@ -525,14 +589,33 @@ def test_real_alertmanager_routes_pages_and_inhibits(tmp_path: Path, spawn, webh
     url = f"http://127.0.0.1:{port}"
     wait_http_ok(f"{url}/-/ready", process, tmp_path / "alertmanager.log")
 
+    redis = {"service": "open-autoglm", "redis": "redis", "kind": "redis", "dependency": "redis"}
     alerts = [
+        # Redis down, seen by the exporters of two nodes: one notification, its symptoms silenced
+        _alert("AutoglmRedisDown", "critical", "host-a:9877", **redis),
+        _alert("AutoglmRedisDown", "critical", "host-c:9877", **redis),
         _alert(
-            "AutoglmServiceNotAnswering", "page", "host-a:9877", service="open-autoglm", target="inference"
+            "AutoglmServiceNotAnswering",
+            "critical",
+            "host-a:9877",
+            service="open-autoglm",
+            target="inference",
         ),
-        _alert("AutoglmEnvironmentDrift", "ticket", "host-a:9877", service="open-autoglm"),  # under the page
-        _alert("AutoglmEnvironmentDrift", "ticket", "host-a:9877", service="vllm"),  # another service
-        _alert("AutoglmExporterDown", "page", "host-b:9877"),
-        _alert("AutoglmRedisDown", "page", "host-b:9877", redis="redis"),  # its exporter is down
+        _alert("AutoglmChainBroken", "critical", "host-c:9877", service="open-autoglm"),
+        _alert(
+            "AutoglmAvailabilityBudgetBurn", "critical", None, service="open-autoglm", long="1h", short="5m"
+        ),
+        # another service on the same node is another incident
+        _alert("AutoglmServiceNotAnswering", "critical", "host-a:9877", service="batch-api", target="batch"),
+        # no service on either side: an empty label is no match
+        _alert("AutoglmPortTaken", "critical", "host-d:9877", port="8080"),
+        _alert("AutoglmChainDegraded", "warning", "host-d:9877"),
+        # the exporter of host-b is down: whatever else host-b says is silenced
+        _alert("AutoglmExporterDown", "critical", "host-b:9877"),
+        _alert("AutoglmRedisDown", "critical", "host-b:9877", service="cache", redis="cache"),
+        # no exporter target at all (absent()): silences nothing, not even alerts without an instance
+        _alert("AutoglmExporterDown", "critical", None),
+        _alert("AutoglmWatchdog", "info", None),
     ]
     posted = httpx.post(f"{url}/api/v2/alerts", json=alerts, timeout=5)
     assert posted.status_code == 200, posted.text
@@ -544,33 +627,47 @@ def test_real_alertmanager_routes_pages_and_inhibits(tmp_path: Path, spawn, webh
         return found if len(found) == len(alerts) and "unprocessed" not in found.values() else None
 
     expected = {
-        ("AutoglmServiceNotAnswering", "host-a:9877", "open-autoglm"): "active",
-        ("AutoglmEnvironmentDrift", "host-a:9877", "open-autoglm"): "suppressed",
-        ("AutoglmEnvironmentDrift", "host-a:9877", "vllm"): "active",
+        ("AutoglmRedisDown", "host-a:9877", "open-autoglm"): "active",
+        ("AutoglmRedisDown", "host-c:9877", "open-autoglm"): "active",
+        ("AutoglmServiceNotAnswering", "host-a:9877", "open-autoglm"): "suppressed",
+        ("AutoglmChainBroken", "host-c:9877", "open-autoglm"): "suppressed",
+        ("AutoglmAvailabilityBudgetBurn", "", "open-autoglm"): "suppressed",
+        ("AutoglmServiceNotAnswering", "host-a:9877", "batch-api"): "active",
+        ("AutoglmPortTaken", "host-d:9877", ""): "active",
+        ("AutoglmChainDegraded", "host-d:9877", ""): "active",
         ("AutoglmExporterDown", "host-b:9877", ""): "active",
-        ("AutoglmRedisDown", "host-b:9877", ""): "suppressed",
+        ("AutoglmRedisDown", "host-b:9877", "cache"): "suppressed",
+        ("AutoglmExporterDown", "", ""): "active",
+        ("AutoglmWatchdog", "", ""): "active",
     }
     try:
         wait_until(lambda: states() == expected, timeout=10, interval=0.2)
     except AssertionError:
         raise AssertionError(f"alert states {states()} != {expected}") from None
 
-    # A page reaches the page receiver after the page route's group_wait, grouped per alert+instance.
-    page_route = next(r for r in config["route"]["routes"] if r["receiver"] == "page")
-    assert page_route["matchers"] == ['severity="page"']
-    group_wait = _seconds(page_route["group_wait"])
+    def by_receiver(name: str) -> list[dict[str, Any]]:
+        return [n for n in webhook.received() if n["receiver"] == name]
 
-    def paged() -> list[dict[str, Any]]:
-        return [n for n in webhook.received() if n["receiver"] == "page"]
-
-    notifications = wait_until(lambda: len(paged()) >= 2 and paged(), timeout=group_wait + 15, interval=0.2)
-    by_alert = {n["groupLabels"]["alertname"]: n for n in notifications}
-    assert set(by_alert) == {"AutoglmServiceNotAnswering", "AutoglmExporterDown"}
-    page = by_alert["AutoglmServiceNotAnswering"]
-    assert page["status"] == "firing"
-    assert page["groupLabels"] == {"alertname": "AutoglmServiceNotAnswering", "instance": "host-a:9877"}
-    assert [a["labels"]["target"] for a in page["alerts"]] == ["inference"]
-    assert not any(n["groupLabels"]["alertname"] == "AutoglmRedisDown" for n in webhook.received())
+    # pages: one per service, however many exporters saw it; the rest by alert and instance
+    wait_until(lambda: len(by_receiver("page")) >= 5, timeout=20, interval=0.2)
+    time.sleep(1.5)  # a second flush of the same groups would come now; none may
+    pages = by_receiver("page")
+    groups = {tuple(sorted(n["groupLabels"].items())): n for n in pages}
+    assert len(groups) == len(pages), "one notification per group"
+    assert set(groups) == {
+        (("service", "open-autoglm"),),
+        (("service", "batch-api"),),
+        (("alertname", "AutoglmPortTaken"), ("instance", "host-d:9877")),
+        (("alertname", "AutoglmExporterDown"), ("instance", "host-b:9877")),
+        (("alertname", "AutoglmExporterDown"),),
+    }
+    incident = groups[(("service", "open-autoglm"),)]
+    assert sorted(a["labels"]["instance"] for a in incident["alerts"]) == ["host-a:9877", "host-c:9877"]
+    assert {a["labels"]["alertname"] for a in incident["alerts"]} == {"AutoglmRedisDown"}
+    wait_until(lambda: by_receiver("watchdog"), timeout=10, interval=0.2)
+    assert [a["labels"]["alertname"] for n in by_receiver("watchdog") for a in n["alerts"]] == [
+        "AutoglmWatchdog"
+    ]
 
 
 # --- Grafana -------------------------------------------------------------------------------------------
@@ -586,8 +683,9 @@ def test_grafana_provisioning_matches_the_mounts() -> None:
         "prometheus",
         True,
     )
-    assert prometheus["url"] == "http://prometheus:9090"
-    assert any(p.endswith(":9090:9090") for p in service("prometheus")["ports"])
+    assert prometheus["url"] == "http://" + flags(service("prometheus")["command"])["web.listen-address"]
+    assert spec["network_mode"] == service("prometheus")["network_mode"] == "host"
+    assert spec["environment"]["GF_SERVER_HTTP_ADDR"] == "${AUTOGLM_BIND_ADDRESS:-127.0.0.1}"
     scrape_interval = load(PROMETHEUS_CONFIG)["global"]["scrape_interval"]
     assert prometheus["jsonData"]["timeInterval"] == scrape_interval, "$__rate_interval needs it"
 

@@ -301,6 +301,50 @@ def test_api_error_and_slow_faults(start_demo) -> None:
     assert time.monotonic() - started >= 0.5
 
 
+def test_flaky_fails_exactly_every_other_request(start_demo) -> None:
+    demo = start_demo()
+    assert set_fault(demo.api.url, "flaky").json()["fault"] == "flaky"
+    statuses = [demo.infer().status_code for _ in range(8)]
+    assert sorted(statuses) == [200] * 4 + [500] * 4
+    assert all(a != b for a, b in zip(statuses, statuses[1:], strict=False)), statuses
+    assert "(injected fault: flaky)" in demo.log()
+    set_fault(demo.api.url, "none")
+    assert [demo.infer().status_code for _ in range(3)] == [200] * 3
+
+
+def _histogram(metrics: dict, name: str) -> tuple[float, float, dict[str, float]]:
+    """(count, sum, {le: cumulative count}) of one of the engine's histograms."""
+    buckets = {
+        dict(labels)["le"]: value
+        for (sample_name, labels), value in metrics.items()
+        if sample_name == f"{name}_bucket" and dict(labels)["model_name"] == MODEL
+    }
+    count = sample(metrics, f"{name}_count", model_name=MODEL)
+    total = sample(metrics, f"{name}_sum", model_name=MODEL)
+    assert count is not None and total is not None, name
+    return count, total, buckets
+
+
+def test_the_engine_exports_vllms_latency_histograms(start_demo) -> None:
+    """The dashboards' percentiles of vLLM 0.11's histograms, with the slow fault in the queue time."""
+    engine = start_demo.service("engine", "--token-delay", "0.01")
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "one two"}], "max_tokens": 5}
+    assert httpx.post(engine.url + "/v1/chat/completions", json=chat, timeout=5).status_code == 200
+    set_fault(engine.url, "slow", seconds=0.3)
+    assert httpx.post(engine.url + "/v1/chat/completions", json=chat, timeout=5).status_code == 200
+    metrics = parse_metrics(httpx.get(engine.url + "/metrics", timeout=2).text)
+
+    count, total, buckets = _histogram(metrics, "vllm:time_to_first_token_seconds")
+    assert count == 2 and total >= 0.3 + 0.02  # the slow request waited before its first token
+    assert buckets["+Inf"] == 2 and list(buckets.values()) == sorted(buckets.values())
+    count, total, _ = _histogram(metrics, "vllm:inter_token_latency_seconds")
+    assert count == 8 and total >= 8 * 0.01  # four gaps between five tokens, twice
+    count, total, buckets = _histogram(metrics, "vllm:request_queue_time_seconds")
+    assert count == 2 and 0.3 <= total < 2 and buckets["0.25"] == 1  # one waited 0.3 s, one not
+    count, total, _ = _histogram(metrics, "vllm:e2e_request_latency_seconds")
+    assert count == 2 and total >= 0.3 + 2 * 5 * 0.01
+
+
 def test_engine_faults_as_the_api_sees_them(start_demo) -> None:
     demo = start_demo()
     set_fault(demo.engine.url, "error")

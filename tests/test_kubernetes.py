@@ -45,6 +45,7 @@ CORE_KINDS = {
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("monitoring.coreos.com/v1alpha1", "AlertmanagerConfig"),
     ("keda.sh/v1alpha1", "ScaledObject"),
 }
 KEDA_METRIC_TYPES = ("AverageValue", "Value", "Utilization")  # checked by KEDA's webhook, not its CRD
@@ -87,7 +88,7 @@ def crd_models() -> dict[tuple[str, str], Any]:
         ("monitoring.coreos.com/v1", "ServiceMonitor"): monitoring.ServiceMonitor,
         ("monitoring.coreos.com/v1", "PrometheusRule"): monitoring.PrometheusRule,
         ("keda.sh/v1alpha1", "ScaledObject"): keda.ScaledObject,
-        ("monitoring.coreos.com/v1alpha1", "AlertmanagerConfig"): monitoring_alpha.AlertmanagerConfig,  # docs
+        ("monitoring.coreos.com/v1alpha1", "AlertmanagerConfig"): monitoring_alpha.AlertmanagerConfig,
     }
 
 
@@ -185,7 +186,13 @@ def test_the_validators_reject_what_a_cluster_would(crd_models: dict[tuple[str, 
 
 def test_generated_manifests_are_committed() -> None:
     files = k8s.generated_files()
-    assert set(files) == {k8s.PROMETHEUS_RULE_FILE, k8s.KEDA_FILE, k8s.ADAPTER_CONFIG_FILE, k8s.HPA_FILE}
+    assert set(files) == {
+        k8s.PROMETHEUS_RULE_FILE,
+        k8s.ALERTMANAGER_CONFIG_FILE,
+        k8s.KEDA_FILE,
+        k8s.ADAPTER_CONFIG_FILE,
+        k8s.HPA_FILE,
+    }
     for path, content in sorted(files.items()):
         committed = REPO / path
         assert committed.is_file(), f"{path} is missing: run make mixin"
@@ -204,6 +211,30 @@ def test_prometheus_rule_holds_every_rule_group_and_promtool_accepts_them(tmp_pa
     assert any("alert" in r for g in rule["spec"]["groups"] for r in g["rules"])
     checked = promtool_check_rules(tmp_path, rule["spec"]["groups"])
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_alertmanager_config_routes_and_inhibits_as_the_compose_alertmanager() -> None:
+    """Kubernetes users get the same one-incident-one-page routing as docker-compose's Alertmanager."""
+    from mixin.alertmanager import routing
+
+    crd = load(REPO / k8s.ALERTMANAGER_CONFIG_FILE)
+    assert crd["metadata"]["namespace"] == k8s.NAMESPACE
+    assert k8s.PROMETHEUS_SELECTOR_LABELS.items() <= crd["metadata"]["labels"].items()
+    plain = routing()
+
+    def matchers(entries: list[dict[str, str]]) -> list[str]:
+        return [f'{m["name"]}{m["matchType"]}"{m["value"]}"' for m in entries]
+
+    route = crd["spec"]["route"]
+    assert matchers(route["matchers"]) == ['alertname=~"Autoglm.+"'], "only this project's alerts"
+    assert [
+        (r["receiver"], matchers(r["matchers"]), r["groupBy"], r["groupWait"]) for r in route["routes"]
+    ] == [(r["receiver"], r["matchers"], r["group_by"], r["group_wait"]) for r in plain["route"]["routes"]]
+    assert [
+        (matchers(i["sourceMatch"]), matchers(i["targetMatch"]), i["equal"])
+        for i in crd["spec"]["inhibitRules"]
+    ] == [(i["source_matchers"], i["target_matchers"], i["equal"]) for i in plain["inhibit_rules"]]
+    assert {r["name"] for r in crd["spec"]["receivers"]} == {r["name"] for r in plain["receivers"]}
 
 
 def test_helpers_of_the_generator() -> None:
