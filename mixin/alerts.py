@@ -110,8 +110,8 @@ def sole_service(expr: str, kind: str, label: str) -> str:
     return f"({joined}) or {_unmapped(expr, kind, label)} unless on (instance, {label}) {known}"
 
 
-# A log's service, for the log alerts: autoglm_log_info{log, service} (requested from the exporter;
-# until it exists the log alerts carry no service and a CUDA OOM is a cause for its whole instance).
+# A log's service, for the log alerts: autoglm_log_info{log, service} (a log without a service
+# gives alerts without one: a CUDA OOM there is a cause for its whole instance).
 LOG_SERVICE = 'autoglm_log_info{service!=""}'
 
 

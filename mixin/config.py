@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from autoglm_exporter.collectors.probe import DURATION_BUCKETS
 from autoglm_exporter.diagnosis import thresholds as verdict
 
 MINUTE = 60.0
@@ -139,9 +140,9 @@ THROTTLE_REASONS = ("hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown",
 # --- service level objectives -----------------------------------------------------------------------
 
 # The buckets of the probe histograms (autoglm_probe_request_duration_seconds and
-# autoglm_probe_first_token_seconds, the contract with the probe collector). A latency objective
-# counts the probes in its threshold's bucket, so every threshold must be one of these bounds.
-PROBE_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60)
+# autoglm_probe_first_token_seconds), from the probe collector itself. A latency objective counts
+# the probes in its threshold's bucket, so every threshold must be one of these bounds.
+PROBE_BUCKETS = DURATION_BUCKETS
 
 
 @dataclass(frozen=True)

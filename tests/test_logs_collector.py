@@ -201,6 +201,7 @@ def test_every_series_exists_from_the_first_scrape_even_without_the_file(tmp_pat
     assert registry.get_sample_value("autoglm_log_lines_total", {"log": "error"}) == 0
     assert registry.get_sample_value("autoglm_log_truncated_lines_total", {"log": "error"}) == 0
     assert registry.get_sample_value("autoglm_log_file_present", {"log": "error"}) == 0
+    assert registry.get_sample_value("autoglm_log_info", {"log": "error", "service": ""}) == 1
     facts = facts_of(result)
     assert facts == LogFacts(
         name="error",
@@ -359,8 +360,11 @@ def test_rotation_truncation_and_deletion_through_the_collector(tmp_path: Path) 
 
 def test_an_unreadable_path_is_reported_in_the_facts(tmp_path: Path) -> None:
     collector = LogsCollector((LogConfig("error", str(tmp_path)),))
-    facts = facts_of(collector.collect())
+    result = collector.collect()
+    facts = facts_of(result)
     assert facts.error == f"{tmp_path} is a directory, not a log file"
+    assert not facts.present  # a directory at the path is no log file
+    assert registry_of(result).get_sample_value("autoglm_log_file_present", {"log": "error"}) == 0
 
 
 _APPENDER = """

@@ -42,7 +42,7 @@ from prometheus_client.utils import floatToGoString
 from ..config import LogConfig
 from ..logs.follow import LogFollower
 from ..logs.redact import redact
-from ..metrics.spec import Family, counter, gauge, histogram
+from ..metrics.spec import Family, counter, gauge, histogram, info
 from .base import Collector, Result
 
 # name -> case-insensitive regular expression, written against what the software really prints.
@@ -162,7 +162,10 @@ ERRORS = counter(
 LINES = counter(
     "autoglm_log_lines", "New complete lines read from the log since the exporter started.", "log"
 )
-PRESENT = gauge("autoglm_log_file_present", "1 when the log file exists, else 0.", "log")
+PRESENT = gauge("autoglm_log_file_present", "1 when the log file exists as a regular file, else 0.", "log")
+INFO = info(
+    "autoglm_log", "Each watched log and the service it belongs to (empty when none).", "log", "service"
+)
 LAST_MATCH = gauge(
     "autoglm_log_last_match_timestamp_seconds",
     "When a line of the log last matched the pattern (as read), in seconds since the epoch, 0 if never.",
@@ -367,7 +370,7 @@ def _shown(line: str) -> str:
 
 class LogsCollector(Collector):
     name = "logs"
-    metrics = (ERRORS, LINES, PRESENT, LAST_MATCH, TRUNCATED, TRACE_DURATION, TRACE_INVALID)
+    metrics = (ERRORS, LINES, PRESENT, INFO, LAST_MATCH, TRUNCATED, TRACE_DURATION, TRACE_INVALID)
 
     def __init__(self, logs: tuple[LogConfig, ...]) -> None:
         self.logs = logs
@@ -385,6 +388,7 @@ class LogsCollector(Collector):
             log = facts[name]
             families[LINES.name].add_metric([name], state.lines)
             families[PRESENT.name].add_metric([name], 1 if log.present else 0)
+            families[INFO.name].add_metric([name, log.service or ""], {})
             families[TRUNCATED.name].add_metric([name], state.follower.truncated_lines)
             for pattern, _ in state.patterns:
                 families[ERRORS.name].add_metric([name, pattern], state.counts[pattern])

@@ -32,6 +32,7 @@ import codecs
 import contextlib
 import errno
 import os
+from stat import S_ISDIR, S_ISREG
 from typing import BinaryIO
 
 TRUNCATION_MARK = "…[truncated]"
@@ -102,6 +103,11 @@ class LogFollower:
         except OSError as exc:
             self._present = False
             self._error = _describe(self.path, exc)
+            return lines
+        if not S_ISREG(stat.st_mode):  # a directory (or a device) at the path is no log to follow
+            self._present = False
+            kind = "a directory" if S_ISDIR(stat.st_mode) else "not a regular file"
+            self._error = f"{self.path} is {kind}, not a log file"
             return lines
         self._present = True
         identity = (stat.st_dev, stat.st_ino)
