@@ -31,7 +31,6 @@ Peer: none but the targets themselves; the idle and hog runs of the same fault a
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -49,9 +48,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import ROOT, banner, ensure_venv_python, free_port, start_process, stop_process, verdict
+from _common import ROOT, arguments, banner, verdict
 
-ensure_venv_python()
+from tests.support import free_port, start_logged, stop_process
+
 sys.path.insert(0, str(ROOT))
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -128,7 +128,7 @@ class World:
     # --- starting and stopping ---
 
     def start(self, key: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        process = start_process(argv, self.tmp / f"{key}.out", cwd=str(ROOT))
+        process = start_logged(argv, self.tmp / f"{key}.out", cwd=str(ROOT))
         self.processes[key] = process
         return process
 
@@ -505,7 +505,7 @@ class Exporter:
         self.log = world.tmp / "exporter.log"
         argv = [sys.executable, "-m", "autoglm_exporter", f"--config.file={config}"]
         argv.append(f"--web.listen-address=127.0.0.1:{self.port}")
-        self.process = start_process(argv, self.log, env=world.exporter_env(), cwd=str(world.tmp))
+        self.process = start_logged(argv, self.log, env=world.exporter_env(), cwd=str(world.tmp))
 
     def stop(self) -> None:
         stop_process(self.process)
@@ -802,8 +802,7 @@ def print_totals(rows: list[Row]) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 s interval, three faults, idle only")
+    parser = arguments(__doc__)
     parser.add_argument("--faults", help=f"comma-separated, of: {', '.join(FAULTS_BY_NAME)}")
     parser.add_argument("--conditions", help="comma-separated, of: idle, hog")
     args = parser.parse_args()

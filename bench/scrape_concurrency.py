@@ -19,7 +19,6 @@ few seconds with 50 connections: a smoke test of the script, not a measurement.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import random
@@ -33,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
-c.ensure_venv_python()
+from tests.support import free_port, start_logged, stop_process, wait_http_ok  # noqa: E402
 
 WRK = "/usr/bin/wrk"
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
@@ -127,8 +126,7 @@ def socket_error_count(wrk_errors: str) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds each, 50 connections")
+    parser = c.arguments(__doc__)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--connections", type=int, default=200)
     args = parser.parse_args()
@@ -142,12 +140,12 @@ def main() -> int:
         work = Path(tmp)
         config = work / "config.yml"
         config.write_text("global:\n  interval: 1s\n")
-        ours_port, node_port = c.free_port(), c.free_port()
+        ours_port, node_port = free_port(), free_port()
         while node_port == ours_port:
-            node_port = c.free_port()
+            node_port = free_port()
         try:
             ours_log, node_log = work / "ours.log", work / "node.log"
-            ours_proc = c.start_process(
+            ours_proc = start_logged(
                 [
                     sys.executable,
                     "-m",
@@ -157,7 +155,7 @@ def main() -> int:
                 ],
                 ours_log,
             )
-            node_proc = c.start_process(
+            node_proc = start_logged(
                 [
                     node,
                     f"--web.listen-address=127.0.0.1:{node_port}",
@@ -166,8 +164,8 @@ def main() -> int:
                 ],
                 node_log,
             )
-            c.wait_http(f"http://127.0.0.1:{ours_port}/-/ready", 30, ours_proc, ours_log)
-            c.wait_http(f"http://127.0.0.1:{node_port}/metrics", 30, node_proc, node_log)
+            wait_http_ok(f"http://127.0.0.1:{ours_port}/-/ready", ours_proc, ours_log, timeout=30)
+            wait_http_ok(f"http://127.0.0.1:{node_port}/metrics", node_proc, node_log, timeout=30)
             time.sleep(1.5)  # let our collectors publish a few times
             print(
                 f"{len(os.sched_getaffinity(0))} CPUs shared by the scrapers and both exporters; "
@@ -201,8 +199,8 @@ def main() -> int:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} died during the run (exit {proc.returncode})")
         finally:
-            c.stop_process(ours_proc)
-            c.stop_process(node_proc)
+            stop_process(ours_proc)
+            stop_process(node_proc)
 
     print("-" * 78)
     p99_factor = crowd.percentile(0.99) / baseline.percentile(0.99)
