@@ -163,9 +163,7 @@ LINES = counter(
     "autoglm_log_lines", "New complete lines read from the log since the exporter started.", "log"
 )
 PRESENT = gauge("autoglm_log_file_present", "1 when the log file exists as a regular file, else 0.", "log")
-INFO = info(
-    "autoglm_log", "Each watched log and the service it belongs to (empty when none).", "log", "service"
-)
+INFO = info("autoglm_log", "Each watched log and the service it belongs to (empty: none).", "log", "service")
 LAST_MATCH = gauge(
     "autoglm_log_last_match_timestamp_seconds",
     "When a line of the log last matched the pattern (as read), in seconds since the epoch, 0 if never.",
