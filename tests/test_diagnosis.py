@@ -6,6 +6,8 @@ from __future__ import annotations
 from autoglm_exporter.collectors.container import ContainerFacts, ContainerServiceFacts
 from autoglm_exporter.core.health import CollectorHealth
 from autoglm_exporter.diagnosis import REASONS, diagnose, to_dict, verdict_families
+from autoglm_exporter.diagnosis.model import Link
+from autoglm_exporter.diagnosis.ranking import Broken, pick
 from autoglm_exporter.diagnosis.thresholds import QUEUE_MIN_DEPTH, SAME_CYCLE_SECONDS
 
 from .verdict_facts import (
@@ -468,3 +470,36 @@ def test_each_service_has_its_own_verdict_from_what_it_depends_on() -> None:
     assert chains == {"api": "redis_down", "search": None}
     ones = {s.labels["service"] for s in feed.families[0].samples if s.value == 1}
     assert ones == {"api"}
+
+
+# --- the most specific link about one thing, whenever it came ------------------------------------
+
+
+def test_of_two_links_about_one_thing_the_more_specific_wins_even_when_it_broke_later() -> None:
+    def broken(name: str, layer: str, reason: str, subject: str, since: float) -> Broken:
+        return Broken(Link(name, layer, False, reason, reason, subject=subject), since)
+
+    # The generation probe fails first (after hang_after); the engine's own metrics then show
+    # requests waiting while no token comes: the stall says more about the same engine.
+    not_generating = broken("probe vllm-generate", "dependencies", "engine_not_generating", "vllm", 100.0)
+    stalled = broken("engine vllm generation", "stall", "engine_stalled", "vllm", 120.0)
+    assert pick([not_generating, stalled]).cause.reason == "engine_stalled"
+    # A thread spinning (stacks) says more than the service's own busy CPU.
+    own_cpu = broken("system", "resources", "cpu_saturated", "api", 100.0)
+    spinning = broken("stacks api", "stall", "cpu_bound_loop", "api", 115.0)
+    assert pick([own_cpu, spinning]).cause.reason == "cpu_bound_loop"
+    # About different things, the one that broke first is the cause.
+    redis_down = broken("redis queue", "dependencies", "redis_down", "queue", 100.0)
+    assert pick([redis_down, stalled]).cause.reason == "redis_down"
+
+
+def test_a_process_replaced_again_and_again_is_a_crash_loop_until_it_stops() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    for restarts in (1, 2, 3):  # a new process at every reading
+        feed.publish("process", processes(service(restarts=restarts)), after=10)
+    assert feed.verdict() == ("service", "restarting")
+    assert "keeps restarting: 3 new processes" in feed.diagnosis.verdict.summary
+    for _ in range(14):  # it stays up: the loop ages out of its window
+        feed.publish("process", processes(service(restarts=3)), after=10)
+    assert feed.verdict() is None

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from .client import hung_probe
 from .facts import Facts
-from .model import Link, number
+from .model import Link, engine_subject, number
 
 if TYPE_CHECKING:
     from ..collectors.engine import EngineInstanceFacts
@@ -68,7 +68,7 @@ def _engine_link(instance: EngineInstanceFacts) -> Link:
         waiting = number(instance.waiting)
         running = number(instance.running)
         summary = f"{running} requests running, {waiting} waiting"
-        return Link(name, "dependencies", True, summary, source="engine", subject=instance.name)
+        return Link(name, "dependencies", True, summary, source="engine", subject=engine_subject(instance))
     return Link(
         name,
         "dependencies",
@@ -78,7 +78,7 @@ def _engine_link(instance: EngineInstanceFacts) -> Link:
         (f"{instance.error}",),
         f"curl -sv -m 10 {instance.url or 'http://127.0.0.1:8000/metrics'} | head",
         source="engine",
-        subject=instance.name,
+        subject=engine_subject(instance),
     )
 
 

@@ -26,7 +26,7 @@ def all_links(
 ) -> tuple[Link, ...]:
     links = (
         client_links(facts, observed_at, hang_after)
-        + service_links(facts.process, health.get("process"))
+        + service_links(facts.process, health.get("process"), trends, now)
         + log_links(facts.logs, now)
         + dependency_links(facts, hang_after)
         + resource_links(facts.system, health.get("system"), facts.services, trends)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from ..collectors.engine import EngineInstanceFacts
     from ..collectors.process import ServiceFacts
 
 LAYERS = ("client", "network", "service", "dependencies", "resources", "stall", "exporter")
@@ -25,7 +26,7 @@ REASONS: dict[str, tuple[str, ...]] = {
         "dns",
         "tls",
     ),
-    "service": ("process_missing", "port_not_listening", "port_taken", "log_errors"),
+    "service": ("process_missing", "port_not_listening", "port_taken", "restarting", "log_errors"),
     "dependencies": ("redis_down", "engine_down", "engine_not_generating", "dependency_probe_failed"),
     "resources": (
         "memory_low",
@@ -119,6 +120,12 @@ class Diagnosis:
     @property
     def healthy(self) -> bool:
         return self.verdict is None
+
+
+def engine_subject(instance: EngineInstanceFacts) -> str:
+    """What an engine's links are about: the service it runs in, when it has one, so that the
+    engine's metrics and the probes of that service speak of the same thing."""
+    return instance.service or instance.name
 
 
 def pid_list(service: ServiceFacts) -> str:

@@ -6,7 +6,9 @@ Broken links fall into groups, and the first group with a broken link names the 
    process explains (dead, not listening, wrong port), its process, port, log errors, its
    cgroup or GPU, Redis, the engine, a stalled engine or queue, pressure on the machine that is
    the service's own. Within the group the link that broke FIRST wins; on a tie, the more
-   specific one.
+   specific one. Of two links about the same thing (the same subject) the more specific one
+   wins whenever it came: stacks that show a spinning thread say more than the service's busy
+   CPU, an engine stalled with requests waiting says more than its generation probe failing.
 2. the network path when nothing about the process explains it (refused, timeout, DNS, TLS);
 3. the machine as a whole (CPU busy, memory low, context switches, threads blocked on I/O):
    a cause only when nothing about the service explains the symptom;
@@ -25,15 +27,27 @@ from dataclasses import dataclass, replace
 from .model import LAYERS, Link
 
 # Specificity: how much a broken link says about why, most first.
-STACKS = 6  # where the service's threads are stuck
-EXPLAINED_REFUSAL = 5  # the user's refusal, explained by the process of the same moment
+STACKS = 8  # where the service's threads are stuck
+CRASH_LOOP = 7  # the service's process keeps being replaced: what any refusal or absence of it means
+EXPLAINED_REFUSAL = 6  # the user's refusal, explained by the process of the same moment
+STALLED = 5  # what the service needs is stuck with work waiting (engine, queue, idle GPUs)
 SERVICE = 4  # a fact about the service or what it depends on
 NETWORK = 3  # the path to it
 HOST = 2  # the whole machine
 SYMPTOM = 1  # what the user's request met
 EXPORTER = 0  # the exporter's own health
 
-_GROUP = {STACKS: 0, EXPLAINED_REFUSAL: 0, SERVICE: 0, NETWORK: 1, HOST: 2, SYMPTOM: 3, EXPORTER: 4}
+_GROUP = {
+    STACKS: 0,
+    CRASH_LOOP: 0,
+    EXPLAINED_REFUSAL: 0,
+    STALLED: 0,
+    SERVICE: 0,
+    NETWORK: 1,
+    HOST: 2,
+    SYMPTOM: 3,
+    EXPORTER: 4,
+}
 _HOST_WIDE = frozenset({"memory_low", "cpu_saturated", "context_switch_storm", "io_blocked"})
 _EXPLAINED_REFUSALS = frozenset({"process_dead", "not_listening", "wrong_port"})
 # One fault seen from the service's side and from the user's: the user's side names it.
@@ -59,6 +73,10 @@ class Pick:
 def specificity(link: Link) -> int:
     if link.layer == "stall" and link.reason in ("threads_blocked", "cpu_bound_loop"):
         return STACKS
+    if link.layer == "stall":
+        return STALLED
+    if link.layer == "service" and link.reason == "restarting":
+        return CRASH_LOOP
     if link.layer == "network":
         return EXPLAINED_REFUSAL if link.reason in _EXPLAINED_REFUSALS else NETWORK
     if link.layer == "client":
@@ -72,7 +90,7 @@ def specificity(link: Link) -> int:
 
 def pick(broken: Sequence[Broken]) -> Pick | None:
     """The cause among the broken links of one chain; None when none is broken."""
-    candidates = _absorb(broken)
+    candidates = _most_specific_about_each(_absorb(broken))
     if not candidates:
         return None
     best = min(candidates, key=_rank)
@@ -118,6 +136,21 @@ def _absorb(broken: Sequence[Broken]) -> list[Broken]:
                 kept.remove(service_side)
                 break
     return kept
+
+
+def _most_specific_about_each(broken: list[Broken]) -> list[Broken]:
+    """Drop a link when a more specific one of the same group speaks of the same subject."""
+
+    def outdone(b: Broken) -> bool:
+        level = specificity(b.link)
+        return b.link.subject is not None and any(
+            other.link.subject == b.link.subject
+            and specificity(other.link) > level
+            and _GROUP[specificity(other.link)] == _GROUP[level]
+            for other in broken
+        )
+
+    return [b for b in broken if not outdone(b)]
 
 
 def _rank(b: Broken) -> tuple[int, float, int, int, str]:

@@ -7,8 +7,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..core.health import CollectorHealth
-from .model import Link, pid_list
-from .thresholds import RECENT_LOG_SECONDS
+from .model import Link, duration, pid_list
+from .thresholds import RECENT_LOG_SECONDS, RESTART_LOOP_RESTARTS, RESTART_LOOP_WINDOW_SECONDS
+from .trends import Trends
 
 if TYPE_CHECKING:
     from ..collectors.environment import EnvironmentFacts
@@ -18,13 +19,40 @@ if TYPE_CHECKING:
 SEVERE_LOG_PATTERNS = ("cuda_oom", "model_load_failure", "config_not_found", "nccl_error", "oom_killed")
 
 
-def service_links(process: ProcessFacts | None, health: CollectorHealth | None) -> list[Link]:
+def service_links(
+    process: ProcessFacts | None, health: CollectorHealth | None, trends: Trends, now: float
+) -> list[Link]:
     if health is None:
         return []
     if process is None:
         why = f"cannot read processes: {health.last_error or 'no run yet'}"
         return [Link("processes", "service", None, why, source="process")]
-    return [replace(_service_link(s), source="process", subject=s.name) for s in process.services.values()]
+    return [
+        replace(
+            _restart_loop(s, trends.restarts(s.name, now)) or _service_link(s),
+            source="process",
+            subject=s.name,
+        )
+        for s in process.services.values()
+    ]
+
+
+def _restart_loop(service: ServiceFacts, restarts: list[float]) -> Link | None:
+    """A process replaced again and again: the loop, not the moment it is caught down, is the news."""
+    if len(restarts) < RESTART_LOOP_RESTARTS:
+        return None
+    window = duration(RESTART_LOOP_WINDOW_SECONDS)
+    state = f"now pid {pid_list(service)}" if service.up else "no process at the last reading"
+    return Link(
+        f"service {service.name}",
+        "service",
+        False,
+        f"keeps restarting: {len(restarts)} new processes in the last {window} ({state})",
+        "restarting",
+        (f"{service.restarts} restarts since the exporter started",),
+        f"journalctl -u {service.name} --since '-{int(RESTART_LOOP_WINDOW_SECONDS)}s' | tail -n 50",
+        began_at=restarts[0],
+    )
 
 
 def _service_link(service: ServiceFacts) -> Link:

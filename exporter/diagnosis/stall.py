@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .model import Link, number
+from .model import Link, engine_subject, number
 from .thresholds import ENGINE_FLAT_READINGS, FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_READINGS, QUEUE_MIN_DEPTH
 from .trends import Trends
 
@@ -47,7 +47,7 @@ def gpu_idle_links(engine: EngineFacts | None, gpu: GpuFacts | None) -> list[Lin
                     ("GPU utilization 0% on every GPU of the engine",),
                     "nvidia-smi; py-spy dump --pid $(pgrep -f vllm | head -1)",
                     source="engine",
-                    subject=instance.name,
+                    subject=engine_subject(instance),
                 )
             )
     return links
@@ -70,7 +70,7 @@ def stall_links(
                     (f"generation tokens flat at {number(instance.generation_tokens)}",),
                     "py-spy dump --pid $(pgrep -f 'vllm' | head -1); nvidia-smi",
                     source="engine",
-                    subject=instance.name,
+                    subject=engine_subject(instance),
                     held=flat,
                     began_at=instance.stalled_since,
                 )

@@ -25,6 +25,10 @@ OWN_PRESSURE_SHARE = 0.5
 GPU_MEMORY_FULL_RATIO = 0.95
 RECENT_XID_SECONDS = 600.0  # an XID event speaks for the GPU this long
 
+# --- the service's processes --------------------------------------------------------------------
+RESTART_LOOP_RESTARTS = 2  # the service's process replaced this often within the window: a crash loop
+RESTART_LOOP_WINDOW_SECONDS = 120.0
+
 # --- the service's logs and stacks --------------------------------------------------------------
 RECENT_LOG_SECONDS = 300.0  # a CUDA OOM line (or another severe one) breaks the link this long
 FORENSICS_RECENT_SECONDS = 900.0  # stacks older than this say nothing about the service now

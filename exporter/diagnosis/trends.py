@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .facts import Facts
-from .thresholds import QUEUE_GROWTH_STALL
+from .thresholds import QUEUE_GROWTH_STALL, RESTART_LOOP_WINDOW_SECONDS
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class Trends:
         self._flat: dict[str, int] = {}
         self._cpu: dict[str, _Cpu] = {}
         self._cores: dict[str, float] = {}
+        self._restart_counts: dict[str, int] = {}
+        self._restarts: dict[str, list[float]] = {}  # service -> when a reading saw it restarted
 
     # --- readers ------------------------------------------------------------------------------
 
@@ -52,6 +54,10 @@ class Trends:
         """CPUs the service's processes used between its last two readings."""
         return self._cores.get(service)
 
+    def restarts(self, service: str, now: float) -> list[float]:
+        """When readings of the last RESTART_LOOP_WINDOW_SECONDS saw the service's process replaced."""
+        return [at for at in self._restarts.get(service, []) if now - at <= RESTART_LOOP_WINDOW_SECONDS]
+
     # --- one new reading --------------------------------------------------------------------------
 
     def update(self, facts: Facts, readings: Mapping[str, int], observed_at: Mapping[str, float]) -> None:
@@ -61,6 +67,7 @@ class Trends:
             self._update_engines(facts)
         if self._new("process", readings):
             self._update_cpu(facts, observed_at.get("process"))
+            self._update_restarts(facts, observed_at.get("process"))
 
     def _new(self, collector: str, readings: Mapping[str, int]) -> bool:
         reading = readings.get(collector)
@@ -104,3 +111,15 @@ class Trends:
                     cores[service.name] = used / (now.at - before.at)
             cpu[service.name] = now
         self._cpu, self._cores = cpu, cores
+
+    def _update_restarts(self, facts: Facts, at: float | None) -> None:
+        if at is None:
+            return
+        for service in facts.services.values():
+            before = self._restart_counts.get(service.name)
+            self._restart_counts[service.name] = service.restarts
+            if before is not None and service.restarts > before:
+                recent = [
+                    t for t in self._restarts.get(service.name, []) if at - t <= RESTART_LOOP_WINDOW_SECONDS
+                ]
+                self._restarts[service.name] = [*recent, *([at] * (service.restarts - before))][-32:]
