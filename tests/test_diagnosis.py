@@ -203,16 +203,23 @@ def test_a_generation_probe_waiting_beside_a_healthy_health_check_is_an_engine_n
 # --- which broken link is the cause ---------------------------------------------------------------
 
 
-def test_a_busy_host_is_the_cause_only_when_nothing_about_the_service_explains_the_symptom() -> None:
+def test_a_host_busy_with_other_work_never_outranks_what_the_service_did() -> None:
     facts = {"process": processes(), "probe": failing("read_timeout"), "system": system(busy=0.99)}
     health = {**HEALTH, "system": CollectorHealth(runs=1, success=True)}
-    alone = diagnose(facts, health, now=NOW)
-    assert (alone.verdict.layer, alone.verdict.reason) == ("resources", "cpu_saturated")
-    assert any(line.startswith("symptom: probe inference") for line in alone.verdict.evidence)
+    hung = diagnose(facts, health, now=NOW)
+    # Other work keeps the CPUs busy and the service hangs: the hang is named, the CPU is evidence.
+    assert (hung.verdict.layer, hung.verdict.reason) == ("client", "not_answering")
+    assert any(line.startswith("the machine (cpu saturated): ") for line in hung.verdict.evidence)
+    for reason, named in (("http_status", "http_error"), ("bad_body", "bad_answer"), ("reset", "reset")):
+        answered = diagnose({**facts, "probe": failing(reason)}, health, now=NOW)
+        assert (answered.verdict.layer, answered.verdict.reason) == ("client", named)
     explained = diagnose({**facts, "forensics": deadlock(NOW)}, health, now=NOW)
     assert (explained.verdict.layer, explained.verdict.reason) == ("stall", "threads_blocked")
     throttled = diagnose({**facts, "container": throttled_cgroup()}, health, now=NOW)
     assert (throttled.verdict.layer, throttled.verdict.reason) == ("resources", "cpu_throttled")
+    # With nothing about the service or its users broken, the busy machine is the verdict.
+    alone = diagnose({**facts, "probe": probes(target())}, health, now=NOW)
+    assert (alone.verdict.layer, alone.verdict.reason) == ("resources", "cpu_saturated")
 
 
 def test_a_busy_host_is_about_the_service_when_the_service_itself_burns_the_cpu() -> None:

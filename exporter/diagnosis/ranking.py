@@ -10,9 +10,12 @@ Broken links fall into groups, and the first group with a broken link names the 
    wins whenever it came: stacks that show a spinning thread say more than the service's busy
    CPU, an engine stalled with requests waiting says more than its generation probe failing.
 2. the network path when nothing about the process explains it (refused, timeout, DNS, TLS);
-3. the machine as a whole (CPU busy, memory low, context switches, threads blocked on I/O):
-   a cause only when nothing about the service explains the symptom;
-4. the user's symptom alone (no answer, reset, HTTP error, a bad answer);
+3. the user's symptom alone (no answer, reset, HTTP error, a bad answer): what the service itself
+   did, so pressure on the machine from other work never outranks it (a busy host makes a
+   service slow; it does not make it answer 500 or hang on accept);
+4. the machine as a whole (CPU busy, memory low, context switches, threads blocked on I/O): the
+   verdict when nothing about the service or its users is broken; beside another cause it is
+   evidence ("the machine (cpu saturated): ...");
 5. the exporter's own collectors.
 
 The user's failing probe, when it is not the cause itself, is listed as its symptom.
@@ -44,8 +47,8 @@ _GROUP = {
     STALLED: 0,
     SERVICE: 0,
     NETWORK: 1,
-    HOST: 2,
-    SYMPTOM: 3,
+    SYMPTOM: 2,
+    HOST: 3,
     EXPORTER: 4,
 }
 _HOST_WIDE = frozenset({"memory_low", "cpu_saturated", "context_switch_storm", "io_blocked"})
@@ -98,9 +101,13 @@ def pick(broken: Sequence[Broken]) -> Pick | None:
     symptom = (
         min(symptoms, key=lambda b: _time(b.since)) if symptoms and not _is_users_probe(best.link) else None
     )
+    host = [b.link for b in candidates if specificity(b.link) == HOST and b is not best]
+    evidence = best.link.evidence + tuple(
+        f"the machine ({(link.reason or '').replace('_', ' ')}): {link.summary}" for link in host[:2]
+    )
     if symptom is None:
-        return Pick(best.link, best.since, None)
-    evidence = best.link.evidence + (f"symptom: {symptom.link.name}: {symptom.link.summary}",)
+        return Pick(replace(best.link, evidence=evidence), best.since, None)
+    evidence += (f"symptom: {symptom.link.name}: {symptom.link.summary}",)
     since = min(best.since, symptom.since, key=_time)
     return Pick(replace(best.link, evidence=evidence), since, symptom.link)
 
