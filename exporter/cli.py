@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--exporter.url",
         dest="exporter_url",
-        default=_env("exporter.url", "http://127.0.0.1:9877"),
-        help="a running exporter to ask since when and what happened before (default http://127.0.0.1:9877)",
+        default=_env("exporter.url", None),
+        help="a running exporter to ask since when and what happened before (default: --web.listen-address here)",
     )
     capture = commands.add_parser(
         "capture",

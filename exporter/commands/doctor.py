@@ -27,9 +27,25 @@ from ..core.runner import CollectorRunner
 from ..core.store import Store
 from ..diagnosis import Diagnosis, Link, chains_of, diagnose, to_dict
 from ..logs.urls import display_url
+from ..web.server import ListenAddressError, parse_listen_address
 
 EXIT_OK, EXIT_BROKEN, EXIT_BAD_CONFIG = 0, 1, 2
 DEFAULT_EXPORTER_URL = "http://127.0.0.1:9877"
+
+
+def local_exporter_url(listen_address: str) -> str:
+    """Where an exporter started with the same --web.listen-address answers on this machine."""
+    try:
+        host, port = parse_listen_address(listen_address)
+    except ListenAddressError:
+        return DEFAULT_EXPORTER_URL
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 EXPORTER_TIMEOUT = 3.0  # seconds: a running exporter answers /api/diagnosis from memory
 TIMELINE_SHOWN = 10
 
@@ -46,7 +62,7 @@ class Running:
 
 
 def run_doctor(
-    options: Options, as_json: bool = False, color: bool = False, exporter_url: str = DEFAULT_EXPORTER_URL
+    options: Options, as_json: bool = False, color: bool = False, exporter_url: str | None = None
 ) -> int:
     try:
         config = load_config(options.config_file)
@@ -70,7 +86,7 @@ def run_doctor(
         chains=chains_of(config),
         hang_after=config.forensics.hang_after,
     )
-    running = ask_running(exporter_url)
+    running = ask_running(exporter_url or local_exporter_url(options.listen_address))
     print(render_json(result, running) if as_json else render_text(result, color, running))
     return EXIT_OK if result.healthy else EXIT_BROKEN
 
