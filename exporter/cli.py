@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--exporter.url",
         dest="exporter_url",
         default=_env("exporter.url", None),
-        help="a running exporter to ask since when and what happened before (default: --web.listen-address here)",
+        help="a running exporter to ask since when and what happened before (default: its listen address)",
     )
     capture = commands.add_parser(
         "capture",
