@@ -3,7 +3,10 @@ the cause by onset and specificity, no flapping, trends over windows, stale read
 
 from __future__ import annotations
 
+import dataclasses
+
 from autoglm_exporter.collectors.container import ContainerFacts, ContainerServiceFacts
+from autoglm_exporter.config import ProbeTarget
 from autoglm_exporter.core.health import CollectorHealth
 from autoglm_exporter.diagnosis import REASONS, diagnose, to_dict, verdict_families
 from autoglm_exporter.diagnosis.model import Link
@@ -11,6 +14,7 @@ from autoglm_exporter.diagnosis.ranking import Broken, pick
 from autoglm_exporter.diagnosis.thresholds import QUEUE_MIN_DEPTH, SAME_CYCLE_SECONDS
 
 from .verdict_facts import (
+    CONFIG,
     NOT_WAITING,
     T0,
     Feed,
@@ -510,3 +514,18 @@ def test_a_process_replaced_again_and_again_is_a_crash_loop_until_it_stops() -> 
     for _ in range(14):  # it stays up: the loop ages out of its window
         feed.publish("process", processes(service(restarts=3)), after=10)
     assert feed.verdict() is None
+
+
+def test_a_hung_generation_probe_corroborates_one_flat_reading_of_a_stalled_engine() -> None:
+    generate = ProbeTarget(
+        "vllm-generate", "openai_chat", "http://127.0.0.1:8000/v1/chat/completions", "dependencies", "vllm"
+    )
+    feed = Feed(config=dataclasses.replace(CONFIG, targets=(*CONFIG.targets, generate)))
+    feed.healthy_start()
+    feed.publish("engine", engine(waiting=4, stalled=True), after=10)
+    assert feed.verdict() is None  # one flat reading alone is not a stall
+    # The engine's own generation probe has waited past hang_after for its token: the same stall,
+    # seen a second way; no need to wait for a second flat reading.
+    feed.publish("inflight", waiting(8.0, name="vllm-generate", service="vllm", layer="dependencies"))
+    feed.publish("inflight", waiting(9.0, name="vllm-generate", service="vllm", layer="dependencies"))
+    assert feed.verdict() == ("stall", "engine_stalled")

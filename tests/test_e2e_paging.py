@@ -616,7 +616,8 @@ def test_one_incident_one_page_naming_its_cause(stack: Stack) -> None:
             time.sleep(SETTLE)  # long enough for another group to page, if one would
         ledger.sample()
         fault.remove(stack)
-        settle(stack, fault)
+        if fault is not FAULTS[-1]:  # the next incident must not inherit this one's alerts
+            settle(stack, fault)
         incident.update(stack.webhook)
         report.append(incident.summary())
         problems += incident.problems(fault)

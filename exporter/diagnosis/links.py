@@ -33,7 +33,7 @@ def all_links(
         + container_links(facts.container)
         + gpu_links(facts.gpu)
         + forensics_links(facts.forensics, now)
-        + stall_links(facts.engine, facts.redis, facts.gpu, trends)
+        + stall_links(facts, trends, hang_after)
         + environment_links(facts.environment)
         + exporter_links(health)
     )

@@ -1,7 +1,9 @@
 """Stall links: stuck threads (py-spy), an engine not generating, idle GPUs with a backlog, queue growth.
 
 Trends are judged over several readings (trends.py), never one: a stalled engine's tokens stayed
-flat at ENGINE_FLAT_READINGS readings in a row while requests waited; a queue rose at each of
+flat at ENGINE_FLAT_READINGS readings in a row while requests waited (or at one, while a probe of
+the engine's service has waited `forensics.hang_after` for its answer: a second, independent
+observation of the same stall); a queue rose at each of
 QUEUE_GROWTH_READINGS readings and holds at least QUEUE_MIN_DEPTH. Such a link says how many
 readings it already held, so the verdict does not wait for as many again.
 """
@@ -10,15 +12,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .client import hung_probe
+from .facts import Facts
 from .model import Link, engine_subject, number
 from .thresholds import ENGINE_FLAT_READINGS, FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_READINGS, QUEUE_MIN_DEPTH
 from .trends import Trends
 
 if TYPE_CHECKING:
-    from ..collectors.engine import EngineFacts
+    from ..collectors.engine import EngineFacts, EngineInstanceFacts
     from ..collectors.gpu.collector import GpuFacts
-    from ..collectors.redis import RedisFacts
     from ..forensics.hangwatch import ForensicsFacts
+
+
+def _engine_probe_hangs(facts: Facts, instance: EngineInstanceFacts, hang_after: float) -> bool:
+    """Whether a probe of the engine's service (a generation, its health) has waited hang_after."""
+    owner = engine_subject(instance)
+    waiting = facts.inflight.targets.values() if facts.inflight is not None else ()
+    return any((p.service or p.target) == owner and hung_probe(facts, p.target, hang_after) for p in waiting)
+
 
 # Captures a human asked for: a busy thread there is not a sign that the service stopped answering.
 _ASKED_FOR = ("api", "cli")
@@ -53,13 +64,14 @@ def gpu_idle_links(engine: EngineFacts | None, gpu: GpuFacts | None) -> list[Lin
     return links
 
 
-def stall_links(
-    engine: EngineFacts | None, redis: RedisFacts | None, gpu: GpuFacts | None, trends: Trends
-) -> list[Link]:
-    links = gpu_idle_links(engine, gpu)
+def stall_links(facts: Facts, trends: Trends, hang_after: float) -> list[Link]:
+    engine, redis = facts.engine, facts.redis
+    links = gpu_idle_links(engine, facts.gpu)
     for instance in engine.engines.values() if engine is not None else []:
         flat = trends.flat_readings(instance.name)
-        if instance.up and instance.stalled and flat >= ENGINE_FLAT_READINGS:
+        corroborated = _engine_probe_hangs(facts, instance, hang_after)
+        needed = 1 if corroborated else ENGINE_FLAT_READINGS
+        if instance.up and instance.stalled and flat >= needed:
             links.append(
                 Link(
                     f"engine {instance.name} generation",
@@ -71,7 +83,7 @@ def stall_links(
                     "py-spy dump --pid $(pgrep -f 'vllm' | head -1); nvidia-smi",
                     source="engine",
                     subject=engine_subject(instance),
-                    held=flat,
+                    held=flat + corroborated,  # the hung probe is a second observation
                     began_at=instance.stalled_since,
                 )
             )
