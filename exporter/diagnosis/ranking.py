@@ -13,10 +13,10 @@ Broken links fall into groups, and the first group with a broken link names the 
 3. the user's symptom alone (no answer, reset, HTTP error, a bad answer): what the service itself
    did, so pressure on the machine from other work never outranks it (a busy host makes a
    service slow; it does not make it answer 500 or hang on accept);
-4. the machine as a whole (CPU busy, memory low, context switches, threads blocked on I/O): the
-   verdict when nothing about the service or its users is broken; beside another cause it is
-   evidence ("the machine (cpu saturated): ...");
-5. the exporter's own collectors.
+4. the exporter's own collectors (a hung nvidia-smi, a failing read);
+5. the machine as a whole (CPU busy, memory low, context switches, threads blocked on I/O): the
+   verdict when nothing else is broken; beside another cause it is evidence ("the machine (cpu
+   saturated): ...").
 
 The user's failing probe, when it is not the cause itself, is listed as its symptom.
 """
@@ -48,8 +48,8 @@ _GROUP = {
     SERVICE: 0,
     NETWORK: 1,
     SYMPTOM: 2,
-    HOST: 3,
-    EXPORTER: 4,
+    EXPORTER: 3,
+    HOST: 4,
 }
 _HOST_WIDE = frozenset({"memory_low", "cpu_saturated", "context_switch_storm", "io_blocked"})
 _EXPLAINED_REFUSALS = frozenset({"process_dead", "not_listening", "wrong_port"})
