@@ -507,13 +507,21 @@ def test_of_two_links_about_one_thing_the_more_specific_wins_even_when_it_broke_
 def test_a_process_replaced_again_and_again_is_a_crash_loop_until_it_stops() -> None:
     feed = Feed()
     feed.healthy_start()
-    for restarts in (1, 2, 3):  # a new process at every reading
-        feed.publish("process", processes(service(restarts=restarts)), after=10)
+    for pid in (5001, 5002):  # another process at each reading: the one before died
+        feed.publish("process", processes(service(pid=pid)), after=10)
     assert feed.verdict() == ("service", "restarting")
-    assert "keeps restarting: 3 new processes" in feed.diagnosis.verdict.summary
+    assert "keeps restarting: 2 new processes" in feed.diagnosis.verdict.summary
     for _ in range(14):  # it stays up: the loop ages out of its window
-        feed.publish("process", processes(service(restarts=3)), after=10)
+        feed.publish("process", processes(service(pid=5002)), after=10)
     assert feed.verdict() is None
+
+
+def test_a_process_caught_down_between_restarts_counts_as_gone() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    for up, pid in ((False, 0), (True, 6001), (False, 0)):  # up, gone, back, gone
+        feed.publish("process", processes(service(up=up, pid=pid)), after=10)
+    assert feed.verdict() == ("service", "restarting")
 
 
 def test_a_hung_generation_probe_corroborates_one_flat_reading_of_a_stalled_engine() -> None:

@@ -40,11 +40,13 @@ CONFIG = Config(
 )
 
 
-def service(up: bool = True, ports: tuple[int, ...] = (8080,), name: str = "api", **fields) -> ServiceFacts:
+def service(
+    up: bool = True, ports: tuple[int, ...] = (8080,), name: str = "api", pid: int = 4242, **fields
+) -> ServiceFacts:
     facts = ServiceFacts(name, expected_port=8080, **fields)
     if up:
-        facts.pids = [4242]
-        facts.main_pid = 4242
+        facts.pids = [pid]
+        facts.main_pid = pid
         facts.threads = 12
         facts.listening_ports = list(ports)
         facts.expected_port_listening = 8080 in ports

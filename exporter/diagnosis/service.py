@@ -52,6 +52,7 @@ def _restart_loop(service: ServiceFacts, restarts: list[float]) -> Link | None:
         (f"{service.restarts} restarts since the exporter started",),
         f"journalctl -u {service.name} --since '-{int(RESTART_LOOP_WINDOW_SECONDS)}s' | tail -n 50",
         began_at=restarts[0],
+        held=len(restarts),  # each restart was seen by a reading of its own
     )
 
 

@@ -36,8 +36,8 @@ class Trends:
         self._flat: dict[str, int] = {}
         self._cpu: dict[str, _Cpu] = {}
         self._cores: dict[str, float] = {}
-        self._restart_counts: dict[str, int] = {}
-        self._restarts: dict[str, list[float]] = {}  # service -> when a reading saw it restarted
+        self._main_pids: dict[str, int | None] = {}  # service -> its main pid at the last reading
+        self._restarts: dict[str, list[float]] = {}  # service -> when a reading saw its process gone
 
     # --- readers ------------------------------------------------------------------------------
 
@@ -55,7 +55,7 @@ class Trends:
         return self._cores.get(service)
 
     def restarts(self, service: str, now: float) -> list[float]:
-        """When readings of the last RESTART_LOOP_WINDOW_SECONDS saw the service's process replaced."""
+        """When readings of the last RESTART_LOOP_WINDOW_SECONDS saw the service's process gone."""
         return [at for at in self._restarts.get(service, []) if now - at <= RESTART_LOOP_WINDOW_SECONDS]
 
     # --- one new reading --------------------------------------------------------------------------
@@ -113,13 +113,15 @@ class Trends:
         self._cpu, self._cores = cpu, cores
 
     def _update_restarts(self, facts: Facts, at: float | None) -> None:
+        """A restart is the main process of the previous reading gone: dead, or replaced."""
         if at is None:
             return
         for service in facts.services.values():
-            before = self._restart_counts.get(service.name)
-            self._restart_counts[service.name] = service.restarts
-            if before is not None and service.restarts > before:
+            before = self._main_pids.get(service.name)
+            now = service.main_pid if service.up else None
+            if before is not None and now != before:
                 recent = [
                     t for t in self._restarts.get(service.name, []) if at - t <= RESTART_LOOP_WINDOW_SECONDS
                 ]
-                self._restarts[service.name] = [*recent, *([at] * (service.restarts - before))][-32:]
+                self._restarts[service.name] = [*recent, at][-32:]
+            self._main_pids[service.name] = now
