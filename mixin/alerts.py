@@ -292,7 +292,8 @@ def chain() -> list[Alert]:
             "critical",
             log_service(oom),
             "CUDA out of memory in log {{ $labels.log }}",
-            "Log {{ $labels.log }} on {{ $labels.instance }} reported CUDA out of memory in the last "
+            "Log {{ $labels.log }}{{ with $labels.dependency }} of {{ . }}{{ end }} on {{ $labels.instance }}"
+            " reported CUDA out of memory in the last "
             + log_window
             + " (matching lines: "
             + COUNT
@@ -304,7 +305,8 @@ def chain() -> list[Alert]:
             "warning",
             log_service(log_errors),
             "{{ $labels.pattern }} errors in log {{ $labels.log }}",
-            "Log {{ $labels.log }} on {{ $labels.instance }} matched {{ $labels.pattern }} in the last "
+            "Log {{ $labels.log }}{{ with $labels.dependency }} of {{ . }}{{ end }} on {{ $labels.instance }}"
+            " matched {{ $labels.pattern }} in the last "
             + log_window
             + " (matching lines: "
             + COUNT
@@ -648,7 +650,7 @@ def _burn_alert(objective: Objective, pair: config.BurnWindows) -> Alert:
         + f"{objective.target:.1%}"
         + ": at this rate the 30-day error budget is gone in "
         + f"{config.SLO_PERIOD / 86400 / pair.burn_rate:.3g} days ({budget_share:.0%} of it in this window).",
-        FOR["symptom"] if pair.severity == "critical" else FOR["ticket"],
+        FOR["slo"] if pair.severity == "critical" else FOR["ticket"],
         "slo",
         {"long": long, "short": short},
     )

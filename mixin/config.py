@@ -92,6 +92,10 @@ FOR = {
     "network": 2 * MINUTE,  # connections refused or timing out: after the causes that explain it
     "stall": 2 * MINUTE,  # GPU readings must agree a while: an idle GPU between batches is normal
     "symptom": 3 * MINUTE,  # what users see; the causes get two minutes to be named first
+    # An error budget burning fast: also what users see, named after the symptom that says how
+    # (nobody answers, the verdict), so it pages alone only for what those miss (a slow service,
+    # one failing half its requests).
+    "slo": 5 * MINUTE,
     "exporter": 2 * MINUTE,  # the exporter itself cannot be scraped
     "ticket": 10 * MINUTE,
     "ticket_slow": 15 * MINUTE,
