@@ -135,14 +135,17 @@ class DeadlineWorker:
 
 
 class Watchdog:
-    """One thread that calls each watched function at its moment, unless it was cancelled first."""
+    """One thread that calls each watched function at its moment, unless it was cancelled first.
+
+    A cancelled watch is forgotten at once (its function released); its place in the time order
+    is skipped when its moment comes."""
 
     def __init__(self, name: str = "watchdog") -> None:
         self.name = name
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._cancelled: set[int] = set()
+        self._heap: list[tuple[float, int]] = []
+        self._watched: dict[int, Callable[[], None]] = {}
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
 
@@ -150,7 +153,8 @@ class Watchdog:
         """Call fn() at time.monotonic() `at`; returns a handle for cancel()."""
         with self._lock:
             handle = next(self._ids)
-            heapq.heappush(self._heap, (at, handle, fn))
+            self._watched[handle] = fn
+            heapq.heappush(self._heap, (at, handle))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
                 self._thread.start()
@@ -159,8 +163,7 @@ class Watchdog:
 
     def cancel(self, handle: int) -> None:
         with self._lock:
-            if any(entry[1] == handle for entry in self._heap):
-                self._cancelled.add(handle)
+            self._watched.pop(handle, None)
 
     def _loop(self) -> None:
         while True:
@@ -168,10 +171,10 @@ class Watchdog:
                 while not self._heap or self._heap[0][0] > time.monotonic():
                     wait = self._heap[0][0] - time.monotonic() if self._heap else None
                     self._wake.wait(wait)
-                _, handle, fn = heapq.heappop(self._heap)
-                if handle in self._cancelled:
-                    self._cancelled.discard(handle)
-                    continue
+                _, handle = heapq.heappop(self._heap)
+                fn = self._watched.pop(handle, None)
+            if fn is None:
+                continue  # cancelled
             try:
                 fn()
             except Exception:  # a bug in one watched function must not end the watchdog
