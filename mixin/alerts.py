@@ -306,11 +306,7 @@ def chain() -> list[Alert]:
             log_service(log_errors),
             "{{ $labels.pattern }} errors in log {{ $labels.log }}",
             "Log {{ $labels.log }}{{ with $labels.dependency }} of {{ . }}{{ end }} on {{ $labels.instance }}"
-            " matched {{ $labels.pattern }} in the last "
-            + log_window
-            + " (matching lines: "
-            + COUNT
-            + ").",
+            " matched {{ $labels.pattern }} in the last " + log_window + " (matching lines: " + COUNT + ").",
         ),
         Alert(
             "AutoglmLogFileMissing",
