@@ -714,15 +714,22 @@ def gated(groups: dict[str, list[Alert]]) -> dict[str, list[Alert]]:
     """Symptoms wait while a cause of the same service (or a broken GPU of the instance) is pending
     or firing: the cause fires first even when it is detected seconds later than the symptom, and a
     symptom that outlives its cause by moments does not page on its own (it needs its whole `for:`
-    again). Alertmanager's inhibition (mixin/alertmanager.py) says the same for every Prometheus."""
+    again). Alertmanager's inhibition (mixin/alertmanager.py) says the same for every Prometheus.
+
+    A burn-rate alert waits while a cause of its service was pending or firing within its short
+    window: the failures the cause explains stay in that window after the cause is fixed, and would
+    otherwise page a second time for an incident already over. Failures that go on once the window
+    has passed are not the cause's, and page."""
     causes = f'ALERTS{{alertname=~"{_names(groups, "cause", "network")}", service!=""}}'
     nodes = f'ALERTS{{alertname=~"{_names(groups, "node")}"}}'
-    gates = {
-        "symptom": f" unless on (instance, service) {causes} unless on (instance) {nodes}",
-        "slo": f" unless on (service) {causes}",
-    }
+
+    def gate(alert: Alert) -> str:
+        if alert.role == "symptom":
+            return f" unless on (instance, service) {causes} unless on (instance) {nodes}"
+        return f" unless on (service) max_over_time({causes}[{alert.labels['short']}])"
+
     return {
-        name: [replace(a, expr=f"({a.expr}){gates[a.role]}") if a.role in gates else a for a in alerts]
+        name: [replace(a, expr=f"({a.expr}){gate(a)}") if a.role in ("symptom", "slo") else a for a in alerts]
         for name, alerts in groups.items()
     }
 

@@ -325,8 +325,10 @@ def test_symptoms_wait_while_a_cause_of_their_service_is_pending_or_firing() -> 
         if alert.role == "symptom":
             assert "unless on (instance, service) ALERTS{alertname=~" in alert.expr, alert.name
             assert "unless on (instance) ALERTS{alertname=~" in alert.expr, alert.name
-        elif alert.role == "slo":
-            assert "unless on (service) ALERTS{alertname=~" in alert.expr, alert.name
+        elif alert.role == "slo":  # and for as long as the failures a cause explains stay in the short window
+            short = alert.labels["short"]
+            assert "unless on (service) max_over_time(ALERTS{alertname=~" in alert.expr, alert.name
+            assert alert.expr.endswith(f"[{short}])"), alert.name
         else:
             assert "ALERTS" not in alert.expr, alert.name
         gate = re.search(r'ALERTS\{alertname=~"([^"]+)", service!=""\}', alert.expr)
