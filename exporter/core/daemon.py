@@ -24,6 +24,12 @@ from .scheduler import CollectorScheduler
 log = logging.getLogger(__name__)
 
 SCRAPE_SWITCH_INTERVAL = 0.001  # seconds
+# A new state seen by these collectors is read again this many seconds later instead of an interval
+# later, so an instant failure (HTTP 500, refused, a bad answer) is named in seconds while one
+# failed request still changes nothing. Only probes: the other collectors' readings are rates or
+# trends over their interval, which a reading seconds later would not measure.
+READ_AGAIN_SOON = frozenset({"probe"})
+READ_AGAIN_AFTER = 2.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,9 @@ class Daemon:
         pipeline = Pipeline.build(config)
         self.store, self.hangwatch, self.diagnoser = pipeline.store, pipeline.hangwatch, pipeline.diagnoser
         self.scheduler = CollectorScheduler()
+        self.diagnoser.when_unconfirmed(
+            lambda sources: self.scheduler.read_again_soon(sources & READ_AGAIN_SOON, READ_AGAIN_AFTER)
+        )
         self.runners: dict[str, CollectorRunner] = {}
         self.config = config
         self._reload_lock = threading.Lock()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from datetime import datetime
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .runner import CollectorRunner
@@ -31,6 +33,7 @@ class CollectorScheduler:
         self._jobs: dict[str, Job] = {}
         self._jitter = 0.0
         self._lock = threading.Lock()
+        self._read_again_at: dict[str, float] = {}  # collector -> monotonic time of its last extra run
 
     def start(self, jobs: Sequence[Job], jitter: float) -> None:
         """Start the schedule (replacing any earlier one); every collector runs once right away."""
@@ -79,6 +82,32 @@ class CollectorScheduler:
                 )
                 self._jobs[name] = (runner, interval)
             self._jitter = jitter
+
+    def read_again_soon(self, names: Iterable[str], delay: float) -> None:
+        """One extra run of each named collector `delay` seconds from now, besides its schedule: a
+        new state it saw is confirmed (or dropped) by a second reading in seconds, not an interval.
+        At most one extra run per interval, so a flapping reading cannot make a collector loop; none
+        when the next scheduled run comes about as soon."""
+        with self._lock:
+            scheduler = self._scheduler
+            if scheduler is None:
+                return
+            now = time.monotonic()
+            for name in names:
+                job = self._jobs.get(name)
+                if job is None or delay >= job[1] / 2:
+                    continue
+                if now - self._read_again_at.get(name, float("-inf")) < job[1]:
+                    continue
+                self._read_again_at[name] = now
+                scheduler.add_job(
+                    job[0].trigger,
+                    DateTrigger(datetime.now().astimezone() + timedelta(seconds=delay)),
+                    id=f"{name}:again",
+                    name=f"collector {name}, read again",
+                    replace_existing=True,
+                    misfire_grace_time=None,
+                )
 
     def stop(self) -> None:
         with self._lock:

@@ -45,7 +45,14 @@ class Diagnoser:
         self._history = History()
         self._named: dict[str, tuple[str, ...] | None] = {}  # chain -> (layer, reason, link) it names
         self._healthy_since: dict[str, float] = {}
+        self._on_unconfirmed: Callable[[set[str]], None] = lambda sources: None
         self.reconfigure(config)
+
+    def when_unconfirmed(self, callback: Callable[[set[str]], None]) -> None:
+        """Call `callback` after each derivation with the collectors whose new state is not believed
+        yet (the daemon reads some of them again soon instead of a whole interval later). It runs
+        in the publisher's thread: it must only schedule."""
+        self._on_unconfirmed = callback
 
     def reconfigure(self, config: Config) -> None:
         with self._lock:
@@ -65,6 +72,7 @@ class Diagnoser:
         self._trends.update(facts, readings, published.observed_at)
         links = all_links(facts, published.health, now, published.observed_at, self._trends, self._hang_after)
         changes = self._tracker.update(links, readings, published.observed_at, now, self._confirm)
+        self._on_unconfirmed(self._tracker.unconfirmed_sources())
         for service in self._chains.members:
             changes += self._sharpen(service)
         chains = []

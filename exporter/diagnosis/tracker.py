@@ -72,6 +72,10 @@ class LinkTracker:
     def believed(self) -> list[Broken]:
         return [Broken(s.believed, s.since) for s in self._states.values() if s.believed is not None]
 
+    def unconfirmed_sources(self) -> set[str]:
+        """The collectors that saw a state the tracker does not believe yet: their next reading decides."""
+        return {s.source for s in self._states.values() if s.has_pending}
+
     def pending_broken(self) -> list[Link]:
         return [s.pending for s in self._states.values() if s.pending is not None and s.pending.ok is False]
 

@@ -1,0 +1,102 @@
+"""A new state a probe saw is read again seconds later, not an interval later.
+
+Two readings confirm a verdict (no flapping on one bad request); the probe collector's second
+reading comes `READ_AGAIN_AFTER` seconds after the first that saw something new, so an instant
+failure is named in seconds even at a long interval. Here the interval is 10 minutes: within the
+test, every reading after the first at start-up is a read-again one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from autoglm_exporter.collectors.base import Collector, Result
+from autoglm_exporter.core.runner import CollectorRunner
+from autoglm_exporter.core.scheduler import CollectorScheduler
+from autoglm_exporter.core.store import Store
+
+from . import faultservers as fs
+from .conftest import wait_until
+
+LONG_INTERVAL = 600  # seconds: no second scheduled probe during a test
+
+
+def _exporter(tmp_path: Path, start_exporter, api: fs.FaultServer):
+    config = tmp_path / "autoglm.yml"
+    config.write_text(
+        f"""
+global: {{interval: {LONG_INTERVAL}s, timeout: 3s, jitter: 0}}
+collectors: {{system: {{enabled: false}}}}
+services:
+  - name: api
+    match: {{port: {api.port}}}
+targets:
+  - name: inference
+    module: inference
+    url: {api.url}/inference
+    service: api
+    timeout: 2s
+    expect: {{json_field: text}}
+"""
+    )
+    return start_exporter(f"--config.file={config}")
+
+
+def _verdict(exporter) -> tuple[str, str] | None:
+    verdict = exporter.get("/api/diagnosis").json()["verdict"]
+    return (verdict["layer"], verdict["reason"]) if verdict else None
+
+
+def test_an_instant_failure_is_named_after_a_second_reading_seconds_later(tmp_path, start_exporter) -> None:
+    with fs.FaultServer(fs.answer(500, '{"error": "internal"}')) as api:
+        exporter = _exporter(tmp_path, start_exporter, api)
+        wait_until(lambda: _verdict(exporter) == ("client", "http_error"), timeout=60)
+        assert len(api.requests) == 2  # the scheduled probe at start-up and the one that confirmed it
+
+
+def test_one_failed_request_alone_changes_nothing(tmp_path, start_exporter) -> None:
+    answers = [fs.answer(500, '{"error": "internal"}')]  # the first request fails, every later one works
+
+    def first_fails(conn, server) -> None:
+        (answers.pop() if answers else fs.answer(200, '{"text": "Hello"}'))(conn, server)
+
+    with fs.FaultServer(first_fails) as api:
+        exporter = _exporter(tmp_path, start_exporter, api)
+        wait_until(lambda: 'autoglm_probe_success{target="inference"} 1.0' in exporter.get("/metrics").text)
+        diagnosis = exporter.get("/api/diagnosis").json()
+        assert diagnosis["healthy"], diagnosis["verdict"]
+        assert [c for c in diagnosis["history"] if c["kind"] == "verdict"] == []
+        assert len(api.requests) == 2
+
+
+class Counting(Collector):
+    name = "counting"
+    metrics = ()
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def collect(self) -> Result:
+        self.runs += 1
+        return Result([])
+
+
+def test_a_collector_is_read_again_at_most_once_per_interval() -> None:
+    """A reading that flaps every time must not make its collector loop."""
+    store = Store()
+    store.set_collectors(["counting"])
+    collector = Counting()
+    scheduler = CollectorScheduler()
+    scheduler.start([(CollectorRunner(collector, store, timeout=1), LONG_INTERVAL)], jitter=0)
+    try:
+        wait_until(lambda: collector.runs == 1)  # the first scheduled run, at once
+        scheduler.read_again_soon({"counting"}, 0.05)
+        wait_until(lambda: collector.runs == 2)
+        scheduler.read_again_soon({"counting"}, 0.05)  # within the same interval: refused
+        scheduler.read_again_soon({"counting"}, 0.05)
+        scheduler.read_again_soon({"unknown"}, 0.05)  # not scheduled: nothing to read
+        time.sleep(0.5)  # ten times the delay asked for: a refused extra run would have come
+        assert collector.runs == 2
+    finally:
+        scheduler.stop()
