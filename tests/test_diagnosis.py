@@ -516,6 +516,24 @@ def test_a_process_replaced_again_and_again_is_a_crash_loop_until_it_stops() -> 
     assert feed.verdict() is None
 
 
+def test_two_restarts_of_processes_that_served_a_while_are_not_a_crash_loop() -> None:
+    """An operator moves the port back, then fixes a config: two restarts within 70 s, each process
+    replaced having served for more than a minute. That is not a loop; a process that dies young is."""
+    feed = Feed()
+    feed.healthy_start()
+    t = feed.now
+    started = {4242: t - 600, 5001: t + 15, 5002: t + 85, 5003: t + 105}
+
+    def reading(pid: int) -> None:  # every 10 s
+        feed.publish("process", processes(service(pid=pid, start_time=started[pid])), after=10)
+
+    for pid in (4242, 5001, 5001, 5001, 5001, 5001, 5001, 5001, 5002, 5002):  # t+10 ... t+100
+        reading(pid)
+    assert feed.verdict() is None  # restarted at t+20 and t+90, after 620 s and 75 s of service
+    reading(5003)  # t+110: 5002 died 25 s after it started
+    assert feed.verdict() == ("service", "restarting")
+
+
 def test_a_process_caught_down_between_restarts_counts_as_gone() -> None:
     feed = Feed()
     feed.healthy_start()

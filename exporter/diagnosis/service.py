@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ..core.health import CollectorHealth
 from .model import Link, duration, pid_list
 from .thresholds import RECENT_LOG_SECONDS, RESTART_LOOP_RESTARTS, RESTART_LOOP_WINDOW_SECONDS
-from .trends import Trends
+from .trends import Restart, Trends
 
 if TYPE_CHECKING:
     from ..collectors.environment import EnvironmentFacts
@@ -37,9 +37,10 @@ def service_links(
     ]
 
 
-def _restart_loop(service: ServiceFacts, restarts: list[float]) -> Link | None:
-    """A process replaced again and again: the loop, not the moment it is caught down, is the news."""
-    if len(restarts) < RESTART_LOOP_RESTARTS:
+def _restart_loop(service: ServiceFacts, restarts: list[Restart]) -> Link | None:
+    """A process replaced again and again: the loop, not the moment it is caught down, is the news.
+    Not when every process replaced had served a while (restarted on purpose, not crashing)."""
+    if len(restarts) < RESTART_LOOP_RESTARTS or not any(r.young for r in restarts):
         return None
     window = duration(RESTART_LOOP_WINDOW_SECONDS)
     state = f"now pid {pid_list(service)}" if service.up else "no process at the last reading"
@@ -51,7 +52,7 @@ def _restart_loop(service: ServiceFacts, restarts: list[float]) -> Link | None:
         "restarting",
         (f"{service.restarts} restarts since the exporter started",),
         f"journalctl -u {service.name} --since '-{int(RESTART_LOOP_WINDOW_SECONDS)}s' | tail -n 50",
-        began_at=restarts[0],
+        began_at=restarts[0].at,
         held=len(restarts),  # each restart was seen by a reading of its own
     )
 

@@ -28,6 +28,10 @@ RECENT_XID_SECONDS = 600.0  # an XID event speaks for the GPU this long
 # --- the service's processes --------------------------------------------------------------------
 RESTART_LOOP_RESTARTS = 2  # the service's process replaced this often within the window: a crash loop
 RESTART_LOOP_WINDOW_SECONDS = 120.0
+# ...when at least one of the processes replaced had lived less than this: a crash loop's processes
+# die young, while an operator restarting a service twice (a port fixed, then a config) replaces
+# processes that served a while.
+RESTART_LOOP_YOUNG_SECONDS = 60.0
 
 # --- the service's logs and stacks --------------------------------------------------------------
 RECENT_LOG_SECONDS = 300.0  # a CUDA OOM line (or another severe one) breaks the link this long

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .facts import Facts
-from .thresholds import QUEUE_GROWTH_STALL, RESTART_LOOP_WINDOW_SECONDS
+from .thresholds import QUEUE_GROWTH_STALL, RESTART_LOOP_WINDOW_SECONDS, RESTART_LOOP_YOUNG_SECONDS
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,12 @@ class _Queue:
     depth: int
     rises: int  # readings in a row at which the depth rose
     began_at: float | None  # the reading at which the current rise began
+
+
+@dataclass(frozen=True)
+class Restart:
+    at: float  # the reading that saw the service's main process gone (dead, or replaced)
+    young: bool  # that process had lived less than RESTART_LOOP_YOUNG_SECONDS (or its age is unknown)
 
 
 @dataclass(frozen=True)
@@ -36,8 +42,9 @@ class Trends:
         self._flat: dict[str, int] = {}
         self._cpu: dict[str, _Cpu] = {}
         self._cores: dict[str, float] = {}
-        self._main_pids: dict[str, int | None] = {}  # service -> its main pid at the last reading
-        self._restarts: dict[str, list[float]] = {}  # service -> when a reading saw its process gone
+        # service -> its main pid (None: down) and that process's start time, at the last reading
+        self._main: dict[str, tuple[int | None, float]] = {}
+        self._restarts: dict[str, list[Restart]] = {}  # service -> the restarts readings saw
 
     # --- readers ------------------------------------------------------------------------------
 
@@ -54,9 +61,9 @@ class Trends:
         """CPUs the service's processes used between its last two readings."""
         return self._cores.get(service)
 
-    def restarts(self, service: str, now: float) -> list[float]:
-        """When readings of the last RESTART_LOOP_WINDOW_SECONDS saw the service's process gone."""
-        return [at for at in self._restarts.get(service, []) if now - at <= RESTART_LOOP_WINDOW_SECONDS]
+    def restarts(self, service: str, now: float) -> list[Restart]:
+        """The restarts readings of the last RESTART_LOOP_WINDOW_SECONDS saw."""
+        return [r for r in self._restarts.get(service, []) if now - r.at <= RESTART_LOOP_WINDOW_SECONDS]
 
     # --- one new reading --------------------------------------------------------------------------
 
@@ -117,11 +124,11 @@ class Trends:
         if at is None:
             return
         for service in facts.services.values():
-            before = self._main_pids.get(service.name)
-            now = service.main_pid if service.up else None
-            if before is not None and now != before:
-                recent = [
-                    t for t in self._restarts.get(service.name, []) if at - t <= RESTART_LOOP_WINDOW_SECONDS
-                ]
-                self._restarts[service.name] = [*recent, at][-32:]
-            self._main_pids[service.name] = now
+            before = self._main.get(service.name)
+            now = (service.main_pid, service.start_time) if service.up else (None, 0.0)
+            if before is not None and before[0] is not None and now[0] != before[0]:
+                started = before[1]
+                young = started <= 0 or at - started < RESTART_LOOP_YOUNG_SECONDS
+                recent = self.restarts(service.name, at)
+                self._restarts[service.name] = [*recent, Restart(at, young)][-32:]
+            self._main[service.name] = now
