@@ -1,4 +1,4 @@
-"""A new state a probe saw is read again seconds later, not an interval later.
+"""A new state a probe (or the Redis collector) saw is read again seconds later, not an interval later.
 
 Two readings confirm a verdict (no flapping on one bad request); the probe collector's second
 reading comes `READ_AGAIN_AFTER` seconds after the first that saw something new, so an instant
@@ -17,7 +17,7 @@ from autoglm_exporter.core.scheduler import CollectorScheduler
 from autoglm_exporter.core.store import Store
 
 from . import faultservers as fs
-from .conftest import wait_until
+from .conftest import free_port, wait_until
 
 LONG_INTERVAL = 600  # seconds: no second scheduled probe during a test
 
@@ -38,6 +38,8 @@ targets:
     service: api
     timeout: 2s
     expect: {{json_field: text}}
+redis: []
+engines: []
 """
     )
     return start_exporter(f"--config.file={config}")
@@ -53,6 +55,29 @@ def test_an_instant_failure_is_named_after_a_second_reading_seconds_later(tmp_pa
         exporter = _exporter(tmp_path, start_exporter, api)
         wait_until(lambda: _verdict(exporter) == ("client", "http_error"), timeout=60)
         assert len(api.requests) == 2  # the scheduled probe at start-up and the one that confirmed it
+
+
+def test_redis_down_is_named_after_a_second_reading_seconds_later(tmp_path, start_exporter) -> None:
+    with fs.FaultServer(fs.answer(200, '{"text": "Hello"}')) as api:
+        config = tmp_path / "autoglm.yml"
+        config.write_text(
+            f"""
+global: {{interval: {LONG_INTERVAL}s, timeout: 3s, jitter: 0}}
+collectors: {{system: {{enabled: false}}}}
+services:
+  - name: api
+    match: {{port: {api.port}}}
+    depends_on: [queue]
+targets: []
+engines: []
+redis:
+  - name: queue
+    address: 127.0.0.1:{free_port()}
+    timeout: 0.5s
+"""
+        )
+        exporter = start_exporter(f"--config.file={config}")
+        wait_until(lambda: _verdict(exporter) == ("dependencies", "redis_down"), timeout=60)
 
 
 def test_one_failed_request_alone_changes_nothing(tmp_path, start_exporter) -> None:
