@@ -532,6 +532,12 @@ def test_two_restarts_of_processes_that_served_a_while_are_not_a_crash_loop() ->
     assert feed.verdict() is None  # restarted at t+20 and t+90, after 620 s and 75 s of service
     reading(5003)  # t+110: 5002 died 25 s after it started
     assert feed.verdict() == ("service", "restarting")
+    for _ in range(5):  # t+160: 5003 has run 55 s, the loop may still go on
+        reading(5003)
+    assert feed.verdict() == ("service", "restarting")
+    for _ in range(3):  # t+190: 5003 has outlived any young death: the loop stopped
+        reading(5003)
+    assert feed.verdict() is None  # long before the restarts leave their 2 min window (t+210)
 
 
 def test_a_process_caught_down_between_restarts_counts_as_gone() -> None:

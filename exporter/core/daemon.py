@@ -25,11 +25,11 @@ log = logging.getLogger(__name__)
 
 SCRAPE_SWITCH_INTERVAL = 0.001  # seconds
 # A new state seen by these collectors is read again this many seconds later instead of an interval
-# later, so an instant failure (HTTP 500, refused, a bad answer, Redis down) is named in seconds
-# while one failed request still changes nothing. Only probes and Redis, whose readings are facts of
-# the moment: the other collectors' readings are rates or trends over their interval (CPU, tokens
-# per reading), which a reading seconds later would not measure.
-READ_AGAIN_SOON = frozenset({"probe", "redis"})
+# later, so an instant failure (HTTP 500, refused, a bad answer, Redis down, a CUDA OOM line) is
+# named in seconds while one failed request still changes nothing. Only collectors whose readings
+# are facts of the moment: the others' readings are rates or trends over their interval (CPU, tokens
+# per reading, GPU utilisation), which a reading seconds later would not measure.
+READ_AGAIN_SOON = frozenset({"probe", "redis", "logs"})
 READ_AGAIN_AFTER = 2.0  # seconds
 
 

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING
 
 from ..core.health import CollectorHealth
 from .model import Link, duration, pid_list
-from .thresholds import RECENT_LOG_SECONDS, RESTART_LOOP_RESTARTS, RESTART_LOOP_WINDOW_SECONDS
+from .thresholds import (
+    RECENT_LOG_SECONDS,
+    RESTART_LOOP_RESTARTS,
+    RESTART_LOOP_WINDOW_SECONDS,
+    RESTART_LOOP_YOUNG_SECONDS,
+)
 from .trends import Restart, Trends
 
 if TYPE_CHECKING:
@@ -29,7 +34,7 @@ def service_links(
         return [Link("processes", "service", None, why, source="process")]
     return [
         replace(
-            _restart_loop(s, trends.restarts(s.name, now)) or _service_link(s),
+            _restart_loop(s, trends.restarts(s.name, now), now) or _service_link(s),
             source="process",
             subject=s.name,
         )
@@ -37,10 +42,13 @@ def service_links(
     ]
 
 
-def _restart_loop(service: ServiceFacts, restarts: list[Restart]) -> Link | None:
+def _restart_loop(service: ServiceFacts, restarts: list[Restart], now: float) -> Link | None:
     """A process replaced again and again: the loop, not the moment it is caught down, is the news.
-    Not when every process replaced had served a while (restarted on purpose, not crashing)."""
+    Not when every process replaced had served a while (restarted on purpose, not crashing), nor
+    once the process now running has outlived a young death (the loop stopped)."""
     if len(restarts) < RESTART_LOOP_RESTARTS or not any(r.young for r in restarts):
+        return None
+    if service.up and service.start_time > 0 and now - service.start_time >= RESTART_LOOP_YOUNG_SECONDS:
         return None
     window = duration(RESTART_LOOP_WINDOW_SECONDS)
     state = f"now pid {pid_list(service)}" if service.up else "no process at the last reading"
