@@ -518,11 +518,11 @@ def test_a_process_replaced_again_and_again_is_a_crash_loop_until_it_stops() -> 
 
 def test_two_restarts_of_processes_that_served_a_while_are_not_a_crash_loop() -> None:
     """An operator moves the port back, then fixes a config: two restarts within 70 s, each process
-    replaced having served for more than a minute. That is not a loop; a process that dies young is."""
+    replaced having served for more than a minute. That is not a loop; processes dying young are."""
     feed = Feed()
     feed.healthy_start()
     t = feed.now
-    started = {4242: t - 600, 5001: t + 15, 5002: t + 85, 5003: t + 105}
+    started = {4242: t - 600, 5001: t + 15, 5002: t + 85, 5003: t + 105, 5004: t + 115}
 
     def reading(pid: int) -> None:  # every 10 s
         feed.publish("process", processes(service(pid=pid, start_time=started[pid])), after=10)
@@ -530,14 +530,16 @@ def test_two_restarts_of_processes_that_served_a_while_are_not_a_crash_loop() ->
     for pid in (4242, 5001, 5001, 5001, 5001, 5001, 5001, 5001, 5002, 5002):  # t+10 ... t+100
         reading(pid)
     assert feed.verdict() is None  # restarted at t+20 and t+90, after 620 s and 75 s of service
-    reading(5003)  # t+110: 5002 died 25 s after it started
+    reading(5003)  # t+110: 5002 died 25 s after it started: once is not a loop
+    assert feed.verdict() is None
+    reading(5004)  # t+120: 5003 died young too
     assert feed.verdict() == ("service", "restarting")
-    for _ in range(5):  # t+160: 5003 has run 55 s, the loop may still go on
-        reading(5003)
+    for _ in range(4):  # t+160: 5004 has run 45 s, the loop may still go on
+        reading(5004)
     assert feed.verdict() == ("service", "restarting")
-    for _ in range(3):  # t+190: 5003 has outlived any young death: the loop stopped
-        reading(5003)
-    assert feed.verdict() is None  # long before the restarts leave their 2 min window (t+210)
+    for _ in range(4):  # t+200: 5004 has outlived any young death: the loop stopped
+        reading(5004)
+    assert feed.verdict() is None  # before the restarts leave their 2 min window (t+230)
 
 
 def test_a_process_caught_down_between_restarts_counts_as_gone() -> None:

@@ -44,9 +44,11 @@ def service_links(
 
 def _restart_loop(service: ServiceFacts, restarts: list[Restart], now: float) -> Link | None:
     """A process replaced again and again: the loop, not the moment it is caught down, is the news.
-    Not when every process replaced had served a while (restarted on purpose, not crashing), nor
-    once the process now running has outlived a young death (the loop stopped)."""
-    if len(restarts) < RESTART_LOOP_RESTARTS or not any(r.young for r in restarts):
+    A loop's processes die young; a process that served a while and was restarted (on purpose, or
+    crashing once) is not part of one. The loop is over once the process now running has outlived
+    a young death."""
+    young = [r for r in restarts if r.young]
+    if len(young) < RESTART_LOOP_RESTARTS:
         return None
     if service.up and service.start_time > 0 and now - service.start_time >= RESTART_LOOP_YOUNG_SECONDS:
         return None
@@ -60,7 +62,7 @@ def _restart_loop(service: ServiceFacts, restarts: list[Restart], now: float) ->
         "restarting",
         (f"{service.restarts} restarts since the exporter started",),
         f"journalctl -u {service.name} --since '-{int(RESTART_LOOP_WINDOW_SECONDS)}s' | tail -n 50",
-        began_at=restarts[0].at,
+        began_at=young[0].at,
         held=len(restarts),  # each restart was seen by a reading of its own
     )
 

@@ -26,11 +26,11 @@ GPU_MEMORY_FULL_RATIO = 0.95
 RECENT_XID_SECONDS = 600.0  # an XID event speaks for the GPU this long
 
 # --- the service's processes --------------------------------------------------------------------
-RESTART_LOOP_RESTARTS = 2  # the service's process replaced this often within the window: a crash loop
+# A crash loop: the service's process died young (replaced, or gone, after less than
+# RESTART_LOOP_YOUNG_SECONDS) this often within the window. An operator restarting a service twice
+# (a port fixed, then a config) replaces processes that served a while: not a loop.
+RESTART_LOOP_RESTARTS = 2
 RESTART_LOOP_WINDOW_SECONDS = 120.0
-# ...when at least one of the processes replaced had lived less than this: a crash loop's processes
-# die young, while an operator restarting a service twice (a port fixed, then a config) replaces
-# processes that served a while.
 RESTART_LOOP_YOUNG_SECONDS = 60.0
 
 # --- the service's logs and stacks --------------------------------------------------------------
