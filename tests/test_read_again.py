@@ -22,7 +22,22 @@ from .conftest import free_port, wait_until
 LONG_INTERVAL = 600  # seconds: no second scheduled probe during a test
 
 
-def _exporter(tmp_path: Path, start_exporter, api: fs.FaultServer):
+def _exporter(tmp_path: Path, start_exporter, api: fs.FaultServer, redis_port: int | None = None):
+    """An exporter at a 10-minute interval watching service `api`: its client probe, or (with a
+    `redis_port`) no probe but the Redis queue the service depends on."""
+    if redis_port is None:
+        depends_on, watched = (
+            "",
+            (
+                f"targets:\n  - {{name: inference, module: inference, url: '{api.url}/inference', service: api,"
+                " timeout: 2s, expect: {json_field: text}}\nredis: []"
+            ),
+        )
+    else:
+        depends_on = "\n    depends_on: [queue]"
+        watched = (
+            f"targets: []\nredis:\n  - {{name: queue, address: '127.0.0.1:{redis_port}', timeout: 0.5s}}"
+        )
     config = tmp_path / "autoglm.yml"
     config.write_text(
         f"""
@@ -30,16 +45,9 @@ global: {{interval: {LONG_INTERVAL}s, timeout: 3s, jitter: 0}}
 collectors: {{system: {{enabled: false}}}}
 services:
   - name: api
-    match: {{port: {api.port}}}
-targets:
-  - name: inference
-    module: inference
-    url: {api.url}/inference
-    service: api
-    timeout: 2s
-    expect: {{json_field: text}}
-redis: []
+    match: {{port: {api.port}}}{depends_on}
 engines: []
+{watched}
 """
     )
     return start_exporter(f"--config.file={config}")
@@ -59,24 +67,7 @@ def test_an_instant_failure_is_named_after_a_second_reading_seconds_later(tmp_pa
 
 def test_redis_down_is_named_after_a_second_reading_seconds_later(tmp_path, start_exporter) -> None:
     with fs.FaultServer(fs.answer(200, '{"text": "Hello"}')) as api:
-        config = tmp_path / "autoglm.yml"
-        config.write_text(
-            f"""
-global: {{interval: {LONG_INTERVAL}s, timeout: 3s, jitter: 0}}
-collectors: {{system: {{enabled: false}}}}
-services:
-  - name: api
-    match: {{port: {api.port}}}
-    depends_on: [queue]
-targets: []
-engines: []
-redis:
-  - name: queue
-    address: 127.0.0.1:{free_port()}
-    timeout: 0.5s
-"""
-        )
-        exporter = start_exporter(f"--config.file={config}")
+        exporter = _exporter(tmp_path, start_exporter, api, redis_port=free_port())
         wait_until(lambda: _verdict(exporter) == ("dependencies", "redis_down"), timeout=60)
 
 

@@ -31,6 +31,8 @@ from ..web.server import ListenAddressError, parse_listen_address
 
 EXIT_OK, EXIT_BROKEN, EXIT_BAD_CONFIG = 0, 1, 2
 DEFAULT_EXPORTER_URL = "http://127.0.0.1:9877"
+EXPORTER_TIMEOUT = 3.0  # seconds: a running exporter answers /api/diagnosis from memory
+TIMELINE_SHOWN = 10
 
 
 def local_exporter_url(listen_address: str) -> str:
@@ -39,15 +41,12 @@ def local_exporter_url(listen_address: str) -> str:
         host, port = parse_listen_address(listen_address)
     except ListenAddressError:
         return DEFAULT_EXPORTER_URL
-    if host in ("0.0.0.0", ""):
+    if host == "0.0.0.0":  # parse_listen_address's word for all interfaces
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-
-EXPORTER_TIMEOUT = 3.0  # seconds: a running exporter answers /api/diagnosis from memory
-TIMELINE_SHOWN = 10
 
 _MARKS = {True: ("✔", "\033[32m"), False: ("✘", "\033[31m"), None: ("?", "\033[33m")}
 
