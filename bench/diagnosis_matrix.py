@@ -11,7 +11,9 @@ Per fault it prints the expected and the observed verdict (at the end of the hol
 the fault to the first right verdict, verdict changes while held, and seconds from the end of the
 fault back to healthy; then totals and a PASS/FAIL line. Targets (the full run uses the default
 config: 10 s interval, 30 s probe timeout):
-- the right layer and reason for every fault, idle and under the hog;
+- the right layer and reason for every fault, idle and under the hog, and no other verdict named
+  before it (the person paged first must hear the cause), except one the right verdict refines
+  (a hang is `client/not_answering` until its stacks are read);
 - at most 20 s from the fault to the right verdict;
 - no verdict change while a steady fault is held (process churn has no steady state: its
   changes are shown, not judged);
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -65,6 +68,7 @@ POLL = 0.5  # seconds between two readings of /api/diagnosis
 HOLD_INTERVALS = 6
 TO_RIGHT_TARGET = 20.0  # seconds from the fault to the right verdict
 HEALTHY = "healthy"
+NOT_ANSWERING = "client/not_answering"
 # What "back" means with the CPU hog running: healthy, or the busy machine alone (users not hurt).
 RECOVERED_UNDER_HOG = frozenset({HEALTHY, "resources/cpu_saturated", "resources/context_switch_storm"})
 CHURN_UP, CHURN_DOWN = 4.0, 1.0  # seconds a churning service runs, and is gone, each time
@@ -331,6 +335,9 @@ class Fault:
     # be taken, as stacks explain nothing about refused connections, HTTP errors or bad answers.
     hangs: bool = False
     tick: Callable[[World, float], None] | None = None  # called at every reading while the fault runs
+    # Verdicts the right one may refine (a hang is `not_answering` until its stacks are read); any
+    # other verdict before the right one is a detour: the person paged first heard a wrong cause.
+    on_the_way: tuple[str, ...] = ()
 
 
 def _nothing(world: World) -> None:
@@ -360,6 +367,13 @@ FAULTS = (
         lambda w: w.set_mode("hung_accept"),
         lambda w: w.set_mode("healthy"),
         hangs=True,
+    ),
+    Fault(
+        "service_killed",
+        "single",
+        "network/process_dead",
+        lambda w: w.stop("service", signal.SIGKILL),
+        lambda w: w.start_service(),
     ),
     Fault(
         "http_500",
@@ -397,8 +411,17 @@ FAULTS = (
         lambda w: w.demo_fault("api", "deadlock"),
         lambda w: w.restart_api(),
         hangs=True,
+        on_the_way=(NOT_ANSWERING,),
     ),
-    Fault("cpu_spin", "single", "stall/cpu_bound_loop", lambda w: w.set_mode("spin"), _end_spin, hangs=True),
+    Fault(
+        "cpu_spin",
+        "single",
+        "stall/cpu_bound_loop",
+        lambda w: w.set_mode("spin"),
+        _end_spin,
+        hangs=True,
+        on_the_way=(NOT_ANSWERING, "resources/cpu_saturated"),
+    ),
     Fault(
         "redis_killed",
         "demo",
@@ -413,6 +436,7 @@ FAULTS = (
         lambda w: w.pause("redis"),
         lambda w: w.resume("redis"),
         hangs=True,
+        on_the_way=(NOT_ANSWERING,),
     ),
     Fault(
         "engine_health_ok_generation_fails",
@@ -428,6 +452,7 @@ FAULTS = (
         lambda w: w.demo_fault("engine", "stall"),
         lambda w: w.demo_fault("engine", "none"),
         hangs=True,
+        on_the_way=(NOT_ANSWERING, "dependencies/engine_not_generating"),
     ),
     Fault(
         "cuda_oom_log",
@@ -445,6 +470,7 @@ FAULTS = (
         lambda w: w.stop_churn(),
         kind="churn",
         tick=lambda w, now: w.churn(now),
+        on_the_way=("network/process_dead", "service/process_missing"),  # before it died twice
     ),
     Fault(
         "hung_nvidia_smi",
@@ -481,6 +507,16 @@ class Row:
         return seen and (self.fault.kind == "churn" or self.observed == self.fault.expected)
 
     @property
+    def detours(self) -> list[str]:
+        """Verdicts named before the right one that it does not refine (nor the state before)."""
+        fine = {HEALTHY, self.baseline, self.fault.expected, *self.fault.on_the_way}
+        if self.condition == "hog":
+            fine |= RECOVERED_UNDER_HOG
+        first_right = next((t for t, key in self.timeline if key == self.fault.expected), math.inf)
+        seen = [key for t, key in self.timeline if t < first_right and key not in fine]
+        return list(dict.fromkeys(seen))
+
+    @property
     def fast(self) -> bool:
         return self.to_right is not None and self.to_right <= TO_RIGHT_TARGET
 
@@ -498,7 +534,14 @@ class Row:
 
     @property
     def passed(self) -> bool:
-        return self.right and self.fast and self.steady and self.recovered and self.captured_rightly
+        return (
+            self.right
+            and not self.detours
+            and self.fast
+            and self.steady
+            and self.recovered
+            and self.captured_rightly
+        )
 
 
 class Exporter:
@@ -754,6 +797,7 @@ def print_header() -> None:
 def print_row(row: Row) -> None:
     changes = f"({row.changes})" if row.fault.kind == "churn" else str(row.changes)
     note = row.note + ("" if row.baseline == HEALTHY else f"; baseline was {row.baseline}")
+    note += f"; first named {', '.join(row.detours)}" if row.detours else ""
     print(
         COLUMNS.format(
             row.fault.name,
@@ -791,7 +835,8 @@ def print_totals(rows: list[Row]) -> bool:
         mine = [r for r in rows if r.condition == condition]
         mine_steady = [r for r in mine if r.fault.kind != "churn"]
         print(
-            f"{condition:<5} right verdict {count(lambda r: r.right, mine)}, within {TO_RIGHT_TARGET:g}s "
+            f"{condition:<5} right verdict {count(lambda r: r.right, mine)}, "
+            f"no wrong verdict first {count(lambda r: not r.detours, mine)}, within {TO_RIGHT_TARGET:g}s "
             f"{count(lambda r: r.fast, mine)}, "
             f"no change while held {count(lambda r: r.steady, mine_steady)}, "
             f"back to healthy in time {count(lambda r: r.recovered, mine)}, "

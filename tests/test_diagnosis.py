@@ -4,6 +4,7 @@ the cause by onset and specificity, no flapping, trends over windows, stale read
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 from autoglm_exporter.collectors.container import ContainerFacts, ContainerServiceFacts
 from autoglm_exporter.config import ProbeTarget
@@ -321,17 +322,42 @@ def test_broken_at_start_is_broken_since_before_the_exporter_started() -> None:
     assert since == {"api": feed.diagnoser.started_at}
 
 
+def _killed(feed: Feed, readings: tuple[str, ...]) -> None:
+    """The service was killed: each collector in `readings` reads it, half a second apart."""
+    for name in readings:
+        if name == "process":
+            feed.publish(name, processes(service(up=False)), after=0.5)
+        else:
+            feed.publish(name, failing("connect_refused", at=feed.now + 0.5), after=0.5)
+
+
 def test_a_killed_service_gets_one_verdict_whichever_collector_reads_first() -> None:
-    for first, second in (("process", "probe"), ("probe", "process")):
+    for order in sorted(set(itertools.permutations(("process", "process", "probe", "probe")))):
         feed = Feed()
         feed.healthy_start()
-        dead = {"process": processes(service(up=False)), "probe": None}
-        for _ in range(3):
-            for name in (first, second):
-                facts = dead[name] or failing("connect_refused", at=feed.now + 1)
-                feed.publish(name, facts, after=5)
-        assert feed.verdict() == ("network", "process_dead"), first
-        assert feed.verdict_changes() == [("network", "process_dead")], first
+        killed_at = feed.now
+        _killed(feed, order)
+        assert feed.verdict_changes() == [("network", "process_dead")], order
+        assert feed.diagnosis.chains[0].since == killed_at + 0.5, order  # the first reading that saw it
+
+
+def test_a_vanished_process_waits_for_the_users_probe_at_most_one_reading() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    _killed(feed, ("process", "process"))
+    assert feed.verdict() is None  # the probe, not read since, will name it
+    _killed(feed, ("process",))  # the probe did not read (stuck, failing): named from the process side
+    assert feed.verdict_changes() == [("service", "process_missing")]
+
+
+def test_a_refusal_the_process_reading_predates_waits_for_the_next_one_at_most_one_reading() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    _killed(feed, ("probe", "probe"))
+    assert feed.verdict() is None  # the process listened at its last reading: has it died since?
+    _killed(feed, ("probe",))  # the process collector did not read: the refusal alone
+    assert feed.verdict_changes() == [("network", "connect_refused")]
+    assert "though api (pid 4242) listened on it" in feed.diagnosis.verdict.summary
 
 
 def test_more_specific_about_the_same_symptom_replaces_the_verdict_at_once() -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from autoglm_exporter.collectors.base import Collector, Result
 from autoglm_exporter.core.runner import CollectorRunner
 from autoglm_exporter.core.scheduler import CollectorScheduler
@@ -22,9 +24,12 @@ from .conftest import free_port, wait_until
 LONG_INTERVAL = 600  # seconds: no second scheduled probe during a test
 
 
-def _exporter(tmp_path: Path, start_exporter, api: fs.FaultServer, redis_port: int | None = None):
+def _exporter(
+    tmp_path: Path, start_exporter, api: fs.FaultServer, redis_port: int | None = None, fast: str = ""
+):
     """An exporter at a 10-minute interval watching service `api`: its client probe, or (with a
-    `redis_port`) no probe but the Redis queue the service depends on."""
+    `redis_port`) no probe but the Redis queue the service depends on. The `fast` collector reads
+    every 5 s instead."""
     if redis_port is None:
         depends_on, watched = (
             "",
@@ -42,7 +47,7 @@ def _exporter(tmp_path: Path, start_exporter, api: fs.FaultServer, redis_port: i
     config.write_text(
         f"""
 global: {{interval: {LONG_INTERVAL}s, timeout: 3s, jitter: 0}}
-collectors: {{system: {{enabled: false}}}}
+collectors: {{system: {{enabled: false}}{f", {fast}: {{interval: 5s}}" if fast else ""}}}
 services:
   - name: api
     match: {{port: {api.port}}}{depends_on}
@@ -84,6 +89,24 @@ def test_one_failed_request_alone_changes_nothing(tmp_path, start_exporter) -> N
         assert diagnosis["healthy"], diagnosis["verdict"]
         assert [c for c in diagnosis["history"] if c["kind"] == "verdict"] == []
         assert len(api.requests) == 2
+
+
+@pytest.mark.parametrize("fast", ["probe", "process"])
+def test_a_killed_service_is_one_verdict_whichever_collector_sees_it_first(
+    tmp_path, start_exporter, fast
+) -> None:
+    """The process reading and the user's refused probe see one fault: the one that reads first
+    has the other read again, so the verdict names it once, as a dead process."""
+    with fs.FaultServer(fs.answer(200, '{"text": "Hello"}')) as api:
+        exporter = _exporter(tmp_path, start_exporter, api, fast=fast)
+        wait_until(lambda: 'autoglm_process_up{service="api"} 1.0' in exporter.get("/metrics").text)
+        wait_until(lambda: exporter.get("/api/diagnosis").json()["healthy"])
+        api.stop()
+        wait_until(lambda: _verdict(exporter) == ("network", "process_dead"), timeout=60)
+        history = exporter.get("/api/diagnosis").json()["history"]
+        assert [(c["kind"], c["reason"]) for c in history if c["kind"] == "verdict"] == [
+            ("verdict", "process_dead")
+        ]
 
 
 class Counting(Collector):

@@ -169,6 +169,22 @@ def test_a_membership_is_handed_out_until_it_is_older_than_its_reuse_window(chil
     assert process.collect().facts.services["api"].main_pid == child.pid
 
 
+def test_a_process_reading_taken_again_sees_a_process_gone_within_the_reuse_window(child_processes) -> None:
+    tag = f"matcher-{uuid.uuid4().hex[:10]}"
+    services = (ServiceConfig("api", ProcessMatch(cmdline=tag)),)
+    child = child_processes(SLEEPER, tag)
+    assert child.stdout.readline().strip() == b"up"
+    matcher = ServiceMatcher(services, reuse_for=60)
+    process = ProcessCollector(services, matcher=matcher)
+    container = ContainerCollector(services, matcher=matcher)
+    assert process.collect().facts.services["api"].pids == [child.pid]
+    child.kill()
+    child.wait()
+    # The read-again that confirms a vanished process must not be handed the look that saw it.
+    assert not process.collect().facts.services["api"].up
+    assert not container.collect().facts.services["api"].found  # the others share that new look
+
+
 def test_counters_are_read_fresh_while_the_membership_is_reused(tmp_path) -> None:
     proc, services = _services_by_every_rule(tmp_path)
     process = ProcessCollector(services, proc.path, ServiceMatcher(services, proc.path, reuse_for=60))

@@ -60,7 +60,8 @@ def test_healthy_since_the_start_and_healthy_again_since_it_healed() -> None:
     feed.healthy_start()
     assert to_dict(feed.diagnosis)["since_text"] == "healthy since the exporter started"
     feed.publish("process", processes(service(up=False)), after=10)
-    feed.publish("process", processes(service(up=False)), after=10)
+    feed.publish("probe", probes(target(at=feed.now)), after=1)  # its users still get answers
+    feed.publish("process", processes(service(up=False)), after=9)
     assert feed.verdict() == ("service", "process_missing")
     feed.publish("process", processes(), after=10)
     feed.publish("process", processes(), after=10)

@@ -129,10 +129,14 @@ class ProcessCollector(Collector):
         self._main_process: dict[str, tuple[int, int]] = {}  # service -> (pid, start ticks) of oldest process
         self._restarts: dict[str, int] = {s.name: 0 for s in services}
         self._boot_time: float | None = None
+        self._last_look: float | None = None  # when the membership of its previous reading was taken
 
     def collect(self) -> Result:
         try:
-            membership = self.matcher.current()
+            # Never the same look twice: a reading taken again seconds later (to confirm a process
+            # gone) must see /proc as it is now, even while the cycle's look is still handed out.
+            membership = self.matcher.current(newer_than=self._last_look)
+            self._last_look = membership.taken_at
         except ProcfsUnreadable as exc:
             raise CollectorError("os_error", str(exc)) from exc
         facts = {service.name: self._service_facts(service, membership) for service in self.services}

@@ -24,12 +24,13 @@ from .scheduler import CollectorScheduler
 log = logging.getLogger(__name__)
 
 SCRAPE_SWITCH_INTERVAL = 0.001  # seconds
-# A new state seen by these collectors is read again this many seconds later instead of an interval
-# later, so an instant failure (HTTP 500, refused, a bad answer, Redis down, a CUDA OOM line) is
-# named in seconds while one failed request still changes nothing. Only collectors whose readings
-# are facts of the moment: the others' readings are rates or trends over their interval (CPU, tokens
-# per reading, GPU utilisation), which a reading seconds later would not measure.
-READ_AGAIN_SOON = frozenset({"probe", "redis", "logs"})
+# A new state seen by these collectors (or awaited from them) is read again this many seconds later
+# instead of an interval later, so an instant failure (HTTP 500, refused, a process gone, Redis
+# down, a CUDA OOM line) is named in seconds while one failed request still changes nothing. Only
+# collectors whose readings are facts of the moment (a process's CPU share over a shorter span is
+# still its share): the others' readings are trends over their interval (tokens per reading, GPU
+# utilisation), which a reading seconds later would not measure.
+READ_AGAIN_SOON = frozenset({"probe", "process", "redis", "logs"})
 READ_AGAIN_AFTER = 2.0  # seconds
 
 

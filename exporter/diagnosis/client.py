@@ -42,6 +42,16 @@ def client_links(facts: Facts, observed_at: Mapping[str, float], hang_after: flo
     return links
 
 
+def probed_unrefused(facts: Facts) -> frozenset[str]:
+    """The services whose client probe was not refused at its latest reading."""
+    targets = facts.probe.targets.values() if facts.probe is not None else ()
+    return frozenset(
+        t.service
+        for t in targets
+        if t.layer == "client" and t.service and t.outcome.reason != "connect_refused"
+    )
+
+
 def _client_targets(facts: Facts) -> list[str]:
     names = [t.name for t in facts.probe.targets.values() if t.layer == "client"] if facts.probe else []
     if facts.inflight is not None:
@@ -171,6 +181,8 @@ def _refused_by(
     listening = ", ".join(str(p) for p in service.listening_ports[:8])
     # Seconds from the process reading to the refusal (> 0: the reading came first).
     gap = None if process_at is None else target.finished_at - process_at
+    # A process that ran before the refusal may have died since: its next reading says which.
+    awaits = "process" if gap is not None and gap > 0 and service.up else None
     if gap is not None and abs(gap) > SAME_CYCLE_SECONDS:
         when = "before" if gap > 0 else "after"
         return _link(
@@ -180,6 +192,7 @@ def _refused_by(
             "it: too far apart to say why",
             evidence + ("the process readings are stale: is the process collector failing or stuck?",),
             f"ss -tlnp | grep :{port}",
+            awaits,
         )
     if service.up and port in service.listening_ports:
         # The two readings disagree: the process changed between them.
@@ -196,6 +209,7 @@ def _refused_by(
             "it stopped or restarted in between, or it listens on another address",
             evidence + (f"pid {pid_list(service)} listens on {listening}",),
             f"ss -tlnp 'sport = :{port}'",
+            awaits,
         )
     if not service.up:
         return _link(
@@ -212,6 +226,7 @@ def _refused_by(
             f"connection refused on {port}: {service.name} listens on {listening} instead",
             evidence + (f"pid {pid_list(service)} listens on {listening}, not on {port}",),
             "ss -tlnp",
+            awaits,
         )
     return _link(
         target,
@@ -219,10 +234,18 @@ def _refused_by(
         f"connection refused: {service.name} runs (pid {pid_list(service)}) but listens on no port",
         evidence + ("the process may still be loading the model, or its listener died",),
         f"ss -tlnp; tail -n 50 /proc/{service.pids[0]}/fd/2",
+        awaits,
     )
 
 
-def _link(target: TargetFacts, reason: str, summary: str, evidence: tuple[str, ...], command: str) -> Link:
+def _link(
+    target: TargetFacts,
+    reason: str,
+    summary: str,
+    evidence: tuple[str, ...],
+    command: str,
+    awaits: str | None = None,
+) -> Link:
     return Link(
         f"probe {target.name}",
         "network",
@@ -233,4 +256,5 @@ def _link(target: TargetFacts, reason: str, summary: str, evidence: tuple[str, .
         command,
         source="probe",
         subject=target.service or target.name,
+        awaits=awaits,
     )

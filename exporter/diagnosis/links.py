@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..core.health import CollectorHealth
-from .client import client_links
+from .client import client_links, probed_unrefused
 from .dependencies import dependency_links
 from .exporterlinks import exporter_links
 from .facts import Facts
@@ -26,7 +26,7 @@ def all_links(
 ) -> tuple[Link, ...]:
     links = (
         client_links(facts, observed_at, hang_after)
-        + service_links(facts.process, health.get("process"), trends, now)
+        + service_links(facts.process, health.get("process"), trends, now, probed_unrefused(facts))
         + log_links(facts.logs, now)
         + dependency_links(facts, hang_after)
         + resource_links(facts.system, health.get("system"), facts.services, trends)

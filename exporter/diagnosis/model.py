@@ -52,6 +52,13 @@ REASONS: dict[str, tuple[str, ...]] = {
     "exporter": ("collector_failed", "collector_stuck", "capture_not_permitted"),
 }
 
+# One fault seen from the service's side (its process reading) and from the user's (the refusal
+# its probe meets): the user's side names it.
+SAME_FAULT: dict[str, frozenset[str]] = {
+    "process_missing": frozenset({"process_dead"}),
+    "port_not_listening": frozenset({"not_listening", "wrong_port"}),
+}
+
 
 @dataclass(frozen=True)
 class Link:
@@ -74,6 +81,10 @@ class Link:
     # When the condition began, when the link knows better than its first reading (the first
     # error line in the log, the first flat token reading). Seconds since the epoch.
     began_at: float | None = None
+    # The collector whose next reading may explain this state otherwise (the process reading that
+    # says why a port refuses; the user's probe, which names a vanished process as a refusal):
+    # the state waits for that reading, at most one reading of its own longer.
+    awaits: str | None = None
 
 
 @dataclass(frozen=True)

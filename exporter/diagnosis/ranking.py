@@ -27,7 +27,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from .model import LAYERS, Link
+from .model import LAYERS, SAME_FAULT, Link
 
 # Specificity: how much a broken link says about why, most first.
 STACKS = 8  # where the service's threads are stuck
@@ -53,11 +53,6 @@ _GROUP = {
 }
 _HOST_WIDE = frozenset({"memory_low", "cpu_saturated", "context_switch_storm", "io_blocked"})
 _EXPLAINED_REFUSALS = frozenset({"process_dead", "not_listening", "wrong_port"})
-# One fault seen from the service's side and from the user's: the user's side names it.
-_SAME_FAULT = {
-    "process_missing": frozenset({"process_dead"}),
-    "port_not_listening": frozenset({"not_listening", "wrong_port"}),
-}
 
 
 @dataclass(frozen=True)
@@ -128,7 +123,7 @@ def _absorb(broken: Sequence[Broken]) -> list[Broken]:
     kept = list(broken)
     for service_side in broken:
         merged_into = (
-            _SAME_FAULT.get(service_side.link.reason) if service_side.link.layer == "service" else None
+            SAME_FAULT.get(service_side.link.reason) if service_side.link.layer == "service" else None
         )
         if not merged_into:
             continue

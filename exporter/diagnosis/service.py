@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..core.health import CollectorHealth
-from .model import Link, duration, pid_list
+from .model import SAME_FAULT, Link, duration, pid_list
 from .thresholds import (
     RECENT_LOG_SECONDS,
     RESTART_LOOP_RESTARTS,
@@ -25,21 +25,27 @@ SEVERE_LOG_PATTERNS = ("cuda_oom", "model_load_failure", "config_not_found", "nc
 
 
 def service_links(
-    process: ProcessFacts | None, health: CollectorHealth | None, trends: Trends, now: float
+    process: ProcessFacts | None,
+    health: CollectorHealth | None,
+    trends: Trends,
+    now: float,
+    probed_unrefused: frozenset[str] = frozenset(),
 ) -> list[Link]:
+    """`probed_unrefused`: the services whose client probe was not refused at its latest reading."""
     if health is None:
         return []
     if process is None:
         why = f"cannot read processes: {health.last_error or 'no run yet'}"
         return [Link("processes", "service", None, why, source="process")]
-    return [
-        replace(
-            _restart_loop(s, trends.restarts(s.name, now), now) or _service_link(s),
-            source="process",
-            subject=s.name,
+    links = []
+    for s in process.services.values():
+        link = _restart_loop(s, trends.restarts(s.name, now), now) or _service_link(s)
+        # Its users will meet this as a refusal: the probe's next reading names it (one verdict).
+        users_to_see = link.reason in SAME_FAULT and s.name in probed_unrefused
+        links.append(
+            replace(link, source="process", subject=s.name, awaits="probe" if users_to_see else None)
         )
-        for s in process.services.values()
-    ]
+    return links
 
 
 def _restart_loop(service: ServiceFacts, restarts: list[Restart], now: float) -> Link | None:

@@ -6,12 +6,18 @@ unrelated collector is not a reading of it, so two readings are two intervals of
 that judged a window itself (`Link.held`) counts those readings already. The onset of a state is
 when its collector first observed it (or when the link says the condition began); a state its
 collector's first reading already saw began before the exporter started: no onset.
+
+A link that changes state without a new reading of its own collector was explained again by
+another collector's facts (a refusal, once the process reading shows no process, is a dead
+process): the readings that saw it carry over. A link that `awaits` another collector is believed
+once that collector has read since the state was first seen, or after one reading more than
+`confirm_readings`, so one incident gets one verdict, not the side that happened to read first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .model import Change, Link
 from .ranking import Broken
@@ -27,6 +33,8 @@ class _State:
     count: int = 0  # readings the pending state held
     pending_since: float | None = None
     last_reading: tuple[str, int] | None = None
+    # Each collector's readings when the pending state was first seen: has an awaited one read since?
+    readings_then: Mapping[str, int] = field(default_factory=dict)
 
 
 def state_of(link: Link | None) -> str | None:
@@ -73,8 +81,11 @@ class LinkTracker:
         return [Broken(s.believed, s.since) for s in self._states.values() if s.believed is not None]
 
     def unconfirmed_sources(self) -> set[str]:
-        """The collectors that saw a state the tracker does not believe yet: their next reading decides."""
-        return {s.source for s in self._states.values() if s.has_pending}
+        """The collectors that saw a state the tracker does not believe yet, and those such a state
+        awaits: their next reading decides."""
+        pending = [s for s in self._states.values() if s.has_pending]
+        awaited = {s.pending.awaits for s in pending if s.pending is not None and s.pending.awaits}
+        return {s.source for s in pending} | awaited
 
     def pending_broken(self) -> list[Link]:
         return [s.pending for s in self._states.values() if s.pending is not None and s.pending.ok is False]
@@ -113,17 +124,27 @@ class LinkTracker:
                 state.believed = link  # the same state, its newest words ("no answer for 9 s so far")
             return []
         if not state.has_pending or observed != state_of(state.pending):
-            state.has_pending, state.count = True, 0
-            state.pending_since = _began(link, reading, observed_at.get(source, now))
-            state.last_reading = None
+            explained_again = state.pending is not None and link is not None and reading == state.last_reading
+            if not explained_again:
+                state.count, state.last_reading = 0, None
+                state.pending_since = _began(link, reading, observed_at.get(source, now))
+                state.readings_then = dict(readings)
+            state.has_pending = True
         state.pending = link
         if reading != state.last_reading:
             state.count += 1
             state.last_reading = reading
         state.count = max(state.count, link.held if link is not None else 0)
-        if state.count >= confirm:
+        if state.count >= confirm + self._still_awaited(link, state, readings):
             return self._believe(name, state, link, state.pending_since)
         return []
+
+    @staticmethod
+    def _still_awaited(link: Link | None, state: _State, readings: Mapping[str, int]) -> int:
+        """1 while the collector the link awaits has not read since the state was first seen."""
+        if link is None or link.awaits is None or link.awaits not in readings:
+            return 0
+        return int(readings[link.awaits] <= state.readings_then.get(link.awaits, 0))
 
     def _believe(self, name: str, state: _State, link: Link | None, since: float | None) -> list[Change]:
         previous = state.believed

@@ -132,13 +132,18 @@ class ServiceMatcher:
         self._latest: Membership | None = None
         self._lock = threading.Lock()
 
-    def current(self) -> Membership:
-        """The latest Membership while it is younger than `reuse_for`, else a new look at /proc.
+    def current(self, newer_than: float | None = None) -> Membership:
+        """The latest Membership while it is younger than `reuse_for` (and taken after `newer_than`,
+        a caller's previous look), else a new look at /proc.
 
         Raises ProcfsUnreadable when the proc root cannot be listed."""
         with self._lock:
             latest = self._latest
-            if latest is None or time.monotonic() - latest.taken_at >= self.reuse_for:
+            if (
+                latest is None
+                or time.monotonic() - latest.taken_at >= self.reuse_for
+                or (newer_than is not None and latest.taken_at <= newer_than)
+            ):
                 latest = self._latest = self._look()
             return latest
 
