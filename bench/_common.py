@@ -6,8 +6,6 @@ when autoglm_exporter is not importable. Helpers the tests use too live in tests
 Every helper that starts something returns a handle the caller stops in a `finally`.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import re

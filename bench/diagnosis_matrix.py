@@ -32,8 +32,6 @@ config: 10 s interval, 30 s probe timeout):
 Peer: none but the targets themselves; the idle and hog runs of the same fault are the pair.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import math
@@ -755,7 +753,7 @@ class Hog:
     def __init__(self) -> None:
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def __enter__(self) -> Hog:
+    def __enter__(self) -> "Hog":
         for _ in range(os.cpu_count() or 1):
             hog = subprocess.Popen(
                 [sys.executable, "-c", HOG], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -14,8 +14,6 @@ Also printed: the cold cycle (opening NVML, reading every /proc entry once).
 --quick: 2 GPUs x 8 processes, 10 cycles.
 """
 
-from __future__ import annotations
-
 import contextlib
 import statistics
 import sys

@@ -14,8 +14,6 @@ here made every probe miss its connect deadline on a busy machine). Its backlog 
 connection of the run.
 """
 
-from __future__ import annotations
-
 import socket
 import sys
 import time

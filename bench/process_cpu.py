@@ -14,8 +14,6 @@ cold cycle (a fresh collector reading every command line) and the amortized cost
 10 s interval (one cold cycle in six) are printed too. --quick: 8 threads, 10 cycles.
 """
 
-from __future__ import annotations
-
 import os
 import re
 import sys

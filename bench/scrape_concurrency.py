@@ -17,8 +17,6 @@ Every scrape sends `Accept-Encoding: gzip`, as Prometheus does. `--quick` runs e
 few seconds with 50 connections: a smoke test of the script, not a measurement.
 """
 
-from __future__ import annotations
-
 import asyncio
 import os
 import random
