@@ -12,8 +12,8 @@ the fault to the first right verdict, verdict changes while held, and seconds fr
 fault back to healthy; then totals and a PASS/FAIL line. Targets (the full run uses the default
 config: 10 s interval, 30 s probe timeout):
 - the right layer and reason for every fault, idle and under the hog, and no other verdict named
-  before it (the person paged first must hear the cause), except one the right verdict refines
-  (a hang is `client/not_answering` until its stacks are read);
+  before it or on the way back to healthy (the person paged must hear the cause, and only it),
+  except one the right verdict refines (a hang is `client/not_answering` until its stacks are read);
 - at most 20 s from the fault to the right verdict;
 - no verdict change while a steady fault is held (process churn has no steady state: its
   changes are shown, not judged);
@@ -506,12 +506,14 @@ class Row:
 
     @property
     def detours(self) -> list[str]:
-        """Verdicts named before the right one that it does not refine (nor the state before)."""
+        """Verdicts named before the right one that it does not refine (nor the state before), or
+        after the fault ended on the way back: the person paged heard a wrong cause."""
         fine = {HEALTHY, self.baseline, self.fault.expected, *self.fault.on_the_way}
         if self.condition == "hog":
             fine |= RECOVERED_UNDER_HOG
         first_right = next((t for t, key in self.timeline if key == self.fault.expected), math.inf)
-        seen = [key for t, key in self.timeline if t < first_right and key not in fine]
+        ends = math.inf if self.fault.kind == "churn" else self.ended_at
+        seen = [key for t, key in self.timeline if (t < first_right or t > ends) and key not in fine]
         return list(dict.fromkeys(seen))
 
     @property
@@ -795,7 +797,7 @@ def print_header() -> None:
 def print_row(row: Row) -> None:
     changes = f"({row.changes})" if row.fault.kind == "churn" else str(row.changes)
     note = row.note + ("" if row.baseline == HEALTHY else f"; baseline was {row.baseline}")
-    note += f"; first named {', '.join(row.detours)}" if row.detours else ""
+    note += f"; also named {', '.join(row.detours)}" if row.detours else ""
     print(
         COLUMNS.format(
             row.fault.name,
