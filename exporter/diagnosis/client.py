@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .facts import Facts, InFlightProbe
@@ -152,7 +153,11 @@ def _network_link(
 ) -> Link:
     reason = target.outcome.reason or "connect_refused"
     if reason == "connect_refused" and service is not None:
-        return _refused_by(target, service, evidence, process_at)
+        refused = _refused_by(target, service, evidence, process_at)
+        # A process that ran at a reading taken before the refusal may have died since: the
+        # process collector's next reading says which.
+        ran_before = process_at is not None and target.finished_at > process_at and service.up
+        return replace(refused, awaits="process") if ran_before else refused
     host_port = host_port_of(target.url)
     port = host_port.rsplit(":", 1)[-1]
     summaries = {
@@ -181,8 +186,6 @@ def _refused_by(
     listening = ", ".join(str(p) for p in service.listening_ports[:8])
     # Seconds from the process reading to the refusal (> 0: the reading came first).
     gap = None if process_at is None else target.finished_at - process_at
-    # A process that ran before the refusal may have died since: its next reading says which.
-    awaits = "process" if gap is not None and gap > 0 and service.up else None
     if gap is not None and abs(gap) > SAME_CYCLE_SECONDS:
         when = "before" if gap > 0 else "after"
         return _link(
@@ -192,7 +195,6 @@ def _refused_by(
             "it: too far apart to say why",
             evidence + ("the process readings are stale: is the process collector failing or stuck?",),
             f"ss -tlnp | grep :{port}",
-            awaits,
         )
     if service.up and port in service.listening_ports:
         # The two readings disagree: the process changed between them.
@@ -209,7 +211,6 @@ def _refused_by(
             "it stopped or restarted in between, or it listens on another address",
             evidence + (f"pid {pid_list(service)} listens on {listening}",),
             f"ss -tlnp 'sport = :{port}'",
-            awaits,
         )
     if not service.up:
         return _link(
@@ -226,7 +227,6 @@ def _refused_by(
             f"connection refused on {port}: {service.name} listens on {listening} instead",
             evidence + (f"pid {pid_list(service)} listens on {listening}, not on {port}",),
             "ss -tlnp",
-            awaits,
         )
     return _link(
         target,
@@ -234,18 +234,10 @@ def _refused_by(
         f"connection refused: {service.name} runs (pid {pid_list(service)}) but listens on no port",
         evidence + ("the process may still be loading the model, or its listener died",),
         f"ss -tlnp; tail -n 50 /proc/{service.pids[0]}/fd/2",
-        awaits,
     )
 
 
-def _link(
-    target: TargetFacts,
-    reason: str,
-    summary: str,
-    evidence: tuple[str, ...],
-    command: str,
-    awaits: str | None = None,
-) -> Link:
+def _link(target: TargetFacts, reason: str, summary: str, evidence: tuple[str, ...], command: str) -> Link:
     return Link(
         f"probe {target.name}",
         "network",
@@ -256,5 +248,4 @@ def _link(
         command,
         source="probe",
         subject=target.service or target.name,
-        awaits=awaits,
     )
