@@ -86,6 +86,17 @@ class Link:
     # the state waits for that reading, at most one reading of its own longer.
     awaits: str | None = None
 
+    def __post_init__(self) -> None:
+        # A misspelt reason would publish healthy=0 with every verdict series at 0: refuse it here.
+        if self.layer not in REASONS:
+            raise ValueError(f"link {self.name!r}: unknown layer {self.layer!r}")
+        if self.reason != "ok" and self.reason not in REASONS[self.layer]:
+            raise ValueError(
+                f"link {self.name!r}: {self.layer}/{self.reason} is not a known reason (REASONS)"
+            )
+        if self.ok is False and self.reason == "ok":
+            raise ValueError(f"link {self.name!r}: a broken link needs a reason")
+
 
 @dataclass(frozen=True)
 class ChainVerdict:
