@@ -132,14 +132,10 @@ THRESHOLDS = {
 # 2xx green, 3xx yellow (a probe should not be redirected), 4xx orange, 5xx red.
 HTTP_STATUS_STEPS = ((200, "green"), (300, "yellow"), (400, "orange"), (500, "red"))
 
-# XIDs that mean the GPU or its memory needs attention (NVIDIA's XID catalogue): 48 double-bit
-# ECC, 63/64 row remapping, 74 NVLink, 79 fell off the bus, 94/95 contained/uncontained ECC,
-# 119/120 GSP firmware.
-CRITICAL_XIDS = (48, 63, 64, 74, 79, 94, 95, 119, 120)
-
-# Clock-event reasons that hold the clocks down for heat or hardware faults. sw_power_cap is left
-# out: a GPU generating flat out sits at its power cap by design (the GPU dashboard still shows it).
-THROTTLE_REASONS = ("hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
+# XID classes and the clock-event reasons that count as throttling: the verdict's, read from one place.
+CRITICAL_XIDS = verdict.XID_CRITICAL
+WARNING_XIDS = verdict.XID_WARNING
+THROTTLE_REASONS = verdict.GPU_THROTTLE_REASONS
 
 # --- service level objectives -----------------------------------------------------------------------
 

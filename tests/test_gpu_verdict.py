@@ -86,3 +86,34 @@ def test_an_incompatible_cuda_is_named_with_its_sentence(tmp_path: Path) -> None
     assert result.verdict is not None
     assert (result.verdict.layer, result.verdict.reason) == ("resources", "cuda_incompatible")
     assert result.verdict.summary == sentence
+
+
+def with_recent_xids(tmp_path: Path, *xids: int):
+    facts = gpu_facts(tmp_path)
+    device = replace(facts.gpus[0], xid_recent=xids, last_xid=xids[-1])
+    return replace(facts, gpus=(device,))
+
+
+@pytest.mark.parametrize(
+    ("xid", "expected"),
+    [
+        (48, ("resources", "gpu_xid_errors")),
+        (94, ("resources", "gpu_xid_errors")),
+        (79, ("resources", "gpu_lost")),
+    ],
+    ids=["critical-double-bit-ecc", "warning-contained-ecc", "fell-off-the-bus"],
+)
+def test_an_xid_the_alerts_page_or_warn_on_breaks_the_gpu(tmp_path: Path, xid: int, expected: tuple) -> None:
+    assert verdict({"gpu": with_recent_xids(tmp_path, xid)}) == expected
+
+
+def test_an_xid_the_application_caused_is_evidence_not_a_gpu_fault(tmp_path: Path) -> None:
+    result = diagnose({"gpu": with_recent_xids(tmp_path, 13, 43)}, {})
+    assert result.healthy
+    gpu_link = next(link for link in result.links if link.name.startswith("gpu 0"))
+    assert gpu_link.ok
+    assert any("XID 13" in line and "application" in line for line in gpu_link.evidence)
+
+
+def test_a_gpu_at_its_power_cap_is_not_throttled(tmp_path: Path) -> None:
+    assert verdict({"gpu": gpu_facts(tmp_path, clock_reasons=0x4)}) is None  # sw_power_cap

@@ -22,6 +22,9 @@ from .thresholds import (
     MEMORY_LIMIT_PRESSURE_RATIO,
     MEMORY_LOW_RATIO,
     OWN_PRESSURE_SHARE,
+    XID_CRITICAL,
+    XID_LOST,
+    XID_WARNING,
 )
 from .trends import Trends
 
@@ -166,7 +169,8 @@ def _only(names: set[str] | None) -> str | None:
 
 def _device_link(device: GpuDeviceFacts) -> Link:
     name = f"gpu {device.index} ({device.name})"
-    if device.lost or 79 in device.xid_recent:
+    faults = tuple(xid for xid in device.xid_recent if xid in XID_CRITICAL or xid in XID_WARNING)
+    if device.lost or XID_LOST in faults:
         return Link(
             name,
             "resources",
@@ -176,12 +180,12 @@ def _device_link(device: GpuDeviceFacts) -> Link:
             (f"uuid {device.uuid}, recent XIDs {list(device.xid_recent)}",),
             "nvidia-smi -q | head -40; dmesg | grep -i xid | tail",
         )
-    if device.xid_recent:
+    if faults:
         return Link(
             name,
             "resources",
             False,
-            f"XID errors in the last 10 minutes: {', '.join(str(x) for x in device.xid_recent)}",
+            f"XID errors in the last 10 minutes: {', '.join(str(x) for x in faults)}",
             "gpu_xid_errors",
             (f"last XID {device.last_xid}",),
             "dmesg | grep -i xid | tail",
@@ -208,7 +212,12 @@ def _device_link(device: GpuDeviceFacts) -> Link:
         )
     used = f"{device.memory_used_ratio:.0%}" if device.memory_used_ratio is not None else "?"
     util = f"{device.utilization:.0%}" if device.utilization is not None else "?"
-    return Link(name, "resources", True, f"memory {used} used, {util} busy, {device.processes} processes")
+    caused_by_application = tuple(
+        f"XID {xid} in the last 10 minutes: caused by the application, not the GPU"
+        for xid in device.xid_recent
+    )
+    summary = f"memory {used} used, {util} busy, {device.processes} processes"
+    return Link(name, "resources", True, summary, evidence=caused_by_application)
 
 
 def _cuda_links(gpu: GpuFacts) -> list[Link]:

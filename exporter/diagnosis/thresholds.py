@@ -24,6 +24,22 @@ OWN_PRESSURE_SHARE = 0.5
 # --- GPUs ---------------------------------------------------------------------------------------
 GPU_MEMORY_FULL_RATIO = 0.95
 RECENT_XID_SECONDS = 600.0  # an XID event speaks for the GPU this long
+# XID classes as operators page on them (NVIDIA's XID catalogue). The verdict breaks the GPU's link
+# on a critical or warning XID; the alerts page on critical ones and warn on warning ones; XIDs the
+# application causes (a bad memory access, a killed context) say nothing about the GPU: never paged.
+XID_CRITICAL = (48, 62, 64, 74, 79, 95, 119, 120)  # double-bit ECC, row remap failure, NVLink,
+# fell off the bus, uncontained ECC, GSP firmware
+XID_WARNING = (94,)  # contained ECC error: the GPU recovered, the application using it was stopped
+XID_APPLICATION = (13, 31, 43, 63, 92)
+XID_LOST = 79  # the GPU fell off the bus: only a reset or a reboot brings it back
+# Clock-event reasons that hold the clocks down for heat or hardware faults. sw_power_cap is left
+# out: a GPU generating flat out sits at its power cap by design (the GPU dashboard still shows it).
+GPU_THROTTLE_REASONS = (
+    "hw_slowdown",
+    "sw_thermal_slowdown",
+    "hw_thermal_slowdown",
+    "hw_power_brake_slowdown",
+)
 
 # --- the service's processes --------------------------------------------------------------------
 # A crash loop: the service's process died young (replaced, or gone, after less than

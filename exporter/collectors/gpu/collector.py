@@ -58,7 +58,7 @@ from typing import Any
 
 from ...config import GpuConfig, ServiceConfig
 from ...core.deadline import DeadlinePassed, StillBusy
-from ...diagnosis.thresholds import RECENT_XID_SECONDS
+from ...diagnosis.thresholds import GPU_THROTTLE_REASONS, RECENT_XID_SECONDS
 from ...linux.processes import ProcfsUnreadable, ServiceMatcher
 from ...metrics.spec import Families, Family, MetricSpec, counter, gauge, info
 from ..base import Collector, CollectorError, Result
@@ -88,10 +88,8 @@ CLOCK_EVENT_REASONS = (
     ("hw_power_brake_slowdown", 0x80),
     ("display_clock_setting", 0x100),
 )
-# The reasons that mean the clocks are held down (power, heat, hardware), not idle or configured.
-THROTTLE_REASONS = frozenset(
-    {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"}
-)
+# The reasons that mean the clocks are held down (heat, hardware), not idle, configured or capped.
+THROTTLE_REASONS = frozenset(GPU_THROTTLE_REASONS)
 
 
 # Functions whose failures are counted in autoglm_gpu_read_errors_total (bounded, all from the start).
