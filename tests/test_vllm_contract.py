@@ -9,8 +9,9 @@ whole module. The series we read are derived from our own sources, not listed by
   the type its name implies (`_bucket` a histogram's, `_total` a counter's, else a gauge) and every
   label the expression selects, groups by or asks label_values for.
 
-The recorded 0.32 page of the golden test (tests/fixtures/golden/vllm-0.32.0.metrics) must still
-match the installed vLLM: same families, types and label names. And the exporter's own collectors,
+The same contract holds on both pages of the golden test (vLLM 0.11.0's and 0.32.0's: users run
+both), and the recorded 0.32 page (tests/fixtures/golden/vllm-0.32.0.metrics) must still match the
+installed vLLM: same families, types and label names. And the exporter's own collectors,
 run against the real server, read every engine field and put every probe into the histogram buckets
 the latency objectives' recording rules count.
 """
@@ -37,6 +38,7 @@ from .vllm_harness import TEST_TIMEOUT, VllmServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(TEST_TIMEOUT)]
 
+RECORDED_0_11 = FIXTURES / "golden" / "vllm-0.11.0.metrics"
 RECORDED_0_32 = FIXTURES / "golden" / "vllm-0.32.0.metrics"
 VLLM_NAME = re.compile(r"vllm:[A-Za-z0-9_:]+")
 # What the collector assumes of each field (engine.py re-exports them as gauges and counters).
@@ -127,28 +129,42 @@ def test_the_rules_and_dashboards_read_vllm_series_found_by_the_scan() -> None:
     }
 
 
-def test_every_series_the_rules_and_dashboards_read_is_served_as_assumed(served: Page) -> None:
+def problems_reading(page: Page) -> list[str]:
+    """What the rules, the dashboards and the engine collector would miss on this page."""
     problems = []
     for source, expression in expressions():
         wanted = labels_read(expression)
         for name in set(VLLM_NAME.findall(expression)):
-            if name not in served.types:
+            if name not in page.types:
                 problems.append(f"{source}: {name} is not served")
                 continue
-            if served.types[name] != implied_type(name):
-                problems.append(f"{source}: {name} is a {served.types[name]}, not a {implied_type(name)}")
-            if missing := wanted - served.labels[name]:
+            if page.types[name] != implied_type(name):
+                problems.append(f"{source}: {name} is a {page.types[name]}, not a {implied_type(name)}")
+            if missing := wanted - page.labels[name]:
                 problems.append(f"{source}: {name} has no label {sorted(missing)}")
-    assert not problems, "\n".join(problems)
-
-
-def test_every_field_the_engine_collector_reads_is_served_with_its_type(served: Page) -> None:
     names = ENGINE_NAMES["vllm"]
     for field, kind in FIELD_TYPES.items():
         candidates = getattr(names, field)
-        present = [name for name in candidates if name in served.types]
-        assert present, f"{field}: none of {candidates} is served by vLLM 0.32"
-        assert served.types[present[0]] == kind, (field, present[0], served.types[present[0]])
+        present = [name for name in candidates if name in page.types]
+        if not present:
+            problems.append(f"engine collector: {field}: none of {candidates} is served")
+        elif page.types[present[0]] != kind:
+            problems.append(
+                f"engine collector: {field}: {present[0]} is a {page.types[present[0]]}, not a {kind}"
+            )
+    return problems
+
+
+def test_every_series_we_read_is_served_by_the_real_vllm_as_assumed(served: Page) -> None:
+    problems = problems_reading(served)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("recorded", [RECORDED_0_11, RECORDED_0_32], ids=lambda path: path.name)
+def test_every_series_we_read_is_on_each_recorded_vllm_page(recorded: Path) -> None:
+    # Users run both versions: what we read must be on both.
+    problems = problems_reading(Page(recorded.read_text()))
+    assert not problems, "\n".join(problems)
 
 
 def test_the_engine_collector_reads_every_field_from_the_real_engine(vllm_server: VllmServer) -> None:
