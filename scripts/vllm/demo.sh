@@ -33,6 +33,7 @@ for port in 8000 8080; do
   fi
 done
 if ! listening 6379; then
+  command -v redis-server >/dev/null || { echo "no redis-server: run make deps (or apt-get install redis-server)" >&2; exit 1; }
   redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no >"$LOG_DIR/redis.log" 2>&1 &
   children+=($!)
 fi
