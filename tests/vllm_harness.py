@@ -5,9 +5,10 @@ start_vllm() runs scripts/vllm/serve.sh on a free port and waits until the serve
 completion; VllmServer knows the API server's pid and finds its engine core (a child process that
 renames itself `VLLM::EngineCore`). The `vllm_server` fixture starts one for the whole test session.
 
-Startup takes minutes on a busy 2-core machine (vLLM compiles the model on its first start, about
-90 s on later ones). A test that uses the fixture may be the one that pays for it, so mark it with
-`pytest.mark.timeout(TEST_TIMEOUT)` (pytest-timeout counts fixture setup in the test's time).
+Startup takes minutes on a busy 2-core machine (1.5 to 3: importing vLLM and torch, starting the
+engine core and its worker). A test that uses the fixture may be the one that pays for it, so mark it with
+`pytest.mark.timeout(TEST_TIMEOUT)` (pytest-timeout counts fixture setup in the test's time). The
+wait for readiness is bounded by VLLM_STARTUP_TIMEOUT (seconds, default 900).
 
 Where it lives: VLLM_VENV (default .venv-vllm) and VLLM_MODEL_DIR (default .cache/vllm-tiny-llama),
 relative to the repository root. Missing is a failure, never a skip: `make test` installs both.
@@ -34,7 +35,7 @@ SERVE = REPO / "scripts" / "vllm" / "serve.sh"
 SERVED_MODEL_NAME = "tiny-llama"
 MAX_MODEL_LEN = 512
 ENGINE_CORE_TITLE = "VLLM::EngineCore"
-# Bounded, and generous: the first start compiles the model, and CI shares 2 cores with other work.
+# Bounded, and generous: CI shares 2 cores with other work.
 STARTUP_TIMEOUT = float(os.environ.get("VLLM_STARTUP_TIMEOUT", "900"))
 TEST_TIMEOUT = STARTUP_TIMEOUT + 300
 

@@ -40,7 +40,7 @@ fi
 
 VLLM_PORT=8000 scripts/vllm/serve.sh &
 children+=($!)
-echo "starting vLLM on 127.0.0.1:8000 (a minute or more: it compiles the model on its first start)"
+echo "starting vLLM on 127.0.0.1:8000 (a minute or more)"
 until curl -sf -o /dev/null http://127.0.0.1:8000/health; do
   kill -0 "${children[-1]}" 2>/dev/null || { echo "vLLM exited" >&2; exit 1; }
   sleep 2
