@@ -55,9 +55,9 @@ HOSTILE = {
         "services: [{name: a, match: {port: 1}, depends_on: [a]}]",
         "services[0].depends_on: a service cannot depend on itself",
     ),
-    "url_and_bearer.yml": (
-        "targets: [{name: a, url: 'http://user:pw@127.0.0.1:1/', bearer_token_env: TOKEN}]",
-        "targets[0].bearer_token_env: give credentials in the URL or a bearer token, not both",
+    "password_and_bearer.yml": (
+        "targets: [{name: a, url: 'http://127.0.0.1:1/', password_env: P, bearer_token_env: TOKEN}]",
+        "targets[0].bearer_token_env: give a bearer token or a password, not both",
     ),
     "int_key.yml": ("1: 2", "top-level keys must be strings"),
 }
@@ -118,7 +118,7 @@ def test_error_messages_never_echo_secrets_or_whole_values() -> None:
         parse_config(text)
     message = str(caught.value)
     assert secret not in message
-    assert "ftp://admin:***@db.internal/" in message  # the key and the host still tell which URL
+    assert "targets[0].url: must not hold credentials" in message  # refused before any excerpt
     assert long_value not in message and len(message) < 400
 
 
