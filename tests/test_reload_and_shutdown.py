@@ -91,6 +91,32 @@ def test_a_reload_keeps_unchanged_collectors_and_swaps_changed_ones(start_export
     assert _last_success(exporter, "system") == system_before
 
 
+def test_a_config_read_that_blocks_fails_the_reload_and_collection_goes_on(
+    start_exporter, tmp_path: Path
+) -> None:
+    config = tmp_path / "autoglm.yml"
+    config.write_text(QUIET)
+    exporter = start_exporter(f"--config.file={config}")
+    config.unlink()
+    os.mkfifo(config)  # opening it for reading blocks until a writer comes: a hung mount
+    before = time.time()
+    response = httpx.post(exporter.url + "/-/reload", timeout=60)
+    assert response.status_code == 500
+    assert "did not return within" in response.text and str(config) in response.text
+    assert sample(exporter.metrics(), "autoglm_exporter_config_last_reload_successful") == 0
+    wait_until(lambda: _collecting_after(exporter, before))  # collection goes on
+    # While that read still hangs, a reload (SIGHUP too) fails at once instead of piling up threads.
+    assert httpx.post(exporter.url + "/-/reload", timeout=60).status_code == 500
+    exporter.process.send_signal(signal.SIGHUP)
+    # The mount comes back (a writer opens the FIFO and closes it); a good file reloads again.
+    os.close(os.open(config, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO, not a hang, if no reader waits
+    config.unlink()
+    config.write_text(QUIET)
+    wait_until(lambda: httpx.post(exporter.url + "/-/reload", timeout=60).status_code == 200)
+    assert sample(exporter.metrics(), "autoglm_exporter_config_last_reload_successful") == 1
+    assert exporter.process.poll() is None and "Traceback" not in exporter.log()
+
+
 @pytest.fixture
 def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
     """Accepts connections and never answers (a hung service)."""
