@@ -172,6 +172,8 @@ class ProbeCollector(Collector):
         FIRST_TOKEN,
         TARGET_INFO,
     )
+    items_attribute = "targets"
+    state_per_item = ("_failures", "_consecutive", "_durations", "_first_tokens", "_models")
 
     def __init__(self, targets: tuple[ProbeTarget, ...], in_flight: InFlightRegistry | None = None) -> None:
         self.targets = targets

@@ -94,7 +94,9 @@ class Daemon:
 
     def _build(self, config: Config, web_config: WebConfig | None) -> World:
         """The collectors of `config`, keeping the runner (and its state) of every collector whose
-        settings did not change. Touches nothing that runs: any exception leaves the old world."""
+        settings did not change; a changed one gets a runner that succeeds the old one (its state
+        of unchanged targets, instances and logs goes on). Touches nothing that runs: any
+        exception leaves the old world."""
         runners: dict[str, CollectorRunner] = {}
         timeouts: dict[str, float] = {}
         for collector in build_collectors(config, self.options.collector_overrides):
@@ -102,7 +104,7 @@ class Daemon:
             timeout = config.collector(collector.name).timeout
             keep = old is not None and _same(old.collector, collector)
             runners[collector.name] = (
-                old if old is not None and keep else CollectorRunner(collector, self.store, timeout)
+                old if old is not None and keep else CollectorRunner(collector, self.store, timeout, old)
             )
             timeouts[collector.name] = timeout
         jobs = [(runner, config.collector(name).interval) for name, runner in runners.items()]
@@ -117,6 +119,9 @@ class Daemon:
         self.hangwatch.reconfigure(world.config.forensics)
         self.diagnoser.reconfigure(world.config)
         self.server.use_web_config(world.web_config)
+        for name, runner in self.runners.items():
+            if world.runners.get(name) is not runner:
+                runner.retire()
         self.runners, self.config = world.runners, world.config
         log.info(
             "collectors scheduled",
