@@ -45,6 +45,9 @@ BAD_FILES: dict[str, bytes] = {
     "huge_number": ("redis: [{name: r, db: " + "9" * 5000 + "}]").encode(),
     "parses_but_cannot_run": b"global: {interval: 100000000000000}\n",
     "unknown_key": b"globl: {}\n",
+    "empty": b"",
+    "only_comments": b"# global: {interval: 10s}\n",
+    "log_is_a_directory": b"logs: [{name: l, path: /tmp}]\n",
 }
 
 
