@@ -46,7 +46,10 @@ CREDENTIALS = {
     f"targets: [{{name: t, module: inference, url: 'https://{SECRET}@example.com/'}}]": (
         f"targets[0].url: {TARGET_HINT}"
     ),
-    f"targets: [{{name: t, module: tcp, url: 'user:{SECRET}@127.0.0.1:6379'}}]": f"targets[0].url: {TARGET_HINT}",
+    f"targets: [{{name: t, module: tcp, url: 'user:{SECRET}@127.0.0.1:6379'}}]": (
+        "targets[0].url: must not hold credentials (user:password@ is refused, never shown); "
+        "a tcp probe only connects"
+    ),
     f"targets: [{{name: t, layer: dependencies, url: 'http://u:{SECRET}@10.0.0.1:80/'}}]": (
         f"targets[0].url: {TARGET_HINT}"
     ),

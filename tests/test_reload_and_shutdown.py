@@ -247,11 +247,14 @@ def test_a_runner_that_succeeds_another_waits_for_its_run_then_adopts_what_it_co
     old.retire()
     new.trigger()  # the old run still holds the worker: no second run beside it
     assert new.collector.calls == 0
+    # A second reload before the first new runner ever ran: its successor adopts through it.
+    newer = CollectorRunner(Counting((Item("kept"), Item("changed", 2))), store, timeout=30, succeeds=new)
+    new.retire()
     gate.set()
-    wait_until(lambda: old.collector.runs["kept"] == 2)
-    assert new.run_once()
+    wait_until(newer.run_once)  # a run once the old one has let the worker go
     # The kept item counts on from the old runs (the one in flight included); the changed one anew.
-    assert new.collector.runs == {"kept": 3, "changed": 1}
+    assert newer.collector.runs == {"kept": 3, "changed": 1}
+    assert new.collector.calls == 0
     assert _page(store)[("autoglm_test_value", ())] == 3  # the retired runner's late result was not published
 
 

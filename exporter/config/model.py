@@ -275,7 +275,7 @@ def _url_problems(url: Any, module: Any) -> list[str]:
     messages = []
     for check in checks:
         try:
-            check(url, _TARGET_CREDENTIALS)
+            check(url, _TARGET_CREDENTIALS if check is check_url else "a tcp probe only connects")
             return []
         except PydanticCustomError as exc:
             messages.append(exc.message())

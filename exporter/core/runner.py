@@ -46,7 +46,7 @@ class CollectorRunner:
         self._worker: DeadlineWorker = (
             succeeds._worker if succeeds else DeadlineWorker(f"collector-{collector.name}")
         )
-        self._adopt_from: Collector | None = succeeds.collector if succeeds else None
+        self._succeeds = succeeds  # until this runner's first run has adopted its state
         self._retired = False
         self._lock = threading.Lock()
 
@@ -90,10 +90,16 @@ class CollectorRunner:
 
     def _collect(self) -> Result:
         """One run, in the worker (so never beside a run of the runner this one succeeds)."""
-        if self._adopt_from is not None:
-            previous, self._adopt_from = self._adopt_from, None
-            self.collector.adopt(previous)
+        self._adopt()
         return self.collector.collect()
+
+    def _adopt(self) -> None:
+        """Take over the predecessor's state, once; a predecessor that never ran (two reloads
+        before a run) first takes over its own predecessor's."""
+        if self._succeeds is not None:
+            previous, self._succeeds = self._succeeds, None
+            previous._adopt()
+            self.collector.adopt(previous.collector)
 
     def _deadline(self, run: _Run) -> None:
         with self._lock:
