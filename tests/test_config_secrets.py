@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import string
 import subprocess
 import sys
 import threading
@@ -12,6 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autoglm_exporter.collectors.probe import ProbeCollector
 from autoglm_exporter.config import ConfigError, load_config, parse_config
@@ -148,3 +152,34 @@ def test_a_target_logs_in_with_the_password_from_its_file(
     assert seen == ["Basic " + base64.b64encode(f"probe:{SECRET}".encode()).decode()]
     password.write_text("wrong\n")  # read when used: a rotated file counts at once
     assert collector.collect().facts.targets["t"].outcome.status == 401
+
+
+# Passwords as people write them: letters, digits and the punctuation URLs mangle (`/`, `#`, `@`;
+# `?` is left out: after it comes the query, where `@` is data). "Pw9" makes each one a string no
+# error message holds by chance.
+PASSWORDS = st.text(
+    alphabet=string.ascii_letters + string.digits + "!$%&'()*+,;=-._~:/#[]@", min_size=3, max_size=24
+).map(lambda tail: "Pw9" + tail)
+FORMS = st.sampled_from(
+    [
+        ("redis", "address", "redis://:{pw}@127.0.0.1:6379"),
+        ("redis", "address", "rediss://user:{pw}@cache.internal:6380"),
+        ("redis", "address", "user:{pw}@127.0.0.1:6379"),
+        ("targets", "url", "http://user:{pw}@127.0.0.1:8080/inference"),
+        ("targets", "url", "https://{pw}@example.com/v1/chat/completions"),
+        ("engines", "metrics_url", "http://u:{pw}@127.0.0.1:8000/metrics"),
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(form=FORMS, password=PASSWORDS)
+def test_no_password_in_any_address_form_is_accepted_or_shown(
+    form: tuple[str, str, str], password: str
+) -> None:
+    section, key, template = form
+    value = template.format(pw=password)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(yaml.safe_dump({section: [{"name": "x", key: value}]}))
+    assert caught.value.errors[0].startswith(f"{section}[0].{key}: must not hold credentials")
+    assert password not in str(caught.value)
