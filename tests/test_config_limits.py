@@ -95,6 +95,9 @@ def test_file_limits_are_checked_before_parsing(hostile_dir: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(str(hostile_dir / "too_big.yml"))  # 10 bytes a line: the limit is in line 104858
     assert caught.value.errors == ["line 104858, column 7: the file is longer than 1048576 bytes"]
+    with pytest.raises(ConfigError) as caught:
+        parse_config("# padding\n" * 200_000)  # text handed over, not a file: the same limit and line
+    assert caught.value.errors == ["line 104858, column 7: the document is longer than 1048576 bytes"]
 
 
 @pytest.mark.parametrize(

@@ -118,8 +118,9 @@ def _line_of(data: bytes, offset: int) -> str:
 
 def load(text: str) -> Any:
     """The document as plain data (dicts, lists, scalars). YamlLimitError for every problem."""
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
-        raise YamlLimitError(f"the document is longer than {MAX_BYTES} bytes")
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) > MAX_BYTES:
+        raise YamlLimitError(f"{_line_of(data, MAX_BYTES)}the document is longer than {MAX_BYTES} bytes")
     loader = None
     try:
         loader = _BoundedLoader(text)  # the reader already refuses some characters here
