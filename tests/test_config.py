@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from autoglm_exporter.config import ConfigError, default_config, load_config, parse_config
@@ -9,6 +12,8 @@ from autoglm_exporter.config import ConfigError, default_config, load_config, pa
 from .conftest import FIXTURES, check_config
 
 CONFIGS = FIXTURES / "configs"
+
+EMPTY = "the file holds no settings (it is empty or only comments); write {} to run the built-in defaults"
 
 BAD_CONFIGS = {
     "unknown_keys.yml": [
@@ -30,6 +35,26 @@ BAD_CONFIGS = {
     ],
     "not_a_mapping.yml": ["top level must be a mapping"],
     "bad_yaml.yml": ["line 3, column 11: invalid YAML: mapping values are not allowed here"],
+    "empty.yml": [EMPTY],
+    "only_comments.yml": [EMPTY],
+    "every_error_of_an_item.yml": [
+        "services[0].name: must start with a letter or _ and hold only letters, digits, _ . -",
+        "services[0].match: needs at least one of cmdline, exe, pidfile, port",
+        "targets[0].module: must be one of inference, openai_chat, http, tcp, got 'grpc'",
+        "targets[0].url: must be an http:// or https:// URL, or HOST:PORT for module tcp",
+        "targets[1]: give bearer_token_env or bearer_token_file, not both",
+        "targets[1].url: must be an http:// or https:// URL, got 'ftp://x'",
+        "targets[1].timeout: must be a duration like 10s, 500ms or 1m, got 'forever'",
+        "targets[1].body: only the inference and openai_chat modules send a body",
+        "redis[0].db: must be a whole number from 0 to 1000000, got -1",
+        "redis[0].queues[0].typo: unknown key (did you mean type?)",
+        "redis[0].queues[0].group: is required for type stream_pending",
+    ],
+    "directories.yml": [
+        "redis[0].password_file: is a directory, not a file",
+        "logs[0].path: is a directory, not a file",
+        "forensics.directory: exists and is not a directory",
+    ],
 }
 
 
@@ -69,6 +94,23 @@ def test_missing_file_is_a_clear_error() -> None:
 
 def test_empty_services_list_watches_no_service() -> None:
     assert parse_config("services: []").services == ()
+
+
+def test_an_empty_mapping_runs_the_defaults_on_purpose(tmp_path) -> None:
+    config = tmp_path / "autoglm.yml"
+    config.write_text("# the built-in defaults\n{}\n")
+    assert load_config(str(config)) == default_config()
+
+
+def test_a_log_path_that_is_a_directory_stops_the_daemon_at_start() -> None:
+    started = subprocess.run(
+        [sys.executable, "-m", "autoglm_exporter", f"--config.file={CONFIGS / 'directories.yml'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 2
+    assert "logs[0].path: is a directory, not a file" in started.stderr
 
 
 @pytest.mark.parametrize("name", sorted(BAD_CONFIGS))

@@ -141,6 +141,8 @@ class ContainerCollector(Collector):
         SYS_PTRACE,
         HOST_NETWORK,
     )
+    items_attribute = "services"
+    state_per_item = ("_previous",)
 
     def __init__(
         self,

@@ -58,6 +58,8 @@ class EnvironmentFacts:
 class EnvironmentCollector(Collector):
     name = "environment"
     metrics = (DRIFT, CONFLICTS, BASELINE_TIME)
+    items_attribute = "services"
+    state_per_item = ("_baselines",)  # the first snapshot of a service stays its baseline
 
     def __init__(
         self,

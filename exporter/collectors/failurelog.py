@@ -24,3 +24,7 @@ class FailureLog:
     def ok(self, name: str) -> None:
         if self._reasons.pop(name, None) is not None:
             self.logger.info(self.up, extra={self.label: name}, stacklevel=2)
+
+    def adopt(self, previous: FailureLog, names: set[str]) -> None:
+        """Remember what `previous` logged of `names` (a reload): a failure goes on unlogged."""
+        self._reasons.update({name: previous._reasons[name] for name in names if name in previous._reasons})

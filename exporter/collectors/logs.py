@@ -369,6 +369,8 @@ def _shown(line: str) -> str:
 class LogsCollector(Collector):
     name = "logs"
     metrics = (ERRORS, LINES, PRESENT, INFO, LAST_MATCH, TRUNCATED, TRACE_DURATION, TRACE_INVALID)
+    items_attribute = "logs"
+    state_per_item = ("_states",)  # counts, recent matches and the follower's offset of each log
 
     def __init__(self, logs: tuple[LogConfig, ...]) -> None:
         self.logs = logs

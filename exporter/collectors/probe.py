@@ -38,7 +38,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from ..config import INFERENCE_BODY, ProbeTarget
-from ..config.credentials import SecretError, read_secret
+from ..config.credentials import SecretError, authorization
 from ..logs.redact import redact
 from ..logs.urls import display_url
 from ..metrics.spec import Families, Family, MetricSpec, counter, gauge, histogram, info
@@ -172,6 +172,8 @@ class ProbeCollector(Collector):
         FIRST_TOKEN,
         TARGET_INFO,
     )
+    items_attribute = "targets"
+    state_per_item = ("_failures", "_consecutive", "_durations", "_first_tokens", "_models")
 
     def __init__(self, targets: tuple[ProbeTarget, ...], in_flight: InFlightRegistry | None = None) -> None:
         self.targets = targets
@@ -438,12 +440,12 @@ def _trust(ca_file: str | None) -> ssl.SSLContext:
 
 def _client(target: ProbeTarget) -> httpx.AsyncClient:
     try:
-        token = read_secret(target.bearer_token)
+        credentials = authorization(target)
     except SecretError as exc:
         raise ProbeFailure("config", str(exc)) from None
     headers = {"User-Agent": USER_AGENT, **target.headers}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    if credentials:
+        headers["Authorization"] = credentials
     verify: ssl.SSLContext | bool = False if target.tls_insecure_skip_verify else _trust(target.tls_ca_file)
     timeout = httpx.Timeout(target.timeout, connect=target.connect_timeout)
     # A fresh client (and connection) per probe, no retries, no proxies from the environment:

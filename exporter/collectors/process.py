@@ -115,6 +115,8 @@ class ProcessCollector(Collector):
         EXPECTED_PORT,
         PORT_TAKEN,
     )
+    items_attribute = "services"
+    state_per_item = ("_main_process", "_restarts")
 
     def __init__(
         self,

@@ -150,6 +150,8 @@ class RedisCollector(Collector):
         QUEUE_READ_OK,
         FAILURES,
     )
+    items_attribute = "instances"
+    state_per_item = ("_clients", "_failures", "_depths", "_failure_log")
 
     def __init__(self, instances: tuple[RedisConfig, ...]) -> None:
         self.instances = instances

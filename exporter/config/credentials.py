@@ -6,9 +6,10 @@ password file is picked up on the next collection without a reload.
 
 from __future__ import annotations
 
+import base64
 import os
 
-from .model import Secret
+from .model import ProbeTarget, Secret
 
 
 class SecretError(Exception):
@@ -29,3 +30,15 @@ def read_secret(secret: Secret) -> str | None:
         except OSError as exc:
             raise SecretError(f"cannot read secret file {secret.file}: {exc.strerror}") from None
     return None
+
+
+def authorization(target: ProbeTarget) -> str | None:
+    """The Authorization header a probe target sends (bearer token or basic auth), None for none."""
+    token = read_secret(target.bearer_token)
+    if token:
+        return f"Bearer {token}"
+    password = read_secret(target.password)
+    if password is None:
+        return None
+    pair = f"{target.username or ''}:{password}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")

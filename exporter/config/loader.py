@@ -1,8 +1,9 @@
 """Reading a config file: bytes -> bounded YAML -> schema -> cross-section checks -> Config.
 
-Every failure, whatever its cause (unreadable file, not UTF-8, over a limit, bad YAML, bad values,
-dangling references), is a ConfigError listing every problem with its path, so `check-config`,
-start-up and reload all exit or answer the same way, and what `check-config` accepts the daemon runs.
+Every failure, whatever its cause (unreadable file, empty file, not UTF-8, over a limit, bad
+YAML, bad values, dangling references, a directory where a file belongs), is a ConfigError
+listing every problem with its path, so `check-config`, start-up and reload all exit or answer
+the same way, and what `check-config` accepts the daemon runs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from . import references, yamlfile
+from . import filesystem, references, yamlfile
 from .errors import ConfigError, Problem, problems_of, render
 from .model import Config
 
@@ -37,14 +38,23 @@ def load_config(path: str | None) -> Config:
         text = yamlfile.decode(data)
     except yamlfile.YamlLimitError as exc:
         raise ConfigError(path, [str(exc)]) from None
-    return parse_config(text, path)
+    return parse_config(text, path, empty_ok=False)
 
 
-def parse_config(text: str, source: str = "<string>") -> Config:
+# A file that says nothing is more likely a mistake (a truncated deploy, a wrong mount) than a
+# wish for the defaults, which run without --config.file or with `{}`.
+EMPTY_FILE = (
+    "the file holds no settings (it is empty or only comments); write {} to run the built-in defaults"
+)
+
+
+def parse_config(text: str, source: str = "<string>", empty_ok: bool = True) -> Config:
     try:
         raw = yamlfile.load(text)
     except yamlfile.YamlLimitError as exc:
         raise ConfigError(source, [str(exc)]) from None
+    if raw is None and not empty_ok:
+        raise ConfigError(source, [EMPTY_FILE])
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -60,6 +70,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     except RecursionError:  # the YAML limits keep this away; never a traceback anyway
         problems.append(Problem((), "nested too deeply"))
     problems += references.check(raw)
+    problems += filesystem.check(raw)
     if problems or config is None:
         raise ConfigError(source, render(problems, Config))
     config = _fit_defaults(config, raw)

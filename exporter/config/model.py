@@ -14,14 +14,15 @@ log. A list section that is given replaces its defaults; [] means none.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
+from functools import partial
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, model_validator
 from pydantic.dataclasses import dataclass
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .types import (
-    Address,
     Boolean,
     Choice,
     Duration,
@@ -32,7 +33,6 @@ from .types import (
     StringMap,
     Text,
     Texts,
-    Url,
     WholeNumber,
     check_address,
     check_url,
@@ -70,6 +70,67 @@ def _invalid(kind: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(kind, message)
 
 
+Problems = Iterator[tuple[str, str]]  # (the key it is about, "" for the item; the message)
+
+
+class _Bad:
+    """The value of a key that is bad on its own (given, but not checked with the others)."""
+
+    def __repr__(self) -> str:
+        return "BAD"
+
+
+BAD: Any = _Bad()
+
+
+class CrossChecked:
+    """An item whose keys are also checked together (`cross_problems`). Those checks run when some
+    of its keys are bad too, on the keys that are good, so a report lists every error of the item:
+    `url: ftp://x` beside `module: grpc` gives both errors, not only the module's."""
+
+    @classmethod
+    def cross_problems(cls, values: Mapping[str, Any]) -> Problems:
+        """The problems of the keys together; a key that is bad on its own is BAD in `values`."""
+        return iter(())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_problem(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            item = handler(data)
+        except ValidationError as exc:
+            if not isinstance(data, dict):
+                raise
+            bad = {str(error["loc"][0]): BAD for error in exc.errors() if error["loc"]}
+            found = [_rebuilt(error) for error in exc.errors()] + _details(
+                cls, {**_defaults(cls), **data, **bad}
+            )
+            raise ValidationError.from_exception_data(cls.__name__, found) from None
+        found = _details(cls, {field.name: getattr(item, field.name) for field in dataclasses.fields(item)})
+        if found:
+            raise ValidationError.from_exception_data(cls.__name__, found)
+        return item
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    fields = dataclasses.fields(cls)
+    return {field.name: field.default for field in fields if field.default is not dataclasses.MISSING}
+
+
+def _details(cls: type[CrossChecked], values: Mapping[str, Any]) -> list[InitErrorDetails]:
+    return [
+        InitErrorDetails(type=_invalid("cross", message), loc=(key,) if key else (), input=None)
+        for key, message in cls.cross_problems(values)
+    ]
+
+
+def _rebuilt(error: Any) -> InitErrorDetails:
+    """A reported error as it can be raised again (the report reads only its kind and message)."""
+    return InitErrorDetails(
+        type=PydanticCustomError(error["type"], error["msg"]), loc=error["loc"], input=None
+    )
+
+
 @dataclass(frozen=True)
 class Secret:
     """Where a secret lives (built from a section's *_env / *_file keys); the value itself is read
@@ -82,9 +143,9 @@ class Secret:
         return bool(self.env or self.file)
 
 
-def _one_secret(prefix: str, env: str | None, file: str | None) -> None:
-    if env and file:
-        raise _invalid("secret", f"give {prefix}_env or {prefix}_file, not both")
+def _one_secret(prefix: str, values: Mapping[str, Any]) -> Problems:
+    if values.get(f"{prefix}_env") and values.get(f"{prefix}_file"):
+        yield "", f"give {prefix}_env or {prefix}_file, not both"
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -138,7 +199,7 @@ KNOWN_COLLECTORS = tuple(field.name for field in dataclasses.fields(CollectorsCo
 
 
 @dataclass(frozen=True, config=STRICT)
-class ProcessMatch:
+class ProcessMatch(CrossChecked):
     """How to find a service's processes; a process matching ANY given rule belongs to it."""
 
     cmdline: Regex | None = None  # searched in the NUL-joined command line
@@ -146,15 +207,17 @@ class ProcessMatch:
     pidfile: Text | None = None
     port: Port | None = None  # the TCP port it listens on
 
-    @model_validator(mode="after")
-    def _some_rule(self) -> ProcessMatch:
-        if not any((self.cmdline, self.exe, self.pidfile, self.port)):
-            raise _invalid("match", "needs at least one of cmdline, exe, pidfile, port")
-        return self
+    @classmethod
+    def cross_problems(cls, values: Mapping[str, Any]) -> Problems:
+        if not any(values.get(key) for key in ("cmdline", "exe", "pidfile", "port")):
+            yield "", _NEEDS_A_RULE
+
+
+_NEEDS_A_RULE = "needs at least one of cmdline, exe, pidfile, port"
 
 
 @dataclass(frozen=True, config=STRICT)
-class ServiceConfig:
+class ServiceConfig(CrossChecked):
     name: Name
     match: ProcessMatch = None  # type: ignore[assignment]  # required; None only to say what it needs
     include_children: Boolean = False  # also count the matched processes' descendants
@@ -163,10 +226,13 @@ class ServiceConfig:
     # incident in any of them is an incident of this service (alert grouping and inhibition).
     depends_on: Texts = ()
 
+    @classmethod
+    def cross_problems(cls, values: Mapping[str, Any]) -> Problems:
+        if values.get("match") is None:
+            yield "match", _NEEDS_A_RULE
+
     def __post_init__(self) -> None:
-        if self.match is None:
-            raise _invalid("match", "match: needs at least one of cmdline, exe, pidfile, port")
-        if self.port is None and self.match.port is not None:
+        if self.port is None and self.match is not None and self.match.port is not None:
             object.__setattr__(self, "port", self.match.port)  # frozen: set once, while building
 
 
@@ -197,8 +263,29 @@ class TlsClientConfig:
     insecure_skip_verify: Boolean = False
 
 
+_TARGET_CREDENTIALS = (
+    "give them with username and password_env or password_file (basic auth), "
+    "or bearer_token_env or bearer_token_file"
+)
+
+
+def _url_problems(url: Any, module: Any) -> list[str]:
+    """What is wrong with a target's url for its module; with a bad module, either form will do."""
+    checks = {"tcp": [check_address], BAD: [check_url, check_address]}.get(module, [check_url])
+    messages = []
+    for check in checks:
+        try:
+            check(url, _TARGET_CREDENTIALS if check is check_url else "a tcp probe only connects")
+            return []
+        except PydanticCustomError as exc:
+            messages.append(exc.message())
+    if len(messages) > 1 and not any("credentials" in message for message in messages):
+        return ["must be an http:// or https:// URL, or HOST:PORT for module tcp"]
+    return messages[:1]
+
+
 @dataclass(frozen=True, config=STRICT)
-class ProbeTarget:
+class ProbeTarget(CrossChecked):
     name: Name
     module: Annotated[str, Choice(*PROBE_MODULES)] = "http"
     url: str = ""  # HOST:PORT for tcp
@@ -214,27 +301,38 @@ class ProbeTarget:
     bearer_token_env: Text | None = None
     bearer_token_file: Text | None = None
     tls: TlsClientConfig = TlsClientConfig()
+    username: Text | None = None  # basic auth, with the password from password_env or password_file
+    password_env: Text | None = None
+    password_file: Text | None = None
+
+    @classmethod
+    def cross_problems(cls, values: Mapping[str, Any]) -> Problems:
+        url, module = values.get("url"), values.get("module")
+        if not url:
+            yield "url", "is required"
+        elif url is not BAD:
+            yield from (("url", message) for message in _url_problems(url, module))
+        if values.get("body") is not None and module not in ("inference", "openai_chat", BAD):
+            yield "body", "only the inference and openai_chat modules send a body"
+        yield from _one_secret("bearer_token", values)
+        yield from _one_secret("password", values)
+        if values.get("username") and not (values.get("password_env") or values.get("password_file")):
+            yield "username", "needs password_env or password_file"
+        basic = values.get("password_env") or values.get("password_file")
+        if basic and (values.get("bearer_token_env") or values.get("bearer_token_file")):
+            yield "bearer_token_env", "give a bearer token or a password, not both"
 
     def __post_init__(self) -> None:
-        if not self.url:
-            raise _invalid("url", "url: is required")
-        try:
-            (check_address if self.module == "tcp" else check_url)(self.url)
-        except PydanticCustomError as exc:
-            raise _invalid("url", f"url: {exc.message()}") from None
-        if self.body is not None and self.module not in ("inference", "openai_chat"):
-            raise _invalid("body", "body: only the inference and openai_chat modules send a body")
-        _one_secret("bearer_token", self.bearer_token_env, self.bearer_token_file)
-        if self.bearer_token and "@" in self.url.split("://", 1)[-1].split("/", 1)[0]:
-            raise _invalid(
-                "credentials", "bearer_token_env: give credentials in the URL or a bearer token, not both"
-            )
         if self.connect_timeout is None:
             object.__setattr__(self, "connect_timeout", min(CONNECT_TIMEOUT, self.timeout))
 
     @property
     def bearer_token(self) -> Secret:
         return Secret(self.bearer_token_env, self.bearer_token_file)
+
+    @property
+    def password(self) -> Secret:
+        return Secret(self.password_env, self.password_file)
 
     @property
     def expect_status(self) -> tuple[int, ...]:
@@ -257,21 +355,42 @@ class ProbeTarget:
         return self.tls.insecure_skip_verify
 
 
+# Credentials written into an address or URL would be shown wherever it is (metrics, pages, the
+# next command): they are refused, and the message names the keys that take them.
+RedisAddress = Annotated[
+    str,
+    Simple(
+        partial(
+            check_address, credentials="give the password with password_env or password_file (and username)"
+        ),
+        {"type": "string", "pattern": r"^[^@/]+:\d{1,5}$"},
+    ),
+]
+EngineUrl = Annotated[
+    str,
+    Simple(
+        partial(check_url, credentials="the engine's metrics are read without credentials"),
+        {"type": "string", "format": "uri"},
+    ),
+]
+
+
 @dataclass(frozen=True, config=STRICT)
-class RedisQueue:
+class RedisQueue(CrossChecked):
     key: Text
     type: Annotated[str, Choice(*QUEUE_TYPES)] = "list"
     group: Text | None = None  # stream_pending: the consumer group
 
-    def __post_init__(self) -> None:
-        if self.type == "stream_pending" and not self.group:
-            raise _invalid("group", "group: is required for type stream_pending")
+    @classmethod
+    def cross_problems(cls, values: Mapping[str, Any]) -> Problems:
+        if values.get("type") == "stream_pending" and not values.get("group"):
+            yield "group", "is required for type stream_pending"
 
 
 @dataclass(frozen=True, config=STRICT)
-class RedisConfig:
+class RedisConfig(CrossChecked):
     name: Name
-    address: Address = "127.0.0.1:6379"
+    address: RedisAddress = "127.0.0.1:6379"
     db: Annotated[int, WholeNumber(0, 1_000_000)] = 0
     username: Text | None = None  # for ACL users
     password_env: Text | None = None
@@ -279,8 +398,9 @@ class RedisConfig:
     timeout: CallTimeout = 2.0
     queues: tuple[RedisQueue, ...] = ()
 
-    def __post_init__(self) -> None:
-        _one_secret("password", self.password_env, self.password_file)
+    @classmethod
+    def cross_problems(cls, values: Mapping[str, Any]) -> Problems:
+        yield from _one_secret("password", values)
 
     @property
     def password(self) -> Secret:
@@ -291,7 +411,7 @@ class RedisConfig:
 class EngineConfig:
     name: Name
     kind: Annotated[str, Choice(*ENGINE_KINDS)] = "vllm"
-    metrics_url: Url = "http://127.0.0.1:8000/metrics"
+    metrics_url: EngineUrl = "http://127.0.0.1:8000/metrics"
     service: Name | None = None
     timeout: CallTimeout = 5.0
 

@@ -207,8 +207,14 @@ def _port(value: Any) -> int:
     return value
 
 
-def check_url(value: Any) -> str:
+def check_url(value: Any, credentials: str = "") -> str:
+    """An http(s) URL without credentials; `credentials` says where this section takes them."""
     text = _text(value)
+    # An `@` before the query is taken for credentials wherever a parser puts it: a `/` or `#` in
+    # a password ends the userinfo early, leaving the secret in the "host", path or fragment
+    # (a path that needs an `@` writes %40). Checked first: no other message may show the value.
+    if "@" in text.partition("?")[0]:
+        raise _credentials_refused(credentials)
     parsed = urlsplit(text)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise _fail("url", "must be an http:// or https:// URL, got {value}", value=shown_value(text))
@@ -219,12 +225,22 @@ def check_url(value: Any) -> str:
     return text
 
 
-def check_address(value: Any) -> str:
+def check_address(value: Any, credentials: str = "") -> str:
+    """HOST:PORT; credentials (`user:pass@host:port`, `redis://:pass@host:port`) are refused first,
+    before any message could show them."""
     text = _text(value)
+    if "@" in text:
+        raise _credentials_refused(credentials)
     host, sep, port = text.rpartition(":")
-    if not sep or not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if "/" in host or not sep or not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise _fail("address", "must be HOST:PORT, got {value}", value=shown_value(text))
     return text
+
+
+def _credentials_refused(where: str) -> PydanticCustomError:
+    # The value is never shown: all of it may be the secret.
+    message = "must not hold credentials (user:password@ is refused, never shown)"
+    return _fail("credentials", f"{message}; {where}" if where else message)
 
 
 def _string_map(value: Any) -> dict[str, str]:
@@ -246,8 +262,6 @@ Text = Annotated[str, Simple(_text, {"type": "string", "minLength": 1})]
 Name = Annotated[str, Simple(_name, {"type": "string", "pattern": NAME.pattern, "maxLength": MAX_NAME})]
 Regex = Annotated[str, Simple(_regex, {"type": "string", "format": "regex"})]
 Port = Annotated[int, Simple(_port, {"type": "integer", "minimum": 1, "maximum": 65535})]
-Url = Annotated[str, Simple(check_url, {"type": "string", "format": "uri"})]
-Address = Annotated[str, Simple(check_address, {"type": "string", "pattern": r"^.+:\d{1,5}$"})]
 StringMap = Annotated[
     dict[str, str], Simple(_string_map, {"type": "object", "additionalProperties": {"type": "string"}})
 ]

@@ -17,6 +17,7 @@ from ..forensics import CaptureNotFound
 from ..linux import subprocesses
 from ..web.server import DEFAULT_MAX_REQUESTS, ExporterHTTPServer, ServerHooks, parse_listen_address
 from ..web.webconfig import WebConfig, WebConfigError, build_web_config
+from .deadline import DeadlinePassed, DeadlineWorker, StillBusy
 from .pipeline import Pipeline
 from .runner import CollectorRunner
 from .scheduler import CollectorScheduler
@@ -32,6 +33,9 @@ SCRAPE_SWITCH_INTERVAL = 0.001  # seconds
 # utilisation), which a reading seconds later would not measure.
 READ_AGAIN_SOON = frozenset({"probe", "process", "redis", "logs"})
 READ_AGAIN_AFTER = 2.0  # seconds
+# A reload reads its files (config, web config, the files they name) at most this long: a FIFO or
+# a hung mount fails the reload, never holds it (or SIGHUP's reloads) forever.
+CONFIG_READ_TIMEOUT = 5.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class Daemon:
         self.runners: dict[str, CollectorRunner] = {}
         self.config = config
         self._reload_lock = threading.Lock()
+        # One thread reads the files: a read still hung holds it, and later reloads fail at once
+        # (StillBusy) until it returns, so hung reads never pile up threads.
+        self._reader = DeadlineWorker("config-read")
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         host, port = parse_listen_address(options.listen_address)
@@ -87,7 +94,9 @@ class Daemon:
 
     def _build(self, config: Config, web_config: WebConfig | None) -> World:
         """The collectors of `config`, keeping the runner (and its state) of every collector whose
-        settings did not change. Touches nothing that runs: any exception leaves the old world."""
+        settings did not change; a changed one gets a runner that succeeds the old one (its state
+        of unchanged targets, instances and logs goes on). Touches nothing that runs: any
+        exception leaves the old world."""
         runners: dict[str, CollectorRunner] = {}
         timeouts: dict[str, float] = {}
         for collector in build_collectors(config, self.options.collector_overrides):
@@ -95,7 +104,7 @@ class Daemon:
             timeout = config.collector(collector.name).timeout
             keep = old is not None and _same(old.collector, collector)
             runners[collector.name] = (
-                old if old is not None and keep else CollectorRunner(collector, self.store, timeout)
+                old if old is not None and keep else CollectorRunner(collector, self.store, timeout, old)
             )
             timeouts[collector.name] = timeout
         jobs = [(runner, config.collector(name).interval) for name, runner in runners.items()]
@@ -110,6 +119,9 @@ class Daemon:
         self.hangwatch.reconfigure(world.config.forensics)
         self.diagnoser.reconfigure(world.config)
         self.server.use_web_config(world.web_config)
+        for name, runner in self.runners.items():
+            if world.runners.get(name) is not runner:
+                runner.retire()
         self.runners, self.config = world.runners, world.config
         log.info(
             "collectors scheduled",
@@ -121,11 +133,14 @@ class Daemon:
         failure, of any kind, keeps the running config collecting and says why."""
         with self._reload_lock:
             try:
-                config = load_config(self.options.config_file)
-                web_file = self.options.web_config_file
-                world = self._build(config, build_web_config(web_file))
+                config, web_config = self._reader.run(
+                    self._read_files, CONFIG_READ_TIMEOUT, lambda: f"reading {self.options.config_file}"
+                )
+                world = self._build(config, web_config)
             except (ConfigError, WebConfigError) as exc:
                 return self._reload_failed(str(exc))
+            except (DeadlinePassed, StillBusy) as exc:
+                return self._reload_failed(f"config reload failed: {exc}")
             except Exception as exc:  # whatever it is, the running config must go on
                 log.exception("config reload failed unexpectedly")
                 return self._reload_failed(f"reload failed: {type(exc).__name__}: {str(exc)[:200]}")
@@ -139,6 +154,9 @@ class Daemon:
             self.store.set_reload_result(True)
             log.info("config reloaded", extra={"config": config.source})
             return True, "config reloaded"
+
+    def _read_files(self) -> tuple[Config, WebConfig | None]:
+        return load_config(self.options.config_file), build_web_config(self.options.web_config_file)
 
     def _reload_failed(self, message: str) -> tuple[bool, str]:
         self.store.set_reload_result(False)

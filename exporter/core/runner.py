@@ -5,6 +5,11 @@ that asks for it does not wait. The shared watchdog publishes "failed: past its 
 deadline while the run still hangs; until that run returns no new run starts (each skipped turn
 is counted as skipped_stuck), so a hung dependency costs one thread, never one more per interval,
 and a run never holds two threads.
+
+A reload that changes a collector's settings makes a new runner that succeeds the old one: it
+shares the old one's worker, so runs of one collector never overlap across a reload (nor pile up
+threads behind a hung one), and before its first run the new collector adopts the state of the
+items whose config did not change (Collector.adopt), after the old runs are done with it.
 """
 
 from __future__ import annotations
@@ -32,16 +37,27 @@ class _Run:
 
 
 class CollectorRunner:
-    def __init__(self, collector: Collector, store: Store, timeout: float) -> None:
+    def __init__(
+        self, collector: Collector, store: Store, timeout: float, succeeds: CollectorRunner | None = None
+    ) -> None:
         self.collector = collector
         self.store = store
         self.timeout = timeout
-        self._worker = DeadlineWorker(f"collector-{collector.name}")
+        self._worker: DeadlineWorker = (
+            succeeds._worker if succeeds else DeadlineWorker(f"collector-{collector.name}")
+        )
+        self._succeeds = succeeds  # until this runner's first run has adopted its state
+        self._retired = False
         self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return self.collector.name
+
+    def retire(self) -> None:
+        """A reload replaced or removed this runner: what its runs still in flight find is not
+        published (the runner that succeeds it publishes for the collector now)."""
+        self._retired = True
 
     def trigger(self) -> None:
         """Start a run without waiting for it (the scheduler's job)."""
@@ -68,17 +84,31 @@ class CollectorRunner:
                     log.warning("collector still stuck, run skipped", extra={"collector": self.name})
                 return None  # else a run within its deadline (interval shorter than timeout): let it end
             run = _Run(time.monotonic())
-            self._worker.start(
-                self.collector.collect, lambda result, error: self._finished(run, result, error)
-            )
+            self._worker.start(self._collect, lambda result, error: self._finished(run, result, error))
             run.watch = WATCHDOG.watch(run.started + self.timeout, lambda: self._deadline(run))
         return run
+
+    def _collect(self) -> Result:
+        """One run, in the worker (so never beside a run of the runner this one succeeds)."""
+        self._adopt()
+        return self.collector.collect()
+
+    def _adopt(self) -> None:
+        """Take over the predecessor's state, once; a predecessor that never ran (two reloads
+        before a run) first takes over its own predecessor's."""
+        if self._succeeds is not None:
+            previous, self._succeeds = self._succeeds, None
+            previous._adopt()
+            self.collector.adopt(previous.collector)
 
     def _deadline(self, run: _Run) -> None:
         with self._lock:
             if run.returned:
                 return
             run.timed_out = True
+        if self._retired:
+            run.finished.set()
+            return
         self.store.publish_failure(
             self.name,
             "timeout",
@@ -99,7 +129,8 @@ class CollectorRunner:
             # The deadline already reported this run failed; its late return only ends "stuck".
             self.store.set_stuck(self.name, False)
             return
-        run.succeeded = self._publish(result, error, time.monotonic() - run.started)
+        if not self._retired:
+            run.succeeded = self._publish(result, error, time.monotonic() - run.started)
         run.finished.set()
 
     def _publish(self, result: object, error: BaseException | None, duration: float) -> bool:

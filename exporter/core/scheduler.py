@@ -3,7 +3,8 @@
 A job only asks the collector's runner to start a run; the run happens in the runner's own worker
 thread, so the scheduler's threads never wait for a collector. `update()` applies a reloaded
 config as one step: jobs whose runner and interval did not change keep their timing, new ones run
-at once, changed ones are rescheduled, removed ones go.
+at once, changed ones are rescheduled, removed ones go. A read-again still pending for a collector
+whose runner was replaced runs the new runner; one of a removed collector goes with it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -57,6 +59,7 @@ class CollectorScheduler:
             for name in [name for name in self._jobs if name not in wanted]:
                 scheduler.remove_job(name)
                 del self._jobs[name]
+                _change_pending(scheduler, f"{name}:again", None)
             for name, (runner, interval) in wanted.items():
                 current = self._jobs.get(name)
                 if (
@@ -68,6 +71,8 @@ class CollectorScheduler:
                     continue
                 if current is not None:
                     scheduler.remove_job(name)
+                    if current[0] is not runner:
+                        _change_pending(scheduler, f"{name}:again", runner)
                 scheduler.add_job(
                     runner.trigger,
                     IntervalTrigger(
@@ -115,3 +120,14 @@ class CollectorScheduler:
         if scheduler is not None:
             # Don't wait: jobs only start runs, and a stuck run's worker is a daemon thread.
             scheduler.shutdown(wait=False)
+
+
+def _change_pending(scheduler: BackgroundScheduler, job_id: str, runner: CollectorRunner | None) -> None:
+    """A pending one-off job runs `runner` instead, or goes when None; nothing when none is pending."""
+    try:
+        if runner is None:
+            scheduler.remove_job(job_id)
+        else:
+            scheduler.modify_job(job_id, func=runner.trigger)
+    except JobLookupError:
+        pass  # it already ran
