@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ..logs.redact import redact
+
 if TYPE_CHECKING:
     from ..collectors.engine import EngineInstanceFacts
     from ..collectors.process import ServiceFacts
@@ -85,6 +87,15 @@ class Link:
     # says why a port refuses; the user's probe, which names a vanished process as a refusal):
     # the state waits for that reading, at most one reading of its own longer.
     awaits: str | None = None
+
+    def __post_init__(self) -> None:
+        # Every surface (metrics, /api/diagnosis, the page, doctor, the history) shows links, so a
+        # link never holds a secret: what the world wrote into it (an address with user:password@,
+        # an error message, a command line) is redacted when it is made, replace() included.
+        object.__setattr__(self, "summary", redact(self.summary))
+        object.__setattr__(self, "evidence", tuple(redact(line) for line in self.evidence))
+        if self.next_command is not None:
+            object.__setattr__(self, "next_command", redact(self.next_command))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__
 from ..diagnosis import to_dict
-from ..logs.redact import redact
+from ..logs.redact import redact, redact_data
 from . import logsetup, statuspage
 from .webconfig import WebConfig
 
@@ -333,7 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
         if diagnosis is None:
             self._send(503, b'{"error": "no diagnosis yet"}\n', content_type="application/json")
             return
-        body = json.dumps(to_dict(diagnosis), indent=2).encode()
+        body = json.dumps(redact_data(to_dict(diagnosis)), indent=2).encode()
         self._send(200, body, content_type="application/json")
 
     def _send(
@@ -362,7 +362,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(status, {"message": redact(message), "service": service})
 
     def _captures(self) -> None:
-        self._send_json(200, {"captures": self.server.hooks.captures()})
+        self._send_json(200, {"captures": redact_data(self.server.hooks.captures())})
 
     def _capture_file(self, name: str) -> None:
         body = self.server.hooks.capture_file(name)
