@@ -6,6 +6,7 @@ hold requests in flight or swap the web config; the real exporter process for ra
 
 from __future__ import annotations
 
+import base64
 import re
 import select
 import socket
@@ -13,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,9 @@ from hypothesis import strategies as st
 
 from autoglm_exporter import cli
 from autoglm_exporter.core.store import Store
+from autoglm_exporter.web import webconfig
 from autoglm_exporter.web.server import DEFAULT_MAX_REQUESTS, ExporterHTTPServer, ServerHooks
-from autoglm_exporter.web.webconfig import WebConfigError, build_web_config
+from autoglm_exporter.web.webconfig import WebConfig, WebConfigError, build_web_config
 
 from .conftest import ExporterProcess, free_port, require_binary, stop_process, wait_until
 
@@ -210,6 +213,49 @@ def test_the_flag_sets_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOGLM_EXPORTER_WEB_MAX_REQUESTS", "7")
     assert options() == 7
     assert cli.main(["run", "--web.max-requests=-1"]) == cli.EXIT_BAD_CONFIG
+
+
+# --- a flood of wrong passwords -----------------------------------------------------------------
+
+
+def _basic(user: str, password: str) -> str:
+    return "Authorization: Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_a_wrong_password_flood_neither_starves_the_right_one_nor_runs_bcrypt_unbounded(
+    serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = serve(web_config=WebConfig(basic_auth_users={"prometheus": _hashed("scrape-me")}))
+    good = request("GET", "/metrics", _basic("prometheus", "scrape-me"), "Connection: close")
+    assert served.status(good) == 200  # Prometheus scraped before the flood began
+    checked: list[bytes] = []
+    real_checkpw = webconfig.bcrypt.checkpw
+    monkeypatch.setattr(
+        webconfig.bcrypt, "checkpw", lambda pw, hashed: checked.append(pw) or real_checkpw(pw, hashed)
+    )
+    answers: list[int] = []
+    started = time.monotonic()
+
+    def attacker(n: int) -> None:
+        for attempt in range(3):  # 600 distinct wrong passwords: more than any cache of verdicts holds
+            wrong = request(
+                "GET", "/metrics", _basic("prometheus", f"guess-{n}-{attempt}"), "Connection: close"
+            )
+            answers.extend(statuses(exchange(served.port, wrong)))
+
+    flood = [threading.Thread(target=attacker, args=(n,)) for n in range(200)]
+    for thread in flood:
+        thread.start()
+    scrapes = [served.status(good) for _ in range(20)]
+    for thread in flood:
+        thread.join(TIMEOUT * 6)
+    elapsed = time.monotonic() - started
+    assert scrapes == [200] * 20
+    assert b"scrape-me" not in checked  # the right password was never checked again
+    authenticator = served.server.web_config.authenticator()  # type: ignore[union-attr]
+    most = authenticator.FAILURE_BURST + elapsed / authenticator.FAILURE_REFILL_SECONDS + 1
+    assert len(checked) <= most, (len(checked), elapsed)  # the rest were refused unchecked
+    assert sorted(set(answers)) == [401, 429] and len(answers) == 600
 
 
 # --- request framing ------------------------------------------------------------------------------

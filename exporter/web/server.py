@@ -50,6 +50,7 @@ MIN_LISTEN_BACKLOG = 1024
 MAX_BODY_BYTES = 65536  # the bodies we accept are a log level or nothing
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_THROTTLED = {"Retry-After": "1", "Connection": "close"}
 
 
 @dataclass
@@ -248,7 +249,12 @@ class _Handler(BaseHTTPRequestHandler):
         if method != "GET" and self._cross_origin():
             self._send(403, b"Cross-origin request refused\n")
             return
-        if not self._authorized():
+        verdict = self._authentication()
+        if verdict == "throttled":  # refused unchecked: this client failed too often lately
+            self.close_connection = True
+            self._send(429, b"Too many failed logins, try again later\n", extra=_THROTTLED)
+            return
+        if verdict != "granted":
             self._send(401, b"Unauthorized\n", extra={"WWW-Authenticate": 'Basic realm="autoglm-exporter"'})
             return
         path = self.path.split("?", 1)[0]
@@ -265,9 +271,12 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"Not Found\n")
 
-    def _authorized(self) -> bool:
+    def _authentication(self) -> str:
+        """"granted" (or no users configured), "denied" or "throttled"."""
         authenticator = self._web_config.authenticator() if self._web_config is not None else None
-        return authenticator is None or authenticator.check(self.headers.get("Authorization"))
+        if authenticator is None:
+            return "granted"
+        return authenticator.verdict(self.headers.get("Authorization"), client=str(self.client_address[0]))
 
     def _cross_origin(self) -> bool:
         """True when a web page of another origin sent this request (the browser says so in Origin,
