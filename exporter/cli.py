@@ -21,6 +21,7 @@ from .commands import tools
 from .config import ConfigError, json_schema, load_config, parse_duration
 from .core.daemon import Daemon, Options
 from .web import logsetup
+from .web.connections import DEFAULT_MAX_CONNECTIONS
 from .web.server import DEFAULT_MAX_REQUESTS, ListenAddressError
 from .web.webconfig import WebConfigError, build_web_config
 
@@ -82,6 +83,13 @@ DAEMON_FLAGS = (
         "max_requests",
         str(DEFAULT_MAX_REQUESTS),
         "requests served at once; more are answered 503 (0: no limit)",
+        kind=int,
+    ),
+    Flag(
+        "web.max-connections",
+        "max_connections",
+        str(DEFAULT_MAX_CONNECTIONS),
+        "connections held at once (a thread each); more are answered 503 and closed",
         kind=int,
     ),
     Flag("log.level", "log_level", "info", "log level", tuple(logsetup.LEVELS)),
@@ -203,6 +211,8 @@ def options_from(args: argparse.Namespace) -> Options:
         raise UsageError(f"--web.telemetry-path {args.telemetry_path!r}: must be a path like /metrics")
     if args.max_requests < 0:
         raise UsageError(f"--web.max-requests {args.max_requests}: must be 0 (no limit) or more")
+    if args.max_connections < 1:
+        raise UsageError(f"--web.max-connections {args.max_connections}: must be 1 or more")
     values = {flag.dest: getattr(args, flag.dest) for flag in DAEMON_FLAGS}
     return Options(**values, collector_overrides=overrides)
 

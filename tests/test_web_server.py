@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from autoglm_exporter import cli
 from autoglm_exporter.core.store import Store
 from autoglm_exporter.web import webconfig
+from autoglm_exporter.web.connections import DEFAULT_MAX_CONNECTIONS
 from autoglm_exporter.web.server import DEFAULT_MAX_REQUESTS, ExporterHTTPServer, ServerHooks
 from autoglm_exporter.web.webconfig import WebConfig, WebConfigError, build_web_config
 
@@ -256,6 +257,75 @@ def test_a_wrong_password_flood_neither_starves_the_right_one_nor_runs_bcrypt_un
     most = authenticator.FAILURE_BURST + elapsed / authenticator.FAILURE_REFILL_SECONDS + 1
     assert len(checked) <= most, (len(checked), elapsed)  # the rest were refused unchecked
     assert sorted(set(answers)) == [401, 429] and len(answers) == 600
+
+
+# --- connections held ----------------------------------------------------------------------------
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    reply = b""
+    try:
+        while chunk := sock.recv(65536):
+            reply += chunk
+    except ConnectionResetError:
+        pass
+    return reply
+
+
+def test_connections_over_the_cap_are_refused_at_once_and_hold_no_thread(serve) -> None:
+    served = serve(max_connections=20)
+    threads_before = threading.active_count()
+    held = [socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT) for _ in range(20)]
+    over: list[socket.socket] = []
+    try:
+        wait_until(lambda: served.server.connections.open == 20, timeout=TIMEOUT)
+        for _ in range(60):
+            over.append(socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT))
+        for sock in over:
+            reply = _read_until_closed(sock)  # sent nothing: the refusal comes unasked, then the close
+            assert statuses(reply) == [503] and b"Retry-After: 1" in reply, reply
+        assert threading.active_count() <= threads_before + 20 + 2  # a thread per held connection only
+    finally:
+        for sock in held + over:
+            sock.close()
+    wait_until(lambda: served.server.connections.open == 0, timeout=TIMEOUT)
+    assert served.status(request("GET", "/metrics")) == 200  # the places are given back
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(serve) -> None:
+    served = serve(idle_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT) as sock:
+        sock.sendall(request("GET", "/-/healthy"))  # keep-alive: the server waits for the next request
+        assert statuses(_read_until_closed(sock)) == [200]  # returns only because the server closed it
+    wait_until(lambda: served.server.connections.open == 0, timeout=TIMEOUT)
+
+
+def test_a_slowloris_is_cut_when_its_request_deadline_passes(serve) -> None:
+    served = serve(request_timeout=1.0)
+    with socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        closed = False
+        started = time.monotonic()
+        while not closed and time.monotonic() - started < TIMEOUT:
+            try:
+                sock.sendall(b"X")  # one byte of a header line that never ends: each read succeeds
+                readable, _, _ = select.select([sock], [], [], 0.2)
+                closed = bool(readable) and sock.recv(65536) == b""
+            except OSError:  # reset: the server closed while we wrote
+                closed = True
+        assert closed, "the server still reads a request dribbled for 10 s"
+    wait_until(lambda: served.server.connections.open == 0, timeout=TIMEOUT)
+
+
+def test_the_max_connections_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    def options(*argv: str) -> int:
+        return cli.options_from(cli.build_parser().parse_args(["run", *argv])).max_connections
+
+    assert options() == DEFAULT_MAX_CONNECTIONS >= 2 * DEFAULT_MAX_REQUESTS
+    assert options("--web.max-connections=64") == 64
+    monkeypatch.setenv("AUTOGLM_EXPORTER_WEB_MAX_CONNECTIONS", "7")
+    assert options() == 7
+    assert cli.main(["run", "--web.max-connections=0"]) == cli.EXIT_BAD_CONFIG
 
 
 # --- request framing ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import email.message
 import email.utils
+import io
 import json
 import logging
 import re
@@ -28,13 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__
 from ..diagnosis import to_dict
 from ..logs.redact import redact, redact_data
-from . import logsetup, statuspage
+from . import connections, logsetup, statuspage
+from .connections import DEFAULT_MAX_CONNECTIONS, ConnectionGuard
 from .webconfig import WebConfig
 
 if TYPE_CHECKING:  # the server only reads the store it is given
@@ -42,7 +44,10 @@ if TYPE_CHECKING:  # the server only reads the store it is given
 
 log = logging.getLogger(__name__)
 
-CONNECTION_IDLE_TIMEOUT = 30.0
+CONNECTION_IDLE_TIMEOUT = 30.0  # seconds a connection may wait for its next request
+# Seconds from a request's first byte to the end of its body (or of a TLS handshake): a slowloris
+# sending a byte at a time is cut here, whatever the per-read timeout.
+REQUEST_READ_TIMEOUT = 10.0
 TLS_HANDSHAKE_TIMEOUT = 10.0
 # node_exporter's --web.max-requests is 40; ours serves cached bytes and must admit 200 scrapers.
 DEFAULT_MAX_REQUESTS = 256
@@ -115,6 +120,9 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         telemetry_path: str = "/metrics",
         web_config: WebConfig | None = None,
         max_requests: int = DEFAULT_MAX_REQUESTS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float = CONNECTION_IDLE_TIMEOUT,
+        request_timeout: float = REQUEST_READ_TIMEOUT,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.request_queue_size = listen_backlog()
@@ -127,6 +135,10 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.web_config = web_config
         # Requests in flight beyond the limit are answered 503 at once (0: no limit).
         self._in_flight = threading.BoundedSemaphore(max_requests) if max_requests > 0 else None
+        # Connections held at once (a thread each); more are refused by the accept loop.
+        self.connections = ConnectionGuard(max_connections)
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
         self._thread: threading.Thread | None = None
 
     def use_web_config(self, web_config: WebConfig | None) -> None:
@@ -151,6 +163,24 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         if self._in_flight is not None:
             self._in_flight.release()
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # In the accept loop: a connection over the cap is refused here, before it has a thread.
+        if not self.connections.admit():
+            connections.refuse(request, plain_http=self.scheme == "http")
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started (none left): its place is free again
+            self.connections.leave()
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.leave()
+
     def start_background(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="http-server", daemon=True)
         self._thread.start()
@@ -158,6 +188,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+        self.connections.stop()
 
     def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
         # A client that drops the connection or fails the TLS handshake is not our error; anything
@@ -174,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; with Nagle on, the client's delayed ACK holds every
     # response ~40 ms (measured: p50 44 ms, 1.3 ms without).
     disable_nagle_algorithm = True
-    timeout = CONNECTION_IDLE_TIMEOUT
+    timeout = CONNECTION_IDLE_TIMEOUT  # each read's; the server's idle_timeout replaces it in setup()
     server_version = f"autoglm-exporter/{__version__}"
 
     def setup(self) -> None:
@@ -184,12 +215,38 @@ class _Handler(BaseHTTPRequestHandler):
             # The context of this moment: a rotated certificate serves the next connection.
             self.request.settimeout(TLS_HANDSHAKE_TIMEOUT)
             self.request = context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
+            self.server.connections.watch(self.request, self.server.request_timeout)
             try:
                 self.request.do_handshake()
             except BaseException:
                 _close(self.request)
                 raise
+            finally:
+                self.server.connections.unwatch(self.request)
         super().setup()
+        self.connection.settimeout(self.server.idle_timeout)
+
+    def handle_one_request(self) -> None:
+        guard = self.server.connections
+        # Waiting for the next request: at most the idle timeout, however the client dribbles.
+        guard.watch(self.connection, self.server.idle_timeout)
+        try:
+            if not cast(io.BufferedReader, self.rfile).peek(
+                1
+            ):  # the client closed (or the deadline shut the socket)
+                self.close_connection = True
+                return
+        except OSError:  # the read timed out, or the client reset
+            self.close_connection = True
+            return
+        finally:
+            guard.unwatch(self.connection)
+        # Its first byte came: the head and the body (read in _dispatch) within the request timeout.
+        guard.watch(self.connection, self.server.request_timeout)
+        try:
+            super().handle_one_request()
+        finally:
+            guard.unwatch(self.connection)
 
     def finish(self) -> None:
         try:
@@ -233,6 +290,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(refusal[0], refusal[1], extra={"Connection": "close"})
             return
         self._read_body()
+        self.server.connections.unwatch(self.connection)  # read whole: the answer is ours to send
         if not self.server.admit():
             self._send(503, b"Too many requests in flight, try again\n", extra={"Retry-After": "1"})
             return
@@ -272,7 +330,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"Not Found\n")
 
     def _authentication(self) -> str:
-        """"granted" (or no users configured), "denied" or "throttled"."""
+        """ "granted" (or no users configured), "denied" or "throttled"."""
         authenticator = self._web_config.authenticator() if self._web_config is not None else None
         if authenticator is None:
             return "granted"
