@@ -72,6 +72,7 @@ def request(method: str, path: str, *headers: str, body: bytes = b"", host: str 
 class Served:
     server: ExporterHTTPServer
     reloads: list[str] = field(default_factory=list)  # one entry per reload the daemon was asked for
+    captures: list[str] = field(default_factory=list)  # the services a capture was asked for
     release: threading.Event = field(default_factory=threading.Event)  # reloads wait for it
 
     @property
@@ -98,7 +99,11 @@ def serve() -> Iterator[Callable[..., Served]]:
             served.release.wait(TIMEOUT)
             return True, "config reloaded"
 
-        hooks = ServerHooks(reload=reload, capture=lambda service: (202, f"capturing {service}"))
+        def capture(service: str) -> tuple[int, str]:
+            served.captures.append(service)
+            return 202, f"capturing {service}"
+
+        hooks = ServerHooks(reload=reload, capture=capture)
         served.server = ExporterHTTPServer(("127.0.0.1", 0), Store(), hooks, **kwargs)  # type: ignore[arg-type]
         started.append(served)
         if begin:
@@ -412,9 +417,78 @@ def test_state_changing_requests_from_another_origin_are_refused(
 
 
 def test_the_default_port_is_the_same_origin(serve) -> None:
-    served = serve()
+    served = serve(allowed_hosts="exporter.example")
     raw = request("POST", "/-/reload", "Origin: http://exporter.example", "Content-Length: 0")
     assert served.status(raw.replace(b"Host: 127.0.0.1", b"Host: exporter.example:80")) == 200
+
+
+# --- DNS rebinding: the Host header -------------------------------------------------------------
+
+STATE_CHANGING = [
+    ("POST", "/-/reload"),
+    ("PUT", "/-/reload"),
+    ("POST", "/api/capture?service=api"),
+    ("POST", "/-/log-level?level=debug"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), STATE_CHANGING)
+def test_a_rebound_page_cannot_reach_a_state_changing_endpoint(serve, method: str, path: str) -> None:
+    served = serve()
+    host = f"evil.example:{served.port}"  # evil.example now resolves to 127.0.0.1: same origin
+    raw = request(method, path, f"Origin: http://{host}", "Content-Length: 0", host=host)
+    assert served.status(raw) == 403
+    assert served.status(request(method, path, "Content-Length: 0", host=host)) == 403  # no Origin either
+    assert served.reloads == [] and served.captures == []
+    assert served.status(request("GET", "/-/log-level", host=host)) == 200  # nothing changed: reading is open
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}", "api.localhost", "{hostname}", "10.1.2.3"],
+)
+def test_our_own_names_reach_the_state_changing_endpoints(serve, host: str) -> None:
+    served = serve()
+    named = host.format(port=served.port, hostname=socket.gethostname())
+    assert served.status(request("POST", "/-/reload", "Content-Length: 0", host=named)) == 200
+    assert served.reloads
+
+
+def test_prometheus_scrapes_by_any_name_unless_hosts_are_given(serve) -> None:
+    default = serve()
+    for host in ("exporter.monitoring.svc:9877", "node-7.example", "10.0.0.7:9877"):
+        assert default.status(request("GET", "/metrics", host=host)) == 200
+    given = serve(allowed_hosts="exporter.monitoring.svc, node-7.example.")
+    for host, expected in [
+        ("exporter.monitoring.svc:9877", 200),
+        ("NODE-7.example", 200),
+        ("10.0.0.7:9877", 200),  # an address is never a rebinding
+        ("localhost", 200),
+        ("evil.example", 403),
+    ]:
+        assert given.status(request("GET", "/metrics", host=host)) == expected, host
+    assert given.status(request("POST", "/-/reload", "Content-Length: 0", host="evil.example")) == 403
+    assert given.status(request("POST", "/-/reload", "Content-Length: 0", host="node-7.example")) == 200
+    anyone = serve(allowed_hosts="*")
+    assert anyone.status(request("POST", "/-/reload", "Content-Length: 0", host="evil.example")) == 200
+
+
+def test_with_basic_auth_the_password_guards_state_changes(serve) -> None:
+    served = serve(web_config=WebConfig(basic_auth_users={"ops": _hashed("reload-me")}))
+    raw = request("POST", "/-/reload", _basic("ops", "reload-me"), "Content-Length: 0", host="ops.example")
+    assert served.status(raw) == 200  # a rebound page has no password; the operator's own name works
+    assert served.status(request("POST", "/-/reload", "Content-Length: 0", host="ops.example")) == 401
+
+
+def test_the_allowed_hosts_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    def options(*argv: str) -> str | None:
+        return cli.options_from(cli.build_parser().parse_args(["run", *argv])).allowed_hosts
+
+    assert options() is None
+    assert options("--web.allowed-hosts=a.example,b.example") == "a.example,b.example"
+    monkeypatch.setenv("AUTOGLM_EXPORTER_WEB_ALLOWED_HOSTS", "*")
+    assert options() == "*"
+    assert cli.main(["run", "--web.allowed-hosts=http://a.example/"]) == cli.EXIT_BAD_CONFIG
 
 
 # --- the web config, swapped in --------------------------------------------------------------------

@@ -46,6 +46,7 @@ class Options:
     collector_overrides: Mapping[str, bool] = field(default_factory=dict)
     max_requests: int = DEFAULT_MAX_REQUESTS  # requests in flight before 503; 0: no limit
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # connections held before 503 and close
+    allowed_hosts: str | None = None  # --web.allowed-hosts, comma-separated; None: the default guard
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Daemon:
             web_config,
             options.max_requests,
             max_connections=options.max_connections,
+            allowed_hosts=options.allowed_hosts,
         )
         self.scheduler.start([], config.jitter)
         self._swap(world)

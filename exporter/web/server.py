@@ -8,7 +8,9 @@ Hostile clients: a listen backlog that holds a burst of 200 scrapers; at most --
 requests in flight (503 beyond); a request whose length is in any doubt (Content-Length beside
 Transfer-Encoding, two lengths, a malformed header) is refused and its connection closed, so no
 smuggled second request is ever answered; a state-changing request sent by a web page of another
-origin is refused (403), so a page the operator visits cannot reload or capture.
+origin is refused (403), so a page the operator visits cannot reload or capture; so is one that
+names a host not ours (hosts.py: DNS rebinding). Connections are capped and each has deadlines
+(connections.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ..diagnosis import to_dict
 from ..logs.redact import redact, redact_data
 from . import connections, logsetup, statuspage
 from .connections import DEFAULT_MAX_CONNECTIONS, ConnectionGuard
+from .hosts import HostPolicy
 from .webconfig import WebConfig
 
 if TYPE_CHECKING:  # the server only reads the store it is given
@@ -123,6 +126,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout: float = CONNECTION_IDLE_TIMEOUT,
         request_timeout: float = REQUEST_READ_TIMEOUT,
+        allowed_hosts: str | None = None,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.request_queue_size = listen_backlog()
@@ -139,6 +143,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.connections = ConnectionGuard(max_connections)
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
+        self.hosts = HostPolicy(address[0], allowed_hosts or "")  # raises AllowedHostsError
         self._thread: threading.Thread | None = None
 
     def use_web_config(self, web_config: WebConfig | None) -> None:
@@ -304,6 +309,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.release()
 
     def _answer(self, method: str) -> None:
+        if not self._host_allowed(method):  # a DNS-rebinding page names a host of its own
+            self._send(403, b"Host not allowed (see --web.allowed-hosts)\n")
+            return
         if method != "GET" and self._cross_origin():
             self._send(403, b"Cross-origin request refused\n")
             return
@@ -335,6 +343,11 @@ class _Handler(BaseHTTPRequestHandler):
         if authenticator is None:
             return "granted"
         return authenticator.verdict(self.headers.get("Authorization"), client=str(self.client_address[0]))
+
+    def _host_allowed(self, method: str) -> bool:
+        authenticated = self._web_config is not None and self._web_config.authenticator() is not None
+        hosts = self.server.hosts
+        return not hosts.guards(method, authenticated) or hosts.allows(self.headers.get("Host"))
 
     def _cross_origin(self) -> bool:
         """True when a web page of another origin sent this request (the browser says so in Origin,
