@@ -277,15 +277,24 @@ def _read_until_closed(sock: socket.socket) -> bytes:
     return reply
 
 
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """A connection from `source` (any address of 127.0.0.0/8 is this machine)."""
+    sock = socket.socket()
+    sock.settimeout(TIMEOUT)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
 def test_connections_over_the_cap_are_refused_at_once_and_hold_no_thread(serve) -> None:
     served = serve(max_connections=20)
     threads_before = threading.active_count()
-    held = [socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT) for _ in range(20)]
+    held = [_connect(served.port, source) for source in ("127.0.0.2", "127.0.0.3") for _ in range(10)]
     over: list[socket.socket] = []
     try:
         wait_until(lambda: served.server.connections.open == 20, timeout=TIMEOUT)
-        for _ in range(60):
-            over.append(socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT))
+        for n in range(60):
+            over.append(_connect(served.port, f"127.0.0.{n % 3 + 1}"))
         for sock in over:
             reply = _read_until_closed(sock)  # sent nothing: the refusal comes unasked, then the close
             assert statuses(reply) == [503] and b"Retry-After: 1" in reply, reply
@@ -295,6 +304,22 @@ def test_connections_over_the_cap_are_refused_at_once_and_hold_no_thread(serve) 
             sock.close()
     wait_until(lambda: served.server.connections.open == 0, timeout=TIMEOUT)
     assert served.status(request("GET", "/metrics")) == 200  # the places are given back
+
+
+def test_one_client_address_holds_half_the_places_at_most(serve) -> None:
+    served = serve(max_connections=20)
+    flood = [_connect(served.port, "127.0.0.2") for _ in range(10)]
+    try:
+        wait_until(lambda: served.server.connections.open == 10, timeout=TIMEOUT)
+        extra = _connect(served.port, "127.0.0.2")
+        assert statuses(_read_until_closed(extra)) == [503]  # its half is full
+        extra.close()
+        with _connect(served.port) as scraper:  # another address still gets in
+            scraper.sendall(request("GET", "/metrics", "Connection: close"))
+            assert statuses(_read_until_closed(scraper)) == [200]
+    finally:
+        for sock in flood:
+            sock.close()
 
 
 def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(serve) -> None:

@@ -1,7 +1,8 @@
 """How many connections the HTTP server holds, and for how long each may keep it waiting.
 
 The server gives each connection a thread, so connections are capped (`--web.max-connections`):
-one over the cap is answered 503 and closed by the accept loop itself, without a thread. A
+one over the cap is answered 503 and closed by the accept loop itself, without a thread. One client
+address may hold half the places at most, so a single flooding host leaves room for Prometheus. A
 connection may wait for its next request at most the idle timeout, and then deliver that
 request's head and body within the request timeout: a slowloris that sends a byte every few
 seconds, which a per-read socket timeout never catches, is cut when its deadline passes. One
@@ -29,8 +30,10 @@ _REFUSAL = (
 class ConnectionGuard:
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.per_client = max(1, limit // 2)
         self._lock = threading.Lock()
         self._open = 0
+        self._by_client: dict[str, int] = {}
         self._deadlines: dict[socket.socket, float] = {}
         self._queue: list[tuple[float, int, socket.socket]] = []  # (deadline, tie-break, socket)
         self._count = 0
@@ -43,17 +46,23 @@ class ConnectionGuard:
         with self._lock:
             return self._open
 
-    def admit(self) -> bool:
-        """Take a place for a new connection; False when all are taken."""
+    def admit(self, client: str) -> bool:
+        """Take a place for a new connection from `client` (its address); False when all are taken,
+        or when that client holds its share already."""
         with self._lock:
-            if self._open >= self.limit:
+            held = self._by_client.get(client, 0)
+            if self._open >= self.limit or held >= self.per_client:
                 return False
             self._open += 1
+            self._by_client[client] = held + 1
             return True
 
-    def leave(self) -> None:
+    def leave(self, client: str) -> None:
         with self._lock:
             self._open -= 1
+            held = self._by_client.pop(client, 1) - 1
+            if held > 0:
+                self._by_client[client] = held
 
     def watch(self, sock: socket.socket, seconds: float) -> None:
         """Shut `sock` down unless unwatch() comes within `seconds`."""

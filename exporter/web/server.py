@@ -170,13 +170,13 @@ class ExporterHTTPServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # In the accept loop: a connection over the cap is refused here, before it has a thread.
-        if not self.connections.admit():
+        if not self.connections.admit(str(client_address[0])):
             connections.refuse(request, plain_http=self.scheme == "http")
             return
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started (none left): its place is free again
-            self.connections.leave()
+            self.connections.leave(str(client_address[0]))
             self.shutdown_request(request)
             raise
 
@@ -184,7 +184,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.connections.leave()
+            self.connections.leave(str(client_address[0]))
 
     def start_background(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="http-server", daemon=True)
