@@ -221,6 +221,25 @@ def test_the_flag_sets_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli.main(["run", "--web.max-requests=-1"]) == cli.EXIT_BAD_CONFIG
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    reply = b""
+    try:
+        while chunk := sock.recv(65536):
+            reply += chunk
+    except ConnectionResetError:
+        pass
+    return reply
+
+
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """A connection from `source` (any address of 127.0.0.0/8 is this machine)."""
+    sock = socket.socket()
+    sock.settimeout(TIMEOUT)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
 # --- a flood of wrong passwords -----------------------------------------------------------------
 
 
@@ -247,7 +266,9 @@ def test_a_wrong_password_flood_neither_starves_the_right_one_nor_runs_bcrypt_un
             wrong = request(
                 "GET", "/metrics", _basic("prometheus", f"guess-{n}-{attempt}"), "Connection: close"
             )
-            answers.extend(statuses(exchange(served.port, wrong)))
+            with _connect(served.port, "127.0.0.2") as sock:  # another host than Prometheus
+                sock.sendall(wrong)
+                answers.extend(statuses(_read_until_closed(sock)))
 
     flood = [threading.Thread(target=attacker, args=(n,)) for n in range(200)]
     for thread in flood:
@@ -262,28 +283,11 @@ def test_a_wrong_password_flood_neither_starves_the_right_one_nor_runs_bcrypt_un
     most = authenticator.FAILURE_BURST + elapsed / authenticator.FAILURE_REFILL_SECONDS + 1
     assert len(checked) <= most, (len(checked), elapsed)  # the rest were refused unchecked
     assert sorted(set(answers)) == [401, 429] and len(answers) == 600
+    with _connect(served.port, "127.0.0.2") as sock:  # the flooding host is refused as it connects
+        assert statuses(_read_until_closed(sock)) == [429]
 
 
 # --- connections held ----------------------------------------------------------------------------
-
-
-def _read_until_closed(sock: socket.socket) -> bytes:
-    reply = b""
-    try:
-        while chunk := sock.recv(65536):
-            reply += chunk
-    except ConnectionResetError:
-        pass
-    return reply
-
-
-def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
-    """A connection from `source` (any address of 127.0.0.0/8 is this machine)."""
-    sock = socket.socket()
-    sock.settimeout(TIMEOUT)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    return sock
 
 
 def test_connections_over_the_cap_are_refused_at_once_and_hold_no_thread(serve) -> None:

@@ -657,6 +657,7 @@ def test_remembered_successes_are_bounded_lru(auth: BasicAuthenticator, checkpw_
 def test_a_client_that_fails_too_often_is_refused_unchecked(
     auth: BasicAuthenticator, checkpw_calls: list[bytes]
 ) -> None:
+    auth.FAILURE_REFILL_SECONDS = 3600.0  # no check given back while the test runs, however slow
     assert auth.verdict(basic("alice", ALICE_PW), client="10.0.0.1") == "granted"
     for i in range(auth.FAILURE_BURST):
         assert auth.verdict(basic("alice", f"guess{i}"), client="10.0.0.9") == "denied"
@@ -665,6 +666,7 @@ def test_a_client_that_fails_too_often_is_refused_unchecked(
         assert auth.verdict(basic("mallory", f"more{i}"), client="10.0.0.9") == "throttled"
     assert auth.verdict(basic("bob", BOB_PW), client="10.0.0.9") == "throttled"  # unknown yet: unchecked
     assert len(checkpw_calls) == calls  # no bcrypt work for a throttled client
+    assert auth.throttled("10.0.0.9") and not auth.throttled("10.0.0.1")  # the server refuses it at accept
     # Credentials that passed before are granted at once, whoever sends them; other clients are checked.
     assert auth.verdict(basic("alice", ALICE_PW), client="10.0.0.9") == "granted"
     assert auth.verdict(basic("bob", BOB_PW), client="10.0.0.2") == "granted"

@@ -19,12 +19,22 @@ import threading
 import time
 
 DEFAULT_MAX_CONNECTIONS = 512
-_REFUSAL_BODY = b"Too many connections, try again later\n"
-_REFUSAL = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
-    % (len(_REFUSAL_BODY), _REFUSAL_BODY)
-)
+
+
+def _answer(status: bytes, body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+        % (
+            status,
+            len(body),
+        )
+        + b"Retry-After: 1\r\nConnection: close\r\n\r\n"
+        + body
+    )
+
+
+TOO_MANY_CONNECTIONS = _answer(b"503 Service Unavailable", b"Too many connections, try again later\n")
+TOO_MANY_FAILED_LOGINS = _answer(b"429 Too Many Requests", b"Too many failed logins, try again later\n")
 
 
 class ConnectionGuard:
@@ -101,12 +111,12 @@ class ConnectionGuard:
                 self._wake.wait(self._queue[0][0] - now if self._queue else None)
 
 
-def refuse(sock: socket.socket, plain_http: bool) -> None:
-    """Answer a connection over the cap at once, from the accept loop: never blocks."""
+def refuse(sock: socket.socket, answer: bytes, plain_http: bool) -> None:
+    """Answer a connection at once from the accept loop, and close it: never blocks."""
     with contextlib.suppress(OSError):
         sock.setblocking(False)
         if plain_http:  # a TLS client could not read a plain answer: it sees the close
-            sock.send(_REFUSAL)
+            sock.send(answer)
         sock.shutdown(socket.SHUT_WR)
         sock.recv(65536)  # what the client sent already: unread, the close would reset the answer away
     sock.close()

@@ -47,7 +47,10 @@ if TYPE_CHECKING:  # the server only reads the store it is given
 
 log = logging.getLogger(__name__)
 
-CONNECTION_IDLE_TIMEOUT = 30.0  # seconds a connection may wait for its next request
+# Seconds a connection may wait for its next request: longer than Prometheus's usual 1 min scrape
+# interval, so its keep-alive connection carries every scrape (a new connection waits behind
+# whatever floods the accept queue). Each idle connection holds a thread: --web.max-connections.
+CONNECTION_IDLE_TIMEOUT = 90.0
 # Seconds from a request's first byte to the end of its body (or of a TLS handshake): a slowloris
 # sending a byte at a time is cut here, whatever the per-read timeout.
 REQUEST_READ_TIMEOUT = 10.0
@@ -169,9 +172,15 @@ class ExporterHTTPServer(ThreadingHTTPServer):
             self._in_flight.release()
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        # In the accept loop: a connection over the cap is refused here, before it has a thread.
-        if not self.connections.admit(str(client_address[0])):
-            connections.refuse(request, plain_http=self.scheme == "http")
+        # In the accept loop: a connection over the cap, or from a client that failed to log in too
+        # often lately, is refused here, before it has a thread.
+        client = str(client_address[0])
+        authenticator = self.web_config.authenticator() if self.web_config is not None else None
+        if authenticator is not None and authenticator.throttled(client):
+            connections.refuse(request, connections.TOO_MANY_FAILED_LOGINS, plain_http=self.scheme == "http")
+            return
+        if not self.connections.admit(client):
+            connections.refuse(request, connections.TOO_MANY_CONNECTIONS, plain_http=self.scheme == "http")
             return
         try:
             super().process_request(request, client_address)

@@ -519,8 +519,9 @@ class BasicAuthenticator:
     Wrong passwords cost bcrypt work, so that work is bounded: one check at a time (a flood costs
     one core, as in exporter-toolkit), and each client may fail FAILURE_BURST checks at once and then
     one every FAILURE_REFILL_SECONDS; beyond that its unknown credentials are refused without a
-    check (`throttled`) until it has waited. A correct scrape whose credentials passed before is
-    answered at once whatever its client's budget.
+    check (`throttled`) until it has waited, and the server refuses its new connections as it
+    accepts them (a flooding host costs no thread). Credentials that passed before are granted at
+    once on a connection that is open.
     """
 
     CACHE_SIZE = 64  # credentials that passed: a handful of scrapers and people
@@ -611,6 +612,15 @@ class BasicAuthenticator:
             while len(self._budgets) > self.MAX_CLIENTS:
                 self._budgets.popitem(last=False)
             return True
+
+    def throttled(self, client: str) -> bool:
+        """Whether `client` has no failed check left now (its next unknown credentials would be
+        refused unchecked): the server then refuses its connections as they are accepted."""
+        with self._lock:
+            if client not in self._budgets:
+                return False
+            left, at = self._budgets[client]
+        return left + (time.monotonic() - at) / self.FAILURE_REFILL_SECONDS < 1
 
     def _refund(self, client: str) -> None:
         with self._lock:
