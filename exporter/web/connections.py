@@ -19,6 +19,7 @@ import threading
 import time
 
 DEFAULT_MAX_CONNECTIONS = 512
+REAP_INTERVAL = 0.25  # seconds: how late past its deadline a connection may be shut
 
 
 def _answer(status: bytes, body: bytes) -> bytes:
@@ -84,8 +85,6 @@ class ConnectionGuard:
             if self._reaper is None:
                 self._reaper = threading.Thread(target=self._reap, name="http-deadlines", daemon=True)
                 self._reaper.start()
-            elif self._queue[0][2] is sock:
-                self._wake.notify()  # the earliest deadline changed
 
     def unwatch(self, sock: socket.socket) -> None:
         with self._lock:
@@ -108,7 +107,8 @@ class ConnectionGuard:
                 if len(self._queue) > 2 * len(self._deadlines) + 64:  # drop entries of unwatched sockets
                     self._queue = [e for e in self._queue if self._deadlines.get(e[2]) == e[0]]
                     heapq.heapify(self._queue)
-                self._wake.wait(self._queue[0][0] - now if self._queue else None)
+                # At most REAP_INTERVAL late: cheaper than waking at each new deadline (one a request).
+                self._wake.wait(min(REAP_INTERVAL, self._queue[0][0] - now) if self._queue else REAP_INTERVAL)
 
 
 def refuse(sock: socket.socket, answer: bytes, plain_http: bool) -> None:
