@@ -264,7 +264,9 @@ def test_nothing_logged_carries_a_secret(captured_log: io.StringIO) -> None:
     logger = logging.getLogger("autoglm_exporter.test_redact")
     logger.info("connecting with PGPASSWORD=hunter2", extra={"dsn": "redis://:topsecret@h:6379"})
     logger.warning("started", extra={"cmdline": "vllm serve --api-key abc123def --port 8000"})
-    logger.error("redis at default:b4reSecret@10.0.0.7:6379 is down", extra={"next": "redis-cli -a b4reSecret"})
+    logger.error(
+        "redis at default:b4reSecret@10.0.0.7:6379 is down", extra={"next": "redis-cli -a b4reSecret"}
+    )
     try:
         raise ValueError("bad --password s3cr3t-pw")
     except ValueError:
