@@ -42,13 +42,13 @@ class HostPolicy:
                 raise AllowedHostsError(f"--web.allowed-hosts: {name!r} is not a host name")
         self.names = frozenset(names | set(given) - {"*"})
 
-    def guards(self, method: str, authenticated: bool) -> bool:
+    def guards(self, method: str, auth_configured: bool) -> bool:
         """Whether a request of `method` must name an allowed host."""
         if self.any_host:
             return False
         if self.explicit:
             return True
-        return method != "GET" and not authenticated
+        return method != "GET" and not auth_configured
 
     def allows(self, host_header: str | None) -> bool:
         """True when the Host header names us: an IP address, a loopback name, an allowed name.

@@ -185,7 +185,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started (none left): its place is free again
-            self.connections.leave(str(client_address[0]))
+            self.connections.leave(client)
             self.shutdown_request(request)
             raise
 
@@ -245,16 +245,14 @@ class _Handler(BaseHTTPRequestHandler):
         # Waiting for the next request: at most the idle timeout, however the client dribbles.
         guard.watch(self.connection, self.server.idle_timeout)
         try:
-            if not cast(io.BufferedReader, self.rfile).peek(
-                1
-            ):  # the client closed (or the deadline shut the socket)
-                self.close_connection = True
-                return
+            arrived = cast(io.BufferedReader, self.rfile).peek(1)  # b"": closed, or shut at the deadline
         except OSError:  # the read timed out, or the client reset
-            self.close_connection = True
-            return
+            arrived = b""
         finally:
             guard.unwatch(self.connection)
+        if not arrived:
+            self.close_connection = True
+            return
         # Its first byte came: the head and the body (read in _dispatch) within the request timeout.
         guard.watch(self.connection, self.server.request_timeout)
         try:
@@ -354,9 +352,9 @@ class _Handler(BaseHTTPRequestHandler):
         return authenticator.verdict(self.headers.get("Authorization"), client=str(self.client_address[0]))
 
     def _host_allowed(self, method: str) -> bool:
-        authenticated = self._web_config is not None and self._web_config.authenticator() is not None
+        auth_configured = self._web_config is not None and self._web_config.authenticator() is not None
         hosts = self.server.hosts
-        return not hosts.guards(method, authenticated) or hosts.allows(self.headers.get("Host"))
+        return not hosts.guards(method, auth_configured) or hosts.allows(self.headers.get("Host"))
 
     def _cross_origin(self) -> bool:
         """True when a web page of another origin sent this request (the browser says so in Origin,
