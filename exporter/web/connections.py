@@ -22,20 +22,14 @@ DEFAULT_MAX_CONNECTIONS = 512
 REAP_INTERVAL = 0.25  # seconds: how late past its deadline a connection may be shut
 
 
-def _answer(status: bytes, body: bytes) -> bytes:
-    return (
-        b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-        % (
-            status,
-            len(body),
-        )
-        + b"Retry-After: 1\r\nConnection: close\r\n\r\n"
-        + body
-    )
+def _answer(status: str, body: str) -> bytes:
+    """A whole plain-text answer that closes the connection, sent by the accept loop in one write."""
+    head = f"HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+    return (head + "Retry-After: 1\r\nConnection: close\r\n\r\n" + body).encode("ascii")
 
 
-TOO_MANY_CONNECTIONS = _answer(b"503 Service Unavailable", b"Too many connections, try again later\n")
-TOO_MANY_FAILED_LOGINS = _answer(b"429 Too Many Requests", b"Too many failed logins, try again later\n")
+TOO_MANY_CONNECTIONS = _answer("503 Service Unavailable", "Too many connections, try again later\n")
+TOO_MANY_FAILED_LOGINS = _answer("429 Too Many Requests", "Too many failed logins, try again later\n")
 
 
 class ConnectionGuard:
