@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 # interval, so its keep-alive connection carries every scrape (a new connection waits behind
 # whatever floods the accept queue). Each idle connection holds a thread: --web.max-connections.
 CONNECTION_IDLE_TIMEOUT = 90.0
-# Seconds from a request's first byte to the end of its body (or of a TLS handshake): a slowloris
-# sending a byte at a time is cut here, whatever the per-read timeout.
+# Seconds from a request's first byte to the end of its body: a slowloris sending a byte at a time
+# is cut here, whatever the per-read timeout.
 REQUEST_READ_TIMEOUT = 10.0
 TLS_HANDSHAKE_TIMEOUT = 10.0
 # node_exporter's --web.max-requests is 40; ours serves cached bytes and must admit 200 scrapers.
@@ -229,14 +229,11 @@ class _Handler(BaseHTTPRequestHandler):
             # The context of this moment: a rotated certificate serves the next connection.
             self.request.settimeout(TLS_HANDSHAKE_TIMEOUT)
             self.request = context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
-            self.server.connections.watch(self.request, self.server.request_timeout)
             try:
-                self.request.do_handshake()
+                self.request.do_handshake()  # the timeout bounds the whole handshake, not each read
             except BaseException:
                 _close(self.request)
                 raise
-            finally:
-                self.server.connections.unwatch(self.request)
         super().setup()
         self.connection.settimeout(self.server.idle_timeout)
 
