@@ -113,7 +113,7 @@ FORMS = [
 @settings(max_examples=300, deadline=None)
 @given(secret=SECRET, form=st.sampled_from(FORMS), before=CONTEXT)
 def test_a_secret_never_survives_whatever_comes_before(secret: str, form: str, before: str) -> None:
-    assume(secret not in before)
+    assume(secret not in before and secret not in form)  # a secret spelled like its own name cannot hide
     text = f"{before} {form.format(s=secret)} tail"
     shown = redact(text)
     assert secret not in shown, shown
