@@ -21,6 +21,8 @@ from .commands import tools
 from .config import ConfigError, json_schema, load_config, parse_duration
 from .core.daemon import Daemon, Options
 from .web import logsetup
+from .web.connections import DEFAULT_MAX_CONNECTIONS
+from .web.hosts import AllowedHostsError, HostPolicy
 from .web.server import DEFAULT_MAX_REQUESTS, ListenAddressError
 from .web.webconfig import WebConfigError, build_web_config
 
@@ -83,6 +85,21 @@ DAEMON_FLAGS = (
         str(DEFAULT_MAX_REQUESTS),
         "requests served at once; more are answered 503 (0: no limit)",
         kind=int,
+    ),
+    Flag(
+        "web.max-connections",
+        "max_connections",
+        str(DEFAULT_MAX_CONNECTIONS),
+        "connections held at once (a thread each); more are answered 503 and closed",
+        kind=int,
+    ),
+    Flag(
+        "web.allowed-hosts",
+        "allowed_hosts",
+        None,
+        "host names (comma-separated) requests may name, besides IP addresses, localhost and this "
+        "machine's name; given, every request is held to them, /metrics included ('*': any). "
+        "Unset: only POST/PUT, and only without basic auth (against DNS rebinding)",
     ),
     Flag("log.level", "log_level", "info", "log level", tuple(logsetup.LEVELS)),
     Flag("log.format", "log_format", "logfmt", "log format, to stderr", logsetup.FORMATS),
@@ -203,6 +220,12 @@ def options_from(args: argparse.Namespace) -> Options:
         raise UsageError(f"--web.telemetry-path {args.telemetry_path!r}: must be a path like /metrics")
     if args.max_requests < 0:
         raise UsageError(f"--web.max-requests {args.max_requests}: must be 0 (no limit) or more")
+    if args.max_connections < 1:
+        raise UsageError(f"--web.max-connections {args.max_connections}: must be 1 or more")
+    try:
+        HostPolicy(allowed_hosts=args.allowed_hosts or "")
+    except AllowedHostsError as exc:
+        raise UsageError(str(exc)) from None
     values = {flag.dest: getattr(args, flag.dest) for flag in DAEMON_FLAGS}
     return Options(**values, collector_overrides=overrides)
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import free_port, wait_until
 
 # A minimal inference service: answers the seed's POST /inference with JSON.
@@ -149,3 +151,19 @@ def test_doctor_shows_since_when_and_the_timeline_of_a_running_exporter(
     running = report["running_exporter"]
     assert running["error"] is None and running["chains"][0]["since"] is None
     assert any(change["kind"] == "verdict" for change in running["history"])
+
+
+@pytest.mark.parametrize(
+    "address", ["redis://:Hunter2Secret@127.0.0.1:{port}", "default:Hunter2Secret@127.0.0.1:{port}"]
+)
+@pytest.mark.parametrize("output", ["--no-color", "--json"])
+def test_a_password_written_in_a_redis_address_never_reaches_doctor_output(
+    tmp_path: Path, address: str, output: str
+) -> None:
+    config = tmp_path / "autoglm.yml"
+    where = address.format(port=free_port())  # nothing listens there: Redis is down
+    config.write_text(f"targets: []\nengines: []\nlogs: []\nredis: [{{name: queue, address: '{where}'}}]\n")
+    run = _doctor(f"--config.file={config}", f"--exporter.url=http://127.0.0.1:{free_port()}", output)
+    # 1: the address is taken and Redis is down; 2: the config load refuses a password in an address
+    assert run.returncode in (1, 2) and "Traceback" not in run.stderr, run.stderr
+    assert "Hunter2Secret" not in run.stdout + run.stderr

@@ -6,6 +6,7 @@ hold requests in flight or swap the web config; the real exporter process for ra
 
 from __future__ import annotations
 
+import base64
 import re
 import select
 import socket
@@ -13,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,10 @@ from hypothesis import strategies as st
 
 from autoglm_exporter import cli
 from autoglm_exporter.core.store import Store
+from autoglm_exporter.web import webconfig
+from autoglm_exporter.web.connections import DEFAULT_MAX_CONNECTIONS
 from autoglm_exporter.web.server import DEFAULT_MAX_REQUESTS, ExporterHTTPServer, ServerHooks
-from autoglm_exporter.web.webconfig import WebConfigError, build_web_config
+from autoglm_exporter.web.webconfig import WebConfig, WebConfigError, build_web_config
 
 from .conftest import ExporterProcess, free_port, require_binary, stop_process, wait_until
 
@@ -68,6 +72,7 @@ def request(method: str, path: str, *headers: str, body: bytes = b"", host: str 
 class Served:
     server: ExporterHTTPServer
     reloads: list[str] = field(default_factory=list)  # one entry per reload the daemon was asked for
+    captures: list[str] = field(default_factory=list)  # the services a capture was asked for
     release: threading.Event = field(default_factory=threading.Event)  # reloads wait for it
 
     @property
@@ -94,7 +99,11 @@ def serve() -> Iterator[Callable[..., Served]]:
             served.release.wait(TIMEOUT)
             return True, "config reloaded"
 
-        hooks = ServerHooks(reload=reload, capture=lambda service: (202, f"capturing {service}"))
+        def capture(service: str) -> tuple[int, str]:
+            served.captures.append(service)
+            return 202, f"capturing {service}"
+
+        hooks = ServerHooks(reload=reload, capture=capture)
         served.server = ExporterHTTPServer(("127.0.0.1", 0), Store(), hooks, **kwargs)  # type: ignore[arg-type]
         started.append(served)
         if begin:
@@ -212,6 +221,154 @@ def test_the_flag_sets_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli.main(["run", "--web.max-requests=-1"]) == cli.EXIT_BAD_CONFIG
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    reply = b""
+    try:
+        while chunk := sock.recv(65536):
+            reply += chunk
+    except ConnectionResetError:
+        pass
+    return reply
+
+
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """A connection from `source` (any address of 127.0.0.0/8 is this machine)."""
+    sock = socket.socket()
+    sock.settimeout(TIMEOUT)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+# --- a flood of wrong passwords -----------------------------------------------------------------
+
+
+def _basic(user: str, password: str) -> str:
+    return "Authorization: Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_a_wrong_password_flood_neither_starves_the_right_one_nor_runs_bcrypt_unbounded(
+    serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = serve(web_config=WebConfig(basic_auth_users={"prometheus": _hashed("scrape-me")}))
+    good = request("GET", "/metrics", _basic("prometheus", "scrape-me"), "Connection: close")
+    assert served.status(good) == 200  # Prometheus scraped before the flood began
+    checked: list[bytes] = []
+    real_checkpw = webconfig.bcrypt.checkpw
+    monkeypatch.setattr(
+        webconfig.bcrypt, "checkpw", lambda pw, hashed: checked.append(pw) or real_checkpw(pw, hashed)
+    )
+    answers: list[int] = []
+    started = time.monotonic()
+
+    def attacker(n: int) -> None:
+        for attempt in range(3):  # 600 distinct wrong passwords: more than any cache of verdicts holds
+            wrong = request(
+                "GET", "/metrics", _basic("prometheus", f"guess-{n}-{attempt}"), "Connection: close"
+            )
+            with _connect(served.port, "127.0.0.2") as sock:  # another host than Prometheus
+                sock.sendall(wrong)
+                answers.extend(statuses(_read_until_closed(sock)))
+
+    flood = [threading.Thread(target=attacker, args=(n,)) for n in range(200)]
+    for thread in flood:
+        thread.start()
+    scrapes = [served.status(good) for _ in range(20)]
+    for thread in flood:
+        thread.join(TIMEOUT * 6)
+    elapsed = time.monotonic() - started
+    assert scrapes == [200] * 20
+    assert b"scrape-me" not in checked  # the right password was never checked again
+    authenticator = served.server.web_config.authenticator()  # type: ignore[union-attr]
+    most = authenticator.FAILURE_BURST + elapsed / authenticator.FAILURE_REFILL_SECONDS + 1
+    assert len(checked) <= most, (len(checked), elapsed)  # the rest were refused unchecked
+    assert sorted(set(answers)) == [401, 429] and len(answers) == 600
+    with _connect(served.port, "127.0.0.2") as sock:  # the flooding host is refused as it connects
+        assert statuses(_read_until_closed(sock)) == [429]
+
+
+# --- connections held ----------------------------------------------------------------------------
+
+
+def test_connections_over_the_cap_are_refused_at_once_and_hold_no_thread(serve) -> None:
+    served = serve(max_connections=20)
+    threads_before = threading.active_count()
+    held = [_connect(served.port, source) for source in ("127.0.0.2", "127.0.0.3") for _ in range(10)]
+    over: list[socket.socket] = []
+    try:
+        wait_until(lambda: served.server.connections.open == 20, timeout=TIMEOUT)
+        for n in range(60):
+            over.append(_connect(served.port, f"127.0.0.{n % 3 + 1}"))
+        for sock in over:
+            reply = _read_until_closed(sock)  # sent nothing: the refusal comes unasked, then the close
+            assert statuses(reply) == [503] and b"Retry-After: 1" in reply, reply
+        assert threading.active_count() <= threads_before + 20 + 2  # a thread per held connection only
+    finally:
+        for sock in held + over:
+            sock.close()
+    wait_until(lambda: served.server.connections.open == 0, timeout=TIMEOUT)
+    assert served.status(request("GET", "/metrics")) == 200  # the places are given back
+
+
+def test_one_client_address_holds_half_the_places_at_most(serve) -> None:
+    served = serve(max_connections=20)
+    flood = [_connect(served.port, "127.0.0.2") for _ in range(10)]
+    try:
+        wait_until(lambda: served.server.connections.open == 10, timeout=TIMEOUT)
+        extra = _connect(served.port, "127.0.0.2")
+        assert statuses(_read_until_closed(extra)) == [503]  # its half is full
+        extra.close()
+        with _connect(served.port) as scraper:  # another address still gets in
+            scraper.sendall(request("GET", "/metrics", "Connection: close"))
+            assert statuses(_read_until_closed(scraper)) == [200]
+    finally:
+        for sock in flood:
+            sock.close()
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(serve) -> None:
+    served = serve(idle_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT) as sock:
+        sock.sendall(request("GET", "/-/healthy"))  # keep-alive: the server waits for the next request
+        assert statuses(_read_until_closed(sock)) == [200]  # returns only because the server closed it
+    wait_until(lambda: served.server.connections.open == 0, timeout=TIMEOUT)
+
+
+def _dribbled_until_closed(sock: socket.socket, start: bytes, byte: bytes) -> bool:
+    """Send `start`, then one byte every 0.2 s: True once the server closed the connection, False
+    when it still reads after TIMEOUT seconds (each read succeeds: no per-read timeout fires)."""
+    sock.sendall(start)
+    started = time.monotonic()
+    while time.monotonic() - started < TIMEOUT:
+        try:
+            sock.sendall(byte)
+            readable, _, _ = select.select([sock], [], [], 0.2)
+            if readable and sock.recv(65536) == b"":
+                return True
+        except OSError:  # reset: the server closed while we wrote
+            return True
+    return False
+
+
+def test_a_slowloris_is_cut_when_its_request_deadline_passes(serve) -> None:
+    served = serve(request_timeout=1.0)
+    with socket.create_connection(("127.0.0.1", served.port), timeout=TIMEOUT) as sock:
+        head = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        assert _dribbled_until_closed(sock, head, b"X"), "a header line that never ends is still read"
+    wait_until(lambda: served.server.connections.open == 0, timeout=TIMEOUT)
+
+
+def test_the_max_connections_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    def options(*argv: str) -> int:
+        return cli.options_from(cli.build_parser().parse_args(["run", *argv])).max_connections
+
+    assert options() == DEFAULT_MAX_CONNECTIONS >= 2 * DEFAULT_MAX_REQUESTS
+    assert options("--web.max-connections=64") == 64
+    monkeypatch.setenv("AUTOGLM_EXPORTER_WEB_MAX_CONNECTIONS", "7")
+    assert options() == 7
+    assert cli.main(["run", "--web.max-connections=0"]) == cli.EXIT_BAD_CONFIG
+
+
 # --- request framing ------------------------------------------------------------------------------
 
 SMUGGLED = request("POST", "/-/reload", "Content-Length: 0")
@@ -296,9 +453,78 @@ def test_state_changing_requests_from_another_origin_are_refused(
 
 
 def test_the_default_port_is_the_same_origin(serve) -> None:
-    served = serve()
+    served = serve(allowed_hosts="exporter.example")
     raw = request("POST", "/-/reload", "Origin: http://exporter.example", "Content-Length: 0")
     assert served.status(raw.replace(b"Host: 127.0.0.1", b"Host: exporter.example:80")) == 200
+
+
+# --- DNS rebinding: the Host header -------------------------------------------------------------
+
+STATE_CHANGING = [
+    ("POST", "/-/reload"),
+    ("PUT", "/-/reload"),
+    ("POST", "/api/capture?service=api"),
+    ("POST", "/-/log-level?level=debug"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), STATE_CHANGING)
+def test_a_rebound_page_cannot_reach_a_state_changing_endpoint(serve, method: str, path: str) -> None:
+    served = serve()
+    host = f"evil.example:{served.port}"  # evil.example now resolves to 127.0.0.1: same origin
+    raw = request(method, path, f"Origin: http://{host}", "Content-Length: 0", host=host)
+    assert served.status(raw) == 403
+    assert served.status(request(method, path, "Content-Length: 0", host=host)) == 403  # no Origin either
+    assert served.reloads == [] and served.captures == []
+    assert served.status(request("GET", "/-/log-level", host=host)) == 200  # nothing changed: reading is open
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}", "api.localhost", "{hostname}", "10.1.2.3"],
+)
+def test_our_own_names_reach_the_state_changing_endpoints(serve, host: str) -> None:
+    served = serve()
+    named = host.format(port=served.port, hostname=socket.gethostname())
+    assert served.status(request("POST", "/-/reload", "Content-Length: 0", host=named)) == 200
+    assert served.reloads
+
+
+def test_prometheus_scrapes_by_any_name_unless_hosts_are_given(serve) -> None:
+    default = serve()
+    for host in ("exporter.monitoring.svc:9877", "node-7.example", "10.0.0.7:9877"):
+        assert default.status(request("GET", "/metrics", host=host)) == 200
+    given = serve(allowed_hosts="exporter.monitoring.svc, node-7.example.")
+    for host, expected in [
+        ("exporter.monitoring.svc:9877", 200),
+        ("NODE-7.example", 200),
+        ("10.0.0.7:9877", 200),  # an address is never a rebinding
+        ("localhost", 200),
+        ("evil.example", 403),
+    ]:
+        assert given.status(request("GET", "/metrics", host=host)) == expected, host
+    assert given.status(request("POST", "/-/reload", "Content-Length: 0", host="evil.example")) == 403
+    assert given.status(request("POST", "/-/reload", "Content-Length: 0", host="node-7.example")) == 200
+    anyone = serve(allowed_hosts="*")
+    assert anyone.status(request("POST", "/-/reload", "Content-Length: 0", host="evil.example")) == 200
+
+
+def test_with_basic_auth_the_password_guards_state_changes(serve) -> None:
+    served = serve(web_config=WebConfig(basic_auth_users={"ops": _hashed("reload-me")}))
+    raw = request("POST", "/-/reload", _basic("ops", "reload-me"), "Content-Length: 0", host="ops.example")
+    assert served.status(raw) == 200  # a rebound page has no password; the operator's own name works
+    assert served.status(request("POST", "/-/reload", "Content-Length: 0", host="ops.example")) == 401
+
+
+def test_the_allowed_hosts_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    def options(*argv: str) -> str | None:
+        return cli.options_from(cli.build_parser().parse_args(["run", *argv])).allowed_hosts
+
+    assert options() is None
+    assert options("--web.allowed-hosts=a.example,b.example") == "a.example,b.example"
+    monkeypatch.setenv("AUTOGLM_EXPORTER_WEB_ALLOWED_HOSTS", "*")
+    assert options() == "*"
+    assert cli.main(["run", "--web.allowed-hosts=http://a.example/"]) == cli.EXIT_BAD_CONFIG
 
 
 # --- the web config, swapped in --------------------------------------------------------------------

@@ -624,33 +624,68 @@ def test_unknown_user_still_spends_a_bcrypt_comparison(
     assert len(checkpw_calls) == 2
 
 
-def test_verdicts_are_cached(auth: BasicAuthenticator, checkpw_calls: list[bytes]) -> None:
+def test_only_successes_are_remembered(auth: BasicAuthenticator, checkpw_calls: list[bytes]) -> None:
     for _ in range(3):
         assert auth.check(basic("alice", ALICE_PW)) is True
         assert auth.check(basic("alice", "wrong")) is False
-    assert checkpw_calls == [ALICE_HASH.encode(), ALICE_HASH.encode()]
-    # The cache holds salted digests only, never the password.
-    for key in auth._cache:
+    # The right password was checked once; a wrong one every time (a failure is never remembered).
+    assert checkpw_calls == [ALICE_HASH.encode()] * 4
+    # What is remembered: salted digests only, never the password.
+    for key in auth._granted:
         assert len(key) == 32 and ALICE_PW.encode() not in key
 
 
-def test_cache_is_bounded_lru(auth: BasicAuthenticator, checkpw_calls: list[bytes]) -> None:
-    auth.CACHE_SIZE = 3
+def test_a_flood_of_wrong_passwords_never_evicts_the_good_credentials(
+    auth: BasicAuthenticator, checkpw_calls: list[bytes]
+) -> None:
+    assert auth.check(basic("alice", ALICE_PW)) is True
+    for i in range(2 * auth.CACHE_SIZE + 10):
+        assert auth.check(basic("alice", f"wrong{i}")) is False
+    calls = len(checkpw_calls)
+    assert auth.check(basic("alice", ALICE_PW)) is True
+    assert len(checkpw_calls) == calls  # still remembered: no bcrypt
 
-    def bcrypt_ran(password: str, expected: bool) -> bool:
-        calls = len(checkpw_calls)
-        assert auth.check(basic("alice", password)) is expected
-        return len(checkpw_calls) > calls
 
-    assert bcrypt_ran(ALICE_PW, True)
-    for i in range(3):
-        assert bcrypt_ran(f"wrong{i}", False)  # the third pushes the right password out
-    assert bcrypt_ran(ALICE_PW, True)  # evicted, so checked again
-    # Cache now holds wrong1, wrong2, right (oldest first).
-    assert not bcrypt_ran("wrong1", False)  # a hit makes it most recently used...
-    assert bcrypt_ran("wrong9", False)  # ...so this evicts wrong2 (FIFO would evict wrong1)
-    assert not bcrypt_ran("wrong1", False)
-    assert bcrypt_ran("wrong2", False)
+def test_remembered_successes_are_bounded_lru(auth: BasicAuthenticator, checkpw_calls: list[bytes]) -> None:
+    auth.CACHE_SIZE = 1
+    assert auth.check(basic("alice", ALICE_PW)) and auth.check(basic("bob", BOB_PW))  # bob pushes alice out
+    calls = len(checkpw_calls)
+    assert auth.check(basic("bob", BOB_PW)) and len(checkpw_calls) == calls
+    assert auth.check(basic("alice", ALICE_PW)) and len(checkpw_calls) == calls + 1
+
+
+def test_a_client_that_fails_too_often_is_refused_unchecked(
+    auth: BasicAuthenticator, checkpw_calls: list[bytes]
+) -> None:
+    auth.FAILURE_REFILL_SECONDS = 3600.0  # no check given back while the test runs, however slow
+    assert auth.verdict(basic("alice", ALICE_PW), client="10.0.0.1") == "granted"
+    for i in range(auth.FAILURE_BURST):
+        assert auth.verdict(basic("alice", f"guess{i}"), client="10.0.0.9") == "denied"
+    calls = len(checkpw_calls)
+    for i in range(50):
+        assert auth.verdict(basic("mallory", f"more{i}"), client="10.0.0.9") == "throttled"
+    assert auth.verdict(basic("bob", BOB_PW), client="10.0.0.9") == "throttled"  # unknown yet: unchecked
+    assert len(checkpw_calls) == calls  # no bcrypt work for a throttled client
+    assert auth.throttled("10.0.0.9") and not auth.throttled("10.0.0.1")  # the server refuses it at accept
+    # Credentials that passed before are granted at once, whoever sends them; other clients are checked.
+    assert auth.verdict(basic("alice", ALICE_PW), client="10.0.0.9") == "granted"
+    assert auth.verdict(basic("bob", BOB_PW), client="10.0.0.2") == "granted"
+    assert auth.verdict(basic("alice", "nope"), client="10.0.0.3") == "denied"
+
+
+def test_a_throttled_client_is_checked_again_once_it_waited(auth: BasicAuthenticator) -> None:
+    auth.FAILURE_REFILL_SECONDS = 0.05
+    for i in range(auth.FAILURE_BURST):
+        auth.verdict(basic("alice", f"guess{i}"), client="10.0.0.9")
+    assert auth.verdict(basic("alice", "guess"), client="10.0.0.9") == "throttled"
+    wait_until(lambda: auth.verdict(basic("bob", BOB_PW), client="10.0.0.9") == "granted", timeout=TIMEOUT)
+
+
+def test_the_clients_remembered_are_bounded(auth: BasicAuthenticator) -> None:
+    auth.MAX_CLIENTS = 8
+    for n in range(100):
+        auth.verdict(basic("alice", "wrong"), client=f"10.0.1.{n}")
+    assert len(auth._budgets) == 8
 
 
 def test_cache_makes_repeat_checks_much_faster() -> None:

@@ -26,6 +26,7 @@ from ..core.daemon import Options
 from ..core.runner import CollectorRunner
 from ..core.store import Store
 from ..diagnosis import Diagnosis, Link, chains_of, diagnose, to_dict
+from ..logs.redact import redact, redact_data
 from ..logs.urls import display_url
 from ..web.server import ListenAddressError, parse_listen_address
 
@@ -66,7 +67,7 @@ def run_doctor(
     try:
         config = load_config(options.config_file)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(redact(str(exc)), file=sys.stderr)
         return EXIT_BAD_CONFIG
     store = Store()
     collectors = build_collectors(config, options.collector_overrides)
@@ -120,7 +121,7 @@ def render_json(result: Diagnosis, running: Running | None = None) -> str:
                 "chains": running.diagnosis.get("chains", []),
                 "history": running.diagnosis.get("history", []),
             }
-    return json.dumps(report, indent=2)
+    return json.dumps(redact_data(report), indent=2)
 
 
 def render_text(result: Diagnosis, color: bool, running: Running | None = None) -> str:
@@ -139,7 +140,7 @@ def render_text(result: Diagnosis, color: bool, running: Running | None = None) 
     lines += _verdict_lines(result.verdict, paint)
     if running is not None:
         lines += [""] + _running_lines(running)
-    return "\n".join(lines)
+    return "\n".join(redact(line) for line in lines)
 
 
 def _verdict_lines(verdict: Link | None, paint: Callable[[bool | None, str], str]) -> list[str]:

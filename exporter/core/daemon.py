@@ -15,6 +15,7 @@ from ..collectors.base import Collector
 from ..config import Config, ConfigError, load_config
 from ..forensics import CaptureNotFound
 from ..linux import subprocesses
+from ..web.connections import DEFAULT_MAX_CONNECTIONS
 from ..web.server import DEFAULT_MAX_REQUESTS, ExporterHTTPServer, ServerHooks, parse_listen_address
 from ..web.webconfig import WebConfig, WebConfigError, build_web_config
 from .deadline import DeadlinePassed, DeadlineWorker, StillBusy
@@ -48,6 +49,8 @@ class Options:
     log_format: str = "logfmt"
     collector_overrides: Mapping[str, bool] = field(default_factory=dict)
     max_requests: int = DEFAULT_MAX_REQUESTS  # requests in flight before 503; 0: no limit
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # connections held before 503 and close
+    allowed_hosts: str | None = None  # --web.allowed-hosts, comma-separated; None: the default guard
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,14 @@ class Daemon:
         )
         world = self._build(config, web_config)
         self.server = ExporterHTTPServer(
-            (host, port), self.store, hooks, options.telemetry_path, web_config, options.max_requests
+            (host, port),
+            self.store,
+            hooks,
+            options.telemetry_path,
+            web_config,
+            options.max_requests,
+            max_connections=options.max_connections,
+            allowed_hosts=options.allowed_hosts,
         )
         self.scheduler.start([], config.jitter)
         self._swap(world)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ..logs.redact import redact
+
 if TYPE_CHECKING:
     from ..collectors.engine import EngineInstanceFacts
     from ..collectors.process import ServiceFacts
@@ -96,6 +98,13 @@ class Link:
             )
         if self.ok is False and self.reason == "ok":
             raise ValueError(f"link {self.name!r}: a broken link needs a reason")
+        # Every surface (metrics, /api/diagnosis, the page, doctor, the history) shows links, so a
+        # link never holds a secret: what the world wrote into it (an address with user:password@,
+        # an error message, a command line) is redacted when it is made, replace() included.
+        object.__setattr__(self, "summary", redact(self.summary))
+        object.__setattr__(self, "evidence", tuple(redact(line) for line in self.evidence))
+        if self.next_command is not None:
+            object.__setattr__(self, "next_command", redact(self.next_command))
 
 
 @dataclass(frozen=True)

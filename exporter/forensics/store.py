@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..logs.redact import redact_data
 from .analysis import Analysis
 from .pyspy import Dump
 
@@ -100,7 +101,7 @@ class CaptureStore:
             "analysis": analysis.to_dict(),
             "dumps": [one.to_dict() for one in dumps],
         }
-        data = json.dumps(document, indent=1).encode()
+        data = json.dumps(redact_data(document), indent=1).encode()  # a thread name may hold anything
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
             path = self._free_name(when, service, reason)

@@ -9,6 +9,8 @@ replaced by `***` and what names it is kept, so the text still reads:
     {"api_key": "abc"}                -> {"api_key": "***"}
     Authorization: Bearer eyJhbGci... -> Authorization: Bearer ***
     https://user:pw@host/             -> https://user:***@host/
+    user:pw@host:6379, :pw@[::1]:6379 -> user:***@host:6379, :***@[::1]:6379
+    redis-cli -a pw / curl -u bob:pw  -> redis-cli -a *** / curl -u bob:***
     sk-proj-AbC123...                 -> sk-***        (likewise hf_***, AKIA***)
     a 32+ character opaque token      -> ***
 
@@ -18,8 +20,9 @@ access_key, private_key or authorization (so `client_secret`, `aws_secret_access
 (upper case) count when they contain PASSWORD, PASSWD, TOKEN, SECRET or KEY as a word of their own
 on the right (`PGPASSWORD`, `AWS_SECRET_ACCESS_KEY`, `DB_PASSWORD_FILE`; not `TOKENIZERS_PARALLELISM`
 or `MAX_TOKENS`). Command-line flags count when their last word is such a word (`--password`,
-`--hf-token`, `--api-key`, `--client-secret`), the value after `=` or a space. Names that merely contain
-such a word (`max_tokens`, `tokenizer`) are left alone, and so are the tokenizer's vocabulary
+`--hf-token`, `--api-key`, `--client-secret`), the value after `=` or a space. A few commands take a password
+by a short flag: `redis-cli -a`, `sshpass -p`, `mysql -pPASSWORD`, `curl -u user:password`. Names that
+merely contain such a word (`max_tokens`, `tokenizer`) are left alone, and so are the tokenizer's vocabulary
 entries (`eos_token='</s>'`, `pad_token_id=0`): in an LLM service's log they are not secrets.
 An opaque token is a run of 32 or more [A-Za-z0-9+/_-] characters (plus `=` padding) with letters
 and digits in one stretch of 16 or more between `/`, `_` and `-`: file paths with digits
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import re
 import reprlib
+from typing import Any
 
 MASK = "***"
 
@@ -94,7 +98,21 @@ _FLAG = re.compile(
     re.VERBOSE,
 )
 _FLAG_SECRET_WORDS = frozenset(
-    ("password", "passwd", "pwd", "passphrase", "secret", "token", "key", "apikey", "credentials")
+    (
+        "password",
+        "passwd",
+        "pwd",
+        "pass",
+        "passphrase",
+        "requirepass",
+        "masterauth",
+        "auth",
+        "secret",
+        "token",
+        "key",
+        "apikey",
+        "credentials",
+    )
 )
 
 # Tokenizer vocabulary and counters named "..._token": not secrets.
@@ -109,6 +127,28 @@ _NOT_SECRET_KEY = re.compile(
 _AUTH_SCHEME_TOKEN = re.compile(r"\b(?P<scheme>Bearer|Basic)(?P<space>[ \t]+)(?P<token>[A-Za-z0-9._~+/-]+=*)")
 
 _URL_USERINFO = re.compile(r"(?P<prefix>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)(?P<password>[^/?#\s]*)@")
+# user:password@host without a scheme (a Redis address, a DSN fragment): a user (maybe empty), a
+# password up to the last @ before a host name or a bracketed IPv6 address.
+_BARE_USERINFO = re.compile(
+    r"(?P<prefix>(?<![^\s\"'<>()\[\]{},;=|`])[^\s:/@\"'<>()\[\]{},;=|`]*:)"
+    r"(?P<password>[^\s/?#<>\"]+)@(?=\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9])"
+)
+# Commands that take a password by a short flag, and that flag (up to the end of the command).
+_COMMAND = re.compile(
+    r"(?<![\w.-])(?P<command>redis-cli|redis-benchmark|sshpass|curl|mysql|mysqladmin|mysqldump)(?![\w.-])"
+    r"(?P<args>[^|;&\n]*)"
+)
+_SHORT_FLAG = {
+    "redis-cli": re.compile(r"(?<!\S)(?P<head>-a(?:[ \t]+|=))(?P<value>[^\s\"']+|\"[^\"]*\"|'[^']*')"),
+    "sshpass": re.compile(r"(?<!\S)(?P<head>-p[ \t]*)(?P<value>[^\s\"']+|\"[^\"]*\"|'[^']*')"),
+    "mysql": re.compile(r"(?<!\S)(?P<head>-p)(?P<value>[^\s\"']+|\"[^\"]*\"|'[^']*')"),
+    # curl -u user:password: the user stays, the password goes
+    "curl": re.compile(
+        r"(?<!\S)(?P<head>(?:-u|-U|--user|--proxy-user)(?:[ \t]+|=)?[\"']?[^\s:\"']*:)(?P<value>[^\s\"']+)"
+    ),
+}
+_SHORT_FLAG["redis-benchmark"] = _SHORT_FLAG["redis-cli"]
+_SHORT_FLAG["mysqladmin"] = _SHORT_FLAG["mysqldump"] = _SHORT_FLAG["mysql"]
 
 _KNOWN_KEYS = re.compile(
     r"""
@@ -128,6 +168,8 @@ def redact(line: str) -> str:
     if not line:
         return line
     line = _URL_USERINFO.sub(_url_userinfo, line)
+    line = _BARE_USERINFO.sub(_url_userinfo, line)
+    line = _COMMAND.sub(_command, line)
     line = _ENV_ASSIGNMENT.sub(_env_assignment, line)
     line = _FLAG.sub(_flag, line)
     line = _KEY_VALUE.sub(_key_value, line)
@@ -140,6 +182,19 @@ def _url_userinfo(match: re.Match[str]) -> str:
     if not match.group("password") or match.group("password") == MASK:
         return match.group(0)
     return f"{match.group('prefix')}{MASK}@"
+
+
+def _command(match: re.Match[str]) -> str:
+    flag = _SHORT_FLAG[match.group("command")]
+    return match.group("command") + flag.sub(_short_flag, match.group("args"))
+
+
+def _short_flag(match: re.Match[str]) -> str:
+    value = match.group("value")
+    quote = value[0] if value[0] in "\"'" else ""
+    if value.strip("\"'") == MASK:
+        return match.group(0)  # already redacted
+    return f"{match.group('head')}{quote}{MASK}{quote}"
 
 
 def _key_value(match: re.Match[str]) -> str:
@@ -207,6 +262,18 @@ def _looks_opaque(token: str, minimum: int) -> bool:
 
 def _has_letters_and_digits(text: str) -> bool:
     return any(c.isdigit() for c in text) and any(c.isalpha() for c in text)
+
+
+def redact_data(value: Any) -> Any:
+    """JSON-like data (dicts, lists, strings, numbers) with every string redacted, keys included:
+    what a JSON document (/api/diagnosis, doctor --json, a capture file) shows."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_data(key): redact_data(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(item) for item in value]
+    return value
 
 
 def redact_variable(name: str, value: str) -> str:

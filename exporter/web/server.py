@@ -8,7 +8,9 @@ Hostile clients: a listen backlog that holds a burst of 200 scrapers; at most --
 requests in flight (503 beyond); a request whose length is in any doubt (Content-Length beside
 Transfer-Encoding, two lengths, a malformed header) is refused and its connection closed, so no
 smuggled second request is ever answered; a state-changing request sent by a web page of another
-origin is refused (403), so a page the operator visits cannot reload or capture.
+origin is refused (403), so a page the operator visits cannot reload or capture; so is one that
+names a host not ours (hosts.py: DNS rebinding). Connections are capped and each has deadlines
+(connections.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import email.message
 import email.utils
+import io
 import json
 import logging
 import re
@@ -28,13 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__
 from ..diagnosis import to_dict
-from ..logs.redact import redact
-from . import logsetup, statuspage
+from ..logs.redact import redact, redact_data
+from . import connections, logsetup, statuspage
+from .connections import DEFAULT_MAX_CONNECTIONS, ConnectionGuard
+from .hosts import HostPolicy
 from .webconfig import WebConfig
 
 if TYPE_CHECKING:  # the server only reads the store it is given
@@ -42,7 +47,13 @@ if TYPE_CHECKING:  # the server only reads the store it is given
 
 log = logging.getLogger(__name__)
 
-CONNECTION_IDLE_TIMEOUT = 30.0
+# Seconds a connection may wait for its next request: longer than Prometheus's usual 1 min scrape
+# interval, so its keep-alive connection carries every scrape (a new connection waits behind
+# whatever floods the accept queue). Each idle connection holds a thread: --web.max-connections.
+CONNECTION_IDLE_TIMEOUT = 90.0
+# Seconds from a request's first byte to the end of its body: a slowloris sending a byte at a time
+# is cut here, whatever the per-read timeout.
+REQUEST_READ_TIMEOUT = 10.0
 TLS_HANDSHAKE_TIMEOUT = 10.0
 # node_exporter's --web.max-requests is 40; ours serves cached bytes and must admit 200 scrapers.
 DEFAULT_MAX_REQUESTS = 256
@@ -50,6 +61,7 @@ MIN_LISTEN_BACKLOG = 1024
 MAX_BODY_BYTES = 65536  # the bodies we accept are a log level or nothing
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_THROTTLED = {"Retry-After": "1", "Connection": "close"}
 
 
 @dataclass
@@ -114,6 +126,10 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         telemetry_path: str = "/metrics",
         web_config: WebConfig | None = None,
         max_requests: int = DEFAULT_MAX_REQUESTS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float = CONNECTION_IDLE_TIMEOUT,
+        request_timeout: float = REQUEST_READ_TIMEOUT,
+        allowed_hosts: str | None = None,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.request_queue_size = listen_backlog()
@@ -126,6 +142,11 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.web_config = web_config
         # Requests in flight beyond the limit are answered 503 at once (0: no limit).
         self._in_flight = threading.BoundedSemaphore(max_requests) if max_requests > 0 else None
+        # Connections held at once (a thread each); more are refused by the accept loop.
+        self.connections = ConnectionGuard(max_connections)
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        self.hosts = HostPolicy(address[0], allowed_hosts or "")  # raises AllowedHostsError
         self._thread: threading.Thread | None = None
 
     def use_web_config(self, web_config: WebConfig | None) -> None:
@@ -150,6 +171,30 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         if self._in_flight is not None:
             self._in_flight.release()
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # In the accept loop: a connection over the cap, or from a client that failed to log in too
+        # often lately, is refused here, before it has a thread.
+        client = str(client_address[0])
+        authenticator = self.web_config.authenticator() if self.web_config is not None else None
+        if authenticator is not None and authenticator.throttled(client):
+            connections.refuse(request, connections.TOO_MANY_FAILED_LOGINS, plain_http=self.scheme == "http")
+            return
+        if not self.connections.admit(client):
+            connections.refuse(request, connections.TOO_MANY_CONNECTIONS, plain_http=self.scheme == "http")
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started (none left): its place is free again
+            self.connections.leave(client)
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.leave(str(client_address[0]))
+
     def start_background(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="http-server", daemon=True)
         self._thread.start()
@@ -157,6 +202,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+        self.connections.stop()
 
     def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
         # A client that drops the connection or fails the TLS handshake is not our error; anything
@@ -173,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; with Nagle on, the client's delayed ACK holds every
     # response ~40 ms (measured: p50 44 ms, 1.3 ms without).
     disable_nagle_algorithm = True
-    timeout = CONNECTION_IDLE_TIMEOUT
+    timeout = CONNECTION_IDLE_TIMEOUT  # each read's; the server's idle_timeout replaces it in setup()
     server_version = f"autoglm-exporter/{__version__}"
 
     def setup(self) -> None:
@@ -184,11 +230,32 @@ class _Handler(BaseHTTPRequestHandler):
             self.request.settimeout(TLS_HANDSHAKE_TIMEOUT)
             self.request = context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
             try:
-                self.request.do_handshake()
+                self.request.do_handshake()  # the timeout bounds the whole handshake, not each read
             except BaseException:
                 _close(self.request)
                 raise
         super().setup()
+        self.connection.settimeout(self.server.idle_timeout)
+
+    def handle_one_request(self) -> None:
+        guard = self.server.connections
+        # Waiting for the next request: at most the idle timeout, however the client dribbles.
+        guard.watch(self.connection, self.server.idle_timeout)
+        try:
+            arrived = cast(io.BufferedReader, self.rfile).peek(1)  # b"": closed, or shut at the deadline
+        except OSError:  # the read timed out, or the client reset
+            arrived = b""
+        finally:
+            guard.unwatch(self.connection)
+        if not arrived:
+            self.close_connection = True
+            return
+        # Its first byte came: the head and the body (read in _dispatch) within the request timeout.
+        guard.watch(self.connection, self.server.request_timeout)
+        try:
+            super().handle_one_request()
+        finally:
+            guard.unwatch(self.connection)
 
     def finish(self) -> None:
         try:
@@ -232,6 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(refusal[0], refusal[1], extra={"Connection": "close"})
             return
         self._read_body()
+        self.server.connections.unwatch(self.connection)  # read whole: the answer is ours to send
         if not self.server.admit():
             self._send(503, b"Too many requests in flight, try again\n", extra={"Retry-After": "1"})
             return
@@ -245,10 +313,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.release()
 
     def _answer(self, method: str) -> None:
+        if not self._host_allowed(method):  # a DNS-rebinding page names a host of its own
+            self._send(403, b"Host not allowed (see --web.allowed-hosts)\n")
+            return
         if method != "GET" and self._cross_origin():
             self._send(403, b"Cross-origin request refused\n")
             return
-        if not self._authorized():
+        verdict = self._authentication()
+        if verdict == "throttled":  # refused unchecked: this client failed too often lately
+            self.close_connection = True
+            self._send(429, b"Too many failed logins, try again later\n", extra=_THROTTLED)
+            return
+        if verdict != "granted":
             self._send(401, b"Unauthorized\n", extra={"WWW-Authenticate": 'Basic realm="autoglm-exporter"'})
             return
         path = self.path.split("?", 1)[0]
@@ -265,9 +341,17 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"Not Found\n")
 
-    def _authorized(self) -> bool:
+    def _authentication(self) -> str:
+        """ "granted" (or no users configured), "denied" or "throttled"."""
         authenticator = self._web_config.authenticator() if self._web_config is not None else None
-        return authenticator is None or authenticator.check(self.headers.get("Authorization"))
+        if authenticator is None:
+            return "granted"
+        return authenticator.verdict(self.headers.get("Authorization"), client=str(self.client_address[0]))
+
+    def _host_allowed(self, method: str) -> bool:
+        auth_configured = self._web_config is not None and self._web_config.authenticator() is not None
+        hosts = self.server.hosts
+        return not hosts.guards(method, auth_configured) or hosts.allows(self.headers.get("Host"))
 
     def _cross_origin(self) -> bool:
         """True when a web page of another origin sent this request (the browser says so in Origin,
@@ -333,7 +417,7 @@ class _Handler(BaseHTTPRequestHandler):
         if diagnosis is None:
             self._send(503, b'{"error": "no diagnosis yet"}\n', content_type="application/json")
             return
-        body = json.dumps(to_dict(diagnosis), indent=2).encode()
+        body = json.dumps(redact_data(to_dict(diagnosis)), indent=2).encode()
         self._send(200, body, content_type="application/json")
 
     def _send(
@@ -362,7 +446,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(status, {"message": redact(message), "service": service})
 
     def _captures(self) -> None:
-        self._send_json(200, {"captures": self.server.hooks.captures()})
+        self._send_json(200, {"captures": redact_data(self.server.hooks.captures())})
 
     def _capture_file(self, name: str) -> None:
         body = self.server.hooks.capture_file(name)

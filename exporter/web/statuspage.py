@@ -2,7 +2,7 @@
 links, the evidence, the incident timeline, last errors.
 
 Everything shown comes from the world (log lines, error messages, URLs) and is hostile input:
-every value passes through html.escape. The page refreshes itself, needs no JavaScript, and
+every value passes through the redactor, then html.escape. The page refreshes itself, needs no JavaScript, and
 loads nothing from outside.
 """
 
@@ -17,6 +17,7 @@ from .. import __version__
 from ..core.health import CollectorHealth
 from ..diagnosis import LAYERS, ChainVerdict, Change, Diagnosis, Link
 from ..diagnosis.model import clock, since_text
+from ..logs.redact import redact
 
 REFRESH_SECONDS = 10
 HISTORY_SHOWN = 30  # newest changes on the page; /api/diagnosis has them all
@@ -45,6 +46,11 @@ section{margin-bottom:1.2rem}footer{font-size:.8rem;color:#666}
 _MARK = {True: "✔", False: "✘", None: "?"}
 
 
+def _shown(text: str) -> str:
+    """A value as the page shows it: secrets redacted, then escaped."""
+    return html.escape(redact(text))
+
+
 def _state(ok: bool | None) -> str:
     return {True: "ok", False: "broken", None: "unknown"}[ok]
 
@@ -57,7 +63,7 @@ def render(
     now: float | None = None,
 ) -> str:
     now = time.time() if now is None else now
-    esc = html.escape
+    esc = _shown
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<meta http-equiv='refresh' content='{REFRESH_SECONDS}'>",
@@ -87,7 +93,7 @@ def render(
 
 
 def _verdict(chain: ChainVerdict, several: bool, now: float, first: bool) -> str:
-    esc = html.escape
+    esc = _shown
     whose = f"{esc(chain.service)}: " if several else ""
     anchor = " id='verdict'" if first else ""
     since = f"<div class='since'>{esc(since_text(chain.healthy, chain.since, now))}</div>"
@@ -110,7 +116,7 @@ def _verdict(chain: ChainVerdict, several: bool, now: float, first: bool) -> str
 def _history(changes: tuple[Change, ...]) -> str:
     if not changes:
         return "<section id='history'><h3>Timeline</h3><p>nothing changed since the start</p></section>"
-    esc = html.escape
+    esc = _shown
     rows = "".join(
         f"<tr><td>{esc(clock(c.at))}</td><td>{esc(c.kind)}</td><td>{esc(c.name)}</td>"
         f"<td>{esc(f'{c.layer} / {c.reason}' if c.reason else 'ok')}</td>"
@@ -124,7 +130,7 @@ def _history(changes: tuple[Change, ...]) -> str:
 
 
 def _chain(links: tuple[Link, ...], since: Mapping[str, float | None]) -> str:
-    esc = html.escape
+    esc = _shown
     boxes = []
     for layer in LAYERS:
         members = [link for link in links if link.layer == layer]
@@ -152,14 +158,14 @@ def _chain(links: tuple[Link, ...], since: Mapping[str, float | None]) -> str:
 def _recent_errors(lines: tuple[str, ...]) -> str:
     if not lines:
         return "<section><h3>Last errors</h3><p>none in the watched logs</p></section>"
-    items = "".join(f"<li><code>{html.escape(line)}</code></li>" for line in lines)
+    items = "".join(f"<li><code>{_shown(line)}</code></li>" for line in lines)
     return f"<section id='errors'><h3>Last errors</h3><ul>{items}</ul></section>"
 
 
 def _newest_capture(capture: Mapping[str, Any] | None) -> str:
     if not capture:
         return ""
-    esc = html.escape
+    esc = _shown
     name = esc(str(capture.get("name", "")))
     return (
         "<section id='capture'><h3>Newest stack capture</h3>"
@@ -169,7 +175,7 @@ def _newest_capture(capture: Mapping[str, Any] | None) -> str:
 
 
 def _collectors(health: Mapping[str, CollectorHealth]) -> str:
-    esc = html.escape
+    esc = _shown
     rows = "".join(
         f"<tr><td>{esc(name)}</td><td>{'ok' if h.success else ('stuck' if h.stuck else 'failing')}</td>"
         f"<td>{h.duration * 1000:.1f} ms</td><td>{esc(h.last_error or '')}</td></tr>"

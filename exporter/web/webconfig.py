@@ -21,6 +21,7 @@ import re
 import secrets
 import ssl
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -508,14 +509,25 @@ def _kind(value: Any) -> str:
 
 
 class BasicAuthenticator:
-    """Checks ``Authorization: Basic`` headers against bcrypt hashes, caching verdicts.
+    """Checks ``Authorization: Basic`` headers against bcrypt hashes.
 
-    bcrypt costs tens of milliseconds by design and Prometheus sends the same
-    credentials every scrape, so verdicts are cached under a salted SHA-256 of the
-    credentials; plaintext passwords are never stored.
+    bcrypt costs tens of milliseconds by design and Prometheus sends the same credentials every
+    scrape, so credentials that passed are remembered under a salted SHA-256 (plaintext passwords
+    are never stored). Only successes are remembered: a flood of wrong passwords can neither evict
+    the good credentials nor fill the memory, and a correct scrape never waits for bcrypt again.
+
+    Wrong passwords cost bcrypt work, so that work is bounded: one check at a time (a flood costs
+    one core, as in exporter-toolkit), and each client may fail FAILURE_BURST checks at once and then
+    one every FAILURE_REFILL_SECONDS; beyond that its unknown credentials are refused without a
+    check (`throttled`) until it has waited, and the server refuses its new connections as it
+    accepts them (a flooding host costs no thread). Credentials that passed before are granted at
+    once on a connection that is open.
     """
 
-    CACHE_SIZE = 256
+    CACHE_SIZE = 64  # credentials that passed: a handful of scrapers and people
+    FAILURE_BURST = 10
+    FAILURE_REFILL_SECONDS = 1.0
+    MAX_CLIENTS = 4096  # clients whose failure budget is remembered, least recently failed forgotten
 
     def __init__(self, users: Mapping[str, str]) -> None:
         self._users = dict(users)
@@ -526,8 +538,10 @@ class BasicAuthenticator:
         # so they take as long as known ones (no user enumeration by timing).
         self._dummy_hash = max(self._users.values(), key=lambda h: int(h[4:6]), default=None)
         self._salt = secrets.token_bytes(32)
-        self._cache: OrderedDict[bytes, bool] = OrderedDict()
-        self._cache_lock = threading.Lock()
+        self._granted: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()  # guards _granted and _budgets
+        # client -> (failed checks it may still spend, when that was computed)
+        self._budgets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         # One bcrypt at a time, as exporter-toolkit does: a flood of bad passwords
         # then costs one core, not all of them.
         self._bcrypt_lock = threading.Lock()
@@ -535,26 +549,32 @@ class BasicAuthenticator:
     def __repr__(self) -> str:
         return f"BasicAuthenticator(users={sorted(self._users)!r})"
 
-    def check(self, authorization_header: str | None) -> bool:
+    def check(self, authorization_header: str | None, client: str | None = None) -> bool:
         """True only for a well-formed Basic header with a valid user and password."""
+        return self.verdict(authorization_header, client) == "granted"
+
+    def verdict(self, authorization_header: str | None, client: str | None = None) -> str:
+        """ "granted", "denied", or "throttled" (refused unchecked: `client`, when given, failed
+        too often lately)."""
         credentials = _parse_basic(authorization_header)
         if credentials is None:
-            return False
+            return "denied"
         user, password = credentials
         if len(password) > _BCRYPT_MAX_PASSWORD or "\0" in user or self._dummy_hash is None:
-            return False
-
+            return "denied"
         key = hashlib.sha256(self._salt + user.encode() + b"\0" + password).digest()
-        verdict = self._cached(key)
-        if verdict is not None:
-            return verdict
+        if self._was_granted(key):
+            return "granted"
+        if client is not None and not self._spend(client):
+            return "throttled"
         with self._bcrypt_lock:
             # Another thread may have checked the same credentials while we waited.
-            verdict = self._cached(key)
-            if verdict is None:
-                verdict = self._verify(user, password)
-                self._remember(key, verdict)
-        return verdict
+            ok = self._was_granted(key) or self._verify(user, password)
+        if ok:
+            self._grant(key)
+            if client is not None:
+                self._refund(client)
+        return "granted" if ok else "denied"
 
     def _verify(self, user: str, password: bytes) -> bool:
         hashed = self._users.get(user)
@@ -564,19 +584,48 @@ class BasicAuthenticator:
             return False
         return ok and hashed is not None
 
-    def _cached(self, key: bytes) -> bool | None:
-        with self._cache_lock:
-            verdict = self._cache.get(key)
-            if verdict is not None:
-                self._cache.move_to_end(key)
-            return verdict
+    def _was_granted(self, key: bytes) -> bool:
+        with self._lock:
+            if key not in self._granted:
+                return False
+            self._granted.move_to_end(key)
+            return True
 
-    def _remember(self, key: bytes, verdict: bool) -> None:
-        with self._cache_lock:
-            self._cache[key] = verdict
-            self._cache.move_to_end(key)
-            while len(self._cache) > self.CACHE_SIZE:
-                self._cache.popitem(last=False)
+    def _grant(self, key: bytes) -> None:
+        with self._lock:
+            self._granted[key] = None
+            self._granted.move_to_end(key)
+            while len(self._granted) > self.CACHE_SIZE:
+                self._granted.popitem(last=False)
+
+    def _spend(self, client: str) -> bool:
+        """Take one check from the client's budget (given back if it passes); False when none is left."""
+        now = time.monotonic()
+        with self._lock:
+            left, at = self._budgets.get(client, (float(self.FAILURE_BURST), now))
+            left = min(float(self.FAILURE_BURST), left + (now - at) / self.FAILURE_REFILL_SECONDS)
+            if left < 1:
+                self._budgets[client] = (left, now)
+                return False
+            self._budgets[client] = (left - 1, now)
+            self._budgets.move_to_end(client)
+            while len(self._budgets) > self.MAX_CLIENTS:
+                self._budgets.popitem(last=False)
+            return True
+
+    def throttled(self, client: str) -> bool:
+        """Whether `client` has no failed check left now (its next unknown credentials would be
+        refused unchecked): the server then refuses its connections as they are accepted."""
+        with self._lock:
+            if client not in self._budgets:
+                return False
+            left, at = self._budgets[client]
+        return left + (time.monotonic() - at) / self.FAILURE_REFILL_SECONDS < 1
+
+    def _refund(self, client: str) -> None:
+        with self._lock:
+            left, at = self._budgets.get(client, (float(self.FAILURE_BURST), time.monotonic()))
+            self._budgets[client] = (min(float(self.FAILURE_BURST), left + 1), at)
 
 
 def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
