@@ -6,6 +6,7 @@ tests drop the privilege py-spy runs with, exactly as a container without SYS_PT
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,6 +15,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,7 +38,7 @@ from autoglm_exporter.forensics import (
 )
 from autoglm_exporter.linux.subprocesses import unreaped_count
 
-from .conftest import require_binary, wait_until
+from .conftest import DEBIAN_PYTHON, require_binary, wait_until
 
 SERVICES = Path(__file__).resolve().with_name("stuck_services.py")
 RUN_SERVICE = (
@@ -115,29 +117,43 @@ class Service:
 
 
 @pytest.fixture
-def start_service(child_processes: Callable[..., subprocess.Popen[bytes]]) -> Callable[[str], Service]:
-    """Start a real stuck_services.py mode and wait for its ready line; killed after the test."""
+def start_service() -> Iterator[Callable[..., Service]]:
+    """Start a real stuck_services.py mode (with the venv's Python unless told another) and wait for
+    its ready line; killed after the test."""
+    children: list[subprocess.Popen[bytes]] = []
 
-    def start(mode: str) -> Service:
-        child = child_processes(RUN_SERVICE, mode)
+    def start(mode: str, python: str = sys.executable) -> Service:
+        child = subprocess.Popen([python, "-c", RUN_SERVICE, mode], stdout=subprocess.PIPE)
+        children.append(child)
         lines = Lines(child)
         ready = lines.read()
         assert ready.startswith(f"ready pid={child.pid}"), ready
         return Service(child, lines, ready)
 
-    return start
+    yield start
+    for child in children:
+        child.kill()
+        child.wait(5)
+        assert child.stdout is not None
+        child.stdout.close()
 
 
 # --- analysis of real stuck services --------------------------------------------------------------
 
 
-def test_deadlock_names_both_threads_and_the_lines_of_their_lock_acquires(start_service, py_spy) -> None:
-    service = start_service("deadlock")
+def test_deadlock_names_both_threads_and_the_lines_of_their_lock_acquires(
+    start_service, py_spy, interpreter
+) -> None:
+    service = start_service("deadlock", interpreter)
     service.trigger("triggered", "stuck")
 
     dumps, analysis = settled(service.pid, py_spy, lambda analysis: analysis.deadlock_suspected)
 
     assert len(dumps) == 3 and all(one.native for one in dumps)
+    names = {frame.function for one in dumps for thread in one.threads for frame in thread.frames}
+    if interpreter == DEBIAN_PYTHON:
+        # The stripped build names no lock_PyThread_acquire_lock, only the exported primitive.
+        assert "PyThread_acquire_lock_timed" in names and "lock_PyThread_acquire_lock" not in names
     assert analysis.deadlock_suspected
     blocked = {thread.name: thread for thread in analysis.in_state("blocked")}
     assert set(blocked) == {"MainThread", "worker-a", "worker-b"}
@@ -177,8 +193,8 @@ def test_without_native_frames_a_wait_inside_c_is_never_called_a_deadlock(start_
     }
 
 
-def test_a_spinning_worker_is_busy_in_its_function_not_blocked(start_service, py_spy) -> None:
-    service = start_service("spinner")
+def test_a_spinning_worker_is_busy_in_its_function_not_blocked(start_service, py_spy, interpreter) -> None:
+    service = start_service("spinner", interpreter)
     service.trigger("triggered")
 
     _, analysis = settled(service.pid, py_spy, lambda a: any(t.state == "busy" for t in a.threads))
@@ -194,8 +210,8 @@ def test_a_spinning_worker_is_busy_in_its_function_not_blocked(start_service, py
     assert analysis.summary == f"1 thread busy: spinner in spin at {spinner.where.location}"
 
 
-def test_a_healthy_idle_server_has_no_blocked_threads(start_service, py_spy) -> None:
-    service = start_service("healthy")
+def test_a_healthy_idle_server_has_no_blocked_threads(start_service, py_spy, interpreter) -> None:
+    service = start_service("healthy", interpreter)
     port = int(service.ready.rsplit("port=", 1)[1])
     assert httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text == "ok\n"
 
@@ -212,8 +228,10 @@ def test_a_healthy_idle_server_has_no_blocked_threads(start_service, py_spy) -> 
     assert analysis.summary == "no blocked or busy threads (3 idle) across 3 dumps"
 
 
-def test_all_workers_blocked_with_one_on_a_lock_is_a_suspected_deadlock(start_service, py_spy) -> None:
-    service = start_service("waiters")
+def test_all_workers_blocked_with_one_on_a_lock_is_a_suspected_deadlock(
+    start_service, py_spy, interpreter
+) -> None:
+    service = start_service("waiters", interpreter)
 
     _, analysis = settled(service.pid, py_spy, lambda analysis: analysis.deadlock_suspected)
 
@@ -229,6 +247,48 @@ def test_all_workers_blocked_with_one_on_a_lock_is_a_suspected_deadlock(start_se
     locker = next(thread for thread in analysis.threads if thread.name == "locker")
     assert f"locker on a lock at {locker.where.location}" in analysis.summary
     assert analysis.summary.endswith("(possible deadlock)")
+
+
+def test_requests_waiting_behind_a_deadlock_are_named_after_the_two_threads_that_hold_it(
+    start_service, py_spy, interpreter
+) -> None:
+    service = start_service("deadlocked_server", interpreter)
+    port = int(service.ready.rsplit("port=", 1)[1])
+    url = f"http://127.0.0.1:{port}/inference"
+    assert httpx.post(url, json={}, timeout=5).status_code == 200
+    service.trigger("triggered", "stuck")
+    requests = 3
+    for _ in range(requests):  # each hangs in its own handler thread, on the lock worker-a holds
+        threading.Thread(target=_ask_and_give_up, args=(url,), daemon=True).start()
+
+    def all_requests_blocked(analysis: Analysis) -> bool:
+        return len(analysis.in_state("blocked")) == 2 + requests
+
+    _, analysis = settled(service.pid, py_spy, all_requests_blocked)
+
+    assert analysis.deadlock_suspected
+    blocked = analysis.in_state("blocked")
+    assert all(thread.waiting_on == "lock" for thread in blocked)
+    # The two threads of the cycle come first, each at its own line; the requests pile up at one.
+    assert [(t.name, t.where.line if t.where else None) for t in blocked[:2]] == [
+        ("worker-a", marker_line("worker-a")),
+        ("worker-b", marker_line("worker-b")),
+    ]
+    handlers = blocked[2:]
+    assert {(t.where.function, t.where.line) for t in handlers if t.where} == {
+        ("LockedHandler.do_POST", marker_line("handler"))
+    }
+    short = blocked[0].where.location.rsplit(":", 1)[0] if blocked[0].where else "?"
+    lines = ", ".join(f"{short}:{marker_line(name)}" for name in ("worker-a", "worker-b", "handler"))
+    assert analysis.summary == (
+        f"threads worker-a, worker-b, {handlers[0].name} and {requests - 1} more blocked on locks at "
+        f"{lines} (possible deadlock)"
+    )
+
+
+def _ask_and_give_up(url: str) -> None:
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(url, json={}, timeout=60)
 
 
 # --- failures: clear kinds, never a crash ---------------------------------------------------------
@@ -380,6 +440,7 @@ def test_profile_writes_a_flame_graph_of_the_spinner(start_service, py_spy, tmp_
 
 def test_profile_of_a_process_where_nothing_runs_has_no_samples(start_service, py_spy, tmp_path) -> None:
     service = start_service("waiters")
+    settled(service.pid, py_spy, lambda analysis: analysis.deadlock_suspected)  # every thread now waits
     output = tmp_path / "idle.svg"
 
     with pytest.raises(CaptureError) as caught:
