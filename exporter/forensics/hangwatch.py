@@ -9,6 +9,9 @@ Stacks explain a hang, nothing else, so only a hang of a live process triggers a
 - a client probe connected to the service and still waiting after `hang_after` seconds (the
   inflight collector's facts), while that probe still waits: evidence within seconds, not after
   the probe's 30 s timeout;
+- a client probe that connected, waited `hang_after` or longer and timed out: the same hang,
+  seen only once it ended (a probe whose timeout is `hang_after` ends before the inflight
+  collector, read once a second, sees it wait that long);
 - or `trigger_after_failures` client probes in a row that connected and timed out (probes whose
   timeout is shorter than `hang_after`), counted for the service's current main process only.
 Refused connections, HTTP errors, bad answers, resets or a port held by another process never
@@ -112,6 +115,7 @@ class HangWatch:
         self._services: set[str] = set()
         self._main_pids: dict[str, int | None] = {}  # service -> its main pid at the last look
         self._timeouts: dict[tuple[str, str], int] = {}  # (service, target) -> timed out in a row
+        self._waited: dict[tuple[str, str], float] = {}  # its last probe's wait, when it timed out hung
         self._counted: dict[str, float] = {}  # target -> finished_at of the last probe counted
         self._next_automatic: dict[str, float] = {}  # service -> clock() before which none starts
 
@@ -159,6 +163,7 @@ class HangWatch:
         for name, service in process.services.items():
             if name in self._main_pids and self._main_pids[name] != service.main_pid:
                 self._timeouts = {key: n for key, n in self._timeouts.items() if key[0] != name}
+                self._waited = {key: w for key, w in self._waited.items() if key[0] != name}
                 self._next_automatic.pop(name, None)
             self._main_pids[name] = service.main_pid
 
@@ -174,6 +179,10 @@ class HangWatch:
             outcome = target.outcome
             hung = outcome.reason == "read_timeout" and outcome.connected
             self._timeouts[key] = self._timeouts.get(key, 0) + 1 if hung else 0
+            if hung and outcome.duration >= self.config.hang_after:
+                self._waited[key] = outcome.duration
+            else:
+                self._waited.pop(key, None)
 
     def _hanging(
         self, process: ProcessFacts, probe: ProbeFacts | None, in_flight: InFlightFacts | None
@@ -194,8 +203,13 @@ class HangWatch:
                     f"probe {waiting.target} unanswered for {waiting.waited:.1f}s",
                 )
         for target in probe.targets.values() if probe is not None else []:
-            row = self._timeouts.get((target.service or "", target.name), 0)
-            if target.layer == "client" and row >= self.config.trigger_after_failures:
+            key = (target.service or "", target.name)
+            row, waited = self._timeouts.get(key, 0), self._waited.get(key)
+            if target.layer != "client":
+                continue
+            if waited is not None:
+                hangs(target.service, target.url, f"probe {target.name} timed out after {waited:.1f}s")
+            elif row >= self.config.trigger_after_failures:
                 hangs(target.service, target.url, f"probe {target.name} timed out {row}x in a row")
         return list(found.values())
 
