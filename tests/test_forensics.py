@@ -32,10 +32,13 @@ from autoglm_exporter.forensics import (
     CaptureNotFound,
     CaptureStore,
     Dump,
+    Frame,
+    ThreadStack,
     analyse,
     capture,
     profile,
 )
+from autoglm_exporter.forensics.analysis import waiting_on
 from autoglm_exporter.linux.subprocesses import unreaped_count
 
 from .conftest import DEBIAN_PYTHON, require_binary, wait_until
@@ -289,6 +292,41 @@ def test_requests_waiting_behind_a_deadlock_are_named_after_the_two_threads_that
 def _ask_and_give_up(url: str) -> None:
     with contextlib.suppress(httpx.HTTPError):
         httpx.post(url, json={}, timeout=60)
+
+
+# Native frames (function, module) above an application line, innermost first, as builds this
+# machine does not have show them; the real captures above cover the 3.11 builds it has.
+@pytest.mark.parametrize(
+    ("native", "wait"),
+    [
+        ([("_PySemaphore_Wait", "python3.13"), ("_PyMutex_LockTimed", "python3.13")], "lock"),  # 3.13
+        ([("0x7f0e77da6f16", "libc.so.6"), ("pthread_cond_timedwait", "libc.so.6")], "gil"),  # stripped
+        ([("___pthread_cond_timedwait64", "libc.so.6"), ("time_sleep", "libpython3.12.so")], "gil"),
+        ([("pthread_cond_wait", "libc.so.6"), ("gpr_cv_wait", "cygrpc.cpython-311.so")], "unknown"),
+        ([("__new_sem_wait_slow64", "libc.so.6"), ("0x55d0c0ffee", "python3.12")], "lock"),
+        (
+            [("PyThread_acquire_lock_timed", "libpython3.11.so"), ("_queue_SimpleQueue_get_impl", "x")],
+            "queue",
+        ),
+        ([("__GI___poll", "libc.so.6")], "select"),
+        ([("__libc_recv", "libc.so.6"), ("0x55d0c0ffee", "python3.11")], "io"),
+    ],
+    ids=[
+        "pymutex",
+        "gil-stripped",
+        "gil-after-sleep",
+        "extension-condvar",
+        "sem",
+        "simplequeue",
+        "poll",
+        "recv",
+    ],
+)
+def test_native_wait_markers_of_other_builds(native: list[tuple[str, str]], wait: str) -> None:
+    frames = [Frame(function, f"/usr/lib/{module}", 0, native=True) for function, module in native]
+    app = Frame("handle", "/srv/app/handler.py", 42, "app/handler.py")
+    thread = ThreadStack(1, 2, "worker", False, False, (*frames, app))
+    assert waiting_on(thread) == (wait, app)
 
 
 # --- failures: clear kinds, never a crash ---------------------------------------------------------
