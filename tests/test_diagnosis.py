@@ -444,15 +444,16 @@ def test_queue_growth_needs_several_readings_and_a_minimum_depth() -> None:
     assert feed.diagnosis.chains[0].users_hurt
 
 
-def test_engine_tokens_flat_for_one_reading_is_not_a_stall() -> None:
+def test_engine_tokens_flat_for_less_than_the_window_is_not_a_stall() -> None:
     feed = Feed()
     feed.healthy_start()
-    feed.publish("engine", engine(waiting=4, stalled=True), after=10)
-    feed.publish("system", system())
-    assert feed.verdict() is None
-    feed.publish("engine", engine(waiting=4, stalled=True), after=10)
-    assert feed.verdict() == ("stall", "engine_stalled")
-    assert "no token generated for 2 readings" in feed.diagnosis.verdict.summary
+    for flat in (1, 2):  # flat, but not yet over the window (the collector's `stalled`)
+        feed.publish("engine", engine(waiting=4, flat=flat), after=10)
+        feed.publish("system", system())
+        assert feed.verdict() is None
+    feed.publish("engine", engine(waiting=4, flat=3, stalled=True), after=10)
+    assert feed.verdict() == ("stall", "engine_stalled")  # held over its window: no extra wait
+    assert "no token generated for 3 readings" in feed.diagnosis.verdict.summary
     feed.publish("engine", engine(waiting=0, tokens=150), after=10)
     feed.publish("engine", engine(waiting=0, tokens=200), after=10)
     assert feed.verdict() is None
@@ -582,7 +583,7 @@ def test_a_hung_generation_probe_corroborates_one_flat_reading_of_a_stalled_engi
     )
     feed = Feed(config=dataclasses.replace(CONFIG, targets=(*CONFIG.targets, generate)))
     feed.healthy_start()
-    feed.publish("engine", engine(waiting=4, stalled=True), after=10)
+    feed.publish("engine", engine(waiting=4, flat=1), after=10)
     assert feed.verdict() is None  # one flat reading alone is not a stall
     # The engine's own generation probe has waited past hang_after for its token: the same stall,
     # seen a second way; no need to wait for a second flat reading.

@@ -1,9 +1,10 @@
 """Stall links: stuck threads (py-spy), an engine not generating, idle GPUs with a backlog, queue growth.
 
-Trends are judged over several readings (trends.py), never one: a stalled engine's tokens stayed
-flat at ENGINE_FLAT_READINGS readings in a row while requests waited (or at one, while a probe of
-the engine's service has waited `forensics.hang_after` for its answer: a second, independent
-observation of the same stall); a queue rose at each of
+Trends are judged over several readings, never one: a stalled engine's tokens stayed flat at
+ENGINE_FLAT_READINGS readings in a row spanning ENGINE_STALL_WINDOW_SECONDS while requests waited
+(the engine collector's `stalled`), or at one while a probe of the engine's service has waited
+`forensics.hang_after` for its answer (a second, independent observation of the same stall); a
+queue rose at each of
 QUEUE_GROWTH_READINGS readings and holds at least QUEUE_MIN_DEPTH. Such a link says how many
 readings it already held, so the verdict does not wait for as many again.
 """
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 from .client import hung_probe
 from .facts import Facts
 from .model import Link, engine_subject, number
-from .thresholds import ENGINE_FLAT_READINGS, FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_READINGS, QUEUE_MIN_DEPTH
+from .thresholds import FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_READINGS, QUEUE_MIN_DEPTH
 from .trends import Trends
 
 if TYPE_CHECKING:
@@ -68,10 +69,9 @@ def stall_links(facts: Facts, trends: Trends, hang_after: float) -> list[Link]:
     engine, redis = facts.engine, facts.redis
     links = gpu_idle_links(engine, facts.gpu)
     for instance in engine.engines.values() if engine is not None else []:
-        flat = trends.flat_readings(instance.name)
-        corroborated = _engine_probe_hangs(facts, instance, hang_after)
-        needed = 1 if corroborated else ENGINE_FLAT_READINGS
-        if instance.up and instance.stalled and flat >= needed:
+        flat = instance.flat_readings
+        corroborated = flat >= 1 and _engine_probe_hangs(facts, instance, hang_after)
+        if instance.up and (instance.stalled or corroborated):
             links.append(
                 Link(
                     f"engine {instance.name} generation",
