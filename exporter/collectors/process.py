@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ..config import ServiceConfig
 from ..linux import procfs
 from ..linux.processes import Membership, ProcfsUnreadable, ServiceMatcher
+from ..logs.redact import redact
 from ..metrics.spec import Families, Family, counter, gauge
 from .base import Collector, CollectorError, Result
 
@@ -65,6 +66,7 @@ PORT_TAKEN = gauge(
 )
 
 MAX_PORTS_PER_SERVICE = 32
+MAX_COMMAND_CHARS = 256  # of a process's command line quoted in the verdict
 
 
 @dataclass
@@ -85,7 +87,7 @@ class ServiceFacts:
     listening_ports: list[int] = field(default_factory=list)
     expected_port: int | None = None
     expected_port_listening: bool = False
-    # Processes outside the service that listen on its expected port (pid, command name).
+    # Processes outside the service that listen on its expected port: (pid, command line, redacted).
     port_taken_by: list[tuple[int, str]] = field(default_factory=list)
 
     @property
@@ -174,15 +176,23 @@ class ProcessCollector(Collector):
         self._note_main_process(facts, membership.main.get(service.name))
         return facts
 
-    @staticmethod
-    def _others_on(port: int, mine: list[int], membership: Membership) -> list[tuple[int, str]]:
-        """(pid, command name) of the processes outside the service that listen on its port."""
+    def _others_on(self, port: int, mine: list[int], membership: Membership) -> list[tuple[int, str]]:
+        """(pid, command) of the processes outside the service that listen on its port."""
         others = []
         for pid in membership.port_owners.get(port, ()):
             stat = membership.cycle.stat(pid)
             if stat is not None and pid not in mine:
-                others.append((pid, stat.comm))
+                others.append((pid, self._command(pid, stat.comm)))
         return others
+
+    def _command(self, pid: int, comm: str) -> str:
+        """The command line as a person reads it, secrets masked and cut short; its name if unreadable."""
+        try:
+            command = procfs.read_cmdline(self.proc_root, pid)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            command = ""
+        command = redact(command or comm)
+        return command if len(command) <= MAX_COMMAND_CHARS else command[: MAX_COMMAND_CHARS - 3] + "..."
 
     def _note_main_process(self, facts: ServiceFacts, main: tuple[int, int] | None) -> None:
         """The main (oldest) process, its start time, and a restart when it is another one."""
