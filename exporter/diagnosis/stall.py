@@ -18,6 +18,7 @@ from .facts import Facts
 from .model import Link, engine_subject, number
 from .thresholds import FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_READINGS, QUEUE_MIN_DEPTH
 from .trends import Trends
+from .workers import worker_links
 
 if TYPE_CHECKING:
     from ..collectors.engine import EngineFacts, EngineInstanceFacts
@@ -67,7 +68,7 @@ def gpu_idle_links(engine: EngineFacts | None, gpu: GpuFacts | None) -> list[Lin
 
 def stall_links(facts: Facts, trends: Trends, hang_after: float) -> list[Link]:
     engine, redis = facts.engine, facts.redis
-    links = gpu_idle_links(engine, facts.gpu)
+    links = gpu_idle_links(engine, facts.gpu) + worker_links(facts, hang_after)
     for instance in engine.engines.values() if engine is not None else []:
         flat = instance.flat_readings
         corroborated = flat >= 1 and _engine_probe_hangs(facts, instance, hang_after)
@@ -138,21 +139,33 @@ def forensics_links(forensics: ForensicsFacts | None, now: float) -> list[Link]:
         if analysis is None:
             continue
         where = f"py-spy dump --pid {analysis.pid}"
+        # The stacks of a stuck child (vLLM's engine core), not of the service's main process.
+        child = (
+            (f"stacks of {evidence.process}, the service's stuck child process",) if evidence.process else ()
+        )
         blocked = [t for t in analysis.threads if t.state == "blocked"]
         busy = [t for t in analysis.threads if t.state == "busy"]
         # Several dumps compared a short interval apart: the capture is already a judgement
         # over several readings.
         held = analysis.dumps
         if analysis.deadlock_suspected:
-            evidence_lines = tuple(t.description for t in blocked[:4])
+            evidence_lines = child + tuple(t.description for t in blocked[:4])
             reason = "threads_blocked"
         elif busy and evidence.capture is not None and evidence.capture.reason not in _ASKED_FOR:
             # A thread busy in one function is normal work unless the service stopped answering.
-            evidence_lines = tuple(t.description for t in busy[:4])
+            evidence_lines = child + tuple(t.description for t in busy[:4])
             reason = "cpu_bound_loop"
         else:
             links.append(
-                Link(name, "stall", True, analysis.summary, source="probe", subject=evidence.service)
+                Link(
+                    name,
+                    "stall",
+                    True,
+                    analysis.summary,
+                    evidence=child,
+                    source="probe",
+                    subject=evidence.service,
+                )
             )
             continue
         links.append(

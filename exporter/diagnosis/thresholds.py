@@ -49,6 +49,10 @@ QUEUE_GROWTH_WINDOW_SECONDS = (QUEUE_GROWTH_READINGS - 1) * READING_SECONDS  # t
 ENGINE_FLAT_READINGS = 3
 ENGINE_STALL_WINDOW_SECONDS = (ENGINE_FLAT_READINGS - 1) * READING_SECONDS
 
+# A service's worker child (vLLM's engine core) that used no CPU and made no context switch at this
+# many process readings in a row, while its engine has requests, is stuck (diagnosis/workers.py).
+WORKER_IDLE_READINGS = 2
+
 # --- the verdict over time ------------------------------------------------------------------------
 # A probe's refusal is judged against the process reading only when both were taken this close
 # together (one interval plus its jitter); otherwise the verdict says the reading is stale.

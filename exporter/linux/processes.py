@@ -100,6 +100,10 @@ class Membership:
     main: dict[str, tuple[int, int]]  # service -> (pid, start ticks) of its oldest process, if any
     port_owners: dict[int, tuple[int, ...]]  # each configured port -> the pids holding its LISTEN socket
     first_service: dict[int, str]  # pid -> the first configured service it belongs to
+    # service -> the processes below its processes in the tree (its workers: vLLM's engine core,
+    # renamed VLLM::EngineCore, which no command-line rule of the API server matches), sorted;
+    # found whether or not include_children counts them as the service's own.
+    children: dict[str, tuple[int, ...]]
 
     def main_pid(self, service: str) -> int | None:
         """The service's oldest process: where stacks, its cgroup and its environment are read."""
@@ -171,8 +175,12 @@ class ServiceMatcher:
             for pid in members:
                 first_service.setdefault(pid, name)
         main = {name: found for name, members in services.items() if (found := _oldest(members, cycle))}
+        below = _children_of(pids, cycle)
+        children = {name: tuple(sorted(_below(members, below))) for name, members in services.items()}
         self._forget_gone(pids)
-        return Membership(time.monotonic(), cycle, tuple(pids), services, main, port_owners, first_service)
+        return Membership(
+            time.monotonic(), cycle, tuple(pids), services, main, port_owners, first_service, children
+        )
 
     def _match(
         self, service: ServiceConfig, pids: list[int], cycle: Cycle, port_owners: dict[int, tuple[int, ...]]
@@ -289,16 +297,25 @@ def _read_pidfile(path: str) -> int | None:
 
 
 def _descendants(roots: set[int], pids: list[int], cycle: Cycle) -> set[int]:
+    return _below(roots, _children_of(pids, cycle)) - roots
+
+
+def _children_of(pids: list[int], cycle: Cycle) -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for pid in pids:
         stat = cycle.stat(pid)
         if stat is not None:
             children.setdefault(stat.ppid, []).append(pid)
+    return children
+
+
+def _below(roots: Iterable[int], children: dict[int, list[int]]) -> set[int]:
+    """Every process below one of `roots` in the tree (a root below another root included)."""
     found: set[int] = set()
     stack = list(roots)
     while stack:
         for child in children.get(stack.pop(), []):
-            if child not in found and child not in roots:
+            if child not in found:
                 found.add(child)
                 stack.append(child)
     return found
