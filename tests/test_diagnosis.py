@@ -597,10 +597,11 @@ def test_a_hung_generation_probe_corroborates_one_flat_reading_of_a_stalled_engi
 # --- a worker child stuck while its parent answers (vLLM's engine core) ----------------------------
 
 
-def _worker(state: str = "sleeping", idle: int = 0) -> WorkerFacts:
+def _worker(state: str = "sleeping", idle: int = 0, readings: int = 2) -> WorkerFacts:
+    """vLLM's engine core, in `state` at `readings` readings in a row, idle at `idle` of them."""
     return WorkerFacts(
-        5151, 4242, "VLLM::EngineCore", state, 1000, 30.0, 2.0, 40, {state: 40}, 9000, 100, idle,
-        T0 if idle else None,
+        5151, 4242, "VLLM::EngineCore", state, 1000, 30.0, 2.0, 40, {state: 40}, 9000, 100,
+        state_readings=readings, idle_readings=idle, idle_since=T0 if idle else None,
     )  # fmt: skip
 
 
@@ -623,6 +624,12 @@ def test_a_stopped_engine_core_is_named_with_its_pid_and_state_while_a_probe_han
     assert "probe inference has waited 7 s for its answer" in verdict.summary
     assert verdict.evidence[0].startswith("pid 5151 VLLM::EngineCore: state T (stopped), 40 threads")
     assert "py-spy dump --nonblocking --pid 5151" in verdict.next_command
+
+
+def test_a_child_stopped_for_one_reading_only_is_not_stuck() -> None:
+    """A tracer (py-spy, a debugger) stops a process for a moment: not a stuck engine core."""
+    facts = {"process": _with_worker(_worker("stopped", readings=1)), "inflight": waiting(9.0)}
+    assert verdict(facts) == ("client", "not_answering")
 
 
 def test_a_health_200_is_no_proof_of_life_of_a_stopped_engine_core() -> None:

@@ -100,9 +100,12 @@ def test_the_renamed_child_is_the_services_worker_with_its_pid_state_and_counter
     assert worked.idle_readings == 0
 
     tree.stop_child()
+    first = collector.collect().facts.services["engine"]
+    assert first.worker.state == "stopped" and first.worker.letter == "T"
+    assert not first.worker.stuck and first.stuck_child is None  # a tracer stops a process for a moment
     stopped = collector.collect()
     worker = stopped.facts.services["engine"].worker
-    assert worker.state == "stopped" and worker.letter == "T" and worker.stuck
+    assert worker.state == "stopped" and worker.state_readings == 2 and worker.stuck
     assert stopped.facts.services["engine"].stuck_child == worker
     value = registry_of(stopped).get_sample_value
     assert value("autoglm_process_worker_state", {"service": "engine", "state": "stopped"}) == 1

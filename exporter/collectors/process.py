@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from ..config import ServiceConfig
+from ..diagnosis.thresholds import WORKER_STUCK_READINGS
 from ..linux import procfs
 from ..linux.processes import Membership, ProcfsUnreadable, ServiceMatcher
 from ..logs.redact import redact
@@ -110,8 +111,8 @@ WORKER_IDLE_READINGS = gauge(
 
 MAX_PORTS_PER_SERVICE = 32
 MAX_WORKERS_READ = 16  # child processes of a service read each cycle (the rest are only counted)
-# A worker in one of these states is stuck whatever its counters say: stopped (SIGSTOP, a tracer),
-# blocked in the kernel, or dead and not reaped by its parent.
+# A child in one of these states at WORKER_STUCK_READINGS readings in a row is stuck whatever its
+# counters say: stopped (SIGSTOP, a debugger), blocked in the kernel, or dead and not reaped.
 STUCK_STATES = ("stopped", "zombie", "disk_sleep")
 MAX_COMMAND_CHARS = 256  # of a process's command line quoted in the verdict
 
@@ -131,12 +132,13 @@ class WorkerFacts:
     thread_states: dict[str, int]
     voluntary_ctxt_switches: int
     involuntary_ctxt_switches: int
+    state_readings: int = 1  # readings in a row it has been in this state
     idle_readings: int = 0  # readings in a row it used no CPU and made no context switch (the worker only)
     idle_since: float | None = None  # time.time() of the first of them
 
     @property
     def stuck(self) -> bool:
-        return self.state in STUCK_STATES
+        return self.state in STUCK_STATES and self.state_readings >= WORKER_STUCK_READINGS
 
     @property
     def letter(self) -> str:
@@ -235,6 +237,7 @@ class ProcessCollector(Collector):
         self._boot_time: float | None = None
         self._last_look: float | None = None  # when the membership of its previous reading was taken
         self._last_worker: dict[str, WorkerFacts] = {}  # service -> its worker at the previous reading
+        self._child_states: dict[str, dict[int, tuple[int, str, int]]] = {}  # pid -> (start, state, readings)
 
     def collect(self) -> Result:
         try:
@@ -283,7 +286,9 @@ class ProcessCollector(Collector):
     def _read_children(self, facts: ServiceFacts, pids: tuple[int, ...]) -> None:
         """The service's child processes, and its worker with how long its counters stood still."""
         facts.child_processes = len(pids)
-        children = [child for pid in pids[:MAX_WORKERS_READ] if (child := self._child(pid)) is not None]
+        children = self._note_states(
+            facts.name, [c for pid in pids[:MAX_WORKERS_READ] if (c := self._child(pid))]
+        )
         busiest = _busiest_subtree(children)
         worker = self._note_worker(facts.name, busiest) if busiest is not None else None
         if worker is None:
@@ -293,6 +298,18 @@ class ProcessCollector(Collector):
         facts.children = sorted(
             children, key=lambda c: (not c.stuck, -(c.cpu_user_seconds + c.cpu_system_seconds))
         )
+
+    def _note_states(self, service: str, children: list[WorkerFacts]) -> list[WorkerFacts]:
+        """How many readings in a row each child has been in its state (a tracer stops a process for a
+        moment; a stuck one stays)."""
+        before = self._child_states.get(service, {})
+        states: dict[int, tuple[int, str, int]] = {}
+        for child in children:
+            start, state, count = before.get(child.pid, (-1, "", 0))
+            same = (start, state) == (child.start_ticks, child.state)
+            states[child.pid] = (child.start_ticks, child.state, count + 1 if same else 1)
+        self._child_states[service] = states
+        return [replace(child, state_readings=states[child.pid][2]) for child in children]
 
     def _child(self, pid: int) -> WorkerFacts | None:
         try:
