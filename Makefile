@@ -4,8 +4,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
+# The real vLLM (CPU build) and the tiny model it serves, for the contract tests and the demo.
+VLLM_VENV ?= .venv-vllm
+VLLM_MODEL_DIR ?= .cache/vllm-tiny-llama
+export VLLM_VENV VLLM_MODEL_DIR
 
-.PHONY: run test deps venv lint typecheck unit bench docs doctor mixin
+.PHONY: run test deps venv lint typecheck unit bench docs doctor mixin vllm vllm-serve demo-vllm
 
 run: venv
 	$(VENV)/bin/autoglm-exporter $(ARGS)
@@ -30,6 +34,19 @@ typecheck:
 
 unit:
 	CI=$${CI:-} $(PY) -m pytest
+
+# The real vLLM in its own venv and the tiny model (`make deps` does this too).
+vllm:
+	scripts/vllm/install.sh
+
+# Serve the tiny model with the real vLLM on 127.0.0.1:8000 (VLLM_PORT=... for another port).
+vllm-serve: vllm
+	scripts/vllm/serve.sh $(ARGS)
+
+# The demo with the real vLLM in place of the look-alike engine: vLLM on :8000, Redis on :6379,
+# the demo API on :8080. Watch it with `make run` (or `docker compose up -d` for the dashboards).
+demo-vllm: vllm venv
+	VENV=$(VENV) scripts/vllm/demo.sh
 
 docs: deps
 	$(PY) -m autoglm_exporter.metrics.doc README.md

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the exporter and its tests need on a fresh Debian machine:
-# the real components the tests drive (Debian packages) and the Python venv.
+# the real components the tests drive (Debian packages), the Python venv, and the real vLLM
+# (CPU build, its own venv) with the tiny model it serves (scripts/vllm/install.sh).
 # Idempotent: does nothing that is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,3 +52,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV/bin/pip" install -q -e '.[test]'
   touch "$stamp"
 fi
+
+# The real engine the contract tests run (several GB, minutes the first time; cached after).
+[ "${PYTHON_ONLY:-0}" = 1 ] || PYTHON="$PYTHON" scripts/vllm/install.sh

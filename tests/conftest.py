@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from .support import FIXTURES as FIXTURES  # re-exported: tests import these two from here
 from .support import REPO as REPO
 from .support import find_binary, free_port, start_logged, stop_process, wait_until
+from .vllm_harness import vllm_server as vllm_server  # one real vLLM for the test session
 
 
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -10,7 +10,9 @@ them (build_collectors, a CollectorRunner each, the Store with the daemon's deri
 - the fake NVML of tests/fakes: two H100s, one vLLM worker on each;
 - a real redis-server whose queues hold a known number of items;
 - real HTTP servers on 127.0.0.1: the Open-AutoGLM API, an OpenAI-compatible engine, and vLLM's
-  /metrics page as vLLM 0.11.0 writes it (tests/fixtures/golden/vllm-0.11.0.metrics).
+  /metrics page twice, as vLLM 0.11.0 writes it (tests/fixtures/golden/vllm-0.11.0.metrics) and as
+  the real vLLM 0.32.0 (CPU build, tiny model, under load) served it (vllm-0.32.0.metrics): users
+  run both, and the page shows what the engine collector reads from each.
 
 The rendered page must equal tests/fixtures/golden/metrics.prom once normalised, and
 `promtool check metrics` must print nothing for it (the page as rendered, not normalised).
@@ -53,6 +55,7 @@ from .fakes.fake_pynvml import FakeGpu, FakeNvml, FakeProcess, Scenario, gpu_uui
 GOLDEN = FIXTURES / "golden"
 GOLDEN_PAGE = GOLDEN / "metrics.prom"
 VLLM_PAGE = GOLDEN / "vllm-0.11.0.metrics"
+VLLM_0_32_PAGE = GOLDEN / "vllm-0.32.0.metrics"  # recorded: tests/test_vllm_contract.py keeps it true
 MODEL = "zai-org/AutoGLM-Phone-9B"
 HEADER = "# Written by UPDATE_GOLDEN=1 pytest tests/test_golden.py (normalised and sorted: see that file).\n"
 SECRET = "hf_golden_fixture_secret"  # in the vLLM processes' environment (overlay): never on the page
@@ -125,10 +128,12 @@ def golden_world(directory: Path, redis: RedisServer) -> Iterator[Config]:
     (logs / "error.log").write_text("INFO started\n")  # history: read from its end
     (logs / "trace.log").write_text("")
     page = VLLM_PAGE.read_bytes()
+    page_0_32 = VLLM_0_32_PAGE.read_bytes()
     with (
         fs.FaultServer(fs.answer(200, '{"text": "Hi"}')) as api,
         fs.FaultServer(fs.openai(MODEL)) as chat,
         fs.FaultServer(fs.answer(200, page, "text/plain; version=0.0.4; charset=utf-8")) as engine,
+        fs.FaultServer(fs.answer(200, page_0_32, "text/plain; version=0.0.4; charset=utf-8")) as engine_0_32,
     ):
         values = {
             "ROOT": str(assemble_root(directory / "root")),
@@ -136,6 +141,7 @@ def golden_world(directory: Path, redis: RedisServer) -> Iterator[Config]:
             "API": str(api.port),
             "CHAT": str(chat.port),
             "ENGINE": str(engine.port),
+            "ENGINE_0_32": str(engine_0_32.port),
             "LOGS": str(logs),
             "CAPTURES": str(directory / "captures"),
         }

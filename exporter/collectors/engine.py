@@ -14,10 +14,13 @@ full cache is what makes requests wait.
     autoglm_engine_generation_tokens_total  vllm:generation_tokens_total   sglang:generation_tokens_total
     autoglm_engine_prompt_tokens_total   vllm:prompt_tokens_total          sglang:prompt_tokens_total
 
-Both of vLLM's cache gauges are fractions despite the "_perc" in their names (vLLM's help text:
-"1 means 100 percent usage"); vllm:gpu_cache_usage_perc is the deprecated name, read only when the
-new one is absent. SGLang's token_usage is the used share of its KV token pool (0-1). A series the
-engine does not expose is absent here too, never 0.
+vLLM versions: 0.11 and 0.32 serve the first vLLM name of each row (0.32 is checked against the
+real server by tests/test_vllm_contract.py; both pages are in the golden test). Both of vLLM's
+cache gauges are fractions despite the "_perc" in their names (vLLM's help text: "1 means 100
+percent usage"); vllm:gpu_cache_usage_perc is the older name, the only one of releases before
+kv_cache_usage_perc, hidden by default in 0.11 and gone in 0.32: read only when the new one is
+absent. SGLang's token_usage is the used share of its KV token pool (0-1). A series the engine
+does not expose is absent here too, never 0.
 
 Stall, judged over a window: a reading is flat when requests wait (waiting > 0) and the
 generated-token counter did not move since the previous reading; the engine is stalled once
@@ -105,7 +108,8 @@ RUNNING = gauge(
 )
 KV_CACHE = gauge(
     "autoglm_engine_kv_cache_usage_ratio",
-    "Share of the engine's KV cache in use (0-1), the highest over its models.",
+    "Share of the engine's KV cache in use (0-1), the highest over its models (vLLM: kv_cache_usage_perc, "
+    "else the older gpu_cache_usage_perc).",
     "engine",
 )
 GENERATION_TOKENS = counter(
