@@ -595,7 +595,7 @@ REAL_FAULTS = (
     Fault(
         "engine_core_stopped",
         "vllm",
-        "stall/engine_core_hung",
+        "stall/worker_stuck",
         lambda w: w.signal_engine_core(signal.SIGSTOP),
         lambda w: w.signal_engine_core(signal.SIGCONT),
         hangs=True,
