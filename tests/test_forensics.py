@@ -303,6 +303,7 @@ def _ask_and_give_up(url: str) -> None:
         ([("0x7f0e77da6f16", "libc.so.6"), ("pthread_cond_timedwait", "libc.so.6")], "gil"),  # stripped
         ([("___pthread_cond_timedwait64", "libc.so.6"), ("time_sleep", "libpython3.12.so")], "gil"),
         ([("pthread_cond_wait", "libc.so.6"), ("gpr_cv_wait", "cygrpc.cpython-311.so")], "unknown"),
+        ([("pthread_cond_wait", "libc.so.6"), ("0x7f3a2b1c", "cygrpc.cpython-311.so")], "unknown"),
         ([("__new_sem_wait_slow64", "libc.so.6"), ("0x55d0c0ffee", "python3.12")], "lock"),
         (
             [("PyThread_acquire_lock_timed", "libpython3.11.so"), ("_queue_SimpleQueue_get_impl", "x")],
@@ -316,6 +317,7 @@ def _ask_and_give_up(url: str) -> None:
         "gil-stripped",
         "gil-after-sleep",
         "extension-condvar",
+        "stripped-extension-condvar",
         "sem",
         "simplequeue",
         "poll",

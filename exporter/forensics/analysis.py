@@ -360,11 +360,9 @@ def _libc_name(function: str) -> str:
 
 
 def _in_interpreter(frame: Frame) -> bool:
-    """A native frame of the Python interpreter itself (its binary or libpython), or one it could
-    not name: not a C extension's code."""
-    return frame.function.startswith("0x") or bool(
-        _INTERPRETER_MODULE.match(os.path.basename(frame.filename))
-    )
+    """A native frame of the Python interpreter itself (its binary or libpython, named or not),
+    not a C extension's code."""
+    return bool(_INTERPRETER_MODULE.match(os.path.basename(frame.filename)))
 
 
 def _classify(stacks: list[ThreadStack], total: int) -> ThreadReport:
