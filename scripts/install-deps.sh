@@ -32,6 +32,9 @@ missing=()
 for binary in "${!PACKAGE_OF[@]}"; do
   command -v "$binary" >/dev/null 2>&1 || [ -x "/usr/bin/$binary" ] || missing+=("${PACKAGE_OF[$binary]}")
 done
+# The forensics tests also run stuck services under Debian's own (stripped) python3.11: by its
+# path, as a python3.11 on PATH may be another build.
+[ "${PYTHON_ONLY:-0}" = 1 ] || [ -x /usr/bin/python3.11 ] || missing+=(python3.11-minimal)
 if [ ${#missing[@]} -gt 0 ]; then
   packages=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
   if [ "$(id -u)" -ne 0 ]; then

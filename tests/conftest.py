@@ -183,6 +183,21 @@ class RedisServer:
         self.process.wait(5)
 
 
+# The distribution's packaged interpreter, stripped of its symbols (Debian's python3.11-minimal,
+# which scripts/install-deps.sh installs): py-spy names fewer of its C functions than a self-built one's.
+DEBIAN_PYTHON = "/usr/bin/python3.11"
+
+
+@pytest.fixture(params=["venv", "debian"])
+def interpreter(request: pytest.FixtureRequest) -> str:
+    """A Python to run a real service with: the venv's (often self-built) or Debian's stripped one."""
+    if request.param == "venv":
+        return sys.executable
+    if not os.access(DEBIAN_PYTHON, os.X_OK):
+        pytest.fail(f"{DEBIAN_PYTHON} is not installed: run `make test`, which installs python3.11-minimal")
+    return DEBIAN_PYTHON
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Start real redis-servers on free ports (no persistence); all are killed after the test."""

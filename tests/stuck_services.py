@@ -1,14 +1,19 @@
 """Real Python services that get stuck the way inference servers do, for the forensics tests.
 
     python tests/stuck_services.py deadlock   two workers take two locks in opposite order
+    python tests/stuck_services.py deadlocked_server
+                                              the same two workers behind an HTTP API whose
+                                              request handlers take one of the two locks: once
+                                              the workers deadlock, every request waits too
     python tests/stuck_services.py spinner    a worker spins in a CPU loop in one function
     python tests/stuck_services.py healthy    an idle HTTP server with a heartbeat and a thread pool
     python tests/stuck_services.py waiters    every worker waits forever: on a queue, an event, and a
                                               lock the main thread never releases (main sleeps)
 
-Each prints `ready pid=PID` once it is up, then behaves normally until it gets SIGUSR1 (the
-trigger), answers `triggered`, and for deadlock/spinner gets stuck; the deadlock service prints
-`stuck` once both workers are about to take their second lock. The tests find the exact lines
+Each prints `ready pid=PID` (and ` port=PORT` for the servers) once it is up, then behaves normally until it gets SIGUSR1 (the
+trigger), answers `triggered`, and for deadlock/spinner gets stuck; the deadlock services print
+`stuck` once both workers are about to take their second lock. Only the standard library is
+used, so any Python 3 interpreter runs them (the tests use a self-built and Debian's stripped one). The tests find the exact lines
 where the threads get stuck by the `# stuck:` markers below, so edit the markers with the code.
 """
 
@@ -57,20 +62,30 @@ def worker_b() -> None:
             counter += 1
 
 
-def deadlock() -> None:
+def start_workers() -> list[threading.Thread]:
     workers = [
         threading.Thread(target=worker_a, name="worker-a"),
         threading.Thread(target=worker_b, name="worker-b"),
     ]
     for worker in workers:
         worker.start()
-    announce_ready()
+    return workers
+
+
+def announce_stuck() -> None:
+    """After the trigger: `triggered`, then `stuck` once both workers are at their second lock."""
     TRIGGERED.wait()
     print("triggered", flush=True)
-    for _ in workers:
+    for _ in range(2):
         ARRIVED.acquire()
     time.sleep(0.05)  # both released ARRIVED just before their second acquire
     print("stuck", flush=True)
+
+
+def deadlock() -> None:
+    workers = start_workers()
+    announce_ready()
+    announce_stuck()
     for worker in workers:
         worker.join()
 
@@ -94,7 +109,9 @@ def spinner() -> None:
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        body = b"ok\n"
+        self.answer(b"ok\n")
+
+    def answer(self, body: bytes) -> None:
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -102,6 +119,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
+
+
+class LockedHandler(Handler):
+    """An API whose every request reads the state the workers share, under their first lock."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with LOCK_A:  # stuck: handler
+            served = counter
+        self.answer(b'{"text": "ok %d"}' % served)
+
+
+def deadlocked_server() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LockedHandler)
+    start_workers()
+    threading.Thread(target=announce_stuck, name="announcer", daemon=True).start()
+    announce_ready(f" port={server.server_address[1]}")
+    server.serve_forever()
 
 
 def heartbeat() -> None:
@@ -143,7 +178,7 @@ def waiters() -> None:
         threading.Thread(target=target, name=target.__name__, daemon=True).start()
     announce_ready()
     while True:
-        time.sleep(1.0)
+        time.sleep(3600.0)  # never awake: a profile of this process samples nothing running
 
 
 def announce_ready(extra: str = "") -> None:
@@ -152,7 +187,13 @@ def announce_ready(extra: str = "") -> None:
 
 def main() -> None:
     signal.signal(signal.SIGUSR1, lambda *_: TRIGGERED.set())
-    modes = {"deadlock": deadlock, "spinner": spinner, "healthy": healthy, "waiters": waiters}
+    modes = {
+        "deadlock": deadlock,
+        "deadlocked_server": deadlocked_server,
+        "spinner": spinner,
+        "healthy": healthy,
+        "waiters": waiters,
+    }
     modes[sys.argv[1]]()
 
 

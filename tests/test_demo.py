@@ -251,10 +251,12 @@ def test_engine_stall_fills_the_redis_queue_while_health_stays_200(start_demo) -
     wait_until(lambda: demo.queue_depth() == 5, timeout=5)
 
     # The exporter's engine collector reads the demo as it reads vLLM: waiting, flat tokens, stalled.
+    # Stalled once flat over its window: three readings spanning two of its (0.2 s) intervals.
     collector = EngineCollector(
-        (EngineConfig("demo", metrics_url=demo.engine.url + "/metrics", timeout=2.0),)
+        (EngineConfig("demo", metrics_url=demo.engine.url + "/metrics", timeout=2.0),), interval=0.2
     )
     collector.collect()
+    wait_until(lambda: collector.collect().facts.engines["demo"].stalled, timeout=5)
     facts = collector.collect().facts.engines["demo"]
     assert (facts.up, facts.waiting, facts.running, facts.tokens_since_last, facts.stalled) == (
         True,

@@ -7,9 +7,11 @@ import dataclasses
 import itertools
 
 from autoglm_exporter.collectors.container import ContainerFacts, ContainerServiceFacts
-from autoglm_exporter.config import ProbeTarget
+from autoglm_exporter.collectors.engine import EngineFacts
+from autoglm_exporter.collectors.process import ProcessFacts, WorkerFacts
+from autoglm_exporter.config import EngineConfig, ProbeTarget
 from autoglm_exporter.core.health import CollectorHealth
-from autoglm_exporter.diagnosis import REASONS, diagnose, to_dict, verdict_families
+from autoglm_exporter.diagnosis import REASONS, chains_of, diagnose, to_dict, verdict_families
 from autoglm_exporter.diagnosis.model import Link
 from autoglm_exporter.diagnosis.ranking import Broken, pick
 from autoglm_exporter.diagnosis.thresholds import QUEUE_MIN_DEPTH, SAME_CYCLE_SECONDS
@@ -444,15 +446,16 @@ def test_queue_growth_needs_several_readings_and_a_minimum_depth() -> None:
     assert feed.diagnosis.chains[0].users_hurt
 
 
-def test_engine_tokens_flat_for_one_reading_is_not_a_stall() -> None:
+def test_engine_tokens_flat_for_less_than_the_window_is_not_a_stall() -> None:
     feed = Feed()
     feed.healthy_start()
-    feed.publish("engine", engine(waiting=4, stalled=True), after=10)
-    feed.publish("system", system())
-    assert feed.verdict() is None
-    feed.publish("engine", engine(waiting=4, stalled=True), after=10)
-    assert feed.verdict() == ("stall", "engine_stalled")
-    assert "no token generated for 2 readings" in feed.diagnosis.verdict.summary
+    for flat in (1, 2):  # flat, but not yet over the window (the collector's `stalled`)
+        feed.publish("engine", engine(waiting=4, flat=flat), after=10)
+        feed.publish("system", system())
+        assert feed.verdict() is None
+    feed.publish("engine", engine(waiting=4, flat=3, stalled=True), after=10)
+    assert feed.verdict() == ("stall", "engine_stalled")  # held over its window: no extra wait
+    assert "no token generated for 3 readings" in feed.diagnosis.verdict.summary
     feed.publish("engine", engine(waiting=0, tokens=150), after=10)
     feed.publish("engine", engine(waiting=0, tokens=200), after=10)
     assert feed.verdict() is None
@@ -582,10 +585,68 @@ def test_a_hung_generation_probe_corroborates_one_flat_reading_of_a_stalled_engi
     )
     feed = Feed(config=dataclasses.replace(CONFIG, targets=(*CONFIG.targets, generate)))
     feed.healthy_start()
-    feed.publish("engine", engine(waiting=4, stalled=True), after=10)
+    feed.publish("engine", engine(waiting=4, flat=1), after=10)
     assert feed.verdict() is None  # one flat reading alone is not a stall
     # The engine's own generation probe has waited past hang_after for its token: the same stall,
     # seen a second way; no need to wait for a second flat reading.
     feed.publish("inflight", waiting(8.0, name="vllm-generate", service="vllm", layer="dependencies"))
     feed.publish("inflight", waiting(9.0, name="vllm-generate", service="vllm", layer="dependencies"))
     assert feed.verdict() == ("stall", "engine_stalled")
+
+
+# --- a worker child stuck while its parent answers (vLLM's engine core) ----------------------------
+
+
+def _worker(state: str = "sleeping", idle: int = 0, readings: int = 2) -> WorkerFacts:
+    """vLLM's engine core, in `state` at `readings` readings in a row, idle at `idle` of them."""
+    return WorkerFacts(
+        5151, 4242, "VLLM::EngineCore", state, 1000, 30.0, 2.0, 40, {state: 40}, 9000, 100,
+        state_readings=readings, idle_readings=idle, idle_since=T0 if idle else None,
+    )  # fmt: skip
+
+
+def _with_worker(worker: WorkerFacts) -> ProcessFacts:
+    api = service(child_processes=1, worker=worker, children=[worker])
+    return processes(api)
+
+
+def test_a_stopped_engine_core_is_named_with_its_pid_and_state_while_a_probe_hangs() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    feed.publish("process", _with_worker(_worker("stopped")))
+    assert feed.verdict() is None  # stopped, but nothing hangs on it (yet)
+    feed.publish("inflight", waiting(6.0))
+    feed.publish("inflight", waiting(7.0))
+    feed.publish("process", _with_worker(_worker("stopped")))
+    assert feed.verdict() == ("stall", "worker_stuck")
+    verdict = feed.diagnosis.verdict
+    assert verdict.summary.startswith("worker process VLLM::EngineCore (pid 5151, state T) is stopped")
+    assert "probe inference has waited 7 s for its answer" in verdict.summary
+    assert verdict.evidence[0].startswith("pid 5151 VLLM::EngineCore: state T (stopped), 40 threads")
+    assert "py-spy dump --nonblocking --pid 5151" in verdict.next_command
+
+
+def test_a_child_stopped_for_one_reading_only_is_not_stuck() -> None:
+    """A tracer (py-spy, a debugger) stops a process for a moment: not a stuck engine core."""
+    facts = {"process": _with_worker(_worker("stopped", readings=1)), "inflight": waiting(9.0)}
+    assert verdict(facts) == ("client", "not_answering")
+
+
+def test_a_health_200_is_no_proof_of_life_of_a_stopped_engine_core() -> None:
+    health = target("vllm-health", module="http", layer="dependencies", url="http://127.0.0.1:8080/health")
+    facts = {"process": _with_worker(_worker("zombie")), "probe": probes(target(), health)}
+    assert verdict({**facts, "inflight": waiting(9.0)}) == ("stall", "worker_stuck")
+    assert verdict(facts) is None  # every probe answers: a zombie child alone hurts nobody
+
+
+def test_an_idle_worker_is_stuck_only_while_its_engine_has_work() -> None:
+    """A hung API server hands its worker nothing: the idle worker is not the cause then."""
+    config = dataclasses.replace(CONFIG, engines=(EngineConfig("vllm", service="api"),))
+    idle = {"process": _with_worker(_worker(idle=3)), "inflight": waiting(9.0)}
+    assert diagnose(idle, HEALTH, now=NOW).verdict.reason == "not_answering"
+    busy = dataclasses.replace(engine(waiting=2, flat=1).engines["vllm"], service="api")
+    result = diagnose(
+        {**idle, "engine": EngineFacts({"vllm": busy})}, HEALTH, now=NOW, chains=chains_of(config)
+    )
+    assert (result.verdict.layer, result.verdict.reason) == ("stall", "worker_stuck")
+    assert "is idle: no CPU used and no context switch at 3 readings" in result.verdict.summary

@@ -194,28 +194,75 @@ def test_a_field_the_engine_does_not_expose_is_absent_not_zero(metrics_server) -
     assert _value(registry, "stalled") == 0
 
 
-def test_waiting_requests_with_flat_tokens_are_a_stall_until_tokens_move(metrics_server) -> None:
+class Clock:
+    """The collector's clock, moved by the test: readings an interval apart without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_waiting_requests_with_flat_tokens_are_a_stall_only_over_a_window(metrics_server) -> None:
     server = metrics_server()
-    collector = EngineCollector((_engine(server.url),))
+    clock = Clock()
+    collector = EngineCollector((_engine(server.url),), interval=10.0, clock=clock)
     server.serve(stall_body(waiting=3, generation=1000))
     first = collector.collect().facts.engines["vllm"]
     assert not first.stalled and first.tokens_since_last is None  # no verdict on one reading
 
-    before = time.time()
+    clock.now += 10
     registry, facts = _registry(collector)
     second = facts.engines["vllm"]
-    assert second.stalled and second.tokens_since_last == 0
-    assert second.stalled_since is not None and before <= second.stalled_since <= time.time()
-    assert _value(registry, "stalled") == 1
+    assert second.tokens_since_last == 0 and second.flat_readings == 1
+    assert not second.stalled and _value(registry, "stalled") == 0  # one flat reading is not a stall
+    flat_since = clock.now
+    assert second.stalled_since == flat_since
 
-    third = collector.collect().facts.engines["vllm"]
-    assert third.stalled and third.stalled_since == second.stalled_since  # since the first stalled reading
+    clock.now += 10
+    assert not collector.collect().facts.engines["vllm"].stalled  # two: not yet the window
+    clock.now += 10
+    registry, facts = _registry(collector)
+    third = facts.engines["vllm"]
+    assert third.stalled and third.flat_readings == 3 and _value(registry, "stalled") == 1
+    assert third.stalled_since == flat_since  # since the first flat reading of the row
 
     server.serve(stall_body(waiting=3, generation=1012))
+    clock.now += 10
     registry, facts = _registry(collector)
     moving = facts.engines["vllm"]
     assert not moving.stalled and moving.stalled_since is None and moving.tokens_since_last == 12
-    assert _value(registry, "stalled") == 0
+    assert moving.flat_readings == 0 and _value(registry, "stalled") == 0
+
+
+def test_a_slow_engine_that_still_generates_never_blips_stalled(metrics_server) -> None:
+    """Requests wait all along; a token comes every other reading: slow, not stalled, ever."""
+    server = metrics_server()
+    clock = Clock()
+    collector = EngineCollector((_engine(server.url),), interval=10.0, clock=clock)
+    tokens = 1000
+    for reading in range(30):
+        tokens += reading % 2  # flat at every other reading
+        server.serve(stall_body(waiting=5, generation=tokens))
+        registry, facts = _registry(collector)
+        assert not facts.engines["vllm"].stalled and _value(registry, "stalled") == 0, reading
+        clock.now += 10
+
+
+def test_readings_taken_again_seconds_apart_do_not_make_a_window(metrics_server) -> None:
+    server = metrics_server()
+    clock = Clock()
+    collector = EngineCollector((_engine(server.url),), interval=10.0, clock=clock)
+    server.serve(stall_body(waiting=3, generation=1000))
+    collector.collect()
+    for _ in range(5):  # flat, but read again 2 s apart (a verdict confirming a new state)
+        clock.now += 2
+        engine = collector.collect().facts.engines["vllm"]
+        assert not engine.stalled
+    assert engine.flat_readings == 5
+    clock.now += 10  # now the row spans its intervals
+    assert collector.collect().facts.engines["vllm"].stalled
 
 
 def test_an_idle_engine_or_a_restarted_counter_is_not_a_stall(metrics_server) -> None:
@@ -228,8 +275,8 @@ def test_an_idle_engine_or_a_restarted_counter_is_not_a_stall(metrics_server) ->
 
     server.serve(stall_body(waiting=2, generation=10))  # the engine restarted: its counter went down
     restarted = collector.collect().facts.engines["vllm"]
-    assert restarted.tokens_since_last is None and not restarted.stalled
-    assert collector.collect().facts.engines["vllm"].stalled  # flat from the new counter on
+    assert restarted.tokens_since_last is None and restarted.flat_readings == 0
+    assert collector.collect().facts.engines["vllm"].flat_readings == 1  # flat from the new counter on
 
 
 def test_a_garbage_body_is_bad_body_and_down(metrics_server) -> None:

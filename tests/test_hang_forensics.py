@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -38,15 +39,22 @@ def stuck_line(marker: str) -> str:
     raise AssertionError(f"no marker {marker}")
 
 
+class StuckService(subprocess.Popen[bytes]):
+    port: int | None = None  # where the servers among the modes listen
+
+
 @pytest.fixture
 def stuck_service():
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[StuckService] = []
 
-    def start(mode: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen([sys.executable, str(SERVICES), mode], stdout=subprocess.PIPE)
+    def start(mode: str, python: str = sys.executable) -> StuckService:
+        process = StuckService([python, str(SERVICES), mode], stdout=subprocess.PIPE)
         started.append(process)
         assert process.stdout is not None
-        assert process.stdout.readline().startswith(b"ready pid=")
+        ready = process.stdout.readline()
+        assert ready.startswith(b"ready pid="), ready
+        if b" port=" in ready:
+            process.port = int(ready.rsplit(b"port=", 1)[1])
         return process
 
     yield start
@@ -137,6 +145,39 @@ def test_failing_probes_trigger_a_capture_and_the_verdict_names_the_deadlocked_l
     )
 
 
+def test_a_deadlocked_api_is_named_whichever_python_runs_it(
+    stuck_service, start_exporter, tmp_path: Path, interpreter: str
+) -> None:
+    # The service answers its own API; once its workers deadlock, each request waits on their lock.
+    # Debian's stripped python3.11 names no lock function but PyThread_acquire_lock_timed.
+    service = stuck_service("deadlocked_server", interpreter)
+    url = f"http://127.0.0.1:{service.port}"
+    assert httpx.post(url + "/inference", json={}, timeout=5).status_code == 200
+    service.send_signal(signal.SIGUSR1)
+    assert service.stdout is not None
+    assert service.stdout.readline().strip() == b"triggered"
+    assert service.stdout.readline().strip() == b"stuck"
+    exporter = start_exporter(f"--config.file={_config(tmp_path, 'deadlocked_server', url)}")
+
+    def blocked() -> dict | None:
+        verdict = exporter.get("/api/diagnosis").json()["verdict"]
+        return verdict if verdict and verdict["reason"] == "threads_blocked" else None
+
+    verdict = wait_until(blocked, timeout=60, interval=0.3)
+    metrics = exporter.metrics()
+    assert verdict["layer"] == "stall" and verdict["summary"].endswith("(possible deadlock)")
+    # The two threads of the cycle lead both the summary and the evidence, whatever piled up behind.
+    assert verdict["summary"].startswith("threads worker-a, worker-b")
+    for marker in ("worker-a", "worker-b", "handler"):
+        assert stuck_line(marker) in verdict["summary"]
+    assert (
+        stuck_line("worker-a") in verdict["evidence"][0] and stuck_line("worker-b") in verdict["evidence"][1]
+    )
+    assert verdict["next_command"] == f"py-spy dump --pid {service.pid}"
+    assert sample(metrics, "autoglm_forensics_deadlock_suspected", service="api") == 1
+    assert sample(metrics, "autoglm_forensics_threads", service="api", state="blocked") >= 3
+
+
 def test_capture_on_request_and_its_limits(stuck_service, start_exporter, tmp_path: Path) -> None:
     stuck_service("healthy")
     with fs.FaultServer(fs.answer(200, '{"text": "ok"}')) as api:
@@ -210,6 +251,36 @@ def test_a_probe_still_waiting_triggers_the_capture_before_it_times_out(
     assert sample(metrics, "autoglm_probe_failures_total", target="inference", reason="read_timeout") == 0
     assert sample(metrics, "autoglm_probe_in_flight_seconds", target="inference") >= 1.0
     assert sample(metrics, "autoglm_probe_success", target="inference") == 1  # the last finished one
+
+
+def test_a_probe_that_times_out_after_hang_after_triggers_the_capture_at_once(
+    stuck_service, start_exporter, tmp_path: Path
+) -> None:
+    # The probe's timeout is hang_after: it ends before the in-flight reading (once a second) sees
+    # it wait that long, and a trigger count of 100 is never reached; its timeout is the hang.
+    service = stuck_service("spinner")
+    service.send_signal(signal.SIGUSR1)
+    assert service.stdout is not None
+    assert service.stdout.readline().strip() == b"triggered"
+    with fs.FaultServer(fs.never_answer) as api:
+        config = _config(tmp_path, "spinner", api.url, trigger=100, timeout="2s", hang_after="2s")
+        exporter = start_exporter(f"--config.file={config}")
+
+        def spinning() -> dict | None:
+            verdict = exporter.get("/api/diagnosis").json()["verdict"]
+            return verdict if verdict and verdict["reason"] == "cpu_bound_loop" else None
+
+        verdict = wait_until(spinning, timeout=60, interval=0.3)
+        captures = exporter.get("/api/captures").json()["captures"]
+    evidence = " ".join(verdict["evidence"])
+    loop = int(stuck_line("spinner").rsplit(":", 1)[1])
+    assert verdict["layer"] == "stall"
+    assert any(f"stuck_services.py:{line}" in evidence for line in (loop - 1, loop))  # the loop's lines
+    assert [c["reason"] for c in captures] == ["probe_failing"]
+    # Caught from one probe: its timeout, or (when the in-flight reading fell on its last instant)
+    # its wait; never a count of timeouts in a row.
+    why = re.findall(r'msg="service hangs: capturing its stacks" .* why="([^"]*)"', exporter.log())
+    assert why and re.fullmatch(r"probe inference (timed out after|unanswered for) 2\.\ds", why[0]), why
 
 
 class Cycle:
@@ -305,6 +376,21 @@ def test_timeouts_count_for_the_current_process_only(stuck_service, tmp_path: Pa
         assert watch.observe(cycle.facts()) == []  # its first timeout; the old one's does not count
         assert watch.observe(cycle.facts()) == ["api"]  # its second in a row
     assert _finished(watch).pid == new.pid
+
+
+def test_a_timeout_after_hang_after_is_a_hang_at_once_a_shorter_one_counts_in_a_row(
+    stuck_service, tmp_path: Path
+) -> None:
+    watch = _watch(tmp_path, trigger_after_failures=5, hang_after=0.5)
+    with fs.FaultServer(fs.never_answer) as api:
+        short = Cycle(tmp_path, _inference(api.url, timeout=0.3))
+        short.service_is(stuck_service("healthy"))
+        for _ in range(2):
+            assert watch.observe(short.facts()) == []  # 0.3 s is no hang yet: two in a row are not five
+        facts = Cycle(tmp_path, _inference(api.url, timeout=0.5)).facts()  # waited hang_after
+        assert facts["inflight"].targets == {}  # over before any in-flight reading could see it
+        assert watch.observe(facts) == ["api"]
+        assert watch.observe(facts) == []  # one capture at a time, then the cooldown
 
 
 def test_an_empty_capture_is_retried_soon_one_that_found_the_cause_waits_the_cooldown(

@@ -350,3 +350,23 @@ def test_the_inflight_collector_runs_every_second_by_default() -> None:
     assert parse_config("").collector("inflight").interval == 1.0
     assert parse_config("global: {interval: 0.5s}").collector("inflight").interval == 0.5
     assert parse_config("collectors: {inflight: {interval: 3s}}").collector("inflight").interval == 3.0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_a_probe_naming_a_model_the_server_does_not_serve_is_misconfigured_not_an_http_error(
+    stream: bool,
+) -> None:
+    with fs.FaultServer(fs.openai(model="glm-4-9b")) as server:
+        url = server.url + "/v1/chat/completions"
+        wrong = probe(ProbeTarget("engine", "openai_chat", url, timeout=2, model="glm-4", stream=stream))
+        served = probe(ProbeTarget("engine", "openai_chat", url, timeout=2, model="glm-4-9b", stream=stream))
+    assert (wrong.outcome.reason, wrong.outcome.status) == ("config", 404)
+    assert wrong.outcome.error == "the server does not serve model 'glm-4' (it serves glm-4-9b)"
+    assert served.outcome.success, served.outcome
+
+
+def test_a_404_without_a_model_list_to_compare_stays_an_http_error() -> None:
+    with fs.FaultServer(fs.answer(404, '{"error": "not found"}')) as server:
+        url = server.url + "/v1/chat/completions"
+        fact = probe(ProbeTarget("engine", "openai_chat", url, timeout=2, model="glm-4"))
+    assert (fact.outcome.reason, fact.outcome.status) == ("http_status", 404)

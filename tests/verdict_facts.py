@@ -125,10 +125,11 @@ def redis(up: bool = True, depth: int | None = 0) -> RedisFacts:
     return RedisFacts({"queue": instance})
 
 
-def engine(waiting: float = 0.0, tokens: float = 100.0, stalled: bool = False) -> EngineFacts:
+def engine(waiting: float = 0.0, tokens: float = 100.0, stalled: bool = False, flat: int = 0) -> EngineFacts:
+    """`flat`: readings in a row with requests waiting and no new token; `stalled`: over the window."""
     instance = EngineInstanceFacts(
-        "vllm", "vllm", "vllm", True, None, None, waiting, 1.0, 0.3, tokens, 0.0 if stalled else 5.0, stalled,
-        T0 if stalled else None,
+        "vllm", "vllm", "vllm", True, None, None, waiting, 1.0, 0.3, tokens, 0.0 if flat else 5.0, stalled,
+        T0 if flat else None, flat_readings=flat,
     )  # fmt: skip
     return EngineFacts({"vllm": instance})
 

@@ -40,7 +40,7 @@ _REGISTRY: tuple[tuple[type[Collector], Callable[[Config], Collector]], ...] = (
         lambda config: InFlightCollector(config.targets, PROBES_IN_FLIGHT, config.forensics.hang_after),
     ),
     (RedisCollector, lambda config: RedisCollector(config.redis)),
-    (EngineCollector, lambda config: EngineCollector(config.engines)),
+    (EngineCollector, lambda config: EngineCollector(config.engines, config.collector("engine").interval)),
     (LogsCollector, lambda config: LogsCollector(config.logs)),
     (
         GpuCollector,

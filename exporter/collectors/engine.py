@@ -22,11 +22,14 @@ kv_cache_usage_perc, hidden by default in 0.11 and gone in 0.32: read only when 
 absent. SGLang's token_usage is the used share of its KV token pool (0-1). A series the engine
 does not expose is absent here too, never 0.
 
-Stall: an engine is stalled when requests wait (waiting > 0) and its generated-token counter did
-not move since the previous reading. There is no verdict on the first reading or after the counter
-went down (the engine restarted). SGLang adds a request's generated tokens when the request
-finishes, so with SGLang a few long generations can look flat for a while: judge over several
-readings (stalled_since says since when).
+Stall, judged over a window: a reading is flat when requests wait (waiting > 0) and the
+generated-token counter did not move since the previous reading; the engine is stalled once
+ENGINE_FLAT_READINGS readings in a row were flat and they span as many intervals of this collector
+(ENGINE_STALL_WINDOW_SECONDS at the default interval, diagnosis/thresholds.py). A slow engine that
+still adds a token within the window is never stalled, not even for one reading. There is no
+verdict on the first reading or after the counter went down (the engine restarted). SGLang adds a
+request's generated tokens when the request finishes, so with SGLang a few long generations can
+look flat for a while.
 
 Failures (autoglm_engine_failures_total, every reason from the first scrape on):
 connect_refused (nothing listens), timeout (no connection, no answer or no complete body within the
@@ -40,12 +43,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..config import EngineConfig
+from ..diagnosis.thresholds import ENGINE_FLAT_READINGS, READING_SECONDS
 from ..logs.urls import display_url
 from ..metrics.spec import Families, Family, counter, gauge
 from .base import Collector, Result
@@ -119,7 +124,8 @@ PROMPT_TOKENS = counter(
 )
 STALLED = gauge(
     "autoglm_engine_stalled",
-    "1 when requests wait in the engine but it generated no token since the previous reading, else 0.",
+    "1 when requests have waited in the engine with no new token at several readings in a row spanning "
+    "the stall window (diagnosis thresholds), else 0.",
     "engine",
 )
 FAILURES = counter(
@@ -144,10 +150,11 @@ class EngineInstanceFacts:
     kv_cache_usage: float | None = None  # 0-1
     generation_tokens: float | None = None
     tokens_since_last: float | None = None  # None on the first reading or after a counter reset
-    stalled: bool = False
-    stalled_since: float | None = None  # time.time() of the first stalled reading
+    stalled: bool = False  # flat over the whole window (ENGINE_FLAT_READINGS readings and their intervals)
+    stalled_since: float | None = None  # time of the first flat reading of the row, while it lasts
     prompt_tokens: float | None = None
     url: str = ""  # the metrics URL without credentials, for the verdict's next command
+    flat_readings: int = 0  # readings in a row with requests waiting and no new token
 
 
 @dataclass(frozen=True)
@@ -181,9 +188,18 @@ class EngineCollector(Collector):
     items_attribute = "engines"
     state_per_item = ("_failures", "_previous_tokens", "_stalled_since", "_failure_log")
 
-    def __init__(self, engines: tuple[EngineConfig, ...]) -> None:
+    def __init__(
+        self,
+        engines: tuple[EngineConfig, ...],
+        interval: float = READING_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.engines = engines
-        self.settings = (engines,)
+        self._clock = clock
+        # A flat row must span its readings' intervals, less half a reading of scheduler jitter:
+        # readings taken again seconds apart never make a window on their own.
+        self._stall_span = (ENGINE_FLAT_READINGS - 1) * interval - interval / 2
+        self.settings = (engines, interval)
         # Proxies from the environment would make a local engine look reachable (or not) for the
         # wrong reason; redirects count as http_status. A fresh connection each run: a pooled one
         # left over from before an engine restart would fail once for no reason the user has.
@@ -192,7 +208,7 @@ class EngineCollector(Collector):
         )
         self._failures = {e.name: dict.fromkeys(FAILURE_REASONS, 0) for e in engines}
         self._previous_tokens: dict[str, float] = {}
-        self._stalled_since: dict[str, float] = {}
+        self._flat: dict[str, tuple[int, float]] = {}  # engine -> flat readings in a row, since when
         self._failure_log = FailureLog(
             log, "engine", "engine metrics cannot be read", "engine metrics readable again"
         )
@@ -217,12 +233,7 @@ class EngineCollector(Collector):
             self._previous_tokens[engine.name] = reading.generation
         else:
             self._previous_tokens.pop(engine.name, None)
-        stalled = reading.waiting is not None and reading.waiting > 0 and since_last == 0
-        stalled_since = None
-        if stalled:
-            stalled_since = self._stalled_since.setdefault(engine.name, time.time())
-        else:
-            self._stalled_since.pop(engine.name, None)
+        flat, flat_since = self._flat_row(engine.name, reading.waiting, since_last)
         hint = f"none of the {engine.kind} metrics are in the body" if reading.empty() else None
         return EngineInstanceFacts(
             name=engine.name,
@@ -235,11 +246,21 @@ class EngineCollector(Collector):
             kv_cache_usage=reading.kv_cache,
             generation_tokens=reading.generation,
             tokens_since_last=since_last,
-            stalled=stalled,
-            stalled_since=stalled_since,
+            flat_readings=flat,
+            stalled=flat >= ENGINE_FLAT_READINGS and self._clock() - flat_since >= self._stall_span,
+            stalled_since=flat_since if flat else None,
             prompt_tokens=reading.prompt,
             url=display_url(engine.metrics_url),
         )
+
+    def _flat_row(self, engine: str, waiting: float | None, since_last: float | None) -> tuple[int, float]:
+        """Readings in a row with requests waiting and no new token, and when the first was taken."""
+        if not (waiting is not None and waiting > 0 and since_last == 0):
+            self._flat.pop(engine, None)
+            return 0, 0.0
+        count, since = self._flat.get(engine, (0, self._clock()))
+        self._flat[engine] = (count + 1, since)
+        return count + 1, since
 
     def _fetch(self, engine: EngineConfig) -> bytes:
         deadline = time.monotonic() + engine.timeout
@@ -274,7 +295,7 @@ class EngineCollector(Collector):
 
     def _down(self, engine: EngineConfig, reason: str, message: str) -> EngineInstanceFacts:
         self._failures[engine.name][reason] += 1
-        self._stalled_since.pop(engine.name, None)
+        self._flat.pop(engine.name, None)
         self._failure_log.failed(engine.name, reason, message)
         url = display_url(engine.metrics_url)
         return EngineInstanceFacts(

@@ -282,26 +282,55 @@ class ProbeCollector(Collector):
         body.setdefault("max_tokens", 1)
         body["stream"] = target.stream
         request = client.build_request("POST", target.url, json=body)
-        if target.stream:
-            return await _stream_first_token(client, request, timings, target)
-        status, payload = await _send(client, request, timings)
-        if status == 404 and not target.model:
-            self._models.pop(target.name, None)  # the served model changed: ask again next time
-        _check_answer(target, status, payload, default_field="choices.0")
+        try:
+            if target.stream:
+                return await _stream_first_token(client, request, timings, target)
+            status, payload = await _send(client, request, timings)
+            if status == 404 and not target.model:
+                self._models.pop(target.name, None)  # the served model changed: ask again next time
+            _check_answer(target, status, payload, default_field="choices.0")
+        except ProbeFailure as failure:
+            if failure.reason == "http_status" and timings.status == 404 and target.model:
+                await self._refuse_unserved(client, target, timings)
+            raise
         return status, None
 
+    async def _refuse_unserved(
+        self, client: httpx.AsyncClient, target: ProbeTarget, timings: _Timings
+    ) -> None:
+        """A 404 for the model the probe names, which the server's model list lacks: the probe is
+        misconfigured (`config`), the server is fine. Returns when the list has it or is not there."""
+        try:
+            served = await self._served_models(client, target, timings)
+        except (ProbeFailure, httpx.HTTPError):
+            return
+        if target.model not in served:
+            listed = ", ".join(served[:5]) + (" ..." if len(served) > 5 else "")
+            raise ProbeFailure(
+                "config", f"the server does not serve model {target.model!r} (it serves {listed})"
+            )
+
     async def _discover_model(self, client: httpx.AsyncClient, target: ProbeTarget, timings: _Timings) -> str:
+        model = (await self._served_models(client, target, timings))[0]
+        self._models[target.name] = model
+        return model
+
+    async def _served_models(
+        self, client: httpx.AsyncClient, target: ProbeTarget, timings: _Timings
+    ) -> list[str]:
+        """The ids GET /v1/models lists (at least one), else ProbeFailure bad_body."""
         parts = urlsplit(target.url)
         prefix = parts.path.split("/chat/completions")[0] or "/v1"
         models_url = urlunsplit((parts.scheme, parts.netloc, prefix + "/models", "", ""))
         response = await client.get(models_url, extensions={"trace": timings.trace})
         try:
-            model = str(response.json()["data"][0]["id"])
+            models = [str(model["id"]) for model in response.json()["data"]]
+            if not models:
+                raise LookupError("no model")
         except (ValueError, LookupError, TypeError):
             answer = f"HTTP {response.status_code}{_excerpt(response.content)}"
             raise ProbeFailure("bad_body", f"GET {prefix}/models gave no model ({answer})") from None
-        self._models[target.name] = model
-        return model
+        return models
 
     def _families(self, facts: dict[str, TargetFacts]) -> list[Family]:
         families = Families(spec for spec in self.metrics if spec.kind != "histogram")

@@ -9,12 +9,16 @@ read it is simply not counted: that race is normal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from ..config import ServiceConfig
+from ..diagnosis.thresholds import WORKER_STUCK_READINGS
 from ..linux import procfs
 from ..linux.processes import Membership, ProcfsUnreadable, ServiceMatcher
-from ..metrics.spec import Families, Family, counter, gauge
+from ..logs.redact import redact
+from ..metrics.spec import Families, Family, counter, gauge, info
 from .base import Collector, CollectorError, Result
 
 UP = gauge("autoglm_process_up", "1 when at least one process of the service is running, else 0.", "service")
@@ -64,7 +68,93 @@ PORT_TAKEN = gauge(
     "port",
 )
 
+CHILD_PROCESSES = gauge(
+    "autoglm_process_child_processes",
+    "Processes below the service's processes in the process tree (its workers, such as vLLM's engine core).",
+    "service",
+)
+WORKER = info(
+    "autoglm_process_worker",
+    "The service's worker, its child process whose subtree used the most CPU (vLLM's engine core), by "
+    "the name it gives itself (setproctitle); absent when the service has no child process.",
+    "service",
+)
+WORKER_PID = gauge(
+    "autoglm_process_worker_pid",
+    "Process id of the service's worker (its child doing the most work, vLLM's engine core), 0 when none.",
+    "service",
+)
+WORKER_STATE = gauge(
+    "autoglm_process_worker_state",
+    "1 for the scheduler state of the service's worker process (stopped: SIGSTOP; disk_sleep: blocked in "
+    "the kernel; zombie: dead, not reaped), else 0; all 0 when it has no worker.",
+    "service",
+    "state",
+)
+WORKER_CPU_SECONDS = counter(
+    "autoglm_process_worker_cpu_seconds",
+    "CPU time of the service's worker process, by mode (restarts when another process becomes the worker).",
+    "service",
+    "mode",
+)
+WORKER_CONTEXT_SWITCHES = counter(
+    "autoglm_process_worker_context_switches",
+    "Context switches of all threads of the service's worker process, by type (restarts with a new worker).",
+    "service",
+    "type",
+)
+WORKER_IDLE_READINGS = gauge(
+    "autoglm_process_worker_idle_readings",
+    "Readings in a row at which the service's worker process used no CPU and made no context switch.",
+    "service",
+)
+
 MAX_PORTS_PER_SERVICE = 32
+MAX_WORKERS_READ = 16  # child processes of a service read each cycle (the rest are only counted)
+# A child in one of these states at WORKER_STUCK_READINGS readings in a row is stuck whatever its
+# counters say: stopped (SIGSTOP, a debugger), blocked in the kernel, or dead and not reaped.
+STUCK_STATES = ("stopped", "zombie", "disk_sleep")
+MAX_COMMAND_CHARS = 256  # of a process's command line quoted in the verdict
+
+
+@dataclass(frozen=True)
+class WorkerFacts:
+    """One child process of the service (vLLM's engine core, a server's worker)."""
+
+    pid: int
+    ppid: int
+    name: str  # what it calls itself: argv[0] or its setproctitle title
+    state: str  # one of procfs.THREAD_STATE_NAMES (of its main thread)
+    start_ticks: int
+    cpu_user_seconds: float
+    cpu_system_seconds: float
+    threads: int
+    thread_states: dict[str, int]
+    voluntary_ctxt_switches: int
+    involuntary_ctxt_switches: int
+    state_readings: int = 1  # readings in a row it has been in this state
+    idle_readings: int = 0  # readings in a row it used no CPU and made no context switch (the worker only)
+    idle_since: float | None = None  # time.time() of the first of them
+
+    @property
+    def stuck(self) -> bool:
+        return self.state in STUCK_STATES and self.state_readings >= WORKER_STUCK_READINGS
+
+    @property
+    def letter(self) -> str:
+        """The state as ps shows it: R, S, D, T, Z, I, X."""
+        return _STATE_LETTERS.get(self.state, "?")
+
+
+_STATE_LETTERS = {
+    "running": "R",
+    "sleeping": "S",
+    "disk_sleep": "D",
+    "stopped": "T",
+    "zombie": "Z",
+    "idle": "I",
+}
+_STATE_LETTERS["dead"] = "X"
 
 
 @dataclass
@@ -85,12 +175,21 @@ class ServiceFacts:
     listening_ports: list[int] = field(default_factory=list)
     expected_port: int | None = None
     expected_port_listening: bool = False
-    # Processes outside the service that listen on its expected port (pid, command name).
+    # Processes outside the service that listen on its expected port: (pid, command line, redacted).
     port_taken_by: list[tuple[int, str]] = field(default_factory=list)
+    child_processes: int = 0
+    # The children read this cycle (at most MAX_WORKERS_READ), stuck ones first, then by CPU used.
+    children: list[WorkerFacts] = field(default_factory=list)
+    worker: WorkerFacts | None = None  # the direct child whose subtree works most: vLLM's engine core
 
     @property
     def up(self) -> bool:
         return bool(self.pids)
+
+    @property
+    def stuck_child(self) -> WorkerFacts | None:
+        """A child stopped, blocked in the kernel or a zombie: the first suspect when the service hangs."""
+        return next((child for child in self.children if child.stuck), None)
 
 
 @dataclass(frozen=True)
@@ -114,6 +213,13 @@ class ProcessCollector(Collector):
         LISTENING,
         EXPECTED_PORT,
         PORT_TAKEN,
+        CHILD_PROCESSES,
+        WORKER,
+        WORKER_PID,
+        WORKER_STATE,
+        WORKER_CPU_SECONDS,
+        WORKER_CONTEXT_SWITCHES,
+        WORKER_IDLE_READINGS,
     )
     items_attribute = "services"
     state_per_item = ("_main_process", "_restarts")
@@ -132,6 +238,8 @@ class ProcessCollector(Collector):
         self._restarts: dict[str, int] = {s.name: 0 for s in services}
         self._boot_time: float | None = None
         self._last_look: float | None = None  # when the membership of its previous reading was taken
+        self._last_worker: dict[str, WorkerFacts] = {}  # service -> its worker at the previous reading
+        self._child_states: dict[str, dict[int, tuple[int, str, int]]] = {}  # pid -> (start, state, readings)
 
     def collect(self) -> Result:
         try:
@@ -174,17 +282,93 @@ class ProcessCollector(Collector):
         if service.port is not None and not facts.expected_port_listening:
             facts.port_taken_by = self._others_on(service.port, facts.pids, membership)
         self._note_main_process(facts, membership.main.get(service.name))
+        self._read_children(facts, membership.children.get(service.name, ()))
         return facts
 
-    @staticmethod
-    def _others_on(port: int, mine: list[int], membership: Membership) -> list[tuple[int, str]]:
-        """(pid, command name) of the processes outside the service that listen on its port."""
+    def _read_children(self, facts: ServiceFacts, pids: tuple[int, ...]) -> None:
+        """The service's child processes, and its worker with how long its counters stood still."""
+        facts.child_processes = len(pids)
+        children = self._note_states(
+            facts.name, [c for pid in pids[:MAX_WORKERS_READ] if (c := self._child(pid))]
+        )
+        busiest = _busiest_subtree(children)
+        worker = self._note_worker(facts.name, busiest) if busiest is not None else None
+        if worker is None:
+            self._last_worker.pop(facts.name, None)
+        facts.worker = worker
+        children = [worker if worker is not None and c.pid == worker.pid else c for c in children]
+        facts.children = sorted(
+            children, key=lambda c: (not c.stuck, -(c.cpu_user_seconds + c.cpu_system_seconds))
+        )
+
+    def _note_states(self, service: str, children: list[WorkerFacts]) -> list[WorkerFacts]:
+        """How many readings in a row each child has been in its state (a tracer stops a process for a
+        moment; a stuck one stays)."""
+        before = self._child_states.get(service, {})
+        states: dict[int, tuple[int, str, int]] = {}
+        for child in children:
+            start, state, count = before.get(child.pid, (-1, "", 0))
+            same = (start, state) == (child.start_ticks, child.state)
+            states[child.pid] = (child.start_ticks, child.state, count + 1 if same else 1)
+        self._child_states[service] = states
+        return [replace(child, state_readings=states[child.pid][2]) for child in children]
+
+    def _child(self, pid: int) -> WorkerFacts | None:
+        try:
+            stat = procfs.parse_pid_stat(procfs.read_text(f"{self.proc_root}/{pid}/stat"))
+            name = procfs.read_process_name(self.proc_root, pid) or stat.comm
+        except (FileNotFoundError, ProcessLookupError, procfs.ProcParseError):
+            return None  # exited while we read it
+        try:
+            threads = procfs.summarize_threads(self.proc_root, pid)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            threads = procfs.ThreadSummary()
+        return WorkerFacts(
+            pid,
+            stat.ppid,
+            name,
+            procfs.THREAD_STATES.get(stat.state, "sleeping"),
+            stat.start_ticks,
+            stat.utime_seconds,
+            stat.stime_seconds,
+            stat.num_threads,
+            threads.states,
+            threads.voluntary_ctxt_switches,
+            threads.nonvoluntary_ctxt_switches,
+        )
+
+    def _note_worker(self, service: str, worker: WorkerFacts) -> WorkerFacts:
+        """Readings in a row at which the same worker used no CPU and made no context switch."""
+        before = self._last_worker.get(service)
+        idle = (
+            before is not None
+            and (before.pid, before.start_ticks) == (worker.pid, worker.start_ticks)
+            and _counters(before) == _counters(worker)
+        )
+        if idle and before is not None:
+            worker = replace(
+                worker, idle_readings=before.idle_readings + 1, idle_since=before.idle_since or time.time()
+            )
+        self._last_worker[service] = worker
+        return worker
+
+    def _others_on(self, port: int, mine: list[int], membership: Membership) -> list[tuple[int, str]]:
+        """(pid, command) of the processes outside the service that listen on its port."""
         others = []
         for pid in membership.port_owners.get(port, ()):
             stat = membership.cycle.stat(pid)
             if stat is not None and pid not in mine:
-                others.append((pid, stat.comm))
+                others.append((pid, self._command(pid, stat.comm)))
         return others
+
+    def _command(self, pid: int, comm: str) -> str:
+        """The command line as a person reads it, secrets masked and cut short; its name if unreadable."""
+        try:
+            command = procfs.read_cmdline(self.proc_root, pid)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            command = ""
+        command = redact(command or comm)
+        return command if len(command) <= MAX_COMMAND_CHARS else command[: MAX_COMMAND_CHARS - 3] + "..."
 
     def _note_main_process(self, facts: ServiceFacts, main: tuple[int, int] | None) -> None:
         """The main (oldest) process, its start time, and a restart when it is another one."""
@@ -228,4 +412,44 @@ class ProcessCollector(Collector):
                 port_label = [name, str(facts.expected_port)]
                 add(EXPECTED_PORT, port_label, 1 if facts.expected_port_listening else 0)
                 add(PORT_TAKEN, port_label, 1 if facts.port_taken_by else 0)
+            self._worker_families(add, name, facts)
         return families.list()
+
+    @staticmethod
+    def _worker_families(add: Callable[..., None], name: str, facts: ServiceFacts) -> None:
+        worker = facts.worker
+        add(CHILD_PROCESSES, [name], facts.child_processes)
+        add(WORKER_PID, [name], worker.pid if worker is not None else 0)
+        for state in procfs.THREAD_STATE_NAMES:
+            add(WORKER_STATE, [name, state], 1 if worker is not None and worker.state == state else 0)
+        if worker is None:
+            return
+        add(WORKER, [name], {"name": worker.name})
+        add(WORKER_CPU_SECONDS, [name, "user"], worker.cpu_user_seconds)
+        add(WORKER_CPU_SECONDS, [name, "system"], worker.cpu_system_seconds)
+        add(WORKER_CONTEXT_SWITCHES, [name, "voluntary"], worker.voluntary_ctxt_switches)
+        add(WORKER_CONTEXT_SWITCHES, [name, "involuntary"], worker.involuntary_ctxt_switches)
+        add(WORKER_IDLE_READINGS, [name], worker.idle_readings)
+
+
+def _busiest_subtree(children: list[WorkerFacts]) -> WorkerFacts | None:
+    """The direct child of the service whose subtree used the most CPU: vLLM's engine core (whose own
+    worker process computes), a server's worker; the oldest of equals."""
+    ppid = {c.pid: c.ppid for c in children}
+    used: dict[int, float] = {}
+    for child in children:
+        top = child.pid
+        while ppid[top] in ppid:  # climb to the child of the service's own processes
+            top = ppid[top]
+        used[top] = used.get(top, 0.0) + child.cpu_user_seconds + child.cpu_system_seconds
+    tops = [c for c in children if c.pid in used]
+    return max(tops, key=lambda c: (used[c.pid], -c.start_ticks), default=None)
+
+
+def _counters(worker: WorkerFacts) -> tuple[float, float, int, int]:
+    return (
+        worker.cpu_user_seconds,
+        worker.cpu_system_seconds,
+        worker.voluntary_ctxt_switches,
+        worker.involuntary_ctxt_switches,
+    )

@@ -50,6 +50,7 @@ REASONS: dict[str, tuple[str, ...]] = {
         "engine_stalled",
         "gpu_idle_with_backlog",
         "queue_backlog_growing",
+        "worker_stuck",
     ),
     "exporter": ("collector_failed", "collector_stuck", "capture_not_permitted"),
 }

@@ -69,8 +69,8 @@ class Pick:
 
 
 def specificity(link: Link) -> int:
-    if link.layer == "stall" and link.reason in ("threads_blocked", "cpu_bound_loop"):
-        return STACKS
+    if link.layer == "stall" and link.reason in ("threads_blocked", "cpu_bound_loop", "worker_stuck"):
+        return STACKS  # where the service's threads are stuck, or which of its processes is
     if link.layer == "stall":
         return STALLED
     if link.layer == "service" and link.reason == "restarting":

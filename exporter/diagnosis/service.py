@@ -76,6 +76,8 @@ def _restart_loop(service: ServiceFacts, restarts: list[Restart], now: float) ->
 def _service_link(service: ServiceFacts) -> Link:
     name = f"service {service.name}"
     port = service.expected_port
+    if port is not None and service.port_taken_by:
+        return _port_taken(service, port)
     if not service.up:
         return Link(
             name,
@@ -89,17 +91,6 @@ def _service_link(service: ServiceFacts) -> Link:
         )
     pids = pid_list(service)
     listening = ", ".join(str(p) for p in service.listening_ports[:8]) or "none"
-    if port is not None and service.port_taken_by:
-        holders = ", ".join(f"pid {pid} ({comm})" for pid, comm in service.port_taken_by[:3])
-        return Link(
-            name,
-            "service",
-            False,
-            f"running (pid {pids}) but port {port} is held by another process: {holders}",
-            reason="port_taken",
-            evidence=(f"{holders} listens on {port}; clients reach it instead of {service.name}",),
-            next_command=f"ss -tlnp 'sport = :{port}'",
-        )
     if port is not None and not service.expected_port_listening:
         return Link(
             name,
@@ -119,6 +110,34 @@ def _service_link(service: ServiceFacts) -> Link:
         "service",
         True,
         f"running (pid {pids}), {service.threads} threads, listening on {listening}{restarted}",
+    )
+
+
+def _port_taken(service: ServiceFacts, port: int) -> Link:
+    """Another process holds the service's port, whether the service runs or not: who it is comes
+    first, since clients reach it instead of the service."""
+    holders = [f"pid {pid} ({command})" for pid, command in service.port_taken_by[:3]]
+    state = f"running (pid {pid_list(service)}) but" if service.up else "no process of it runs and"
+    own = (
+        f"{service.name} itself (pid {pid_list(service)}) listens on: "
+        + (", ".join(str(p) for p in service.listening_ports[:8]) or "none")
+        if service.up
+        else f"no running process matches the rules of service {service.name}"
+    )
+    return Link(
+        f"service {service.name}",
+        "service",
+        False,
+        f"{state} port {port} is held by another process: {', '.join(holders)}",
+        reason="port_taken",
+        evidence=(
+            *(
+                f"{holder} listens on {port}; clients reach it instead of {service.name}"
+                for holder in holders
+            ),
+            own,
+        ),
+        next_command=f"ss -tlnp 'sport = :{port}'",
     )
 
 

@@ -1,9 +1,10 @@
 """Stall links: stuck threads (py-spy), an engine not generating, idle GPUs with a backlog, queue growth.
 
-Trends are judged over several readings (trends.py), never one: a stalled engine's tokens stayed
-flat at ENGINE_FLAT_READINGS readings in a row while requests waited (or at one, while a probe of
-the engine's service has waited `forensics.hang_after` for its answer: a second, independent
-observation of the same stall); a queue rose at each of
+Trends are judged over several readings, never one: a stalled engine's tokens stayed flat at
+ENGINE_FLAT_READINGS readings in a row spanning ENGINE_STALL_WINDOW_SECONDS while requests waited
+(the engine collector's `stalled`), or at one while a probe of the engine's service has waited
+`forensics.hang_after` for its answer (a second, independent observation of the same stall); a
+queue rose at each of
 QUEUE_GROWTH_READINGS readings and holds at least QUEUE_MIN_DEPTH. Such a link says how many
 readings it already held, so the verdict does not wait for as many again.
 """
@@ -15,8 +16,9 @@ from typing import TYPE_CHECKING
 from .client import hung_probe
 from .facts import Facts
 from .model import Link, engine_subject, number
-from .thresholds import ENGINE_FLAT_READINGS, FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_READINGS, QUEUE_MIN_DEPTH
+from .thresholds import FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_READINGS, QUEUE_MIN_DEPTH
 from .trends import Trends
+from .workers import worker_links
 
 if TYPE_CHECKING:
     from ..collectors.engine import EngineFacts, EngineInstanceFacts
@@ -66,12 +68,11 @@ def gpu_idle_links(engine: EngineFacts | None, gpu: GpuFacts | None) -> list[Lin
 
 def stall_links(facts: Facts, trends: Trends, hang_after: float) -> list[Link]:
     engine, redis = facts.engine, facts.redis
-    links = gpu_idle_links(engine, facts.gpu)
+    links = gpu_idle_links(engine, facts.gpu) + worker_links(facts, hang_after)
     for instance in engine.engines.values() if engine is not None else []:
-        flat = trends.flat_readings(instance.name)
-        corroborated = _engine_probe_hangs(facts, instance, hang_after)
-        needed = 1 if corroborated else ENGINE_FLAT_READINGS
-        if instance.up and instance.stalled and flat >= needed:
+        flat = instance.flat_readings
+        corroborated = flat >= 1 and _engine_probe_hangs(facts, instance, hang_after)
+        if instance.up and (instance.stalled or corroborated):
             links.append(
                 Link(
                     f"engine {instance.name} generation",
@@ -138,21 +139,33 @@ def forensics_links(forensics: ForensicsFacts | None, now: float) -> list[Link]:
         if analysis is None:
             continue
         where = f"py-spy dump --pid {analysis.pid}"
+        # The stacks of a stuck child (vLLM's engine core), not of the service's main process.
+        child = (
+            (f"stacks of {evidence.process}, the service's stuck child process",) if evidence.process else ()
+        )
         blocked = [t for t in analysis.threads if t.state == "blocked"]
         busy = [t for t in analysis.threads if t.state == "busy"]
         # Several dumps compared a short interval apart: the capture is already a judgement
         # over several readings.
         held = analysis.dumps
         if analysis.deadlock_suspected:
-            evidence_lines = tuple(t.description for t in blocked[:4])
+            evidence_lines = child + tuple(t.description for t in blocked[:4])
             reason = "threads_blocked"
         elif busy and evidence.capture is not None and evidence.capture.reason not in _ASKED_FOR:
             # A thread busy in one function is normal work unless the service stopped answering.
-            evidence_lines = tuple(t.description for t in busy[:4])
+            evidence_lines = child + tuple(t.description for t in busy[:4])
             reason = "cpu_bound_loop"
         else:
             links.append(
-                Link(name, "stall", True, analysis.summary, source="probe", subject=evidence.service)
+                Link(
+                    name,
+                    "stall",
+                    True,
+                    analysis.summary,
+                    evidence=child,
+                    source="probe",
+                    subject=evidence.service,
+                )
             )
             continue
         links.append(

@@ -58,8 +58,19 @@ QUEUE_GROWTH_STALL = 1  # one reading counts as growth when the depth rose by at
 QUEUE_GROWTH_READINGS = 3  # the depth rose at each of this many readings in a row (so 2 rises)...
 QUEUE_MIN_DEPTH = 10  # ...and at least this many wait: a burst onto an idle queue is not a backlog
 QUEUE_GROWTH_WINDOW_SECONDS = (QUEUE_GROWTH_READINGS - 1) * READING_SECONDS  # the alert rule's window
-ENGINE_FLAT_READINGS = 2  # no new token at this many readings in a row while requests wait
-ENGINE_STALL_WINDOW_SECONDS = ENGINE_FLAT_READINGS * READING_SECONDS  # the alert rule's `for`
+# An engine is stalled when requests waited and no token came at ENGINE_FLAT_READINGS readings in a
+# row, the first of them at least ENGINE_STALL_WINDOW_SECONDS before the last (readings taken again
+# seconds apart do not shorten it): no token for a whole window, never one flat reading. The engine
+# collector's autoglm_engine_stalled is already judged over this window.
+ENGINE_FLAT_READINGS = 3
+ENGINE_STALL_WINDOW_SECONDS = (ENGINE_FLAT_READINGS - 1) * READING_SECONDS
+
+# A service's worker child (vLLM's engine core) that used no CPU and made no context switch at this
+# many process readings in a row, while its engine has requests, is stuck (diagnosis/workers.py).
+WORKER_IDLE_READINGS = 2
+# A child stopped, blocked in the kernel (D) or a zombie at this many readings in a row is stuck (a
+# tracer such as py-spy stops a process for a moment; I/O blocks it for a moment).
+WORKER_STUCK_READINGS = 2
 
 # --- the verdict over time ------------------------------------------------------------------------
 # A probe's refusal is judged against the process reading only when both were taken this close

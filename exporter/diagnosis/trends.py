@@ -1,5 +1,6 @@
-"""What only several readings can tell: a queue that keeps growing, an engine whose tokens stay
-flat, how much CPU a service itself uses.
+"""What only several readings can tell: a queue that keeps growing, how much CPU a service itself
+uses, its restarts. (An engine's flat tokens are counted by the engine collector itself, whose
+autoglm_engine_stalled is judged over the same window.)
 
 The verdict never judges a trend on one reading (one LPUSH of 5 items onto an idle queue is not
 a backlog). Trends are updated once per new reading of the collector they come from, so a
@@ -39,7 +40,6 @@ class Trends:
     def __init__(self) -> None:
         self._seen: dict[str, int] = {}  # collector -> the reading last taken into account
         self._queues: dict[tuple[str, str], _Queue] = {}
-        self._flat: dict[str, int] = {}
         self._cpu: dict[str, _Cpu] = {}
         self._cores: dict[str, float] = {}
         # service -> its main pid (None: down) and that process's start time, at the last reading
@@ -52,10 +52,6 @@ class Trends:
         """How many readings in a row the queue grew, and since when."""
         queue = self._queues.get((redis, key))
         return (queue.rises, queue.began_at) if queue is not None else (0, None)
-
-    def flat_readings(self, engine: str) -> int:
-        """Readings in a row without a new token while requests waited."""
-        return self._flat.get(engine, 0)
 
     def cores(self, service: str) -> float | None:
         """CPUs the service's processes used between its last two readings."""
@@ -70,8 +66,6 @@ class Trends:
     def update(self, facts: Facts, readings: Mapping[str, int], observed_at: Mapping[str, float]) -> None:
         if self._new("redis", readings):
             self._update_queues(facts, observed_at.get("redis"))
-        if self._new("engine", readings):
-            self._update_engines(facts)
         if self._new("process", readings):
             self._update_cpu(facts, observed_at.get("process"))
             self._update_restarts(facts, observed_at.get("process"))
@@ -96,10 +90,6 @@ class Trends:
                 else:
                     queues[(instance.name, key)] = _Queue(depth, 0, None)
         self._queues = queues
-
-    def _update_engines(self, facts: Facts) -> None:
-        engines = facts.engine.engines.values() if facts.engine is not None else []
-        self._flat = {e.name: self._flat.get(e.name, 0) + 1 for e in engines if e.up and e.stalled}
 
     def _update_cpu(self, facts: Facts, at: float | None) -> None:
         if at is None:

@@ -16,8 +16,14 @@ Per thread, over the dumps it appears in:
 
 What a thread waits on comes from its frames: first the standard library's Python frames at the
 top of the stack (threading.py Condition.wait, queue.py get, ...), then the native frames above
-the innermost Python frame when the dump has them (`lock_PyThread_acquire_lock` is the C-level
-`lock.acquire()` that `with lock:` shows no Python frame for; `time_sleep`, `select_poll_poll`, ...).
+the innermost Python frame when the dump has them: `with lock:` shows no Python frame for the
+acquire, only the C functions under it. Interpreter builds name those differently, so every name
+a build may show counts (see _native_wait): a self-built CPython shows its static functions
+(`lock_PyThread_acquire_lock`, `time_sleep`, `sock_recv`); a distribution's stripped one
+(Debian's /usr/bin/python3.11) only its exported API (`PyThread_acquire_lock_timed`) and libc's
+(`clock_nanosleep`, `recv`, `accept4`, `select`); 3.13 and later park lock waits in `PyMutex`
+and the parking lot. A stripped build cannot tell a C SimpleQueue.get() from a lock: both are
+`PyThread_acquire_lock_timed` under the application's line, read as a lock.
 Without native frames, a wait inside a C call made from application code is "unknown" and the
 thread is reported idle, never blocked: a `time.sleep()` must not read as a deadlock.
 
@@ -30,6 +36,7 @@ the main one is blocked and at least one of them on a lock.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -102,13 +109,20 @@ for _suffix, _functions, _wait in (
         _STDLIB_WAITS[(_suffix, _function)] = _wait
 del _suffix, _functions, _wait, _function
 
-# Native (C) functions above the innermost Python frame, innermost first: substring -> wait.
-_NATIVE_WAITS = (
-    ("take_gil", "gil"),
-    ("lock_PyThread_acquire_lock", "lock"),
+# Native (C) frames above the innermost Python frame, in three groups tried in turn (see
+# _native_wait). Interpreter functions match as substrings (`select_poll` is select_poll_poll_impl).
+# Waiting to take the GIL back (after a sleep or a read returned, or to run at all).
+_GIL_WAITS = ("take_gil", "PyEval_RestoreThread", "PyEval_AcquireThread", "PyGILState_Ensure")
+# What the Python code called: the C function behind a method, where the build names it.
+_CALLED_WAITS = (
+    ("lock_PyThread_acquire_lock", "lock"),  # _thread.lock.acquire up to 3.13
+    ("_thread_lock_acquire", "lock"),  # 3.14
     ("rlock_acquire", "lock"),
-    ("semlock_acquire", "lock"),
+    ("_thread_RLock_acquire", "lock"),
+    ("semlock_acquire", "lock"),  # multiprocessing's locks and semaphores
+    ("_multiprocessing_SemLock_acquire", "lock"),
     ("_queue_SimpleQueue_get", "queue"),
+    ("ThreadHandle_join", "join"),  # 3.13: Thread.join in C
     ("time_sleep", "sleep"),
     ("pysleep", "sleep"),
     ("select_poll", "select"),
@@ -125,6 +139,36 @@ _NATIVE_WAITS = (
     ("os_read", "io"),
     ("os_waitpid", "io"),
 )
+# How it waits, where nothing names the call (a stripped build): the interpreter's lock
+# primitives, then libc's exported functions by exact name (normalised: `__GI___poll` is poll).
+_PRIMITIVE_WAITS = (
+    ("PyThread_acquire_lock", "lock"),  # also _timed: every lock and RLock, a C SimpleQueue
+    ("_PyMutex_Lock", "lock"),  # 3.13+: _PyMutex_LockTimed, _PyMutex_LockSlow
+    ("PyMutex_Lock", "lock"),
+    ("_PyRecursiveMutex_Lock", "lock"),
+    ("_PyParkingLot_Park", "lock"),
+    ("_PySemaphore_Wait", "lock"),
+)
+_LIBC_WAITS = {
+    name: wait
+    for wait, names in (
+        ("lock", ("sem_wait", "sem_timedwait", "sem_clockwait", "new_sem_wait_slow", "do_futex_wait")),
+        ("lock", ("pthread_mutex_lock", "pthread_mutex_timedlock", "pthread_mutex_clocklock")),
+        ("lock", ("lll_lock_wait", "pthread_rwlock_rdlock", "pthread_rwlock_wrlock")),
+        ("sleep", ("clock_nanosleep", "nanosleep", "usleep")),
+        ("select", ("select", "pselect", "poll", "ppoll", "epoll_wait", "epoll_pwait", "epoll_pwait2")),
+        ("accept", ("accept", "accept4")),
+        ("io", ("recv", "recvfrom", "recvmsg", "read", "readv", "pread")),
+        ("io", ("send", "sendto", "sendmsg", "write", "writev", "connect")),
+        ("io", ("waitpid", "wait4", "waitid")),
+    )
+    for name in names
+}
+# A condition variable the interpreter itself waits on is the GIL: its locks are semaphores on
+# Linux, and a stripped build does not name take_gil (nor does an optimised one inline it away).
+_CONDITION_WAITS = ("pthread_cond_wait", "pthread_cond_timedwait", "pthread_cond_clockwait")
+_LIBC_DECORATION = re.compile(r"^_+(?:GI_+|libc_+)?|(?:_time64|64|_nocancel)$")
+_INTERPRETER_MODULE = re.compile(r"^(?:lib)?python\d")
 
 _STDLIB_PATH = re.compile(r"/lib/(?:pypy|python)\d+(?:\.\d+)?t?/(?!(?:site|dist)-packages/)")
 
@@ -229,7 +273,12 @@ def analyse(dumps: Sequence[Dump]) -> Analysis:
             samples.setdefault((thread.thread_id, thread.os_thread_id), []).append(thread)
     pid = ordered[0].pid if ordered else 0
     reports = tuple(_classify(stacks, len(ordered)) for stacks in samples.values())
-    reports = tuple(sorted(reports, key=lambda r: (STATES.index(r.state), r.name)))
+    # Within a state, threads alone at their line first: the two threads of a deadlock, before the
+    # request threads that then pile up waiting on one of their locks.
+    crowd = Counter((r.state, _location(r)) for r in reports)
+    reports = tuple(
+        sorted(reports, key=lambda r: (STATES.index(r.state), crowd[r.state, _location(r)], r.name))
+    )
     deadlock, sentence = _deadlock(reports, pid)
     return Analysis(
         pid=pid,
@@ -278,13 +327,42 @@ def _stdlib_frame_wait(frame: Frame) -> str | None:
 
 
 def _native_wait(frames: tuple[Frame, ...]) -> str | None:
-    for frame in frames:
-        if not frame.native:
-            return None  # only the native frames above the innermost Python frame
-        for marker, wait in _NATIVE_WAITS:
-            if marker in frame.function:
-                return wait
+    """What the native frames above the innermost Python frame wait on: the GIL (innermost first:
+    a sleep that returned and waits to run again waits for the GIL, not in the sleep); else what
+    the Python code called, where the build names it; else the primitive it waits in."""
+    innermost_python = next((i for i, frame in enumerate(frames) if not frame.native), None)
+    if innermost_python is None:
+        return None  # no Python frame: nothing the service's code waits on
+    above = frames[:innermost_python]  # innermost first
+    for index, frame in enumerate(above):
+        if any(marker in frame.function for marker in _GIL_WAITS):
+            return "gil"
+        if _libc_name(frame.function) in _CONDITION_WAITS and all(
+            _in_interpreter(between) for between in above[index + 1 :]
+        ):
+            return "gil"
+    for table in (_CALLED_WAITS, _PRIMITIVE_WAITS):
+        for frame in above:
+            for marker, wait in table:
+                if marker in frame.function:
+                    return wait
+    for frame in above:
+        found = _LIBC_WAITS.get(_libc_name(frame.function))
+        if found is not None:
+            return found
     return None
+
+
+def _libc_name(function: str) -> str:
+    """A libc function's public name: `__GI___poll` -> poll, `___pthread_cond_timedwait64` ->
+    pthread_cond_timedwait, `__new_sem_wait_slow64` -> new_sem_wait_slow."""
+    return _LIBC_DECORATION.sub("", function)
+
+
+def _in_interpreter(frame: Frame) -> bool:
+    """A native frame of the Python interpreter itself (its binary or libpython, named or not),
+    not a C extension's code."""
+    return bool(_INTERPRETER_MODULE.match(os.path.basename(frame.filename)))
 
 
 def _classify(stacks: list[ThreadStack], total: int) -> ThreadReport:
@@ -361,8 +439,14 @@ def _deadlock(reports: tuple[ThreadReport, ...], pid: int) -> tuple[bool, str]:
     on_locks = [r for r in reports if r.state == "blocked" and r.waiting_on in LOCK_WAITS]
     workers = [r for r in reports if not _is_main(r, pid)]
     if len(on_locks) >= 2:
-        lines = ", ".join(_location(r) for r in on_locks)
-        return True, f"threads {_names(on_locks)} blocked on locks at {lines} (possible deadlock)"
+        # One name per line: the threads waiting at a line another one already waits at are counted.
+        at: dict[str, list[ThreadReport]] = {}
+        for report in on_locks:
+            at.setdefault(_location(report), []).append(report)
+        names = [r.name for r in on_locks if at[_location(r)][0] is r]
+        more = len(on_locks) - len(at)
+        listed = _names(names + ([f"{more} more"] if more else []))
+        return True, f"threads {listed} blocked on locks at {', '.join(at)} (possible deadlock)"
     if on_locks and workers and all(r.state == "blocked" for r in workers):
         parts = ", ".join(
             f"{r.name} on {_WAIT_WORDS[r.waiting_on or 'unknown']} at {_location(r)}" for r in workers
@@ -402,6 +486,5 @@ def _location(report: ThreadReport) -> str:
     return report.where.location if report.where else "?"
 
 
-def _names(reports: list[ThreadReport]) -> str:
-    names = [r.name for r in reports]
+def _names(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

@@ -1,14 +1,21 @@
 """Evidence before the restart: py-spy stacks of a service that stopped answering.
 
-It watches the latest facts (after every publish) and captures the main process's Python stacks
+It watches the latest facts (after every publish) and captures a process's Python stacks
 a few times, analyses them (blocked on locks? spinning?) and saves them, in a thread of its own
 so no collector or scrape ever waits for py-spy. A capture can also be asked for (POST
 /api/capture, `autoglm-exporter capture`).
 
-Stacks explain a hang, nothing else, so only a hang of a live process triggers a capture:
-- a client probe connected to the service and still waiting after `hang_after` seconds (the
-  inflight collector's facts), while that probe still waits: evidence within seconds, not after
-  the probe's 30 s timeout;
+Stacks explain a hang, nothing else, so only a hang of a live process triggers a capture. It takes
+the stacks of the process that is stuck: a child of the service stopped, blocked in the kernel or a
+zombie, or its idle worker while its engine has requests (vLLM's engine core: the API server goes
+on answering while it hangs; diagnosis/workers.py decides), else the service's main process.
+Triggers:
+- a probe of the service (a client's, or a generation probe of an engine the API depends on)
+  connected and still waiting after `hang_after` seconds (the inflight collector's facts), while
+  that probe still waits: evidence within seconds, not after the probe's 30 s timeout;
+- a client probe that connected, waited `hang_after` or longer and timed out: the same hang,
+  seen only once it ended (a probe whose timeout is `hang_after` ends before the inflight
+  collector, read once a second, sees it wait that long);
 - or `trigger_after_failures` client probes in a row that connected and timed out (probes whose
   timeout is shorter than `hang_after`), counted for the service's current main process only.
 Refused connections, HTTP errors, bad answers, resets or a port held by another process never
@@ -27,10 +34,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..collectors.engine import EngineFacts
 from ..collectors.inflight import InFlightFacts
 from ..collectors.probe import ProbeFacts
 from ..collectors.process import ProcessFacts, ServiceFacts
 from ..config import ForensicsConfig
+from ..diagnosis.workers import stuck_worker
 from ..metrics.spec import Families, Family, counter, gauge
 from . import CAPTURE_ERROR_KINDS, STATES, Analysis, CaptureError, CaptureStore, StoredCapture
 from . import analyse as analyse_dumps
@@ -83,6 +92,9 @@ class ServiceEvidence:
     error_kind: str | None = None
     error: str | None = None  # with the hint, e.g. "... (add SYS_PTRACE)"
     pid: int | None = None  # the process whose stacks these are
+    # When that is a stuck child of the service rather than its main process: its name, pid and
+    # state when the capture began, e.g. "VLLM::EngineCore (pid 4321, state T)".
+    process: str | None = None
     # False once the service answered its client probes again or another process replaced it:
     # the stacks are history then and no longer speak for the service (verdict, deadlock gauge).
     current: bool = True
@@ -112,6 +124,7 @@ class HangWatch:
         self._services: set[str] = set()
         self._main_pids: dict[str, int | None] = {}  # service -> its main pid at the last look
         self._timeouts: dict[tuple[str, str], int] = {}  # (service, target) -> timed out in a row
+        self._waited: dict[tuple[str, str], float] = {}  # its last probe's wait, when it timed out hung
         self._counted: dict[str, float] = {}  # target -> finished_at of the last probe counted
         self._next_automatic: dict[str, float] = {}  # service -> clock() before which none starts
 
@@ -129,9 +142,10 @@ class HangWatch:
         process: ProcessFacts | None = facts.get("process")
         probe: ProbeFacts | None = facts.get("probe")
         in_flight: InFlightFacts | None = facts.get("inflight")
+        engine: EngineFacts | None = facts.get("engine")
         if process is None:
             return []
-        started: list[tuple[ServiceFacts, str]] = []
+        started: list[tuple[ServiceFacts, str, int, str | None]] = []
         with self._lock:
             self._services.update(process.services)
             self._follow_main_pids(process)
@@ -145,20 +159,22 @@ class HangWatch:
                 if service.name in self._running or now < self._next_automatic.get(service.name, 0.0):
                     continue
                 self._next_automatic[service.name] = now + self.config.cooldown
-                self._start(service.name, service.main_pid or 0, "probe_failing")
-                started.append((service, why))
-        for service, why in started:
+                pid, stuck = _suspect(service, engine)
+                self._start(service.name, pid, "probe_failing", stuck)
+                started.append((service, why, pid, stuck))
+        for service, why, pid, stuck in started:
             log.warning(
                 "service hangs: capturing its stacks",
-                extra={"service": service.name, "pid": service.main_pid, "why": why},
+                extra={"service": service.name, "pid": pid, "stuck_child": stuck, "why": why},
             )
-        return [service.name for service, _ in started]
+        return [service.name for service, *_ in started]
 
     def _follow_main_pids(self, process: ProcessFacts) -> None:
         """A new main process is a new suspect: forget the old one's timeouts and cooldown."""
         for name, service in process.services.items():
             if name in self._main_pids and self._main_pids[name] != service.main_pid:
                 self._timeouts = {key: n for key, n in self._timeouts.items() if key[0] != name}
+                self._waited = {key: w for key, w in self._waited.items() if key[0] != name}
                 self._next_automatic.pop(name, None)
             self._main_pids[name] = service.main_pid
 
@@ -174,6 +190,10 @@ class HangWatch:
             outcome = target.outcome
             hung = outcome.reason == "read_timeout" and outcome.connected
             self._timeouts[key] = self._timeouts.get(key, 0) + 1 if hung else 0
+            if hung and outcome.duration >= self.config.hang_after:
+                self._waited[key] = outcome.duration
+            else:
+                self._waited.pop(key, None)
 
     def _hanging(
         self, process: ProcessFacts, probe: ProbeFacts | None, in_flight: InFlightFacts | None
@@ -187,15 +207,22 @@ class HangWatch:
                 found.setdefault(service.name, (service, why))
 
         for waiting in in_flight.targets.values() if in_flight is not None else []:
-            if waiting.layer == "client" and waiting.connected and waiting.waited >= self.config.hang_after:
+            # Any probe of the service: a generation probe of vLLM (a dependency of the API in front
+            # of it) hangs on the same stuck engine core as a user's request.
+            if waiting.connected and waiting.waited >= self.config.hang_after:
                 hangs(
                     waiting.service,
                     waiting.url,
                     f"probe {waiting.target} unanswered for {waiting.waited:.1f}s",
                 )
         for target in probe.targets.values() if probe is not None else []:
-            row = self._timeouts.get((target.service or "", target.name), 0)
-            if target.layer == "client" and row >= self.config.trigger_after_failures:
+            key = (target.service or "", target.name)
+            row, waited = self._timeouts.get(key, 0), self._waited.get(key)
+            if target.layer != "client":
+                continue
+            if waited is not None:
+                hangs(target.service, target.url, f"probe {target.name} timed out after {waited:.1f}s")
+            elif row >= self.config.trigger_after_failures:
                 hangs(target.service, target.url, f"probe {target.name} timed out {row}x in a row")
         return list(found.values())
 
@@ -211,7 +238,7 @@ class HangWatch:
             answering = bool(clients) and all(
                 t.outcome.success and t.finished_at > evidence.at for t in clients
             )
-            if answering or service.main_pid != evidence.pid:
+            if answering or evidence.pid not in (service.main_pid, *(c.pid for c in service.children)):
                 self._evidence[name] = replace(evidence, current=False)
 
     def request(self, service: str, pid: int, reason: str) -> bool:
@@ -222,12 +249,12 @@ class HangWatch:
             self._start(service, pid, reason)
         return True
 
-    def _start(self, service: str, pid: int, reason: str) -> None:
+    def _start(self, service: str, pid: int, reason: str, process: str | None = None) -> None:
         """With the lock held: mark the service's capture running and start it in its own thread."""
         self._running.add(service)
         self._services.add(service)
         threading.Thread(
-            target=self._capture, args=(service, pid, reason), name=f"capture-{service}", daemon=True
+            target=self._capture, args=(service, pid, reason, process), name=f"capture-{service}", daemon=True
         ).start()
 
     def capture_now(self, service: str, pid: int, reason: str) -> ServiceEvidence:
@@ -238,21 +265,23 @@ class HangWatch:
         self._capture(service, pid, reason)
         return self._evidence[service]
 
-    def _capture(self, service: str, pid: int, reason: str) -> None:
+    def _capture(self, service: str, pid: int, reason: str, process: str | None = None) -> None:
         config = self.config
         begun = self._clock()
         try:
             dumps = capture_stacks(pid, config.dumps, config.dump_interval, config.timeout, config.py_spy)
             analysis = analyse_dumps(dumps)
             saved = self.store.save(service, reason, dumps, analysis)
-            evidence = ServiceEvidence(service, time.time(), saved, analysis, pid=pid)
+            evidence = ServiceEvidence(service, time.time(), saved, analysis, pid=pid, process=process)
             self._count(self._captures, (service, reason))
             log.warning(
                 "stacks captured",
                 extra={"service": service, "file": str(saved.path), "summary": analysis.summary},
             )
         except CaptureError as exc:
-            evidence = ServiceEvidence(service, time.time(), error_kind=exc.kind, error=str(exc), pid=pid)
+            evidence = ServiceEvidence(
+                service, time.time(), error_kind=exc.kind, error=str(exc), pid=pid, process=process
+            )
             self._count(self._failures, (service, exc.kind))
             log.error("stack capture failed", extra={"service": service, "kind": exc.kind, "error": str(exc)})
         except OSError as exc:  # the capture directory
@@ -301,6 +330,14 @@ class HangWatch:
                     add(THREADS, [service, state], counts.get(state, 0))
                 add(DEADLOCK, [service], 1 if found.current and found.analysis.deadlock_suspected else 0)
         return families.list()
+
+
+def _suspect(service: ServiceFacts, engine: EngineFacts | None) -> tuple[int, str | None]:
+    """The pid to capture: the service's stuck child (with its name and state), else its main process."""
+    child = stuck_worker(service, engine)
+    if child is None:
+        return service.main_pid or 0, None
+    return child.pid, f"{child.name} (pid {child.pid}, state {child.letter})"
 
 
 def _explains(evidence: ServiceEvidence) -> bool:

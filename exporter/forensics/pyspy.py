@@ -291,7 +291,12 @@ def capture(
 def dump(pid: int, timeout: float = 10.0, py_spy: str = PY_SPY, native: bool = False) -> Dump:
     """One `py-spy dump --json` of every thread of `pid` (never --locals)."""
     argv = [resolve_py_spy(py_spy), "dump", "--json", "--pid", str(pid)]
-    if native:
+    if _stopped(pid):
+        # py-spy cannot suspend a process that is already stopped (SIGSTOP); it does not move
+        # while stopped, so read it as it is (without native frames, which need it suspended).
+        argv.append("--nonblocking")
+        native = False
+    elif native:
         argv.append("--native")
     started, begun = time.time(), time.monotonic()
     done = _run(argv, pid, timeout)

@@ -1,7 +1,10 @@
 """Which processes belong to which configured service: one matcher, one membership result per cycle.
 
 A process belongs to a service when any of the service's rules claims it: command-line regex,
-executable, pidfile or listening port (and, with include_children, its descendants). Every
+executable, pidfile or listening port (and, with include_children, its descendants). A port rule
+never adopts a process the service's other rules contradict: when a command line, executable or
+live pidfile says who the service is, the port's holder must be one of those processes or descend
+from one; anything else on the port is a squatter (the process collector names it). Every
 collector that needs a service's processes (process, container, environment, the GPU join) asks
 the same `ServiceMatcher`, so a service means the same processes everywhere: `current()` hands
 out one `Membership` until it is older than `reuse_for`, then looks at /proc again. Collectors
@@ -97,6 +100,10 @@ class Membership:
     main: dict[str, tuple[int, int]]  # service -> (pid, start ticks) of its oldest process, if any
     port_owners: dict[int, tuple[int, ...]]  # each configured port -> the pids holding its LISTEN socket
     first_service: dict[int, str]  # pid -> the first configured service it belongs to
+    # service -> the processes below its processes in the tree (its workers: vLLM's engine core,
+    # renamed VLLM::EngineCore, which no command-line rule of the API server matches), sorted;
+    # found whether or not include_children counts them as the service's own.
+    children: dict[str, tuple[int, ...]]
 
     def main_pid(self, service: str) -> int | None:
         """The service's oldest process: where stacks, its cgroup and its environment are read."""
@@ -168,22 +175,32 @@ class ServiceMatcher:
             for pid in members:
                 first_service.setdefault(pid, name)
         main = {name: found for name, members in services.items() if (found := _oldest(members, cycle))}
+        below = _children_of(pids, cycle)
+        children = {name: tuple(sorted(_below(members, below))) for name, members in services.items()}
         self._forget_gone(pids)
-        return Membership(time.monotonic(), cycle, tuple(pids), services, main, port_owners, first_service)
+        return Membership(
+            time.monotonic(), cycle, tuple(pids), services, main, port_owners, first_service, children
+        )
 
     def _match(
         self, service: ServiceConfig, pids: list[int], cycle: Cycle, port_owners: dict[int, tuple[int, ...]]
     ) -> set[int]:
         rule = service.match
-        matched: set[int] = set()
+        matched: set[int] = set()  # by who the process is: command line, executable, pidfile
         if rule.cmdline or rule.exe:
             matched.update(self._by_command(service, pids))
-        if rule.pidfile:
-            pidfile_pid = _read_pidfile(rule.pidfile)
-            if pidfile_pid is not None and cycle.stat(pidfile_pid) is not None:
-                matched.add(pidfile_pid)
+        pidfile_pid = _read_pidfile(rule.pidfile) if rule.pidfile else None
+        if pidfile_pid is not None and cycle.stat(pidfile_pid) is not None:
+            matched.add(pidfile_pid)
         if rule.port is not None:
-            matched.update(port_owners[rule.port])
+            # A port says where a process listens, not who it is: when the other rules can tell
+            # who the service is, a holder they do not claim (itself or an ancestor) is a squatter.
+            identified = bool(rule.cmdline or rule.exe or matched)
+            matched.update(
+                pid
+                for pid in port_owners[rule.port]
+                if not identified or pid in matched or _descends_from(pid, matched, cycle)
+            )
         if service.include_children and matched:
             matched |= _descendants(matched, pids, cycle)
         return {pid for pid in matched if cycle.stat(pid) is not None}
@@ -280,19 +297,40 @@ def _read_pidfile(path: str) -> int | None:
 
 
 def _descendants(roots: set[int], pids: list[int], cycle: Cycle) -> set[int]:
+    return _below(roots, _children_of(pids, cycle)) - roots
+
+
+def _children_of(pids: list[int], cycle: Cycle) -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for pid in pids:
         stat = cycle.stat(pid)
         if stat is not None:
             children.setdefault(stat.ppid, []).append(pid)
+    return children
+
+
+def _below(roots: Iterable[int], children: dict[int, list[int]]) -> set[int]:
+    """Every process below one of `roots` in the tree (a root below another root included)."""
     found: set[int] = set()
     stack = list(roots)
     while stack:
         for child in children.get(stack.pop(), []):
-            if child not in found and child not in roots:
+            if child not in found:
                 found.add(child)
                 stack.append(child)
     return found
+
+
+def _descends_from(pid: int, ancestors: set[int], cycle: Cycle) -> bool:
+    current = pid
+    for _ in range(MAX_ANCESTRY):
+        stat = cycle.stat(current)
+        if stat is None or stat.ppid <= 1:
+            return False
+        if stat.ppid in ancestors:
+            return True
+        current = stat.ppid
+    return False
 
 
 def _oldest(pids: Iterable[int], cycle: Cycle) -> tuple[int, int] | None:

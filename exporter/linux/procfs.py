@@ -220,6 +220,14 @@ def read_cmdline(proc_root: str, pid: int) -> str:
     return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
 
 
+def read_process_name(proc_root: str, pid: int) -> str:
+    """What the process calls itself: argv[0] (a title set with setproctitle, such as vLLM's
+    `VLLM::EngineCore`), a path shortened to its file name; empty for kernel threads."""
+    with open(f"{proc_root}/{pid}/cmdline", "rb") as handle:
+        first = handle.read(4096).split(b"\0", 1)[0].decode("utf-8", "replace").strip()
+    return os.path.basename(first) if first.startswith("/") and " " not in first else first
+
+
 def read_exe(proc_root: str, pid: int) -> str | None:
     """Target of /proc/PID/exe, or None when it cannot be read (kernel thread, no permission)."""
     try:

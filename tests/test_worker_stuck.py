@@ -1,0 +1,183 @@
+"""A worker child stuck while its parent answers (vLLM's engine core), over a real process tree.
+
+tests/worker_tree.py is a real parent serving HTTP on 127.0.0.1 and a real child that renames itself
+(TEST::EngineCore, as vLLM's engine core does with setproctitle) and does the work. Stopping the
+child (SIGSTOP) hangs every POST while GET /health stays 200: the verdict must name the child with
+its pid and state, and the automatic stack capture must take the child's stacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import generate_latest
+
+from autoglm_exporter.collectors.process import ProcessCollector
+from autoglm_exporter.config import ProcessMatch, ServiceConfig
+
+from .conftest import REPO, assert_promtool_clean, registry_of, sample, wait_until
+
+TREE = REPO / "tests" / "worker_tree.py"
+
+
+@dataclass
+class Tree:
+    tag: str
+    parent: subprocess.Popen[bytes]
+    child: int
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def state(self) -> str:
+        return Path(f"/proc/{self.child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+    def stop_child(self) -> None:
+        os.kill(self.child, signal.SIGSTOP)
+        wait_until(lambda: self.state() == "T")
+
+
+@pytest.fixture
+def tree() -> Iterator[Tree]:
+    tag = f"tree-{uuid.uuid4().hex[:10]}"
+    parent = subprocess.Popen([sys.executable, str(TREE), tag], stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    ready = re.fullmatch(rb"ready pid=(\d+) child=(\d+) port=(\d+)\n", parent.stdout.readline())
+    assert ready, "worker_tree.py did not start"
+    started = Tree(tag, parent, int(ready[2]), int(ready[3]))
+    yield started
+    for sig in (signal.SIGCONT, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(started.child, sig)
+    parent.kill()
+    parent.wait(5)
+    parent.stdout.close()
+
+
+def _service(tree: Tree) -> ServiceConfig:
+    # The built-in defaults' shape: the API server by its command line or its port.
+    return ServiceConfig(
+        "engine", ProcessMatch(cmdline=f"worker_tree\\.py {tree.tag}", port=tree.port), port=tree.port
+    )
+
+
+def test_the_renamed_child_is_the_services_worker_with_its_pid_state_and_counters(tree: Tree) -> None:
+    collector = ProcessCollector((_service(tree),))
+    result = collector.collect()
+    facts = result.facts.services["engine"]
+    assert facts.pids == [tree.parent.pid]  # the renamed child is not matched by the parent's rule...
+    assert facts.child_processes == 1 and facts.worker is not None  # ...but found below it
+    worker = facts.worker
+    assert (worker.pid, worker.ppid, worker.name) == (tree.child, tree.parent.pid, "TEST::EngineCore")
+    assert worker.state in ("sleeping", "running") and not worker.stuck and facts.stuck_child is None
+    value = registry_of(result).get_sample_value
+    assert value("autoglm_process_worker_pid", {"service": "engine"}) == tree.child
+    assert value("autoglm_process_worker_info", {"service": "engine", "name": "TEST::EngineCore"}) == 1
+    assert value("autoglm_process_worker_state", {"service": "engine", "state": "stopped"}) == 0
+    assert value("autoglm_process_child_processes", {"service": "engine"}) == 1
+    assert_promtool_clean(generate_latest(registry_of(result)))
+
+    # Work moves its counters: a generation is CPU and context switches of the child.
+    before = worker.voluntary_ctxt_switches + worker.involuntary_ctxt_switches
+    for _ in range(20):
+        assert httpx.post(tree.url + "/generate", json={}, timeout=10).json()["text"] == "generated request"
+    worked = collector.collect().facts.services["engine"].worker
+    assert worked.voluntary_ctxt_switches + worked.involuntary_ctxt_switches >= before + 20
+    assert worked.idle_readings == 0
+
+    tree.stop_child()
+    first = collector.collect().facts.services["engine"]
+    assert first.worker.state == "stopped" and first.worker.letter == "T"
+    assert not first.worker.stuck and first.stuck_child is None  # a tracer stops a process for a moment
+    stopped = collector.collect()
+    worker = stopped.facts.services["engine"].worker
+    assert worker.state == "stopped" and worker.state_readings == 2 and worker.stuck
+    assert stopped.facts.services["engine"].stuck_child == worker
+    value = registry_of(stopped).get_sample_value
+    assert value("autoglm_process_worker_state", {"service": "engine", "state": "stopped"}) == 1
+    assert value("autoglm_process_worker_state", {"service": "engine", "state": "sleeping"}) == 0
+    # Stopped, it neither runs nor switches: its counters stand still from reading to reading.
+    again = collector.collect().facts.services["engine"].worker
+    assert again.idle_readings >= 1 and again.idle_since is not None
+    assert value("autoglm_process_worker_pid", {"service": "engine"}) == tree.child
+
+
+def _config(tmp_path: Path, tree: Tree) -> Path:
+    config = tmp_path / "autoglm.yml"
+    config.write_text(
+        f"""
+global: {{interval: 0.5s, timeout: 3s, jitter: 0}}
+# The machine's own load (a busy CI runner) must not become the verdict these tests expect.
+collectors: {{system: {{enabled: false}}}}
+services:
+  - name: engine
+    match: {{cmdline: 'worker_tree\\.py {tree.tag}', port: {tree.port}}}
+targets:
+  - {{name: generate, module: inference, url: '{tree.url}/generate', service: engine, timeout: 30s}}
+  - {{name: health, module: http, url: '{tree.url}/health', service: engine, layer: dependencies, timeout: 2s}}
+redis: []
+engines: []
+logs: []
+forensics: {{hang_after: 1s, dumps: 2, dump_interval: 0.2s, directory: {tmp_path / "captures"}}}
+"""
+    )
+    return config
+
+
+def test_a_stopped_worker_is_named_with_pid_and_state_and_its_stacks_are_taken(
+    tree: Tree, start_exporter, tmp_path: Path
+) -> None:
+    exporter = start_exporter("--config.file", str(_config(tmp_path, tree)))
+
+    def diagnosis() -> dict:
+        return exporter.get("/api/diagnosis").json()
+
+    wait_until(
+        lambda: (
+            diagnosis()["healthy"]
+            and sample(exporter.metrics(), "autoglm_probe_success", target="generate") == 1
+        ),
+        timeout=30,
+    )
+    tree.stop_child()
+    wait_until(lambda: (diagnosis()["verdict"] or {}).get("reason") == "worker_stuck", timeout=30)
+    verdict = diagnosis()["verdict"]
+    assert verdict["layer"] == "stall"
+    assert f"worker process TEST::EngineCore (pid {tree.child}, state T) is stopped" in verdict["summary"]
+    assert "probe generate has waited" in verdict["summary"]
+    assert any("no proof of life" in line for line in verdict["evidence"])
+    assert f"--pid {tree.child}" in verdict["next_command"]
+    # /health still answers 200 all along: not proof of life.
+    assert httpx.get(tree.url + "/health", timeout=5).status_code == 200
+    metrics = exporter.metrics()
+    assert sample(metrics, "autoglm_probe_success", target="health") == 1
+    assert sample(metrics, "autoglm_process_worker_state", service="engine", state="stopped") == 1
+    assert sample(metrics, "autoglm_process_worker_pid", service="engine") == tree.child
+
+    # The automatic capture took the stacks of the stopped child, not of the parent that answers.
+    captures = tmp_path / "captures"
+    wait_until(lambda: any(captures.glob("*.json")), timeout=60)
+    saved = json.loads(next(captures.glob("*.json")).read_text())
+    assert saved["reason"] == "probe_failing" and saved["pid"] == tree.child
+    assert all(dump["pid"] == tree.child for dump in saved["dumps"])
+    assert tree.state() == "T"  # taking its stacks did not wake it
+    stacks = next(link for link in diagnosis()["links"] if link["name"] == "stacks engine")
+    assert (
+        f"stacks of TEST::EngineCore (pid {tree.child}, state T), the service's stuck child process"
+        in (stacks["evidence"])
+    )
+    assert (diagnosis()["verdict"] or {}).get("reason") == "worker_stuck"  # the stacks did not hide it
