@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from ..collectors.engine import EngineFacts
 from ..collectors.inflight import InFlightFacts
 from ..collectors.probe import ProbeFacts
-from ..collectors.process import ProcessFacts, ServiceFacts
+from ..collectors.process import STUCK_STATES, ProcessFacts, ServiceFacts
 from ..config import ForensicsConfig
 from ..diagnosis.workers import stuck_worker
 from ..metrics.spec import Families, Family, counter, gauge
@@ -154,8 +154,11 @@ class HangWatch:
             for service, why in self._hanging(process, probe, in_flight):
                 if service.name in self._running or now < self._next_automatic.get(service.name, 0.0):
                     continue
+                suspect = _suspect(service, engine)
+                if suspect is None:
+                    continue  # a child just seen stopped: the next process reading says which to capture
                 self._next_automatic[service.name] = now + self.config.cooldown
-                pid, stuck = _suspect(service, engine)
+                pid, stuck = suspect
                 self._start(service.name, pid, "probe_failing", stuck)
                 started.append((service, why, pid, stuck))
         for service, why, pid, stuck in started:
@@ -318,12 +321,15 @@ class HangWatch:
         return families.list()
 
 
-def _suspect(service: ServiceFacts, engine: EngineFacts | None) -> tuple[int, str | None]:
-    """The pid to capture: the service's stuck child (with its name and state), else its main process."""
+def _suspect(service: ServiceFacts, engine: EngineFacts | None) -> tuple[int, str | None] | None:
+    """The pid to capture: the service's stuck child (with its name and state), else its main process;
+    None while a child was seen stopped, blocked or dead at one reading only (not yet known stuck)."""
     child = stuck_worker(service, engine)
-    if child is None:
-        return service.main_pid or 0, None
-    return child.pid, f"{child.name} (pid {child.pid}, state {child.letter})"
+    if child is not None and child.state != "zombie":  # a zombie has no stacks: its parent's say why
+        return child.pid, f"{child.name} (pid {child.pid}, state {child.letter})"
+    if child is None and any(c.state in STUCK_STATES for c in service.children):
+        return None
+    return service.main_pid or 0, None
 
 
 def _explains(evidence: ServiceEvidence) -> bool:
