@@ -92,7 +92,7 @@ class ServiceEvidence:
     # When that is a stuck child of the service rather than its main process: its name, pid and
     # state when the capture began, e.g. "VLLM::EngineCore (pid 4321, state T)".
     process: str | None = None
-    # False once the service answered its client probes again or another process replaced it:
+    # False once the service answered its probes again or another process replaced it:
     # the stacks are history then and no longer speak for the service (verdict, deadlock gauge).
     current: bool = True
 
@@ -221,7 +221,8 @@ class HangWatch:
             service = process.services.get(name)
             if not evidence.current or service is None:
                 continue
-            clients = [t for t in probe.targets.values() if t.service == name and t.layer == "client"]
+            # Every probe of the service (a hang may have been seen by a generation probe alone).
+            clients = [t for t in probe.targets.values() if t.service == name]
             # Answered since: a result from before the capture says nothing (a hang is caught while
             # its probe still waits, so the last result is often a success from before it began).
             answering = bool(clients) and all(
