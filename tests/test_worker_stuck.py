@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,8 +25,10 @@ import httpx
 import pytest
 from prometheus_client import generate_latest
 
+from autoglm_exporter.collectors.inflight import InFlightFacts, InFlightProbe
 from autoglm_exporter.collectors.process import ProcessCollector
-from autoglm_exporter.config import ProcessMatch, ServiceConfig
+from autoglm_exporter.config import ForensicsConfig, ProcessMatch, ServiceConfig
+from autoglm_exporter.forensics.hangwatch import HangWatch
 
 from .conftest import REPO, assert_promtool_clean, registry_of, sample, wait_until
 
@@ -181,3 +184,26 @@ def test_a_stopped_worker_is_named_with_pid_and_state_and_its_stacks_are_taken(
         in (stacks["evidence"])
     )
     assert (diagnosis()["verdict"] or {}).get("reason") == "worker_stuck"  # the stacks did not hide it
+
+
+def test_the_capture_waits_one_reading_to_know_the_stopped_child_then_takes_its_stacks(
+    tree: Tree, tmp_path: Path
+) -> None:
+    """A probe of the service hangs; its child was seen stopped at one reading only (a tracer stops a
+    process for a moment): the capture waits for the next process reading, then takes the child."""
+    collector = ProcessCollector((_service(tree),))
+    watch = HangWatch(ForensicsConfig(hang_after=1.0, dumps=2, dump_interval=0.2, directory=str(tmp_path)))
+    probe = InFlightProbe(
+        "generate", "engine", "dependencies", f"{tree.url}/generate", time.time(), 9.0, True
+    )
+    hung = InFlightFacts({"generate": probe})
+    tree.stop_child()
+    first = collector.collect().facts
+    assert watch.observe({"process": first, "inflight": hung}) == []  # not yet known stuck
+    assert watch.observe({"process": collector.collect().facts, "inflight": hung}) == ["engine"]
+
+    evidence = wait_until(lambda: watch.facts().services.get("engine"), timeout=60, interval=0.1)
+    assert evidence.pid == tree.child and evidence.error is None
+    assert evidence.process == f"TEST::EngineCore (pid {tree.child}, state T)"
+    assert evidence.analysis is not None and evidence.analysis.pid == tree.child
+    assert tree.state() == "T"
