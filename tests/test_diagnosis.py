@@ -597,11 +597,15 @@ def test_a_hung_generation_probe_corroborates_one_flat_reading_of_a_stalled_engi
 # --- a worker child stuck while its parent answers (vLLM's engine core) ----------------------------
 
 
-def _worker(state: str = "sleeping", idle: int = 0, readings: int = 2) -> WorkerFacts:
+_LETTERS = {"sleeping": "S", "stopped": "T", "zombie": "Z", "disk_sleep": "D"}
+
+
+def _worker(state: str = "sleeping", idle: int = 0, readings: int = 2, letter: str = "") -> WorkerFacts:
     """vLLM's engine core, in `state` at `readings` readings in a row, idle at `idle` of them."""
     return WorkerFacts(
         5151, 4242, "VLLM::EngineCore", state, 1000, 30.0, 2.0, 40, {state: 40}, 9000, 100,
         state_readings=readings, idle_readings=idle, idle_since=T0 if idle else None,
+        letter=letter or _LETTERS[state],
     )  # fmt: skip
 
 
@@ -626,10 +630,16 @@ def test_a_stopped_engine_core_is_named_with_its_pid_and_state_while_a_probe_han
     assert "py-spy dump --nonblocking --pid 5151" in verdict.next_command
 
 
-def test_a_child_stopped_for_one_reading_only_is_not_stuck() -> None:
-    """A tracer (py-spy, a debugger) stops a process for a moment: not a stuck engine core."""
-    facts = {"process": _with_worker(_worker("stopped", readings=1)), "inflight": waiting(9.0)}
-    assert verdict(facts) == ("client", "not_answering")
+def test_a_child_held_by_a_tracer_or_blocked_for_one_reading_only_is_not_stuck() -> None:
+    """A tracer (py-spy, a debugger) holds a process for a moment, I/O blocks one: not a stuck engine
+    core. A SIGSTOP (T) stays until someone continues it: stuck at once."""
+    for moment in (_worker("stopped", readings=1, letter="t"), _worker("disk_sleep", readings=1)):
+        facts = {"process": _with_worker(moment), "inflight": waiting(9.0)}
+        assert verdict(facts) == ("client", "not_answering")
+        held = {**facts, "process": _with_worker(dataclasses.replace(moment, state_readings=2))}
+        assert verdict(held) == ("stall", "worker_stuck")
+    sigstop = {"process": _with_worker(_worker("stopped", readings=1)), "inflight": waiting(9.0)}
+    assert verdict(sigstop) == ("stall", "worker_stuck")
 
 
 def test_a_health_200_is_no_proof_of_life_of_a_stopped_engine_core() -> None:

@@ -15,17 +15,20 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client import generate_latest
 
+from autoglm_exporter.collectors.inflight import InFlightFacts, InFlightProbe
 from autoglm_exporter.collectors.process import ProcessCollector
-from autoglm_exporter.config import ProcessMatch, ServiceConfig
+from autoglm_exporter.config import ForensicsConfig, ProcessMatch, ServiceConfig
+from autoglm_exporter.forensics.hangwatch import HangWatch
 
 from .conftest import REPO, assert_promtool_clean, registry_of, sample, wait_until
 
@@ -100,12 +103,9 @@ def test_the_renamed_child_is_the_services_worker_with_its_pid_state_and_counter
     assert worked.idle_readings == 0
 
     tree.stop_child()
-    first = collector.collect().facts.services["engine"]
-    assert first.worker.state == "stopped" and first.worker.letter == "T"
-    assert not first.worker.stuck and first.stuck_child is None  # a tracer stops a process for a moment
     stopped = collector.collect()
     worker = stopped.facts.services["engine"].worker
-    assert worker.state == "stopped" and worker.state_readings == 2 and worker.stuck
+    assert worker.state == "stopped" and worker.letter == "T" and worker.stuck  # SIGSTOP: stuck at once
     assert stopped.facts.services["engine"].stuck_child == worker
     value = registry_of(stopped).get_sample_value
     assert value("autoglm_process_worker_state", {"service": "engine", "state": "stopped"}) == 1
@@ -181,3 +181,42 @@ def test_a_stopped_worker_is_named_with_pid_and_state_and_its_stacks_are_taken(
         in (stacks["evidence"])
     )
     assert (diagnosis()["verdict"] or {}).get("reason") == "worker_stuck"  # the stacks did not hide it
+
+
+def test_the_capture_takes_the_stacks_of_the_stopped_child_not_of_the_parent(
+    tree: Tree, tmp_path: Path
+) -> None:
+    collector = ProcessCollector((_service(tree),))
+    watch = HangWatch(ForensicsConfig(hang_after=1.0, dumps=2, dump_interval=0.2, directory=str(tmp_path)))
+    tree.stop_child()
+    assert watch.observe({"process": collector.collect().facts, "inflight": _hung(tree)}) == ["engine"]
+
+    evidence = wait_until(lambda: watch.facts().services.get("engine"), timeout=60, interval=0.1)
+    assert evidence.pid == tree.child and evidence.error is None
+    assert evidence.process == f"TEST::EngineCore (pid {tree.child}, state T)"
+    assert evidence.analysis is not None and evidence.analysis.pid == tree.child
+    assert tree.state() == "T"  # read as it stands, never continued
+
+
+def test_a_child_held_for_one_reading_is_captured_only_once_the_next_reading_says_it_is_stuck(
+    tree: Tree, tmp_path: Path
+) -> None:
+    """A tracer holds a process for a moment (t): the capture waits for the next process reading."""
+    facts = ProcessCollector((_service(tree),)).collect().facts
+    service = facts.services["engine"]
+    held = replace(service.worker, state="stopped", letter="t", state_readings=1)
+    watch = HangWatch(ForensicsConfig(hang_after=1.0, dumps=1, directory=str(tmp_path)))
+    service.children = [held]
+    assert watch.observe({"process": facts, "inflight": _hung(tree)}) == []
+    service.children = [replace(held, state_readings=2)]
+    assert watch.observe({"process": facts, "inflight": _hung(tree)}) == ["engine"]
+    evidence = wait_until(lambda: watch.facts().services.get("engine"), timeout=60, interval=0.1)
+    assert evidence.pid == tree.child and evidence.process == f"TEST::EngineCore (pid {tree.child}, state t)"
+
+
+def _hung(tree: Tree) -> InFlightFacts:
+    """A probe of the service that connected and has waited 9 s for its answer."""
+    probe = InFlightProbe(
+        "generate", "engine", "dependencies", f"{tree.url}/generate", time.time(), 9.0, True
+    )
+    return InFlightFacts({"generate": probe})

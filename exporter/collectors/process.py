@@ -111,8 +111,8 @@ WORKER_IDLE_READINGS = gauge(
 
 MAX_PORTS_PER_SERVICE = 32
 MAX_WORKERS_READ = 16  # child processes of a service read each cycle (the rest are only counted)
-# A child in one of these states at WORKER_STUCK_READINGS readings in a row is stuck whatever its
-# counters say: stopped (SIGSTOP, a debugger), blocked in the kernel, or dead and not reaped.
+# A child in one of these states is stuck whatever its counters say (WorkerFacts.stuck says when):
+# stopped (SIGSTOP, a debugger), blocked in the kernel, or dead and not reaped.
 STUCK_STATES = ("stopped", "zombie", "disk_sleep")
 MAX_COMMAND_CHARS = 256  # of a process's command line quoted in the verdict
 
@@ -135,26 +135,16 @@ class WorkerFacts:
     state_readings: int = 1  # readings in a row it has been in this state
     idle_readings: int = 0  # readings in a row it used no CPU and made no context switch (the worker only)
     idle_since: float | None = None  # time.time() of the first of them
+    letter: str = "?"  # the state as /proc and ps show it: R, S, D, T (a signal), t (a tracer), Z, I, X
 
     @property
     def stuck(self) -> bool:
-        return self.state in STUCK_STATES and self.state_readings >= WORKER_STUCK_READINGS
-
-    @property
-    def letter(self) -> str:
-        """The state as ps shows it: R, S, D, T, Z, I, X."""
-        return _STATE_LETTERS.get(self.state, "?")
-
-
-_STATE_LETTERS = {
-    "running": "R",
-    "sleeping": "S",
-    "disk_sleep": "D",
-    "stopped": "T",
-    "zombie": "Z",
-    "idle": "I",
-}
-_STATE_LETTERS["dead"] = "X"
+        """Stopped by a signal (T: SIGSTOP stays until SIGCONT) at once; held by a tracer (t), blocked
+        in the kernel (D) or a zombie (Z) at WORKER_STUCK_READINGS readings in a row (a debugger or
+        py-spy holds a process for a moment, I/O blocks one for a moment, a parent reaps its child)."""
+        if self.state not in STUCK_STATES:
+            return False
+        return self.letter == "T" or self.state_readings >= WORKER_STUCK_READINGS
 
 
 @dataclass
@@ -335,6 +325,7 @@ class ProcessCollector(Collector):
             threads.states,
             threads.voluntary_ctxt_switches,
             threads.nonvoluntary_ctxt_switches,
+            letter=stat.state,
         )
 
     def _note_worker(self, service: str, worker: WorkerFacts) -> WorkerFacts:

@@ -68,8 +68,9 @@ ENGINE_STALL_WINDOW_SECONDS = (ENGINE_FLAT_READINGS - 1) * READING_SECONDS
 # A service's worker child (vLLM's engine core) that used no CPU and made no context switch at this
 # many process readings in a row, while its engine has requests, is stuck (diagnosis/workers.py).
 WORKER_IDLE_READINGS = 2
-# A child stopped, blocked in the kernel (D) or a zombie at this many readings in a row is stuck (a
-# tracer such as py-spy stops a process for a moment; I/O blocks it for a moment).
+# A child held by a tracer (t), blocked in the kernel (D) or a zombie (Z) at this many readings in a
+# row is stuck (py-spy holds a process for a moment, I/O blocks one for a moment); one stopped by a
+# signal (T: SIGSTOP) is stuck at once: it stays stopped until someone continues it.
 WORKER_STUCK_READINGS = 2
 
 # --- the verdict over time ------------------------------------------------------------------------

@@ -6,9 +6,9 @@ goes on answering `/health` with 200 while every generation hangs. So a hang of 
 judged against its child processes too (the process collector reads them from the service's
 process tree), and the stuck one is named with its pid and state:
 
-- a child stopped (T: SIGSTOP, a debugger), blocked in the kernel (D) or a zombie (Z) at
-  WORKER_STUCK_READINGS readings in a row is stuck whatever else holds (py-spy stops a process
-  for a moment, I/O blocks one for a moment);
+- a child stopped by a signal (T: SIGSTOP) is stuck at once; one held by a tracer (t), blocked in
+  the kernel (D) or a zombie (Z) at WORKER_STUCK_READINGS readings in a row (py-spy holds a process
+  for a moment, I/O blocks one for a moment), whatever else holds;
 - the worker (the busiest child) that used no CPU and made no context switch at
   WORKER_IDLE_READINGS readings in a row is stuck only while its engine has requests waiting or
   running: an idle worker is what a hung parent that hands it nothing looks like too.

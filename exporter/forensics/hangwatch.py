@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 from ..collectors.engine import EngineFacts
 from ..collectors.inflight import InFlightFacts
 from ..collectors.probe import ProbeFacts
-from ..collectors.process import ProcessFacts, ServiceFacts
+from ..collectors.process import STUCK_STATES, ProcessFacts, ServiceFacts
 from ..config import ForensicsConfig
 from ..diagnosis.workers import stuck_worker
 from ..metrics.spec import Families, Family, counter, gauge
@@ -95,7 +95,7 @@ class ServiceEvidence:
     # When that is a stuck child of the service rather than its main process: its name, pid and
     # state when the capture began, e.g. "VLLM::EngineCore (pid 4321, state T)".
     process: str | None = None
-    # False once the service answered its client probes again or another process replaced it:
+    # False once the service answered its probes again or another process replaced it:
     # the stacks are history then and no longer speak for the service (verdict, deadlock gauge).
     current: bool = True
 
@@ -158,8 +158,11 @@ class HangWatch:
             for service, why in self._hanging(process, probe, in_flight):
                 if service.name in self._running or now < self._next_automatic.get(service.name, 0.0):
                     continue
+                suspect = _suspect(service, engine)
+                if suspect is None:
+                    continue  # a child just seen stopped: the next process reading says which to capture
                 self._next_automatic[service.name] = now + self.config.cooldown
-                pid, stuck = _suspect(service, engine)
+                pid, stuck = suspect
                 self._start(service.name, pid, "probe_failing", stuck)
                 started.append((service, why, pid, stuck))
         for service, why, pid, stuck in started:
@@ -232,7 +235,8 @@ class HangWatch:
             service = process.services.get(name)
             if not evidence.current or service is None:
                 continue
-            clients = [t for t in probe.targets.values() if t.service == name and t.layer == "client"]
+            # Every probe of the service (a hang may have been seen by a generation probe alone).
+            clients = [t for t in probe.targets.values() if t.service == name]
             # Answered since: a result from before the capture says nothing (a hang is caught while
             # its probe still waits, so the last result is often a success from before it began).
             answering = bool(clients) and all(
@@ -332,12 +336,15 @@ class HangWatch:
         return families.list()
 
 
-def _suspect(service: ServiceFacts, engine: EngineFacts | None) -> tuple[int, str | None]:
-    """The pid to capture: the service's stuck child (with its name and state), else its main process."""
+def _suspect(service: ServiceFacts, engine: EngineFacts | None) -> tuple[int, str | None] | None:
+    """The pid to capture: the service's stuck child (with its name and state), else its main process;
+    None while a child was seen stopped, blocked or dead at one reading only (not yet known stuck)."""
     child = stuck_worker(service, engine)
-    if child is None:
-        return service.main_pid or 0, None
-    return child.pid, f"{child.name} (pid {child.pid}, state {child.letter})"
+    if child is not None and child.state != "zombie":  # a zombie has no stacks: its parent's say why
+        return child.pid, f"{child.name} (pid {child.pid}, state {child.letter})"
+    if child is None and any(c.state in STUCK_STATES for c in service.children):
+        return None
+    return service.main_pid or 0, None
 
 
 def _explains(evidence: ServiceEvidence) -> bool:
