@@ -375,3 +375,21 @@ def test_the_exporter_exports_its_own_process_and_the_configured_chain(start_exp
     }
     # The seed's chain: the API needs Redis and the vLLM engine (which is also a watched service).
     assert chain == {("redis", "redis"), ("engine", "vllm"), ("service", "vllm")}
+
+
+def test_every_collector_holds_the_per_item_state_it_declares() -> None:
+    # A renamed state attribute would fail only at the first reload that changes one item of
+    # that collector: adopt every built-in collector into a twin now.
+    from autoglm_exporter.collectors import build_collectors
+    from autoglm_exporter.config.loader import default_config
+
+    everything = dict.fromkeys(("system", "process", "container", "probe", "redis", "engine", "logs"), True)
+    twins = zip(
+        build_collectors(default_config(), everything),
+        build_collectors(default_config(), everything),
+        strict=True,
+    )
+    for collector, previous in twins:
+        collector.adopt(previous)
+        for attribute in collector.state_per_item:
+            assert hasattr(collector, attribute), f"{collector.name}.{attribute}"

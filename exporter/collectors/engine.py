@@ -186,7 +186,7 @@ class EngineCollector(Collector):
     name = "engine"
     metrics = (UP, WAITING, RUNNING, KV_CACHE, GENERATION_TOKENS, PROMPT_TOKENS, STALLED, FAILURES)
     items_attribute = "engines"
-    state_per_item = ("_failures", "_previous_tokens", "_stalled_since", "_failure_log")
+    state_per_item = ("_failures", "_previous_tokens", "_flat", "_failure_log")
 
     def __init__(
         self,

@@ -212,7 +212,7 @@ class ProcessCollector(Collector):
         WORKER_IDLE_READINGS,
     )
     items_attribute = "services"
-    state_per_item = ("_main_process", "_restarts")
+    state_per_item = ("_main_process", "_restarts", "_last_worker", "_child_states")
 
     def __init__(
         self,
