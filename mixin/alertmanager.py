@@ -89,7 +89,8 @@ def routes() -> list[Route]:
     return [
         Route("watchdog", (Matcher("alertname", "=", WATCHDOG),), ("alertname",), t["watchdog"]),
         Route("page", (severity("critical"), HAS_SERVICE), ("service",), t["critical"]),
-        Route("page", (severity("critical"),), ("alertname", "instance"), t["critical"]),
+        # a node's faults (GPU lost, its XID, the exporter gone): one page for the node
+        Route("page", (severity("critical"),), ("instance",), t["critical"]),
         Route("ticket", (severity("warning"), HAS_SERVICE), ("alertname", "service"), t["warning"]),
         Route("ticket", (severity("warning"),), ("alertname", "instance"), t["warning"]),
         Route("info", (severity("info"),), ("alertname",), t["info"]),
