@@ -140,6 +140,32 @@ _GPU_UTIL_BY_SERVICE = (
 )
 
 
+# --- a fleet: replicas of a service on several nodes ---------------------------------------------------
+#
+# A replica is a service on one instance (one exporter per node); it serves when the exporter there
+# says its users are not hurt. The exporter stays per node: what the fleet says is computed here.
+REPLICAS = "max by (instance, job, service) (autoglm_diagnosis_users_hurt)"
+
+
+def serving_elsewhere() -> str:
+    """Per replica (instance, service): how many OTHER replicas of the service serve. Absent when no
+    replica serves, 0 when only this one does (a single node is never "served elsewhere")."""
+    serving = f"count by (service) ({REPLICAS} == 0)"
+    return f"{serving} - on (service) group_right () ({REPLICAS} == bool 0)"
+
+
+def fleet_rules() -> list[tuple[str, str]]:
+    return [
+        ("service:autoglm_replicas:count", f"count by (service) ({REPLICAS})"),
+        ("service:autoglm_replicas_hurt:count", f"sum by (service) ({REPLICAS})"),
+        (
+            "service:autoglm_probe_success:ratio",
+            "avg by (service) (autoglm_probe_success"
+            f" * on (instance, job, target) group_left (service) {CLIENT_TARGETS})",
+        ),
+    ]
+
+
 def rate_rules() -> list[tuple[str, str]]:
     name, w = prometheus_duration(RATE_WINDOW), duration(RATE_WINDOW)
     return [
@@ -191,7 +217,7 @@ def recording_rules() -> list[tuple[str, str]]:
     """The recording group's rules, in evaluation order. The SLO ratios are recorded in the group of
     the burn-rate alerts instead (mixin/alerts.py), so that an alert reads the ratio recorded in the
     same evaluation, never the one before."""
-    return link_rules() + rate_rules()
+    return link_rules() + fleet_rules() + rate_rules()
 
 
 # Every recording rule at the shipped windows, for the modules that only need names and expressions.
