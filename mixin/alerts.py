@@ -170,8 +170,10 @@ VERDICT_HELD = (
 
 
 def _query_list(selector: str, label: str) -> str:
-    """A comma-less list of the `label` values of the series a printf'd selector returns."""
-    return f"{{{{ range {selector} | query }}}}{{{{ .Labels.{label} }}}} {{{{ end }}}}"
+    """A comma-less list of the `label` values of the series a printf'd selector returns, sorted."""
+    return (
+        f'{{{{ range {selector} | query | sortByLabel "{label}" }}}}{{{{ .Labels.{label} }}}} {{{{ end }}}}'
+    )
 
 
 T = THRESHOLDS
@@ -495,7 +497,7 @@ def _services_on_gpu(window: str) -> str:
     args = "$labels.instance $labels.gpu $labels.instance $labels.instance $labels.gpu"
     selector = f"printf `{query}` {args}"
     names = "{{ range $i, $s := . }}{{ if $i }}, {{ end }}{{ $s.Labels.service }}{{ end }}"
-    return f"{{{{ with {selector} | query }}}} (services on it: {names}){{{{ end }}}}"
+    return f'{{{{ with {selector} | query | sortByLabel "service" }}}} (services on it: {names}){{{{ end }}}}'
 
 
 def gpu() -> list[Alert]:
