@@ -803,20 +803,28 @@ def gated(groups: dict[str, list[Alert]]) -> dict[str, list[Alert]]:
     ever; a cause that will fire does so within its own `for:`, and inhibits the symptom in
     Alertmanager if that was still waiting out its group_wait.
 
+    Connections refused or timing out (role network) wait the same way while a cause of the link
+    fires: after the process is back its failures are still in the probe's window, and must not page
+    once the cause that inhibited them in Alertmanager has resolved.
+
     A burn-rate alert waits while a cause of its service fired within its short window: the failures
     the cause explains stay in that window after the cause is fixed, and would otherwise page a
     second time for an incident already over. Failures that go on once the window has passed are not
     the cause's, and page."""
     causes = f'ALERTS{{alertname=~"{_names(groups, "cause", "network")}", alertstate="firing", service!=""}}'
     nodes = f'ALERTS{{alertname=~"{_names(groups, "node")}", alertstate="firing"}}'
+    links = f'ALERTS{{alertname=~"{_names(groups, "cause")}", alertstate="firing", service!=""}}'
 
     def gate(alert: Alert) -> str:
         if alert.role == "symptom":
             return f" unless on (instance, service) {causes} unless on (instance) {nodes}"
+        if alert.role == "network":  # refused while the process is gone: that cause's, even as it ends
+            return f" unless on (instance, service) {links}"
         return f" unless on (service) max_over_time({causes}[{alert.labels['short']}])"
 
+    gated_roles = ("symptom", "slo", "network")
     return {
-        name: [replace(a, expr=f"({a.expr}){gate(a)}") if a.role in ("symptom", "slo") else a for a in alerts]
+        name: [replace(a, expr=f"({a.expr}){gate(a)}") if a.role in gated_roles else a for a in alerts]
         for name, alerts in groups.items()
     }
 
@@ -843,8 +851,36 @@ def fleet_gated(groups: dict[str, list[Alert]]) -> dict[str, list[Alert]]:
     }
 
 
+# The roles of the alerts that name a cause: each pages in a group of its own (mixin/alertmanager.py).
+CAUSE_ROLES = ("cause", "network", "node")
+
+
+def naming_each_other(groups: dict[str, list[Alert]]) -> dict[str, list[Alert]]:
+    """A cause's description names the other causes of its service firing now: each cause pages in
+    its own Alertmanager group (so a new incident never waits for, or carries, the last one's
+    group), and the page of a second cause shows both. (Alerts of the same name share its group.)"""
+    causes = _names(groups, *CAUSE_ROLES)
+    listed = (
+        "{{ range $i, $a := . }}{{ if $i }}, {{ end }}"
+        "{{ $a.Labels.alertname }} on {{ $a.Labels.instance }}{{ end }}"
+    )
+
+    def named(alert: Alert) -> Alert:
+        selector = f'alertstate="firing", service=%q, alertname=~"{causes}", alertname!="{alert.name}"'
+        others = f'printf `ALERTS{{{selector}}}` $labels.service | query | sortByLabel "alertname"'
+        also = (
+            f"{{{{ with {others} }}}} Also broken for {{{{ $labels.service }}}} now: {listed}.{{{{ end }}}}"
+        )
+        return replace(alert, description=alert.description + also)
+
+    return {
+        name: [named(a) if a.role in CAUSE_ROLES and a.severity == "critical" else a for a in alerts]
+        for name, alerts in groups.items()
+    }
+
+
 def _final() -> dict[str, list[Alert]]:
-    return fleet_gated(gated(_built()))
+    return naming_each_other(fleet_gated(gated(_built())))
 
 
 def all_alerts() -> list[Alert]:

@@ -253,10 +253,9 @@ class Timing:
 
 
 # critical: wait 30 s after the first alert of an incident, so that the cause joins its symptoms
-# before anyone is woken; then updates every 30 s too: a second cause joins the open page that soon
-# (named beside the first, which keeps firing), and a new incident that lands in the group of the
-# last one (Alertmanager keeps an emptied group a while) pages within the same 30 s, not after the
-# 5 minutes a group used to wait. warning: batch a few minutes.
+# before anyone is woken; then updates every 30 s too: an alert that lands in a group that paged
+# before (the same cause again, a symptom; Alertmanager keeps an emptied group a while) pages
+# within the same 30 s, not after the 5 minutes a group used to wait. warning: batch a few minutes.
 # watchdog: the dead man's switch is re-sent every minute; the receiver pages when it stops.
 ROUTE_TIMING = {
     "default": Timing(30, 5 * MINUTE, 4 * HOUR),

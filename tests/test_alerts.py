@@ -155,6 +155,7 @@ def test_promtool_check_rules_is_clean() -> None:
     assert f"SUCCESS: {len(rules_of(ALERTS))} rules found" in output, output
 
 
+@pytest.mark.timeout(600)  # every rule evaluated at every step of every case: about a CPU minute
 def test_promtool_unit_tests_pass() -> None:
     tested = promtool("test", "rules", *rule_test_files())
     output = tested.stdout + tested.stderr
@@ -337,6 +338,9 @@ def test_symptoms_wait_only_while_a_cause_of_their_service_fires() -> None:
             short = alert.labels["short"]
             assert "unless on (service) max_over_time(ALERTS{alertname=~" in alert.expr, alert.name
             assert alert.expr.endswith(f"[{short}])"), alert.name
+        elif alert.role == "network":  # while a cause of the link fires
+            assert "unless on (instance, service) ALERTS{alertname=~" in alert.expr, alert.name
+            continue
         else:
             assert "ALERTS" not in alert.expr, alert.name
         gates = re.findall(r"ALERTS\{([^}]*)\}", alert.expr)
@@ -495,11 +499,11 @@ def posted(tmp_path: Path) -> Iterator[PostedAlerts]:
 
 
 def test_a_second_cause_and_a_new_incident_page_within_the_initial_wait(posted: PostedAlerts) -> None:
-    """A second cause joins the open incident's page, named beside the first, one short group
-    interval later (the first is still firing then); once an incident has resolved, the next one
-    pages after the group's short interval too, not after the 5 minutes a group waited before, and
-    without the last incident's alerts."""
-    critical = mixin.config.ROUTE_TIMING["critical"]
+    """Each cause pages in a group of its own: a second cause pages after the initial wait (its text
+    names the first: alerts/tests/one_node.test.yml), not one group interval later; a new incident
+    that begins while the last one's resolution is still on its way pages at once too, and without
+    the last incident's alerts (Prometheus re-sends resolved alerts for 15 minutes: a group of the
+    service alone would carry them)."""
     before = 5 * mixin.config.MINUTE * AM_SCALE  # the group interval the issue saw, at this scale
     stalled = _alert("AutoglmEngineStalled", service="open-autoglm", instance="node-1", engine="vllm")
     oom = _alert("AutoglmCudaOutOfMemory", service="open-autoglm", instance="node-1", log="error")
@@ -510,20 +514,21 @@ def test_a_second_cause_and_a_new_incident_page_within_the_initial_wait(posted: 
 
     joined = posted.post(oom)
     second, arrived = posted.next_page(1)
-    assert _firing(second) == {"AutoglmEngineStalled", "AutoglmCudaOutOfMemory"}
-    assert second["groupKey"] == first["groupKey"]
+    assert _firing(second) == {"AutoglmCudaOutOfMemory"}
     assert arrived - joined < before / 2, f"the second cause took {arrived - joined:.1f} s to page"
 
     posted.post(stalled, oom, resolved=True)
-    resolved, _ = posted.next_page(2)
-    assert resolved["status"] == "resolved"
-
     missing = _alert("AutoglmProcessMissing", service="open-autoglm", instance="node-2", dependency="api")
     began = posted.post(missing)
-    new, arrived = posted.next_page(3)
-    assert [a["labels"]["alertname"] for a in new["alerts"]] == ["AutoglmProcessMissing"]
+
+    def new_incident() -> dict[str, Any] | None:
+        pages = [n for n in posted.receiver.received() if "AutoglmProcessMissing" in _firing(n)]
+        return pages[0] if pages else None
+
+    page = posted.wait(new_incident, 60)
+    arrived = time.monotonic()
+    assert [a["labels"]["alertname"] for a in page["alerts"]] == ["AutoglmProcessMissing"]
     assert arrived - began < before / 2, f"the new incident took {arrived - began:.1f} s to page"
-    assert critical.group_interval <= critical.group_wait
 
 
 def test_a_node_fault_pages_once_for_its_node(posted: PostedAlerts) -> None:
