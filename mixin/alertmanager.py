@@ -3,9 +3,13 @@ that neither can drift from the rules: deploy/alertmanager/alertmanager.yml for 
 deploy/kubernetes/alertmanagerconfig.yaml (an AlertmanagerConfig) for the Prometheus Operator.
 
 One incident, one page:
-- critical alerts with a `service` are grouped by it alone: the cause, the symptoms it does not
-  silence and the same alert from every exporter that watches a shared Redis or engine make one
-  notification, updated as the incident goes on;
+- a critical cause is grouped by `service` and `alertname`: the same alert from every exporter
+  that watches a shared Redis or engine is one notification, updated every 30 s as the incident
+  goes on; a new incident is a new group (it pages after the initial wait and never carries the
+  last incident's resolved alerts, which Prometheus re-sends for 15 minutes); a second cause pages
+  in its own group, its description naming the causes already firing (mixin/alerts.py). The
+  symptoms no cause explains are grouped by `service`; critical alerts without one (a node's GPU,
+  the exporter down) by `instance`: one page per node;
 - a cause silences the symptoms of the service it breaks (inhibit_rules), a process gone or not
   listening silences the refused connections it explains, a broken GPU every symptom of its
   instance, and AutoglmExporterDown everything else its instance says;
@@ -73,6 +77,10 @@ def _names(role: str) -> list[str]:
     return sorted({a.name for a in alerts.all_alerts() if a.role == role})
 
 
+def _cause_names() -> list[str]:
+    return sorted({a.name for a in alerts.all_alerts() if a.role in alerts.CAUSE_ROLES})
+
+
 def _any_of(names: list[str] | tuple[str, ...]) -> Matcher:
     return Matcher("alertname", "=~", "|".join(sorted(set(names))))
 
@@ -88,8 +96,18 @@ def routes() -> list[Route]:
     t = ROUTE_TIMING
     return [
         Route("watchdog", (Matcher("alertname", "=", WATCHDOG),), ("alertname",), t["watchdog"]),
+        # a cause: one group per cause and service (every node that sees a shared Redis down is in
+        # it); a second cause pages in its own, naming the first (mixin/alerts.py)
+        Route(
+            "page",
+            (severity("critical"), HAS_SERVICE, _any_of(_cause_names())),
+            ("service", "alertname"),
+            t["critical"],
+        ),
+        # the symptoms no cause explains, together per service
         Route("page", (severity("critical"), HAS_SERVICE), ("service",), t["critical"]),
-        Route("page", (severity("critical"),), ("alertname", "instance"), t["critical"]),
+        # a node's faults (GPU lost, its XID, the exporter gone): one page for the node
+        Route("page", (severity("critical"),), ("instance",), t["critical"]),
         Route("ticket", (severity("warning"), HAS_SERVICE), ("alertname", "service"), t["warning"]),
         Route("ticket", (severity("warning"),), ("alertname", "instance"), t["warning"]),
         Route("info", (severity("info"),), ("alertname",), t["info"]),
@@ -184,12 +202,14 @@ HEADER = """\
 # Alertmanager for docker-compose (mounted at /etc/alertmanager/alertmanager.yml).
 #
 # Severities: critical (page), warning (ticket), info. Critical alerts about the inference chain
-# carry `service`, the user-facing service they break, and are grouped by it: one incident, one
-# notification, updated as it goes on. A cause (a process gone, Redis or the engine down, threads
-# deadlocked...) inhibits the symptoms of that service (nobody answers, the verdict, the error
-# budget burn); AutoglmExporterDown inhibits everything else from its instance. AutoglmWatchdog
-# always fires: point the watchdog receiver at a dead man's switch (a heartbeat service that pages
-# when the notifications stop).
+# carry `service`, the user-facing service they break: a cause is grouped by service and alertname
+# (one notification however many nodes see it, updated every 30 s; a new incident is a new page),
+# the symptoms no cause explains by service, a node's own critical alerts by instance. A cause (a
+# process gone, Redis or the engine down, threads deadlocked...) inhibits the symptoms of that
+# service (nobody answers, the verdict, the error budget burn);
+# AutoglmExporterDown inhibits everything else from its instance. AutoglmWatchdog always fires:
+# point the watchdog receiver at a dead man's switch (a heartbeat service that pages when the
+# notifications stop).
 #
 # Out of the box all receivers post to the demo's webhook receiver (`docker compose --profile demo
 # up` starts it as service `webhook`; it prints each notification). For real use, uncomment the

@@ -101,6 +101,13 @@ FOR = {
     "ticket_slow": 15 * MINUTE,
 }
 
+# How long an alert about the chain stays firing after its expression stopped matching. An exporter
+# restart or a failed scrape makes every series stale at once: without this, each alert of an open
+# incident resolved and paged again once the series were back (after its `for:` once more). As long
+# as the exporter's own down alert takes to fire, so that one of them always speaks for the incident;
+# the price is a resolved notification this much later than the fix.
+KEEP_FIRING = FOR["exporter"]
+
 # Windows of the rules; dashboards use $__rate_interval instead.
 RATE_WINDOW = 5 * MINUTE
 LOG_ERROR_WINDOW = verdict.RECENT_LOG_SECONDS  # a CUDA OOM line keeps its alert this long
@@ -242,11 +249,13 @@ class Timing:
 
 
 # critical: wait 30 s after the first alert of an incident, so that the cause joins its symptoms
-# before anyone is woken; then updates at most every 5 minutes. warning: batch a few minutes.
+# before anyone is woken; then updates every 30 s too: an alert that lands in a group that paged
+# before (the same cause again, a symptom; Alertmanager keeps an emptied group a while) pages
+# within the same 30 s, not after the 5 minutes a group used to wait. warning: batch a few minutes.
 # watchdog: the dead man's switch is re-sent every minute; the receiver pages when it stops.
 ROUTE_TIMING = {
     "default": Timing(30, 5 * MINUTE, 4 * HOUR),
-    "critical": Timing(30, 5 * MINUTE, 1 * HOUR),
+    "critical": Timing(30, 30, 1 * HOUR),
     "warning": Timing(1 * MINUTE, 10 * MINUTE, 24 * HOUR),
     "info": Timing(5 * MINUTE, 30 * MINUTE, 24 * HOUR),
     "watchdog": Timing(1, 1 * MINUTE, 1 * MINUTE),

@@ -564,7 +564,9 @@ def test_alertmanager_config_is_the_mixins() -> None:
     critical = [
         r for r in load(ALERTMANAGER_CONFIG)["route"]["routes"] if 'severity="critical"' in r["matchers"]
     ]
-    assert critical[0]["group_by"] == ["service"] and 'service=~".+"' in critical[0]["matchers"]
+    # a cause: one group per cause and service; the symptoms no cause explains: one per service
+    assert critical[0]["group_by"] == ["service", "alertname"] and 'service=~".+"' in critical[0]["matchers"]
+    assert critical[1]["group_by"] == ["service"] and 'service=~".+"' in critical[1]["matchers"]
     for rule in load(ALERTMANAGER_CONFIG)["inhibit_rules"]:
         for label in rule["equal"]:
             assert f'{label}=~".+"' in rule["source_matchers"], "an empty label must never match"
@@ -648,20 +650,21 @@ def test_real_alertmanager_routes_pages_and_inhibits(tmp_path: Path, spawn, webh
     def by_receiver(name: str) -> list[dict[str, Any]]:
         return [n for n in webhook.received() if n["receiver"] == name]
 
-    # pages: one per service, however many exporters saw it; the rest by alert and instance
+    # pages: one per cause and service, however many exporters saw it; symptoms per service; the
+    # rest per instance
     wait_until(lambda: len(by_receiver("page")) >= 5, timeout=20, interval=0.2)
     time.sleep(1.5)  # a second flush of the same groups would come now; none may
     pages = by_receiver("page")
     groups = {tuple(sorted(n["groupLabels"].items())): n for n in pages}
     assert len(groups) == len(pages), "one notification per group"
     assert set(groups) == {
-        (("service", "open-autoglm"),),
+        (("alertname", "AutoglmRedisDown"), ("service", "open-autoglm")),
         (("service", "batch-api"),),
-        (("alertname", "AutoglmPortTaken"), ("instance", "host-d:9877")),
-        (("alertname", "AutoglmExporterDown"), ("instance", "host-b:9877")),
-        (("alertname", "AutoglmExporterDown"),),
+        (("instance", "host-d:9877"),),
+        (("instance", "host-b:9877"),),
+        (),
     }
-    incident = groups[(("service", "open-autoglm"),)]
+    incident = groups[(("alertname", "AutoglmRedisDown"), ("service", "open-autoglm"))]
     assert sorted(a["labels"]["instance"] for a in incident["alerts"]) == ["host-a:9877", "host-c:9877"]
     assert {a["labels"]["alertname"] for a in incident["alerts"]} == {"AutoglmRedisDown"}
     wait_until(lambda: by_receiver("watchdog"), timeout=10, interval=0.2)

@@ -16,9 +16,9 @@ evaluation, the exporter's collection) are not scaled: 1 s is this machine's flo
 shipped 10 s.
 
 Healthy first, under the CPU hog: no page. Then one fault at a time. For each, every critical
-notification belongs to one Alertmanager group (the service's), the first notification with an
-alert new to the incident names its cause, no other group pages, and the cause resolves once the
-fault is gone. Every PromQL expression of the dashboards and the rules is run against this
+notification belongs to one Alertmanager group (the cause's, or the service's when symptoms page
+alone), the first notification with an alert new to the incident names its cause, no other group
+pages, and the cause resolves once the fault is gone. Every PromQL expression of the dashboards and the rules is run against this
 Prometheus in every state: none may error, and each must return data in at least one state.
 """
 
@@ -50,7 +50,7 @@ from mixin import grafana as mixin_grafana
 from .alertreceiver import WebhookReceiver
 from .conftest import REPO, free_port, require_binary, stop_process, wait_until
 
-pytestmark = pytest.mark.timeout(540)  # a guard against a hang: the test takes about 7 minutes
+pytestmark = pytest.mark.timeout(720)  # a guard against a hang: the test takes about 8-9 minutes
 
 TIME_SCALE = 1 / 20  # the one factor every shipped duration is multiplied by (see the docstring)
 PROBE_TIMEOUT = 2.0  # a hung request fails after this: shorter than the scaled `for:` of symptoms
@@ -59,6 +59,8 @@ PAGE_WITHIN = 30.0  # a fault's cause reaches the webhook within this...
 BUDGET_PAGE_WITHIN = 90.0  # ...but an error budget's: its 3 min window needs ~45 s of a slow service
 SETTLE = 3.0  # after the cause paged, how long other groups get to page (none may): 2x group_wait and more
 RESOLVE_WITHIN = 45.0
+# the slowest paging burn window's short half (30 m, scaled) empties within this
+BURN_SETTLE = 30 * 60 * TIME_SCALE + 30
 # Labels that name the broken link: the page's text must say them, not only its labels.
 NAMED_IN_THE_TEXT = {"target", "redis", "engine", "log", "dependency"}
 
@@ -573,10 +575,21 @@ def wait_for_page(stack: Stack, incident: Incident, fault: Fault) -> bool:
         return False
 
 
+def burn_conditions(fault: Fault) -> list[str]:
+    """The expressions of the paging burn-rate windows of the objectives a fault pages through."""
+    with mixin_config.time_scale(TIME_SCALE):
+        alerts = mixin_alerts.slo()
+    return [a.expr for a in alerts if a.name in fault.must_page and a.severity == "critical"]
+
+
 def settle(stack: Stack, fault: Fault) -> None:
-    """After a fault is gone: its causes resolved, and no critical alert still pending (it would
-    fire during the next incident and be counted there)."""
+    """After a fault is gone: its causes resolved, no critical alert still pending (it would fire
+    during the next incident and be counted there), and, for a fault that pages through an error
+    budget, no paging window of that budget still burning: a slower window (6 h / 30 m, scaled) the
+    fault's failures still fill would page during the next incident, as that incident."""
     try:
+        for expr in burn_conditions(fault):
+            wait_until(lambda e=expr: not stack.query(e)["data"]["result"], timeout=BURN_SETTLE, interval=0.5)
         wait_until(
             lambda: not [a for a in stack.alerts("firing") if a["labels"]["alertname"] in fault.causes],
             timeout=RESOLVE_WITHIN,
@@ -600,6 +613,14 @@ def test_one_incident_one_page_naming_its_cause(stack: Stack) -> None:
     wait_until(lambda: _value(stack, 'autoglm_probe_success{target="inference"}') == 1.0, timeout=40)
     baseline = Incident("healthy baseline, CPU hog on every core", time.time(), len(stack.webhook.received()))
     time.sleep(BASELINE)
+    # a critical alert still pending would fire during the first incident and be counted there: it
+    # either clears (a slow probe or two while the stack warmed up) or fires here, in the baseline
+    try:
+        wait_until(lambda: not stack.alerts("pending"), timeout=RESOLVE_WITHIN, interval=0.5)
+    except AssertionError:
+        problems.append(
+            f"the baseline keeps alerts pending: {[a['labels'] for a in stack.alerts('pending')]}"
+        )
     baseline.update(stack.webhook)
     report.append(baseline.summary())
     if any(critical(n) for n in baseline.notifications) or stack.alerts("firing"):
