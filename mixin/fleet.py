@@ -82,7 +82,8 @@ def overview_row() -> Row:
                         f"count by (layer, reason) (autoglm_diagnosis_verdict{{{SVC}}} == 1)",
                         "{{layer}} / {{reason}}",
                     ),
-                    Target(f"count(({_BROKEN}) == 0)", "healthy"),
+                    # 0, not no data, when no replica is healthy
+                    Target(f"count(({_BROKEN}) == 0) or vector(0)", "healthy"),
                 ),
                 NONE,
                 base_color="blue",
