@@ -101,6 +101,13 @@ FOR = {
     "ticket_slow": 15 * MINUTE,
 }
 
+# How long an alert about the chain stays firing after its expression stopped matching. An exporter
+# restart or a failed scrape makes every series stale at once: without this, each alert of an open
+# incident resolved and paged again once the series were back (after its `for:` once more). As long
+# as the exporter's own down alert takes to fire, so that one of them always speaks for the incident;
+# the price is a resolved notification this much later than the fix.
+KEEP_FIRING = FOR["exporter"]
+
 # Windows of the rules; dashboards use $__rate_interval instead.
 RATE_WINDOW = 5 * MINUTE
 LOG_ERROR_WINDOW = verdict.RECENT_LOG_SECONDS  # a CUDA OOM line keeps its alert this long

@@ -14,7 +14,10 @@ from .config import RATE_WINDOW, Objective, duration, prometheus_duration
 # breaks. Edges come from the exporter's autoglm_service_dependency_info (the config's depends_on);
 # a service users call (it has client probes), or that no other service depends on, is its own
 # incident; a Redis or an engine no service depends on is an incident of its own name. Alerts about
-# a link join this to carry the `service` that Alertmanager groups and inhibits by.
+# a link join the same expression (affected_edges(), inline, not this recorded copy) to carry the
+# `service` that Alertmanager groups and inhibits by: Prometheus evaluates the recording group on its
+# own schedule, so a recorded join lags the scrape it joins, and right after an exporter restart an
+# alert that read it named the wrong service. The recorded copies are for dashboards and queries.
 AFFECTED = "instance_dependency:autoglm_affected_service:info"
 # The same with one service per link: the only service that depends on it, or, for a link several
 # services share, the link's own name. For alerts finer than a link (one per queue, per probe
@@ -41,28 +44,33 @@ def _own_incident(kind: str, label: str, metric: str) -> str:
     return _set(_relabel(_relabel(orphans, "dependency", label), "service", label), "kind", kind)
 
 
-def _affected() -> str:
+def affected_edges(kind: str | None = None) -> str:
+    """AFFECTED's expression: every kind of link, or only links of `kind` (service, redis, engine)."""
     depended_on = _relabel(
         f'group by (instance, dependency) ({_DEPENDS_ON}{{kind="service"}})', "service", "dependency"
     )
     services = "group by (instance, job, service) (autoglm_process_up)"
     independent = f"({services} unless on (instance, service) {depended_on})"
     called = 'group by (instance, job, service) (autoglm_probe_target_info{layer="client", service!=""})'
-    own = _set(_relabel(f"({independent} or {called})", "dependency", "service"), "kind", "service")
-    parts = [
-        _DEPENDS_ON,
-        own,
-        _own_incident("redis", "redis", "autoglm_redis_up"),
-        _own_incident("engine", "engine", "autoglm_engine_up"),
-    ]
+    own = {
+        "service": _set(_relabel(f"({independent} or {called})", "dependency", "service"), "kind", "service"),
+        "redis": _own_incident("redis", "redis", "autoglm_redis_up"),
+        "engine": _own_incident("engine", "engine", "autoglm_engine_up"),
+    }
+    kinds = list(own) if kind is None else [kind]
+    edges = _DEPENDS_ON if kind is None else f'{_DEPENDS_ON}{{kind="{kind}"}}'
+    parts = [edges, *(own[k] for k in kinds)]
     return "group by (instance, job, kind, dependency, service) (" + " or ".join(parts) + ")"
 
 
-def _sole() -> str:
-    shared = f"(count by (instance, kind, dependency) ({AFFECTED}) > 1)"
-    alone = f"({AFFECTED} unless on (instance, kind, dependency) {shared})"
+def sole_edges(kind: str | None = None, affected: str | None = None) -> str:
+    """SOLE's expression (of links of `kind` only, if given), reading the edges `affected` (the
+    inline expression unless given)."""
+    affected = f"({affected_edges(kind)})" if affected is None else affected
+    shared = f"(count by (instance, kind, dependency) ({affected}) > 1)"
+    alone = f"({affected} unless on (instance, kind, dependency) {shared})"
     named = _relabel(
-        f"group by (instance, job, kind, dependency) ({AFFECTED} and on (instance, kind, dependency) "
+        f"group by (instance, job, kind, dependency) ({affected} and on (instance, kind, dependency) "
         f"{shared})",
         "service",
         "dependency",
@@ -71,7 +79,7 @@ def _sole() -> str:
 
 
 def link_rules() -> list[tuple[str, str]]:
-    return [(AFFECTED, _affected()), (SOLE, _sole())]
+    return [(AFFECTED, affected_edges()), (SOLE, sole_edges(affected=AFFECTED))]
 
 
 # --- service level objectives ----------------------------------------------------------------------
