@@ -162,6 +162,17 @@ def per_hundred(small: Reading, large: Reading, value: float, small_value: float
     return (value - small_value) / (large.nodes - small.nodes) * 100
 
 
+def show(reading: Reading) -> None:
+    slowest = max(reading.group_seconds.items(), key=lambda item: item[1])
+    rules = sum(reading.group_seconds.values())
+    print(
+        f"{reading.nodes:4d} nodes: {reading.head_series:9.0f} head series, "
+        f"{reading.rss_bytes / 2**20:7.0f} MiB resident, rules {rules:.3f} s "
+        f"per evaluation (slowest {slowest[0]}: {slowest[1]:.3f} s)",
+        flush=True,
+    )
+
+
 def main() -> None:
     args = c.arguments(__doc__).parse_args()
     params = QUICK if args.quick else FULL
@@ -170,29 +181,22 @@ def main() -> None:
         workdir = Path(tmp)
         started = time.monotonic()
         page = node_page(workdir / "node")
+        took = time.monotonic() - started
         node_series = series_count(page)
         print(
             f"one node ({GPUS} GPUs, {SERVICES} services): {node_series} series, {len(page) / 1024:.0f} KiB"
         )
-        print(
-            f"  (recorded from a real exporter in {time.monotonic() - started:.0f} s; budget {SERIES_BUDGET})"
-        )
+        print(f"  (recorded from a real exporter in {took:.0f} s; budget {SERIES_BUDGET})", flush=True)
         pages = NodePages(page)
+        readings = []
         try:
-            small, large = (
-                measure(workdir, pages.port, nodes, params["interval"], params["evaluations"])
-                for nodes in params["sizes"]
-            )
+            for nodes in params["sizes"]:
+                reading = measure(workdir, pages.port, nodes, params["interval"], params["evaluations"])
+                readings.append(reading)
+                show(reading)
         finally:
             pages.close()
-    for reading in (small, large):
-        slowest = max(reading.group_seconds.items(), key=lambda item: item[1])
-        rules = sum(reading.group_seconds.values())
-        print(
-            f"{reading.nodes:4d} nodes: {reading.head_series:9.0f} head series, "
-            f"{reading.rss_bytes / 2**20:7.0f} MiB resident, rules {rules:.3f} s "
-            f"per evaluation (slowest {slowest[0]}: {slowest[1]:.3f} s)"
-        )
+    small, large = readings
     series = per_hundred(small, large, large.head_series, small.head_series)
     memory = per_hundred(small, large, large.rss_bytes, small.rss_bytes)
     seconds = per_hundred(small, large, sum(large.group_seconds.values()), sum(small.group_seconds.values()))
