@@ -3,7 +3,9 @@
 A real HTTP server on 127.0.0.1 that passes each request to the next replica, and to the one after
 when a replica refuses the connection (nginx's `proxy_next_upstream error`): a dead replica costs
 capacity, not answers. A replica's own answer, an error status included, goes back as it is; when
-no replica accepts the connection the client gets 502.
+no replica accepts the connection the client gets 502. A replica can be drained before it is
+stopped (what a rolling restart does, like an endpoint leaving a Kubernetes Service): it gets no
+new requests, and `drained` says when its last request has been answered.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ class LoadBalancer:
     def __init__(self, replica_ports: list[int], answer_timeout: float) -> None:
         self._next = itertools.cycle(range(len(replica_ports)))
         self._lock = threading.Lock()
+        self._draining: set[int] = set()
+        self._in_flight = dict.fromkeys(replica_ports, 0)
         balancer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,7 +42,7 @@ class LoadBalancer:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {"Content-Type": self.headers.get("Content-Type", "application/json")}
                 for port in balancer.order(replica_ports):
-                    answer = _forward(port, self.command, self.path, body, headers, answer_timeout)
+                    answer = balancer.forward(port, self.command, self.path, body, headers, answer_timeout)
                     if answer is not None:
                         self._reply(*answer)
                         return
@@ -62,10 +66,33 @@ class LoadBalancer:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def order(self, ports: list[int]) -> list[int]:
-        """Every replica, starting with the next one in turn."""
+        """Every replica not drained, starting with the next one in turn."""
         with self._lock:
             first = next(self._next)
-        return ports[first:] + ports[:first]
+            return [port for port in ports[first:] + ports[:first] if port not in self._draining]
+
+    def forward(self, port: int, *request: Any) -> tuple[int, bytes, str] | None:
+        with self._lock:
+            self._in_flight[port] += 1
+        try:
+            return _forward(port, *request)
+        finally:
+            with self._lock:
+                self._in_flight[port] -= 1
+
+    def drain(self, port: int) -> None:
+        """Send the replica no new requests."""
+        with self._lock:
+            self._draining.add(port)
+
+    def drained(self, port: int) -> bool:
+        """The replica is drained and answered its last request."""
+        with self._lock:
+            return port in self._draining and self._in_flight[port] == 0
+
+    def restore(self, port: int) -> None:
+        with self._lock:
+            self._draining.discard(port)
 
     @property
     def url(self) -> str:

@@ -68,6 +68,7 @@ SERVICE = "open-autoglm"
 PAGE_WITHIN = 40.0  # a fault's page (or warning) reaches the webhook within this
 QUIET_WITHIN = 60.0  # then nothing more can page for it within this
 RESOLVE_WITHIN = 60.0
+HISTORY_PROBES = 120  # client probes answered before the first incident (see the test)
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Fleet(Processes):
     alertmanager_url: str
     redis_port: int
     nodes: list[Node] = field(default_factory=list)
-    balancer_url: str = ""
+    balancer: LoadBalancer | None = None
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -127,8 +128,13 @@ class Fleet(Processes):
         wait_until(lambda: self.seen_running(node), timeout=20, interval=0.2)
 
     def restart_api(self, node: Node) -> None:
+        """A graceful restart: drained first, back in the balancer once it answers again."""
+        assert self.balancer is not None and node.api_port is not None
+        self.balancer.drain(node.api_port)
+        wait_until(lambda: self.balancer.drained(node.api_port), timeout=10, interval=0.05)
         self.stop(f"api-{node.number}")
         self.bring_back(node)
+        self.balancer.restore(node.api_port)
 
     def start_exporter(self, node: Node, env: dict[str, str]) -> None:
         path = self.tmp / f"node-{node.number}.yml"
@@ -160,7 +166,7 @@ def _exporter_config(fleet: Fleet, node: Node) -> str:
         targets = f"""
   - name: inference
     module: inference
-    url: {fleet.balancer_url}/inference
+    url: {fleet.balancer.url if fleet.balancer else ""}/inference
     service: {SERVICE}
     body: {{prompt: Hello, max_tokens: 5}}
     timeout: {PROBE_TIMEOUT}s
@@ -210,7 +216,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             for node in fleet.replicas:
                 wait_until(lambda n=node: fleet.api_ready(n), timeout=30)
             with LoadBalancer([n.api_port for n in fleet.replicas if n.api_port], PROBE_TIMEOUT) as balancer:
-                fleet.balancer_url = balancer.url
+                fleet.balancer = balancer
                 fleet.gpu_control.mkdir()
                 gpu_node = fleet.node(GPU_NODE)
                 engine_pid = fleet.processes[f"engine-{GPU_NODE}"].pid
@@ -239,6 +245,7 @@ class Outcome:
 
     incident: Incident
     warnings: list[dict[str, Any]]
+    stuck: list[str | None] = field(default_factory=list)  # what did not settle, and how
 
     @property
     def page_groups(self) -> list[str]:
@@ -274,7 +281,7 @@ def _progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def quiet(fleet: Fleet, incident: Incident) -> None:
+def quiet(fleet: Fleet, incident: Incident) -> str | None:
     """Wait until nothing more can page for the incident: no critical alert pending in Prometheus,
     and every critical alert Alertmanager would notify already in a notification of the incident."""
 
@@ -286,22 +293,33 @@ def quiet(fleet: Fleet, incident: Incident) -> None:
         unsent = [a for a in fleet.alertmanager_active() if a["fingerprint"] not in sent]
         return not fleet.prometheus.alerts("pending") and not unsent
 
-    wait_until(nothing_left, timeout=QUIET_WITHIN, interval=0.5)
+    try:
+        wait_until(nothing_left, timeout=QUIET_WITHIN, interval=0.5)
+        return None
+    except AssertionError:
+        pending = [a["labels"] for a in fleet.prometheus.alerts("pending")]
+        return f"still pending {QUIET_WITHIN:.0f} s after the fault: {pending}"
 
 
-def resolved(fleet: Fleet) -> None:
-    """After a fault is gone: no critical alert pending or firing (it would page in the next one)."""
+def resolved(fleet: Fleet) -> str | None:
+    """After a fault is gone: no critical alert pending or firing (it would page in the next one).
+    What is still there, with the verdicts of its instances, when that does not come."""
 
     def calm() -> bool:
         return not fleet.prometheus.alerts("firing") and not fleet.prometheus.alerts("pending")
 
     try:
         wait_until(calm, timeout=RESOLVE_WITHIN, interval=0.5)
+        return None
     except AssertionError:
         left = fleet.prometheus.alerts("firing") + fleet.prometheus.alerts("pending")
-        raise AssertionError(
-            f"critical alerts still pending or firing: {[a['labels'] for a in left]}"
-        ) from None
+        verdicts = fleet.prometheus.query("autoglm_diagnosis_verdict == 1")["data"]["result"]
+        hurt = fleet.prometheus.query("autoglm_diagnosis_users_hurt == 1")["data"]["result"]
+        return (
+            f"critical alerts still pending or firing {RESOLVE_WITHIN:.0f} s after the fault was removed: "
+            f"{[a['labels'] for a in left]}; verdicts {[v['metric'] for v in verdicts]}; "
+            f"users hurt {[h['metric'] for h in hurt]}"
+        )
 
 
 def run_incident(
@@ -328,10 +346,11 @@ def run_incident(
             wait_until(lambda: arrived(update()), timeout=PAGE_WITHIN, interval=0.25)
         except AssertionError:
             _progress(f"{name}: what must arrive did not")
-    quiet(fleet, incident)
+    outcome.stuck.append(quiet(fleet, incident))
     during()
     remove()
-    resolved(fleet)
+    outcome.stuck.append(resolved(fleet))
+    outcome.stuck = [f"{name}: {text}" for text in outcome.stuck if text]
     update()
     _progress(outcome.row())
     return outcome
@@ -365,7 +384,12 @@ def test_one_incident_one_page_across_the_fleet(fleet: Fleet) -> None:
     wait_until(lambda: prometheus.value("count(autoglm_probe_success == 1)") == REPLICAS, timeout=60)
     # Healthy enough to page nothing. (On a machine this busy the verdict may say the CPU is
     # saturated, a warning: the fleet test is about pages.)
-    resolved(fleet)
+    calm = resolved(fleet)
+    assert calm is None, calm
+    # A history of answered probes, as a fleet has that runs a while: the test starts with none,
+    # and then one failed probe would be an error budget burning.
+    probes = 'sum(autoglm_probe_request_duration_seconds_count{target="inference"})'
+    wait_until(lambda: (prometheus.value(probes) or 0) >= HISTORY_PROBES, timeout=120, interval=0.5)
     _progress(f"fleet serving after {time.monotonic() - started:.0f} s")
     report: list[str] = []
     problems: list[str] = []
@@ -382,6 +406,7 @@ def test_one_incident_one_page_across_the_fleet(fleet: Fleet) -> None:
 
     outcome = run_incident(fleet, "rolling restart", rolling_restart, lambda: None, None)
     report.append(outcome.row())
+    problems += [text for text in outcome.stuck if text]
     if outcome.page_groups:
         problems.append(f"the rolling restart paged: {outcome.first_page_alerts()}")
 
@@ -408,6 +433,7 @@ def test_one_incident_one_page_across_the_fleet(fleet: Fleet) -> None:
         lambda o: warned(o) or bool(o.page_groups),
     )
     report.append(outcome.row())
+    problems += [text for text in outcome.stuck if text]
     if outcome.page_groups:
         problems.append(f"one dead replica of four paged: {outcome.first_page_alerts()}")
     if not warned(outcome):
@@ -424,6 +450,7 @@ def test_one_incident_one_page_across_the_fleet(fleet: Fleet) -> None:
 
     outcome = run_incident(fleet, "every replica dead", kill_all, start_all, lambda o: bool(o.page_groups))
     report.append(outcome.row())
+    problems += [text for text in outcome.stuck if text]
     problems += one_page(outcome, {"AutoglmProcessMissing"}, service=SERVICE)
 
     # The shared Redis down, seen by all six nodes: one page.
@@ -435,6 +462,7 @@ def test_one_incident_one_page_across_the_fleet(fleet: Fleet) -> None:
         lambda o: bool(o.page_groups),
     )
     report.append(outcome.row())
+    problems += [text for text in outcome.stuck if text]
     problems += one_page(outcome, {"AutoglmRedisDown"}, redis="redis")
 
     # Node 3's GPU falls off the bus: one page naming the node and the services on its GPU.
@@ -451,6 +479,7 @@ def test_one_incident_one_page_across_the_fleet(fleet: Fleet) -> None:
     )
     problems += ranked
     report.append(outcome.row())
+    problems += [text for text in outcome.stuck if text]
     problems += one_page(outcome, {"AutoglmGpuLost"}, instance=gpu_node.instance)
     problems += names_the_services(outcome)
 
@@ -460,6 +489,7 @@ def test_one_incident_one_page_across_the_fleet(fleet: Fleet) -> None:
         fleet, f"node {GPU_NODE}'s GPU XID 79", xid.touch, lambda: None, lambda o: bool(o.page_groups)
     )
     report.append(outcome.row())
+    problems += [text for text in outcome.stuck if text]
     problems += one_page(outcome, {"AutoglmGpuCriticalXid"}, instance=gpu_node.instance)
     problems += names_the_services(outcome)
 
