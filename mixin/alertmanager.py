@@ -5,7 +5,9 @@ deploy/kubernetes/alertmanagerconfig.yaml (an AlertmanagerConfig) for the Promet
 One incident, one page:
 - critical alerts with a `service` are grouped by it alone: the cause, the symptoms it does not
   silence and the same alert from every exporter that watches a shared Redis or engine make one
-  notification, updated as the incident goes on;
+  notification, updated every 30 s as the incident goes on (a second cause joins it named beside
+  the first); critical alerts without one (a node's GPU, the exporter down) by `instance`: one
+  page per node;
 - a cause silences the symptoms of the service it breaks (inhibit_rules), a process gone or not
   listening silences the refused connections it explains, a broken GPU every symptom of its
   instance, and AutoglmExporterDown everything else its instance says;
@@ -89,7 +91,8 @@ def routes() -> list[Route]:
     return [
         Route("watchdog", (Matcher("alertname", "=", WATCHDOG),), ("alertname",), t["watchdog"]),
         Route("page", (severity("critical"), HAS_SERVICE), ("service",), t["critical"]),
-        Route("page", (severity("critical"),), ("alertname", "instance"), t["critical"]),
+        # a node's faults (GPU lost, its XID, the exporter gone): one page for the node
+        Route("page", (severity("critical"),), ("instance",), t["critical"]),
         Route("ticket", (severity("warning"), HAS_SERVICE), ("alertname", "service"), t["warning"]),
         Route("ticket", (severity("warning"),), ("alertname", "instance"), t["warning"]),
         Route("info", (severity("info"),), ("alertname",), t["info"]),
@@ -185,11 +188,12 @@ HEADER = """\
 #
 # Severities: critical (page), warning (ticket), info. Critical alerts about the inference chain
 # carry `service`, the user-facing service they break, and are grouped by it: one incident, one
-# notification, updated as it goes on. A cause (a process gone, Redis or the engine down, threads
-# deadlocked...) inhibits the symptoms of that service (nobody answers, the verdict, the error
-# budget burn); AutoglmExporterDown inhibits everything else from its instance. AutoglmWatchdog
-# always fires: point the watchdog receiver at a dead man's switch (a heartbeat service that pages
-# when the notifications stop).
+# notification, updated every 30 s as it goes on; a node's own critical alerts are grouped by
+# instance. A cause (a process gone, Redis or the engine down, threads deadlocked...) inhibits the
+# symptoms of that service (nobody answers, the verdict, the error budget burn);
+# AutoglmExporterDown inhibits everything else from its instance. AutoglmWatchdog always fires:
+# point the watchdog receiver at a dead man's switch (a heartbeat service that pages when the
+# notifications stop).
 #
 # Out of the box all receivers post to the demo's webhook receiver (`docker compose --profile demo
 # up` starts it as service `webhook`; it prints each notification). For real use, uncomment the

@@ -16,6 +16,7 @@ from .grafana import (
     CELSIUS,
     CORES,
     HERTZ,
+    JOULES,
     NONE,
     OPS,
     PER_SECOND,
@@ -759,6 +760,7 @@ def redis_row() -> Row:
 def engine_row() -> Row:
     tokens = f"instance_engine:autoglm_engine_generation_tokens:rate{W}{{{INST}}}"
     prompt = rate("autoglm_engine_prompt_tokens_total", INST, "instance, engine")
+    per_token = "instance_engine:autoglm_engine_"
     return Row(
         "Engine",
         (
@@ -780,7 +782,7 @@ def engine_row() -> Row:
                 ),
                 SHORT,
                 steps=line("engine_queue_scale_out", "orange"),
-                width=8,
+                width=12,
             ),
             timeseries(
                 "KV cache usage",
@@ -789,13 +791,28 @@ def engine_row() -> Row:
                 RATIO,
                 steps=line("kv_cache_usage_ratio"),
                 high=1,
-                width=8,
+                width=12,
             ),
             timeseries(
                 "Token rate",
                 "Tokens generated and prompt tokens read per second; flat at 0 while requests wait: a stall.",
                 (Target(tokens, "{{engine}} generated"), Target(prompt, "{{engine}} prompt")),
                 TOKENS_PER_SECOND,
+                width=8,
+            ),
+            timeseries(
+                "Energy per generated token",
+                "Joules the node's serving GPUs used (NVML's energy counter) per token the engine generated; "
+                "rising at a steady token rate: the GPU works harder for each token (throttled, swapping).",
+                (Target(f"{per_token}energy_per_token_joules:ratio_rate{W}{{{INST}}}", "{{engine}}"),),
+                JOULES,
+                width=8,
+            ),
+            timeseries(
+                "GPU time per generated token",
+                "Seconds the node's serving GPUs were busy (utilization) per token the engine generated.",
+                (Target(f"{per_token}gpu_seconds_per_token:ratio_rate{W}{{{INST}}}", "{{engine}}"),),
+                SECONDS,
                 width=8,
             ),
         ),

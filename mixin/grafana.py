@@ -20,6 +20,7 @@ BYTES = "bytes"
 RATIO = "percentunit"
 CELSIUS = "celsius"
 WATTS = "watt"
+JOULES = "joule"
 HERTZ = "hertz"
 PER_SECOND = "cps"  # counts per second
 OPS = "ops"  # operations (probes, runs) per second

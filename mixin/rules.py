@@ -140,6 +140,32 @@ _GPU_UTIL_BY_SERVICE = (
 )
 
 
+# --- a fleet: replicas of a service on several nodes ---------------------------------------------------
+#
+# A replica is a service on one instance (one exporter per node); it serves when the exporter there
+# says its users are not hurt. The exporter stays per node: what the fleet says is computed here.
+REPLICAS = "max by (instance, job, service) (autoglm_diagnosis_users_hurt)"
+
+
+def serving_elsewhere() -> str:
+    """Per replica (instance, service): how many OTHER replicas of the service serve. Absent when no
+    replica serves, 0 when only this one does (a single node is never "served elsewhere")."""
+    serving = f"count by (service) ({REPLICAS} == 0)"
+    return f"{serving} - on (service) group_right () ({REPLICAS} == bool 0)"
+
+
+def fleet_rules() -> list[tuple[str, str]]:
+    return [
+        ("service:autoglm_replicas:count", f"count by (service) ({REPLICAS})"),
+        ("service:autoglm_replicas_hurt:count", f"sum by (service) ({REPLICAS})"),
+        (
+            "service:autoglm_probe_success:ratio",
+            "avg by (service) (autoglm_probe_success"
+            f" * on (instance, job, target) group_left (service) {CLIENT_TARGETS})",
+        ),
+    ]
+
+
 def rate_rules() -> list[tuple[str, str]]:
     name, w = prometheus_duration(RATE_WINDOW), duration(RATE_WINDOW)
     return [
@@ -187,11 +213,59 @@ def rate_rules() -> list[tuple[str, str]]:
     ]
 
 
+# --- energy and GPU time per generated token ------------------------------------------------------------
+
+# The GPUs of a node that run a compute process of a configured service, once per such service.
+_SERVING_GPUS = 'clamp_max(autoglm_gpu_processes{service!="other"} > 0, 1)'
+ENERGY = f"instance_service:autoglm_gpu_energy_joules:rate{prometheus_duration(RATE_WINDOW)}"
+GPU_BUSY = f"instance_service:autoglm_gpu_busy_seconds:rate{prometheus_duration(RATE_WINDOW)}"
+TOKENS = f"instance_engine:autoglm_engine_generation_tokens:rate{prometheus_duration(RATE_WINDOW)}"
+
+
+def per_token_rules() -> list[tuple[str, str]]:
+    """Joules and GPU-busy seconds per generated token: the GPUs' energy counter (NVML's total
+    energy) and utilization over the engines' generation-token counter (vllm:generation_tokens_total,
+    re-exported as autoglm_engine_generation_tokens_total). The exporter does not say which GPU an
+    engine computes on, so an engine is charged the node's GPUs that run a configured service's
+    process, and a service the tokens of the node's engines: exact for one engine per node, the
+    fleet's shape. No tokens in the window: no ratio (not infinity)."""
+    name, w = prometheus_duration(RATE_WINDOW), duration(RATE_WINDOW)
+    energy = f"rate(autoglm_gpu_energy_joules_total[{w}])"
+    busy = f"avg_over_time(autoglm_gpu_utilization_ratio[{w}])"
+    serving = '(sum by (instance, gpu) (autoglm_gpu_processes{service!="other"}) > 0)'
+    generating = f"({TOKENS} > 0)"
+    node_tokens = f"sum by (instance, job) {generating}"
+
+    def per_engine(per_gpu: str) -> str:
+        node = f"sum by (instance, job) ({per_gpu} and on (instance, gpu) {serving})"
+        return f"{node} / on (instance, job) group_right () {generating}"
+
+    def per_service(recorded: str) -> str:
+        where = f"group by (instance, job, service) ({recorded})"
+        tokens = f"{node_tokens} * on (instance, job) group_right () {where}"
+        return f"sum by (service) ({recorded}) / sum by (service) ({tokens})"
+
+    return [
+        (
+            ENERGY,
+            f"sum by (instance, job, service) ({energy} * on (instance, gpu) group_right () {_SERVING_GPUS})",
+        ),
+        (
+            GPU_BUSY,
+            f"sum by (instance, job, service) ({busy} * on (instance, gpu) group_right () {_SERVING_GPUS})",
+        ),
+        (f"instance_engine:autoglm_engine_energy_per_token_joules:ratio_rate{name}", per_engine(energy)),
+        (f"instance_engine:autoglm_engine_gpu_seconds_per_token:ratio_rate{name}", per_engine(busy)),
+        (f"service:autoglm_energy_per_token_joules:ratio_rate{name}", per_service(ENERGY)),
+        (f"service:autoglm_gpu_seconds_per_token:ratio_rate{name}", per_service(GPU_BUSY)),
+    ]
+
+
 def recording_rules() -> list[tuple[str, str]]:
     """The recording group's rules, in evaluation order. The SLO ratios are recorded in the group of
     the burn-rate alerts instead (mixin/alerts.py), so that an alert reads the ratio recorded in the
     same evaluation, never the one before."""
-    return link_rules() + rate_rules()
+    return link_rules() + fleet_rules() + rate_rules() + per_token_rules()
 
 
 # Every recording rule at the shipped windows, for the modules that only need names and expressions.

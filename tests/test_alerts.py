@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -19,7 +23,8 @@ import mixin.alertmanager
 import mixin.alerts
 import mixin.config
 
-from .conftest import REPO, require_binary
+from .alertreceiver import WebhookReceiver
+from .conftest import REPO, free_port, require_binary, wait_until
 
 ALERTS = REPO / mixin.alerts.ALERTS_FILE
 RECORDING = REPO / mixin.alerts.RECORDING_FILE
@@ -413,3 +418,122 @@ def test_prometheus_durations() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError):
         mixin.config.prometheus_duration(0)
+
+
+# --- Alertmanager's grouping, run for real --------------------------------------------------------
+
+# The routing generated at this scale: a 30 s wait is 3 s, the 5 min group interval of before 30 s.
+AM_SCALE = 1 / 10
+
+
+class PostedAlerts:
+    """A real Alertmanager with the generated routing at AM_SCALE, alerts posted to it as Prometheus
+    does, and its notifications arriving at a webhook receiver in this test."""
+
+    def __init__(self, tmp_path: Path, receiver: WebhookReceiver) -> None:
+        self.receiver = receiver
+        with mixin.config.time_scale(AM_SCALE):
+            document = mixin.alertmanager.routing(receiver.url)
+        path = tmp_path / "alertmanager.yml"
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        self.url = f"http://127.0.0.1:{free_port()}"
+        args = [require_binary("prometheus-alertmanager"), f"--config.file={path}"]
+        args += [f"--storage.path={tmp_path / 'data'}", f"--web.listen-address={self.url[7:]}"]
+        self.process = subprocess.Popen([*args, "--cluster.listen-address="], stderr=subprocess.DEVNULL)
+        self.wait(lambda: httpx.get(f"{self.url}/-/ready").status_code == 200, 30)
+
+    def wait(self, predicate: Any, timeout: float) -> Any:
+        def safe() -> Any:
+            try:
+                return predicate()
+            except httpx.HTTPError:
+                return False
+
+        return wait_until(safe, timeout=timeout, interval=0.1)
+
+    def post(self, *alerts: dict[str, str], resolved: bool = False) -> float:
+        """Fire (or resolve) alerts given by their labels; the time they were posted."""
+        now = datetime.now(UTC).isoformat()
+        body = [
+            {
+                "labels": labels,
+                "annotations": {"summary": labels["alertname"]},
+                "startsAt": now,
+                **({"endsAt": now} if resolved else {}),
+            }
+            for labels in alerts
+        ]
+        assert httpx.post(f"{self.url}/api/v2/alerts", json=body, timeout=5).status_code == 200
+        return time.monotonic()
+
+    def next_page(self, after: int, timeout: float = 60) -> tuple[dict[str, Any], float]:
+        """The first notification after the first `after`, and when it arrived."""
+        self.wait(lambda: len(self.receiver.received()) > after, timeout)
+        return self.receiver.received()[after], time.monotonic()
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def _alert(name: str, **labels: str) -> dict[str, str]:
+    return {"alertname": name, "severity": mixin.config.SEVERITY["critical"], **labels}
+
+
+def _firing(notification: dict[str, Any]) -> set[str]:
+    return {a["labels"]["alertname"] for a in notification["alerts"] if a["status"] == "firing"}
+
+
+@pytest.fixture
+def posted(tmp_path: Path) -> Iterator[PostedAlerts]:
+    with WebhookReceiver() as receiver:
+        alertmanager = PostedAlerts(tmp_path, receiver)
+        try:
+            yield alertmanager
+        finally:
+            alertmanager.close()
+
+
+def test_a_second_cause_and_a_new_incident_page_within_the_initial_wait(posted: PostedAlerts) -> None:
+    """A second cause joins the open incident's page, named beside the first, one short group
+    interval later (the first is still firing then); once an incident has resolved, the next one
+    pages after the group's short interval too, not after the 5 minutes a group waited before, and
+    without the last incident's alerts."""
+    critical = mixin.config.ROUTE_TIMING["critical"]
+    before = 5 * mixin.config.MINUTE * AM_SCALE  # the group interval the issue saw, at this scale
+    stalled = _alert("AutoglmEngineStalled", service="open-autoglm", instance="node-1", engine="vllm")
+    oom = _alert("AutoglmCudaOutOfMemory", service="open-autoglm", instance="node-1", log="error")
+
+    posted.post(stalled)
+    first, _ = posted.next_page(0)
+    assert _firing(first) == {"AutoglmEngineStalled"}
+
+    joined = posted.post(oom)
+    second, arrived = posted.next_page(1)
+    assert _firing(second) == {"AutoglmEngineStalled", "AutoglmCudaOutOfMemory"}
+    assert second["groupKey"] == first["groupKey"]
+    assert arrived - joined < before / 2, f"the second cause took {arrived - joined:.1f} s to page"
+
+    posted.post(stalled, oom, resolved=True)
+    resolved, _ = posted.next_page(2)
+    assert resolved["status"] == "resolved"
+
+    missing = _alert("AutoglmProcessMissing", service="open-autoglm", instance="node-2", dependency="api")
+    began = posted.post(missing)
+    new, arrived = posted.next_page(3)
+    assert [a["labels"]["alertname"] for a in new["alerts"]] == ["AutoglmProcessMissing"]
+    assert arrived - began < before / 2, f"the new incident took {arrived - began:.1f} s to page"
+    assert critical.group_interval <= critical.group_wait
+
+
+def test_a_node_fault_pages_once_for_its_node(posted: PostedAlerts) -> None:
+    """A GPU lost and its XID 79 on one node: one notification naming both; another node's fault is
+    another page."""
+    labels = {"instance": "node-3", "gpu": "0"}
+    posted.post(_alert("AutoglmGpuLost", **labels), _alert("AutoglmGpuCriticalXid", xid="79", **labels))
+    page, _ = posted.next_page(0)
+    posted.wait(
+        lambda: _firing(posted.receiver.received()[-1]) == {"AutoglmGpuLost", "AutoglmGpuCriticalXid"}, 30
+    )
+    assert {json.dumps(n["groupLabels"]) for n in posted.receiver.received()} == {'{"instance": "node-3"}'}
+    assert page["groupLabels"] == {"instance": "node-3"}

@@ -26,7 +26,7 @@ from .conftest import REPO
 UIDS = {"autoglm-chain", "autoglm-process", "autoglm-dependencies", "autoglm-gpu", "autoglm-exporter"}
 UIDS |= {"autoglm-fleet"}
 UNITS = {"s", "bytes", "percentunit", "celsius", "watt", "hertz", "ops", "cps", "short", "none"}
-UNITS |= {"suffix:cores", "count:tokens/s"}
+UNITS |= {"suffix:cores", "count:tokens/s", "joule"}  # joule: Grafana's Energy category
 BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__range", "__range_s"}
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless"}
 PROMQL_WORDS |= {"offset", "inf", "nan"}
