@@ -12,16 +12,18 @@ Incidents, one at a time, and what must page (a page: a critical notification an
 that began firing during the incident; pages of one Alertmanager group are one incident to the
 person paged, later notifications of the group are its updates):
 
-- a rolling restart of every replica, one at a time: nothing pages;
+- a rolling restart of every replica, one at a time, each drained from the balancer first (as an
+  endpoint leaves a Kubernetes Service before its pod stops): nothing pages;
 - one replica of four dead: a warning naming the replica's service and node; no page, because the
   load balancer keeps the service's objectives whole;
 - every replica dead: one page;
 - the shared Redis down, seen by all six nodes: one page, naming Redis;
-- node 3's GPU falls off the bus, later a critical XID on it: each one page naming node 3 and the
-  services on that GPU.
+- node 3's GPU falls off the bus, later a critical XID on it: each one page naming node 3, the
+  engine on that GPU (`vllm`) and the service it breaks (`open-autoglm`).
 
 Each incident ends once nothing more can page for it: no critical alert pending in Prometheus, and
-every critical alert Alertmanager holds (not inhibited) sent in a notification. The fleet
+every critical alert Alertmanager holds (not inhibited) sent in a notification; then the fault is
+removed and the test waits until no critical alert is pending or firing. The fleet
 dashboard's queries run against this Prometheus; its node table ranks the broken node first.
 """
 
