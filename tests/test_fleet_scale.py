@@ -112,6 +112,8 @@ def test_the_recording_rules_evaluate_in_victoriametrics_fed_by_remote_write(
             f"--web.listen-address=127.0.0.1:{prometheus_port}",
         ]
         processes.spawn("prometheus", prometheus_args)
+        prometheus_log = tmp_path / "prometheus.log"
+        wait_http_ok(f"{prometheus_url}/-/ready", processes.processes["prometheus"], prometheus_log)
         vmalert_args = [
             require_binary("vmalert"),
             f"-rule={RECORDING_FILE}",
@@ -147,7 +149,10 @@ def test_the_recording_rules_evaluate_in_victoriametrics_fed_by_remote_write(
             wait_until(store_has_them, timeout=60, interval=0.5)
         except AssertionError:
             differ = {n: (_results(vm_url, n), s) for n, s in expected.items() if _results(vm_url, n) != s}
-            raise AssertionError(f"VictoriaMetrics (vmalert) differs from Prometheus: {differ}") from None
+            vmalert = (tmp_path / "vmalert.log").read_text(errors="replace")[-2000:]
+            raise AssertionError(
+                f"VictoriaMetrics differs from Prometheus: {differ}\nvmalert: {vmalert}"
+            ) from None
         # the raw series came by remote write, not by a scrape of VictoriaMetrics' own
         assert _results(vm_url, 'autoglm_redis_up{job="autoglm-exporter"}')
     finally:
