@@ -10,6 +10,7 @@ import json
 
 from . import config
 from .config import RATE_WINDOW, prometheus_duration
+from .fleet import fleet
 from .grafana import (
     BYTES,
     CELSIUS,
@@ -1209,7 +1210,7 @@ def exporter() -> Dashboard:
 
 
 def dashboards() -> list[Dashboard]:
-    return [chain(), process(), dependencies(), gpu(), exporter()]
+    return [chain(), process(), dependencies(), gpu(), exporter(), fleet()]
 
 
 def render(dashboard: Dashboard) -> str:

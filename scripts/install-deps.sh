@@ -19,6 +19,9 @@ declare -A PACKAGE_OF=(
   [openssl]=openssl
   [curl]=curl
   [chromium]=chromium
+  # the long-term store of a fleet and its rule evaluator (tests/test_fleet_scale.py)
+  [victoria-metrics]=victoria-metrics
+  [vmalert]=victoria-metrics
   # The benchmarks' peers and load generator: `make bench`, and the test that runs every
   # benchmark in its quick mode.
   [wrk]=wrk

@@ -24,6 +24,7 @@ from mixin.rules import RECORDING_RULES
 from .conftest import REPO
 
 UIDS = {"autoglm-chain", "autoglm-process", "autoglm-dependencies", "autoglm-gpu", "autoglm-exporter"}
+UIDS |= {"autoglm-fleet"}
 UNITS = {"s", "bytes", "percentunit", "celsius", "watt", "hertz", "ops", "cps", "short", "none"}
 UNITS |= {"suffix:cores", "count:tokens/s", "joule"}  # joule: Grafana's Energy category
 BUILTIN_VARIABLES = {"__rate_interval", "__interval", "__range", "__range_s"}

@@ -24,35 +24,41 @@ Prometheus in every state: none may error, and each must return data in at least
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from mixin import alertmanager as mixin_alertmanager
 from mixin import alerts as mixin_alerts
 from mixin import config as mixin_config
 from mixin import dashboards as mixin_dashboards
 from mixin import grafana as mixin_grafana
 
+from . import pagingstack
 from .alertreceiver import WebhookReceiver
-from .conftest import REPO, free_port, require_binary, stop_process, wait_until
+from .conftest import free_port, wait_until
+from .pagingstack import (
+    TIME_SCALE,
+    Processes,
+    PrometheusApi,
+    critical,
+    fake_nvml,
+    start_alertmanager,
+    start_prometheus,
+    start_redis,
+)
 
 pytestmark = pytest.mark.timeout(720)  # a guard against a hang: the test takes about 8-9 minutes
 
-TIME_SCALE = 1 / 20  # the one factor every shipped duration is multiplied by (see the docstring)
 PROBE_TIMEOUT = 2.0  # a hung request fails after this: shorter than the scaled `for:` of symptoms
 BASELINE = 20.0  # seconds of healthy service under the CPU hog: past every scaled critical `for:`
 PAGE_WITHIN = 30.0  # a fault's cause reaches the webhook within this...
@@ -81,41 +87,15 @@ NEVER_HERE = {
 
 
 @dataclass
-class Stack:
-    tmp: Path
+class Stack(Processes):
     webhook: WebhookReceiver
     prometheus_url: str
     api_port: int
     engine_port: int
     redis_port: int
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    # processes
-
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        log.close()
-        self.processes[name] = process
-        return process
-
-    def stop(self, name: str) -> None:
-        stop_process(self.processes.pop(name))
-
-    def stop_all(self) -> None:
-        for name in list(self.processes):
-            process = self.processes.pop(name)
-            if process.poll() is None:
-                process.kill()
-            process.wait(5)
 
     def start_redis(self) -> None:
-        data = self.tmp / "redis"
-        data.mkdir(exist_ok=True)
-        args = [require_binary("redis-server"), "--port", str(self.redis_port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--dir", str(data), "--appendonly", "no", "--maxmemory", "256mb"]
-        self.spawn("redis", args)
-        wait_until(lambda: _answers_tcp(self.redis_port), timeout=10)
+        start_redis(self, self.redis_port)
 
     def start_engine(self) -> subprocess.Popen[bytes]:
         process = self.spawn(
@@ -157,20 +137,10 @@ class Stack:
     # Prometheus
 
     def query(self, expr: str) -> dict[str, Any]:
-        response = httpx.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr}, timeout=10)
-        return response.json()
+        return PrometheusApi(self.prometheus_url).query(expr)
 
     def alerts(self, state: str, severity: str = "critical") -> list[dict[str, Any]]:
-        """Prometheus' alerts in a state (pending, firing) of a severity, the Watchdog left out."""
-        found = httpx.get(f"{self.prometheus_url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
-        wanted = mixin_config.SEVERITY[severity]
-        return [a for a in found if a["state"] == state and a["labels"].get("severity") == wanted]
-
-
-def _answers_tcp(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return PrometheusApi(self.prometheus_url).alerts(state, severity)
 
 
 def _exporter_config(stack: Stack) -> str:
@@ -225,69 +195,6 @@ environment:
 """
 
 
-def _fake_nvml(directory: Path, engine_pid: int) -> Path:
-    """A `pynvml` module for the exporter: one H100 whose compute process is the demo engine."""
-    directory.mkdir()
-    (directory / "pynvml.py").write_text(
-        f"""
-import sys
-sys.path.insert(0, {str(REPO)!r})
-from tests.fakes.fake_pynvml import FakeGpu, FakeNvml, FakeProcess, Scenario, gpu_uuid
-
-# clocks held by the applications-clocks setting: a clock event, not a throttle (no alert)
-_gpu = FakeGpu(gpu_uuid(0), clock_reasons=0x2, processes=[FakeProcess({engine_pid}, 30 * 1024**3)])
-sys.modules[__name__] = FakeNvml(Scenario([_gpu]))
-"""
-    )
-    return directory
-
-
-def _start_alertmanager(stack: Stack, port: int) -> None:
-    with mixin_config.time_scale(TIME_SCALE):
-        config = mixin_alertmanager.routing(stack.webhook.url)
-    path = stack.tmp / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    binary = require_binary("prometheus-alertmanager")
-    args = [binary, f"--config.file={path}", f"--storage.path={stack.tmp / 'am-data'}"]
-    stack.spawn(
-        "alertmanager", [*args, f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
-    )
-    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/-/ready").status_code == 200, timeout=20)
-
-
-def _start_prometheus(stack: Stack, port: int, alertmanager_port: int, exporter_port: int) -> None:
-    rules = stack.tmp / "rules"
-    rules.mkdir()
-    with mixin_config.time_scale(TIME_SCALE):
-        files = mixin_alerts.rule_files()
-    for name, content in files.items():
-        (rules / Path(name).name).write_text(content)
-    targets = {
-        mixin_config.EXPORTER_JOB: exporter_port,
-        "vllm": stack.engine_port,
-        "prometheus": port,
-        "alertmanager": alertmanager_port,
-    }
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-        "rule_files": [str(rules / "*.rules.yml")],
-        "alerting": {
-            "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]
-        },
-        "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{target}"]}]}
-            for job, target in targets.items()
-        ],
-    }
-    path = stack.tmp / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
-    binary = require_binary("prometheus")
-    args = [binary, f"--config.file={path}", f"--storage.tsdb.path={stack.tmp / 'prom-data'}"]
-    args += [f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s"]
-    stack.spawn("prometheus", args)
-    wait_until(lambda: httpx.get(f"{stack.prometheus_url}/-/ready").status_code == 200, timeout=20)
-
-
 @pytest.fixture
 def webhook() -> Iterator[WebhookReceiver]:
     with WebhookReceiver() as receiver:
@@ -308,13 +215,19 @@ def stack(tmp_path: Path, start_exporter, webhook: WebhookReceiver) -> Iterator[
 
         config = tmp_path / "autoglm.yml"
         config.write_text(_exporter_config(stack))
-        fake = _fake_nvml(tmp_path / "fake-nvml", engine.pid)
+        fake = fake_nvml(tmp_path / "fake-nvml", engine.pid)
         pythonpath = os.pathsep.join(filter(None, [str(fake), os.environ.get("PYTHONPATH")]))
         exporter = start_exporter(f"--config.file={config}", env={"PYTHONPATH": pythonpath})
         stack.processes["exporter"] = exporter.process
 
-        _start_alertmanager(stack, alertmanager_port)
-        _start_prometheus(stack, prometheus_port, alertmanager_port, exporter.port)
+        start_alertmanager(stack, alertmanager_port, webhook)
+        targets = {
+            mixin_config.EXPORTER_JOB: [exporter.port],
+            "vllm": [stack.engine_port],
+            "prometheus": [prometheus_port],
+            "alertmanager": [alertmanager_port],
+        }
+        start_prometheus(stack, prometheus_port, alertmanager_port, targets)
         yield stack
     finally:
         stack.stop_all()
@@ -390,69 +303,8 @@ class ExpressionLedger:
 # --- notifications -------------------------------------------------------------------------------------
 
 
-def critical(notification: dict[str, Any]) -> bool:
-    return notification["commonLabels"].get("severity") == mixin_config.SEVERITY["critical"]
-
-
-def _epoch(timestamp: str) -> float:
-    """Alertmanager's RFC 3339 time (nanoseconds, Z or an offset) as seconds since the epoch."""
-    from datetime import datetime
-
-    whole, _, rest = timestamp.partition(".")
-    fraction = re.match(r"\d*", rest).group(0) if rest else ""  # type: ignore[union-attr]
-    zone = rest[len(fraction) :] if rest else timestamp[19:]
-    stamp = datetime.fromisoformat(whole[:19] + (zone.replace("Z", "+00:00") or "+00:00"))
-    return stamp.timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
-
-
-@dataclass
-class Incident:
+class Incident(pagingstack.Incident):
     """What the webhook received from a fault's injection until the next one."""
-
-    fault: str
-    started: float  # time.time() of the injection
-    first_index: int  # the webhook's first notification of the incident
-    notifications: list[dict[str, Any]] = field(default_factory=list)
-
-    def update(self, webhook: WebhookReceiver) -> None:
-        self.notifications = webhook.received()[self.first_index :]
-
-    def pages(self) -> list[dict[str, Any]]:
-        """The critical notifications that announce something of this incident: an alert that began
-        firing after the fault was injected (a group of the incident before may still re-send or
-        resolve its own alerts meanwhile)."""
-        return [n for n in self.notifications if critical(n) and self.new_alerts(n)]
-
-    def new_alerts(self, notification: dict[str, Any]) -> list[str]:
-        """Names of the firing alerts of a notification that began firing during this incident."""
-        return [
-            a["labels"]["alertname"]
-            for a in notification["alerts"]
-            if a["status"] == "firing" and _epoch(a["startsAt"]) >= self.started - 1
-        ]
-
-    def first_page(self) -> dict[str, Any] | None:
-        return next(iter(self.pages()), None)
-
-    def summary(self) -> str:
-        pages = self.pages()
-        groups = sorted({json.dumps(n["groupLabels"], sort_keys=True) for n in pages})
-        lines = [f"{self.fault}: {len(pages)} page(s) in {len(groups)} group(s) {' '.join(groups)}"]
-        for n in self.notifications:
-            if n["receiver"] == "watchdog":
-                continue
-            names = sorted(
-                {
-                    f"{a['labels']['alertname']}({a['status']}"
-                    + (f" +{_epoch(a['startsAt']) - self.started:.0f}s)" if a["status"] == "firing" else ")")
-                    for a in n["alerts"]
-                }
-            )
-            new = " NEW" if n in pages else ""
-            lines.append(
-                f"  {n['receiver']} {json.dumps(n['groupLabels'])} {n['status']}{new}: {', '.join(names)}"
-            )
-        return "\n".join(lines)
 
     def problems(self, fault: Fault) -> list[str]:
         """What breaks "one incident, one page, naming its cause"."""
