@@ -28,6 +28,7 @@ from .config import (
     SEVERITY,
     THRESHOLDS,
     THROTTLE_REASONS,
+    WARNING_XIDS,
     Objective,
     duration,
 )
@@ -552,6 +553,15 @@ def gpu() -> list[Alert]:
             "in the last " + xid_window + " (events: " + COUNT + "): a memory or bus fault that "
             "usually needs a GPU reset" + services + ".",
             role="node",
+        ),
+        Alert(
+            "AutoglmGpuXidWarning",
+            "warning",
+            f'increase(autoglm_gpu_xid_errors_total{{xid=~"{_regex(WARNING_XIDS)}"}}[{xid_window}]) > 0',
+            "GPU {{ $labels.gpu }} reported XID {{ $labels.xid }}, a contained error",
+            "GPU {{ $labels.gpu }} ({{ $labels.name }}) on {{ $labels.instance }} reported XID "
+            "{{ $labels.xid }} in the last " + xid_window + " (events: " + COUNT + "): a contained ECC "
+            "error; the GPU recovered and only the process that hit it was stopped" + services + ".",
         ),
         Alert(
             "AutoglmGpuThrottled",
