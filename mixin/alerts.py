@@ -120,17 +120,34 @@ def _linked(kind: str, label: str) -> str:
     return "(" + " or ".join(f"group by (instance, {label}) ({source})" for source in sources) + ")"
 
 
+# Links that every node names alike because they are one: a shared Redis (several nodes' exporters
+# watch the same queue under the same `redis` name). Engines and processes are per node.
+SHARED_KINDS = ("redis",)
+
+
 def fan_out(expr: str, kind: str, label: str, keep: tuple[str, ...] = ()) -> str:
     """`expr` (one series per instance and link, the link named by `label`) once for every service
     the link breaks, with `service`, `kind` and `dependency` (the link) and the link's own `label`
-    and `keep` labels. Without the recording rule (only this file loaded) the bare `expr`."""
+    and `keep` labels. Without the recording rule (only this file loaded) the bare `expr`.
+
+    A shared link (SHARED_KINDS) seen from a node where no service depends on it is an incident of
+    its own name only while no node where a service does depend on it sees the same: one fault of a
+    shared Redis is one incident, the service's, however many nodes watch it."""
     carried = ", ".join(name for name in (label, *keep) if name != "service")
-    edges = f"({affected_edges(kind)})"
-    joined = (
-        f"{edges} * on (instance, dependency) group_left ({carried})"
-        f" {_relabel(f'({expr})', 'dependency', label)}"
-    )
-    return f"{joined} or {_unmapped(expr, kind, label)} unless on (instance, {label}) {_linked(kind, label)}"
+
+    def joined(edges: str) -> str:
+        return (
+            f"({edges}) * on (instance, dependency) group_left ({carried})"
+            f" {_relabel(f'({expr})', 'dependency', label)}"
+        )
+
+    alone = f"{_unmapped(expr, kind, label)} unless on (instance, {label}) {_linked(kind, label)}"
+    every = f"{joined(affected_edges(kind))} or {alone}"
+    if kind not in SHARED_KINDS:
+        return every
+    edges = f'autoglm_service_dependency_info{{kind="{kind}"}}'
+    depended_on = joined(f"group by (instance, job, kind, dependency, service) ({edges})")
+    return f"{depended_on} or (({every}) unless on ({label}) {depended_on})"
 
 
 def sole_service(expr: str, kind: str, label: str) -> str:
