@@ -518,6 +518,29 @@ def _services_on_gpu(window: str) -> str:
     return f'{{{{ with {selector} | query | sortByLabel "service" }}}} (services on it: {names}){{{{ end }}}}'
 
 
+def gpu_service(expr: str, window: str) -> str:
+    """`expr` (per GPU: instance, gpu and more) with the user-facing `service` the GPU's fault
+    breaks, so that its page groups with that service's incident: the service whose processes
+    computed on the GPU within `window` (a lost GPU reports no process any more), mapped to the one
+    service that depends on it (vllm -> open-autoglm); when none did, the node's one user-facing
+    service. A GPU whose fault breaks several services, or none known, keeps no `service` and pages
+    for its node."""
+    used = _relabel(
+        f'max_over_time(autoglm_gpu_processes{{service!="other"}}[{window}]) > 0', "dependency", "service"
+    )
+    on_gpu = (
+        f"group by (instance, job, gpu, service) (group by (instance, job, gpu, dependency) ({used})"
+        f" * on (instance, dependency) group_left (service) ({sole_edges('service')}))"
+    )
+    node_services = f"group by (instance, service) ({affected_edges('service')})"
+    node_sole = f"({node_services} and on (instance) (count by (instance) ({node_services}) == 1))"
+    unused = f"(group by (instance, job, gpu) ({expr}) unless on (instance, gpu) {on_gpu})"
+    per_gpu = f"({on_gpu} or {unused} * on (instance) group_left (service) {node_sole})"
+    sole = f"({per_gpu} and on (instance, gpu) (count by (instance, gpu) ({per_gpu}) == 1))"
+    joined = f"({expr}) * on (instance, gpu) group_left (service) {sole}"
+    return f"{joined} or ({expr} unless on (instance, gpu) {sole})"
+
+
 def gpu() -> list[Alert]:
     xid_window = duration(config.XID_WINDOW)
     services = _services_on_gpu(xid_window)
@@ -553,7 +576,7 @@ def gpu() -> list[Alert]:
         Alert(
             "AutoglmGpuLost",
             "critical",
-            "autoglm_gpu_lost == 1",
+            gpu_service("autoglm_gpu_lost == 1", xid_window),
             "GPU {{ $labels.gpu }} fell off the bus",
             "NVML reports GPU {{ $labels.gpu }} ({{ $labels.uuid }}) on {{ $labels.instance }} lost: every "
             "process on it has failed" + services + ". The node needs a GPU reset or a "
@@ -563,7 +586,10 @@ def gpu() -> list[Alert]:
         Alert(
             "AutoglmGpuCriticalXid",
             "critical",
-            f'increase(autoglm_gpu_xid_errors_total{{xid=~"{_regex(CRITICAL_XIDS)}"}}[{xid_window}]) > 0',
+            gpu_service(
+                f'increase(autoglm_gpu_xid_errors_total{{xid=~"{_regex(CRITICAL_XIDS)}"}}[{xid_window}]) > 0',
+                xid_window,
+            ),
             "GPU {{ $labels.gpu }} reported critical XID {{ $labels.xid }}",
             "GPU {{ $labels.gpu }} ({{ $labels.name }}) on {{ $labels.instance }} reported XID "
             "{{ $labels.xid }} "
