@@ -120,17 +120,34 @@ def _linked(kind: str, label: str) -> str:
     return "(" + " or ".join(f"group by (instance, {label}) ({source})" for source in sources) + ")"
 
 
+# Links that every node names alike because they are one: a shared Redis (several nodes' exporters
+# watch the same queue under the same `redis` name). Engines and processes are per node.
+SHARED_KINDS = ("redis",)
+
+
 def fan_out(expr: str, kind: str, label: str, keep: tuple[str, ...] = ()) -> str:
     """`expr` (one series per instance and link, the link named by `label`) once for every service
     the link breaks, with `service`, `kind` and `dependency` (the link) and the link's own `label`
-    and `keep` labels. Without the recording rule (only this file loaded) the bare `expr`."""
+    and `keep` labels. Without the recording rule (only this file loaded) the bare `expr`.
+
+    A shared link (SHARED_KINDS) seen from a node where no service depends on it is an incident of
+    its own name only while no node where a service does depend on it sees the same: one fault of a
+    shared Redis is one incident, the service's, however many nodes watch it."""
     carried = ", ".join(name for name in (label, *keep) if name != "service")
-    edges = f"({affected_edges(kind)})"
-    joined = (
-        f"{edges} * on (instance, dependency) group_left ({carried})"
-        f" {_relabel(f'({expr})', 'dependency', label)}"
-    )
-    return f"{joined} or {_unmapped(expr, kind, label)} unless on (instance, {label}) {_linked(kind, label)}"
+
+    def joined(edges: str) -> str:
+        return (
+            f"({edges}) * on (instance, dependency) group_left ({carried})"
+            f" {_relabel(f'({expr})', 'dependency', label)}"
+        )
+
+    alone = f"{_unmapped(expr, kind, label)} unless on (instance, {label}) {_linked(kind, label)}"
+    every = f"{joined(affected_edges(kind))} or {alone}"
+    if kind not in SHARED_KINDS:
+        return every
+    edges = f'autoglm_service_dependency_info{{kind="{kind}"}}'
+    depended_on = joined(f"group by (instance, job, kind, dependency, service) ({edges})")
+    return f"{depended_on} or (({every}) unless on ({label}) {depended_on})"
 
 
 def sole_service(expr: str, kind: str, label: str) -> str:
@@ -501,6 +518,29 @@ def _services_on_gpu(window: str) -> str:
     return f'{{{{ with {selector} | query | sortByLabel "service" }}}} (services on it: {names}){{{{ end }}}}'
 
 
+def gpu_service(expr: str, window: str) -> str:
+    """`expr` (per GPU: instance, gpu and more) with the user-facing `service` the GPU's fault
+    breaks, so that its page groups with that service's incident: the service whose processes
+    computed on the GPU within `window` (a lost GPU reports no process any more), mapped to the one
+    service that depends on it (vllm -> open-autoglm); when none did, the node's one user-facing
+    service. A GPU whose fault breaks several services, or none known, keeps no `service` and pages
+    for its node."""
+    used = _relabel(
+        f'max_over_time(autoglm_gpu_processes{{service!="other"}}[{window}]) > 0', "dependency", "service"
+    )
+    on_gpu = (
+        f"group by (instance, job, gpu, service) (group by (instance, job, gpu, dependency) ({used})"
+        f" * on (instance, dependency) group_left (service) ({sole_edges('service')}))"
+    )
+    node_services = f"group by (instance, service) ({affected_edges('service')})"
+    node_sole = f"({node_services} and on (instance) (count by (instance) ({node_services}) == 1))"
+    unused = f"(group by (instance, job, gpu) ({expr}) unless on (instance, gpu) {on_gpu})"
+    per_gpu = f"({on_gpu} or {unused} * on (instance) group_left (service) {node_sole})"
+    sole = f"({per_gpu} and on (instance, gpu) (count by (instance, gpu) ({per_gpu}) == 1))"
+    joined = f"({expr}) * on (instance, gpu) group_left (service) {sole}"
+    return f"{joined} or ({expr} unless on (instance, gpu) {sole})"
+
+
 def gpu() -> list[Alert]:
     xid_window = duration(config.XID_WINDOW)
     services = _services_on_gpu(xid_window)
@@ -536,7 +576,7 @@ def gpu() -> list[Alert]:
         Alert(
             "AutoglmGpuLost",
             "critical",
-            "autoglm_gpu_lost == 1",
+            gpu_service("autoglm_gpu_lost == 1", xid_window),
             "GPU {{ $labels.gpu }} fell off the bus",
             "NVML reports GPU {{ $labels.gpu }} ({{ $labels.uuid }}) on {{ $labels.instance }} lost: every "
             "process on it has failed" + services + ". The node needs a GPU reset or a "
@@ -546,7 +586,10 @@ def gpu() -> list[Alert]:
         Alert(
             "AutoglmGpuCriticalXid",
             "critical",
-            f'increase(autoglm_gpu_xid_errors_total{{xid=~"{_regex(CRITICAL_XIDS)}"}}[{xid_window}]) > 0',
+            gpu_service(
+                f'increase(autoglm_gpu_xid_errors_total{{xid=~"{_regex(CRITICAL_XIDS)}"}}[{xid_window}]) > 0',
+                xid_window,
+            ),
             "GPU {{ $labels.gpu }} reported critical XID {{ $labels.xid }}",
             "GPU {{ $labels.gpu }} ({{ $labels.name }}) on {{ $labels.instance }} reported XID "
             "{{ $labels.xid }} "

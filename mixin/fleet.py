@@ -38,6 +38,15 @@ REPLICAS = (
     ' "reason", "every link answers", "", ""))'
 )
 
+# How many replicas have each verdict, the healthy ones as their own (layer "healthy") series: one
+# query, so the panel has data on a fleet where every replica is healthy (no verdict is 1), and says
+# 0 healthy, not "no data", when none is.
+VERDICT_COUNTS = (
+    f"count by (layer, reason) (autoglm_diagnosis_verdict{{{SVC}}} == 1)"
+    f' or label_replace(label_replace(count(({_BROKEN}) == 0) or vector(0), "layer", "healthy", "", ""),'
+    ' "reason", "every link answers", "", "")'
+)
+
 # A node's severity: its worst replica, a lost GPU (users of it are hurt), an exporter that cannot
 # be scraped (everything about the node is unknown).
 _EXPORTER_UP = f"up{{{config.EXPORTER_SELECTOR}, {INST}}}"
@@ -77,14 +86,7 @@ def overview_row() -> Row:
                 "Replicas by verdict",
                 "How many replicas of the fleet have each verdict now (layer / reason), healthy ones counted "
                 "apart.",
-                (
-                    Target(
-                        f"count by (layer, reason) (autoglm_diagnosis_verdict{{{SVC}}} == 1)",
-                        "{{layer}} / {{reason}}",
-                    ),
-                    # 0, not no data, when no replica is healthy
-                    Target(f"count(({_BROKEN}) == 0) or vector(0)", "healthy"),
-                ),
+                (Target(VERDICT_COUNTS, "{{layer}} / {{reason}}"),),
                 NONE,
                 base_color="blue",
                 width=12,

@@ -571,6 +571,39 @@ def test_two_restarts_of_processes_that_served_a_while_are_not_a_crash_loop() ->
     assert feed.verdict() is None  # before the restarts leave their 2 min window (t+230)
 
 
+def test_the_crash_loop_windows_come_from_the_config() -> None:
+    """diagnosis.restart_loop_young / _window: with processes counted young under 15 s, restarts of
+    processes that served 30 s are no loop (they would be at the default minute); deaths at 12 s are."""
+    from autoglm_exporter.config import DiagnosisConfig
+
+    feed = Feed(
+        config=dataclasses.replace(
+            CONFIG, diagnosis=DiagnosisConfig(restart_loop_young=15.0, restart_loop_window=60.0)
+        )
+    )
+    feed.healthy_start()
+    t = feed.now
+    started = {4242: t - 600, 5001: t - 10, 5002: t + 15, 5003: t + 28}
+
+    def reading(pid: int) -> None:  # every 10 s
+        feed.publish("process", processes(service(pid=pid, start_time=started[pid])), after=10)
+
+    for pid in (4242, 5001, 5001, 5002):  # t+10 ... t+40: replaced after 600 s and 30 s of service
+        reading(pid)
+    assert feed.verdict() is None
+    reading(5003)  # t+50: 5002 died after 35 s: not young here
+    assert feed.verdict() is None
+    started[5004] = t + 58
+    reading(5004)  # t+60: 5003 died 32 s after it started
+    assert feed.verdict() is None
+    started[5005] = t + 69
+    reading(5005)  # t+70: 5004 died 12 s after it started (young)
+    started[5006] = t + 79
+    reading(5006)  # t+80: 5005 died young too: a loop
+    assert feed.verdict() == ("service", "restarting")
+    assert "in the last 60 s" in feed.diagnosis.verdict.summary
+
+
 def test_a_process_caught_down_between_restarts_counts_as_gone() -> None:
     feed = Feed()
     feed.healthy_start()

@@ -42,6 +42,7 @@ from typing import Any
 import httpx
 import pytest
 
+from autoglm_exporter.diagnosis.thresholds import RESTART_LOOP_WINDOW_SECONDS, RESTART_LOOP_YOUNG_SECONDS
 from mixin import config as mixin_config
 from mixin import fleet as mixin_fleet
 from mixin.grafana import concrete
@@ -50,6 +51,7 @@ from .alertreceiver import WebhookReceiver
 from .conftest import free_port, wait_until
 from .fleetbalancer import LoadBalancer
 from .pagingstack import (
+    TIME_SCALE,
     Incident,
     Processes,
     PrometheusApi,
@@ -186,6 +188,11 @@ redis:
 engines:
   - {{name: vllm, kind: vllm, metrics_url: '{node.engine_url}/metrics', service: vllm, timeout: 1s}}
 logs: []
+# the crash-loop windows at the rules' time scale: replicas restarted a test-minute apart lived the
+# equivalent of twenty, not a loop (each stop is a restart to the exporter)
+diagnosis:
+  restart_loop_young: {RESTART_LOOP_YOUNG_SECONDS * TIME_SCALE:g}s
+  restart_loop_window: {RESTART_LOOP_WINDOW_SECONDS * TIME_SCALE:g}s
 forensics:
   directory: '{fleet.tmp / f"captures-{node.number}"}'
 environment:

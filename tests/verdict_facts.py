@@ -14,7 +14,6 @@ from autoglm_exporter.collectors.redis import RedisFacts, RedisInstanceFacts
 from autoglm_exporter.collectors.system import SystemFacts
 from autoglm_exporter.config import (
     Config,
-    DiagnosisConfig,
     EngineConfig,
     ProbeTarget,
     ProcessMatch,
@@ -165,7 +164,7 @@ class Feed:
 
     def __init__(self, config: Config = CONFIG, confirm: int = 2) -> None:
         self.now = T0
-        config = replace(config, diagnosis=DiagnosisConfig(confirm))
+        config = replace(config, diagnosis=replace(config.diagnosis, confirm_readings=confirm))
         self.diagnoser = Diagnoser(config, clock=lambda: self.now)
         self.facts: dict[str, object] = {}
         self.observed: dict[str, float] = {}

@@ -59,6 +59,8 @@ class Diagnoser:
             self._chains: Chains = chains_of(config)
             self._confirm = config.diagnosis.confirm_readings
             self._hang_after = config.forensics.hang_after
+            self._trends.restart_young = config.diagnosis.restart_loop_young
+            self._trends.restart_window = config.diagnosis.restart_loop_window
 
     def derive(self, published: Published) -> tuple[list[Family], Diagnosis]:
         with self._lock:

@@ -11,10 +11,8 @@ from .model import SAME_FAULT, Link, duration, pid_list
 from .thresholds import (
     RECENT_LOG_SECONDS,
     RESTART_LOOP_RESTARTS,
-    RESTART_LOOP_WINDOW_SECONDS,
-    RESTART_LOOP_YOUNG_SECONDS,
 )
-from .trends import Restart, Trends
+from .trends import Trends
 
 if TYPE_CHECKING:
     from ..collectors.environment import EnvironmentFacts
@@ -39,7 +37,7 @@ def service_links(
         return [Link("processes", "service", None, why, source="process")]
     links = []
     for s in process.services.values():
-        link = _restart_loop(s, trends.restarts(s.name, now), now) or _service_link(s)
+        link = _restart_loop(s, trends, now) or _service_link(s)
         # Its users will meet this as a refusal: the probe's next reading names it (one verdict).
         users_to_see = link.reason in SAME_FAULT and s.name in probed_unrefused
         links.append(
@@ -48,17 +46,18 @@ def service_links(
     return links
 
 
-def _restart_loop(service: ServiceFacts, restarts: list[Restart], now: float) -> Link | None:
+def _restart_loop(service: ServiceFacts, trends: Trends, now: float) -> Link | None:
     """A process replaced again and again: the loop, not the moment it is caught down, is the news.
     A loop's processes die young; a process that served a while and was restarted (on purpose, or
     crashing once) is not part of one. The loop is over once the process now running has outlived
     a young death."""
+    restarts = trends.restarts(service.name, now)
     young = [r for r in restarts if r.young]
     if len(young) < RESTART_LOOP_RESTARTS:
         return None
-    if service.up and service.start_time > 0 and now - service.start_time >= RESTART_LOOP_YOUNG_SECONDS:
+    if service.up and service.start_time > 0 and now - service.start_time >= trends.restart_young:
         return None
-    window = duration(RESTART_LOOP_WINDOW_SECONDS)
+    window = duration(trends.restart_window)
     state = f"now pid {pid_list(service)}" if service.up else "no process at the last reading"
     return Link(
         f"service {service.name}",
@@ -67,7 +66,7 @@ def _restart_loop(service: ServiceFacts, restarts: list[Restart], now: float) ->
         f"keeps restarting: {len(restarts)} new processes in the last {window} ({state})",
         "restarting",
         (f"{service.restarts} restarts since the exporter started",),
-        f"journalctl -u {service.name} --since '-{int(RESTART_LOOP_WINDOW_SECONDS)}s' | tail -n 50",
+        f"journalctl -u {service.name} --since '-{int(trends.restart_window)}s' | tail -n 50",
         began_at=young[0].at,
         held=len(restarts),  # each restart was seen by a reading of its own
     )

@@ -26,7 +26,7 @@ class _Queue:
 @dataclass(frozen=True)
 class Restart:
     at: float  # the reading that saw the service's main process gone (dead, or replaced)
-    young: bool  # that process had lived less than RESTART_LOOP_YOUNG_SECONDS (or its age is unknown)
+    young: bool  # that process had lived less than Trends.restart_young (or its age is unknown)
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class Trends:
         # service -> its main pid (None: down) and that process's start time, at the last reading
         self._main: dict[str, tuple[int | None, float]] = {}
         self._restarts: dict[str, list[Restart]] = {}  # service -> the restarts readings saw
+        # a process that died younger than this is part of a crash loop, counted over the window
+        self.restart_young = RESTART_LOOP_YOUNG_SECONDS
+        self.restart_window = RESTART_LOOP_WINDOW_SECONDS
 
     # --- readers ------------------------------------------------------------------------------
 
@@ -58,8 +61,8 @@ class Trends:
         return self._cores.get(service)
 
     def restarts(self, service: str, now: float) -> list[Restart]:
-        """The restarts readings of the last RESTART_LOOP_WINDOW_SECONDS saw."""
-        return [r for r in self._restarts.get(service, []) if now - r.at <= RESTART_LOOP_WINDOW_SECONDS]
+        """The restarts readings of the last `restart_window` seconds saw."""
+        return [r for r in self._restarts.get(service, []) if now - r.at <= self.restart_window]
 
     # --- one new reading --------------------------------------------------------------------------
 
@@ -118,7 +121,7 @@ class Trends:
             now = (service.main_pid, service.start_time) if service.up else (None, 0.0)
             if before is not None and before[0] is not None and now[0] != before[0]:
                 started = before[1]
-                young = started <= 0 or at - started < RESTART_LOOP_YOUNG_SECONDS
+                young = started <= 0 or at - started < self.restart_young
                 recent = self.restarts(service.name, at)
                 self._restarts[service.name] = [*recent, Restart(at, young)][-32:]
             self._main[service.name] = now
