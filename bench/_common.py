@@ -67,6 +67,19 @@ def verdict(name: str, ok: bool, detail: str) -> str:
     return f"{'PASS' if ok else 'FAIL'}: {name}: {detail}"
 
 
+def quiet_config(interval: str) -> str:
+    """A config that watches nothing (no service, target or dependency; no GPU, environment or
+    container reads), so what a benchmark measures is the exporter's own work."""
+    return f"""global: {{interval: {interval}, timeout: 2s, jitter: 0}}
+services: []
+targets: []
+redis: []
+engines: []
+logs: []
+collectors: {{gpu: {{enabled: false}}, environment: {{enabled: false}}, container: {{enabled: false}}}}
+"""
+
+
 def require_binary(name: str) -> str:
     """The binary's path; a missing one stops the script (exit 1) with a clear message."""
     found = find_binary(name)

@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import ROOT, arguments, banner, verdict
+from _common import ROOT, arguments, banner, quiet_config, verdict
 
 from tests.support import free_port
 
@@ -38,14 +38,7 @@ MAX_SECONDS = 2.0
 MAX_RSS_MB = 100.0
 SIGTERM_SECONDS = 2.0
 
-QUIET = """global: {interval: 300ms, timeout: 2s, jitter: 0}
-services: []
-targets: []
-redis: []
-engines: []
-logs: []
-collectors: {gpu: {enabled: false}, environment: {enabled: false}, container: {enabled: false}}
-"""
+QUIET = quiet_config("300ms")
 
 
 def _bomb() -> str:

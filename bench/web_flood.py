@@ -50,14 +50,7 @@ MAX_REFUSAL_P99 = 0.100
 THREADS_ABOVE_CAP = 50
 USER, PASSWORD = "prometheus", "scrape-me-right"
 
-QUIET = """global: {interval: 1s, timeout: 2s, jitter: 0}
-services: []
-targets: []
-redis: []
-engines: []
-logs: []
-collectors: {gpu: {enabled: false}, environment: {enabled: false}, container: {enabled: false}}
-"""
+QUIET = c.quiet_config("1s")
 
 # One flooding process: `threads` connections, each sending wrong passwords one request after the
 # other until `seconds` have passed; prints how the server answered.
