@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from .support import BackgroundHTTPServer
 
-class WebhookReceiver:
+
+class WebhookReceiver(BackgroundHTTPServer):
     """Use as a context manager; `notifications` are the POSTed bodies, `alerts()` their alerts."""
 
     def __init__(self) -> None:
@@ -27,12 +29,11 @@ class WebhookReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._serve(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}/"
+        return f"http://127.0.0.1:{self.port}/"
 
     def received(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -48,15 +49,6 @@ class WebhookReceiver:
             if alert["status"] == status and all(alert["labels"].get(k) == v for k, v in wanted.items()):
                 return alert
         return None
-
-    def __enter__(self) -> WebhookReceiver:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
 
 
 def point_webhooks_at(alertmanager_config: dict[str, Any], url: str) -> None:

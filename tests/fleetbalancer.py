@@ -13,13 +13,15 @@ from __future__ import annotations
 import http.client
 import itertools
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from .support import BackgroundHTTPServer
 
 CONNECT_TIMEOUT = 0.5  # a replica that does not accept within this is skipped
 
 
-class LoadBalancer:
+class LoadBalancer(BackgroundHTTPServer):
     """Use as a context manager; `url` is where users (the client probes) send their requests."""
 
     def __init__(self, replica_ports: list[int], answer_timeout: float) -> None:
@@ -61,9 +63,7 @@ class LoadBalancer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._serve(Handler)  # ThreadingHTTPServer's request threads are daemon threads
 
     def order(self, ports: list[int]) -> list[int]:
         """Every replica not drained, starting with the next one in turn."""
@@ -96,16 +96,7 @@ class LoadBalancer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    def __enter__(self) -> LoadBalancer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        return f"http://127.0.0.1:{self.port}"
 
 
 def _forward(
