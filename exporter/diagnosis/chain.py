@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from ..base.health import CollectorHealth
 from ..config import ForensicsConfig
+from ..facts.environment import EnvironmentFacts
 from .chains import Chains, chains_named
 from .facts import Facts
 from .links import all_links
@@ -19,9 +19,6 @@ from .model import ChainVerdict, Diagnosis
 from .ranking import Broken, pick
 from .service import recent_errors, with_drift
 from .trends import Trends
-
-if TYPE_CHECKING:
-    from ..facts.environment import EnvironmentFacts
 
 # A verdict in these layers hurts the service's users even while its own probe still answers.
 HURTING_LAYERS = ("client", "network", "service", "stall")

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from ..config import Config
 from .model import Link
-
-if TYPE_CHECKING:
-    from ..config import Config
 
 DEFAULT_CHAIN = "default"  # the chain's name when nothing names a service
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from ..base.thresholds import SAME_CYCLE_SECONDS
-from .facts import Facts, InFlightProbe
+from ..facts.inflight import InFlightProbe
+from ..facts.probe import TargetFacts
+from ..facts.process import ServiceFacts
+from .facts import Facts
 from .model import Link, host_port_of, pid_list, port_of
-
-if TYPE_CHECKING:
-    from ..facts.probe import TargetFacts
-    from ..facts.process import ServiceFacts
 
 _CONNECT_FAILURES = {"connect_refused", "connect_timeout", "unreachable", "dns", "tls"}
 _CLIENT_REASONS = {

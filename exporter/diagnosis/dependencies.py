@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
+from ..facts.engine import EngineInstanceFacts
+from ..facts.probe import TargetFacts
+from ..facts.redis import RedisInstanceFacts
 from .client import hung_probe
 from .facts import Facts
 from .model import Link, engine_subject, number
-
-if TYPE_CHECKING:
-    from ..facts.engine import EngineInstanceFacts
-    from ..facts.probe import TargetFacts
-    from ..facts.redis import RedisInstanceFacts
 
 
 def dependency_links(facts: Facts, hang_after: float) -> list[Link]:

@@ -13,8 +13,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
+from ..base.published import Published
+from ..config import Config
 from ..metrics.spec import Family
 from .chain import chain_verdict
 from .chains import Chains, chains_of
@@ -27,10 +28,6 @@ from .ranking import pick, refines
 from .service import recent_errors
 from .tracker import LinkTracker
 from .trends import Trends
-
-if TYPE_CHECKING:
-    from ..base.published import Published
-    from ..config import Config
 
 _NOT_YET = ("",)  # a chain's verdict before the first derivation
 

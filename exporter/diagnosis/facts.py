@@ -1,53 +1,26 @@
-"""The facts the verdict reads, typed: each collector's own dataclass, gathered in one record.
+"""The facts the verdict reads, typed: each collector's own record (exporter/facts/), gathered in one.
 
-The fact types are imported for the type checker only: the collectors import the thresholds of
-this package, so importing them here at run time would make a cycle. A renamed field still fails
-mypy, which is the point. The store hands facts over by collector name; `Facts.of` names them.
-
-The in-flight probes are described here by the shape the contract gives them (collector
-`inflight`, facts `InFlightFacts`: per target its service, layer, start, wait so far and whether
-it connected), so the verdict does not depend on how they are gathered.
+The verdict reads the records, never the collectors that gather them. The store hands facts over
+by collector name; `Facts.of` names them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import cast
 
-if TYPE_CHECKING:
-    from ..facts.container import ContainerFacts
-    from ..facts.engine import EngineFacts
-    from ..facts.environment import EnvironmentFacts
-    from ..facts.forensics import ForensicsFacts
-    from ..facts.gpu import GpuFacts
-    from ..facts.logs import LogsFacts
-    from ..facts.probe import ProbeFacts
-    from ..facts.process import ProcessFacts, ServiceFacts
-    from ..facts.redis import RedisFacts
-    from ..facts.system import SystemFacts
-
-
-class InFlightProbe(Protocol):
-    """A probe that has not finished yet: how long it has waited so far."""
-
-    @property
-    def target(self) -> str: ...
-    @property
-    def service(self) -> str | None: ...
-    @property
-    def layer(self) -> str: ...
-    @property
-    def started_at(self) -> float: ...  # seconds since the epoch
-    @property
-    def waited(self) -> float: ...  # seconds, when the facts were taken
-    @property
-    def connected(self) -> bool: ...  # the peer accepted the connection and has not answered
-
-
-class InFlight(Protocol):
-    @property
-    def targets(self) -> Mapping[str, InFlightProbe]: ...  # only targets with a probe in flight
+from ..facts.container import ContainerFacts
+from ..facts.engine import EngineFacts
+from ..facts.environment import EnvironmentFacts
+from ..facts.forensics import ForensicsFacts
+from ..facts.gpu import GpuFacts
+from ..facts.inflight import InFlightFacts
+from ..facts.logs import LogsFacts
+from ..facts.probe import ProbeFacts
+from ..facts.process import ProcessFacts, ServiceFacts
+from ..facts.redis import RedisFacts
+from ..facts.system import SystemFacts
 
 
 @dataclass(frozen=True)
@@ -58,7 +31,7 @@ class Facts:
     process: ProcessFacts | None = None
     container: ContainerFacts | None = None
     probe: ProbeFacts | None = None
-    inflight: InFlight | None = None
+    inflight: InFlightFacts | None = None
     redis: RedisFacts | None = None
     engine: EngineFacts | None = None
     logs: LogsFacts | None = None
@@ -74,7 +47,7 @@ class Facts:
             process=cast("ProcessFacts | None", facts.get("process")),
             container=cast("ContainerFacts | None", facts.get("container")),
             probe=cast("ProbeFacts | None", facts.get("probe")),
-            inflight=cast("InFlight | None", facts.get("inflight")),
+            inflight=cast("InFlightFacts | None", facts.get("inflight")),
             redis=cast("RedisFacts | None", facts.get("redis")),
             engine=cast("EngineFacts | None", facts.get("engine")),
             logs=cast("LogsFacts | None", facts.get("logs")),

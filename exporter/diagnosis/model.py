@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ..facts.engine import EngineInstanceFacts
+from ..facts.process import ServiceFacts
 from ..logs.redact import redact
-
-if TYPE_CHECKING:
-    from ..facts.engine import EngineInstanceFacts
-    from ..facts.process import ServiceFacts
 
 LAYERS = ("client", "network", "service", "dependencies", "resources", "stall", "exporter")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from ..base.health import CollectorHealth
 from ..base.thresholds import (
@@ -25,14 +24,12 @@ from ..base.thresholds import (
     XID_LOST,
     XID_WARNING,
 )
+from ..facts.container import ContainerFacts, ContainerServiceFacts
+from ..facts.gpu import GpuDeviceFacts, GpuFacts
+from ..facts.process import ServiceFacts
+from ..facts.system import SystemFacts
 from .model import Link, gib, used_of
 from .trends import Trends
-
-if TYPE_CHECKING:
-    from ..facts.container import ContainerFacts, ContainerServiceFacts
-    from ..facts.gpu import GpuDeviceFacts, GpuFacts
-    from ..facts.process import ServiceFacts
-    from ..facts.system import SystemFacts
 
 
 def resource_links(

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from ..base.health import CollectorHealth
 from ..base.thresholds import RECENT_LOG_SECONDS, RESTART_LOOP_RESTARTS
+from ..facts.environment import EnvironmentFacts
+from ..facts.logs import LogFacts, LogsFacts
+from ..facts.process import ProcessFacts, ServiceFacts
 from .model import SAME_FAULT, Link, duration, pid_list
 from .trends import Trends
-
-if TYPE_CHECKING:
-    from ..facts.environment import EnvironmentFacts
-    from ..facts.logs import LogFacts, LogsFacts
-    from ..facts.process import ProcessFacts, ServiceFacts
 
 SEVERE_LOG_PATTERNS = ("cuda_oom", "model_load_failure", "config_not_found", "nccl_error", "oom_killed")
 

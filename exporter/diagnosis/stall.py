@@ -11,19 +11,15 @@ readings it already held, so the verdict does not wait for as many again.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..base.thresholds import FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_READINGS, QUEUE_MIN_DEPTH
+from ..facts.engine import EngineFacts, EngineInstanceFacts
+from ..facts.forensics import ForensicsFacts
+from ..facts.gpu import GpuFacts
 from .client import hung_probe
 from .facts import Facts
 from .model import Link, engine_subject, number
 from .trends import Trends
 from .workers import worker_links
-
-if TYPE_CHECKING:
-    from ..facts.engine import EngineFacts, EngineInstanceFacts
-    from ..facts.forensics import ForensicsFacts
-    from ..facts.gpu import GpuFacts
 
 
 def _engine_probe_hangs(facts: Facts, instance: EngineInstanceFacts, hang_after: float) -> bool:

@@ -13,14 +13,11 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from ..facts.probe import ProbeFacts
+from ..facts.process import ServiceFacts
 from ..metrics.spec import Family, gauge
 from .facts import Facts
-
-if TYPE_CHECKING:
-    from ..facts.probe import ProbeFacts
-    from ..facts.process import ServiceFacts
 
 STARTUP = gauge(
     "autoglm_service_startup_seconds",

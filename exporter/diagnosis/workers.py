@@ -21,16 +21,12 @@ engine has requests waiting and produced no token at its latest reading. The sta
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..base.thresholds import WORKER_IDLE_READINGS
+from ..facts.engine import EngineFacts
+from ..facts.process import ServiceFacts, WorkerFacts
 from .client import hung_probe
 from .facts import Facts
 from .model import Link, duration
-
-if TYPE_CHECKING:
-    from ..facts.engine import EngineFacts
-    from ..facts.process import ServiceFacts, WorkerFacts
 
 _WHAT = {
     "stopped": "stopped (SIGSTOP or a debugger holds it)",

@@ -1,1 +1,1 @@
-"""Declared metrics (one MetricSpec per family) and the README's generated metrics reference."""
+"""Declared metrics: one MetricSpec per family, what the families and the metrics reference are built from."""

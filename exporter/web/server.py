@@ -27,23 +27,21 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__
+from ..base.health import CollectorHealth
 from ..diagnosis import to_dict
 from ..logs.redact import redact, redact_data
 from . import connections, logsetup, statuspage
 from .connections import DEFAULT_MAX_CONNECTIONS, ConnectionGuard
 from .hosts import HostPolicy
 from .webconfig import WebConfig
-
-if TYPE_CHECKING:  # the server only reads the store it is given
-    from ..core.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +60,15 @@ MAX_BODY_BYTES = 65536  # the bodies we accept are a log level or nothing
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _THROTTLED = {"Retry-After": "1", "Connection": "close"}
+
+
+class StoreReader(Protocol):
+    """What the server reads of the store (core/store.py) it is given; it never writes to it."""
+
+    def render(self, accept: str = "", compressed: bool = False) -> tuple[bytes, str]: ...
+    def ready(self) -> bool: ...
+    def derived(self) -> Any: ...  # the diagnosis, None before the first derivation
+    def health(self) -> Mapping[str, CollectorHealth]: ...
 
 
 @dataclass
@@ -121,7 +128,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        store: Store,
+        store: StoreReader,
         hooks: ServerHooks,
         telemetry_path: str = "/metrics",
         web_config: WebConfig | None = None,
