@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from ..base.health import ERROR_KINDS
 from ..metrics.spec import Family, MetricSpec
@@ -25,15 +25,21 @@ class CollectorError(Exception):
         self.kind = kind
 
 
-@dataclass
-class Result:
+# The record a collector hands to the verdict (exporter/facts/): Collector[GpuFacts] returns
+# Result[GpuFacts], so mypy rejects a collector that hands over another collector's facts. A
+# Result[GpuFacts] is a Result[object] too: the store keeps every collector's alike.
+FactsT = TypeVar("FactsT", covariant=True)
+
+
+@dataclass(frozen=True)
+class Result(Generic[FactsT]):
     """One finished run: the metric families to serve and the typed facts the diagnosis reads."""
 
     families: list[Family] = field(default_factory=list)
-    facts: Any = None
+    facts: FactsT | None = None  # None: nothing for the verdict
 
 
-class Collector(abc.ABC):
+class Collector(abc.ABC, Generic[FactsT]):
     name: ClassVar[str]
     metrics: ClassVar[tuple[MetricSpec, ...]]
     # What the collector was built from: a reload keeps an instance (and its state, such as
@@ -47,7 +53,7 @@ class Collector(abc.ABC):
     state_per_item: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
-    def collect(self) -> Result:
+    def collect(self) -> Result[FactsT]:
         """Read the world once. Raise CollectorError (or anything) on failure."""
 
     def adopt(self, previous: Collector) -> None:

@@ -128,7 +128,7 @@ class ProbeFailure(Exception):
         self.reason = reason
 
 
-class ProbeCollector(Collector):
+class ProbeCollector(Collector[ProbeFacts]):
     name = "probe"
     metrics = (
         SUCCESS,
@@ -156,7 +156,7 @@ class ProbeCollector(Collector):
         self._first_tokens = {t.name: _Histogram() for t in targets if _streams(t)}
         self._models: dict[str, str] = {}  # openai_chat target -> model discovered from /v1/models
 
-    def collect(self) -> Result:
+    def collect(self) -> Result[ProbeFacts]:
         outcomes = asyncio.run(self._probe_all()) if self.targets else []
         now = time.time()
         facts = {}

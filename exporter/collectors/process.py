@@ -114,7 +114,7 @@ MAX_WORKERS_READ = 16  # child processes of a service read each cycle (the rest 
 MAX_COMMAND_CHARS = 256  # of a process's command line quoted in the verdict
 
 
-class ProcessCollector(Collector):
+class ProcessCollector(Collector[ProcessFacts]):
     name = "process"
     metrics = (
         UP,
@@ -158,7 +158,7 @@ class ProcessCollector(Collector):
         self._last_worker: dict[str, WorkerFacts] = {}  # service -> its worker at the previous reading
         self._child_states: dict[str, dict[int, tuple[int, str, int]]] = {}  # pid -> (start, state, readings)
 
-    def collect(self) -> Result:
+    def collect(self) -> Result[ProcessFacts]:
         try:
             # Never the same look twice: a reading taken again seconds later (to confirm a process
             # gone) must see /proc as it is now, even while the cycle's look is still handed out.

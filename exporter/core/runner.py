@@ -88,7 +88,7 @@ class CollectorRunner:
             run.watch = WATCHDOG.watch(run.started + self.timeout, lambda: self._deadline(run))
         return run
 
-    def _collect(self) -> Result:
+    def _collect(self) -> Result[object]:
         """One run, in the worker (so never beside a run of the runner this one succeeds)."""
         self._adopt()
         return self.collector.collect()

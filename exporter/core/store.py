@@ -84,7 +84,7 @@ class Store:
         # One derivation at a time, in the order of the publishes: the deriver keeps history.
         self._derive_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._results: dict[str, Result] = {}
+        self._results: dict[str, Result[object]] = {}
         self._observed_at: dict[str, float] = {}
         self._health: dict[str, CollectorHealth] = {}
         self._reload_ok = True
@@ -109,7 +109,7 @@ class Store:
             self._derive(None)  # the verdict forgets links of collectors that are gone
         self._pages.refresh()
 
-    def publish_success(self, name: str, result: Result, duration: float) -> None:
+    def publish_success(self, name: str, result: Result[object], duration: float) -> None:
         with self._lock:
             health = self._health.get(name)
             if health is None:

@@ -310,7 +310,7 @@ class GpuStuckError(CollectorError):
 # --- the collector ------------------------------------------------------------------------------------
 
 
-class GpuCollector(Collector):
+class GpuCollector(Collector[GpuFacts]):
     name = "gpu"
     metrics = (
         AVAILABLE,
@@ -371,7 +371,7 @@ class GpuCollector(Collector):
 
     # --- one run --------------------------------------------------------------------------------
 
-    def collect(self) -> Result:
+    def collect(self) -> Result[GpuFacts]:
         reading: GpuReading | None = None
         nvml_problem: NvmlUnavailable | None = None
         if self.config.nvml:
