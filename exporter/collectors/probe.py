@@ -37,6 +37,7 @@ import httpx
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from ..base.hostport import parse_host_port, url_host_port
 from ..config import INFERENCE_BODY, ProbeTarget
 from ..config.credentials import SecretError, authorization
 from ..logs.redact import redact
@@ -254,8 +255,8 @@ class ProbeCollector(Collector):
         )
 
     async def _probe_http(self, target: ProbeTarget, timings: _Timings) -> tuple[int | None, float | None]:
-        parts = urlsplit(target.url)
-        await timings.resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        where = url_host_port(target.url)
+        await timings.resolve(where.host, where.port)
         async with _client(target) as client:
             if target.module == "openai_chat":
                 return await self._probe_openai(client, target, timings)
@@ -574,13 +575,12 @@ def _has_field(document: Any, dotted: str) -> bool:
 
 
 async def _probe_tcp(target: ProbeTarget, timings: _Timings) -> None:
-    host, _, port = target.url.rpartition(":")
-    host = host.strip("[]")
-    await timings.resolve(host, int(port))
+    where = parse_host_port(target.url)
+    await timings.resolve(where.host, where.port)
     timings.marks["connection.connect_tcp.started"] = time.monotonic()
     try:
         async with asyncio.timeout(target.connect_timeout):
-            _, writer = await asyncio.open_connection(host, int(port))
+            _, writer = await asyncio.open_connection(where.host, where.port)
     except TimeoutError:
         raise ProbeFailure("connect_timeout", f"no connection within {target.connect_timeout:g}s") from None
     timings.mark_connected()

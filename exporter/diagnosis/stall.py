@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from .client import hung_probe
 from .facts import Facts
-from .model import Link, engine_subject, number
+from .model import Link, engine_subject, number, redis_cli
 from .thresholds import FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_READINGS, QUEUE_MIN_DEPTH
 from .trends import Trends
 from .workers import worker_links
@@ -93,7 +93,6 @@ def stall_links(facts: Facts, trends: Trends, hang_after: float) -> list[Link]:
             rises, began = trends.queue_rises(redis_instance.name, key)
             if depth is None or depth < QUEUE_MIN_DEPTH or rises < QUEUE_GROWTH_READINGS - 1:
                 continue
-            host, _, port = redis_instance.address.rpartition(":")
             links.append(
                 Link(
                     f"queue {key} on redis {redis_instance.name}",
@@ -102,7 +101,7 @@ def stall_links(facts: Facts, trends: Trends, hang_after: float) -> list[Link]:
                     f"queue {key} keeps growing: {depth} waiting, deeper at each of {rises + 1} readings",
                     "queue_backlog_growing",
                     (f"{redis_instance.name} {key}: depth {depth}",),
-                    f"redis-cli -h {host.strip('[]')} -p {port} type '{key}'",
+                    f"{redis_cli(redis_instance.address)} type '{key}'",
                     source="redis",
                     subject=redis_instance.name,
                     held=rises,
