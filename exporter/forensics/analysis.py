@@ -41,7 +41,6 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .pyspy import Dump, Frame, ThreadStack
 
@@ -185,35 +184,6 @@ class ThreadReport:
     active_samples: int  # of those, dumps where py-spy saw it on a CPU
     description: str  # one sentence
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "thread_id": self.thread_id,
-            "os_thread_id": self.os_thread_id,
-            "name": self.name,
-            "state": self.state,
-            "waiting_on": self.waiting_on,
-            "where": None if self.where is None else self.where.to_dict(),
-            "samples": self.samples,
-            "active_samples": self.active_samples,
-            "description": self.description,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ThreadReport:
-        where = data.get("where")
-        os_tid = data.get("os_thread_id")
-        return cls(
-            thread_id=int(data["thread_id"]),
-            os_thread_id=None if os_tid is None else int(os_tid),
-            name=str(data["name"]),
-            state=str(data["state"]),
-            waiting_on=data.get("waiting_on"),
-            where=None if where is None else Frame.from_dict(where),
-            samples=int(data["samples"]),
-            active_samples=int(data["active_samples"]),
-            description=str(data["description"]),
-        )
-
 
 @dataclass(frozen=True)
 class Analysis:
@@ -232,30 +202,6 @@ class Analysis:
 
     def in_state(self, state: str) -> tuple[ThreadReport, ...]:
         return tuple(thread for thread in self.threads if thread.state == state)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "pid": self.pid,
-            "dumps": self.dumps,
-            "span_seconds": self.span_seconds,
-            "native": self.native,
-            "deadlock_suspected": self.deadlock_suspected,
-            "summary": self.summary,
-            "counts": self.counts(),
-            "threads": [thread.to_dict() for thread in self.threads],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Analysis:
-        return cls(
-            pid=int(data["pid"]),
-            dumps=int(data["dumps"]),
-            span_seconds=float(data["span_seconds"]),
-            native=bool(data["native"]),
-            threads=tuple(ThreadReport.from_dict(thread) for thread in data["threads"]),
-            deadlock_suspected=bool(data["deadlock_suspected"]),
-            summary=str(data["summary"]),
-        )
 
 
 def is_stdlib(filename: str) -> bool:
