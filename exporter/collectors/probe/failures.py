@@ -19,9 +19,6 @@ REASONS = (
     "http_status",
     "bad_body",
     "config",
-    "layer",
-    "service",
-    "url",
 )
 
 
