@@ -195,6 +195,9 @@ def test_without_native_frames_a_wait_inside_c_is_never_called_a_deadlock(start_
         "worker-b": ("idle", "unknown"),
         "MainThread": ("blocked", "join"),  # threading.py's frames say so without native help
     }
+    [main] = analysis.in_state("blocked")
+    assert main.where is not None
+    assert analysis.summary == f"1 thread blocked: MainThread on a thread join at {main.where.location}"
 
 
 def test_a_spinning_worker_is_busy_in_its_function_not_blocked(start_service, py_spy, interpreter) -> None:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .pyspy import Dump, Frame, ThreadStack
@@ -405,20 +405,12 @@ def _summary(reports: tuple[ThreadReport, ...], dumps: int) -> str:
     if dumps == 0:
         return "no stack dumps to compare"
     parts = []
-    blocked = [r for r in reports if r.state == "blocked"]
-    busy = [r for r in reports if r.state == "busy"]
-    if blocked:
-        listed = ", ".join(
-            f"{r.name} on {_WAIT_WORDS[r.waiting_on or 'unknown']} at {_location(r)}" for r in blocked[:3]
-        )
-        more = f" and {len(blocked) - 3} more" if len(blocked) > 3 else ""
-        parts.append(f"{len(blocked)} thread{'s' if len(blocked) > 1 else ''} blocked: {listed}{more}")
-    if busy:
-        listed = ", ".join(
-            f"{r.name} in {r.where.function if r.where else '?'} at {_location(r)}" for r in busy[:3]
-        )
-        more = f" and {len(busy) - 3} more" if len(busy) > 3 else ""
-        parts.append(f"{len(busy)} thread{'s' if len(busy) > 1 else ''} busy: {listed}{more}")
+    for state, what in _SUMMARY_DETAILS:
+        threads = [r for r in reports if r.state == state]
+        if threads:
+            listed = ", ".join(f"{r.name} {what(r)} at {_location(r)}" for r in threads[:3])
+            more = f" and {len(threads) - 3} more" if len(threads) > 3 else ""
+            parts.append(f"{len(threads)} thread{'s' if len(threads) > 1 else ''} {state}: {listed}{more}")
     if parts:
         return "; ".join(parts)
     counted = Counter(r.state for r in reports)
@@ -426,6 +418,13 @@ def _summary(reports: tuple[ThreadReport, ...], dumps: int) -> str:
     return (
         f"no blocked or busy threads ({states or 'no threads'}) across {dumps} dump{'s' if dumps > 1 else ''}"
     )
+
+
+# What the summary says of each blocked or busy thread, before its line.
+_SUMMARY_DETAILS: tuple[tuple[str, Callable[[ThreadReport], str]], ...] = (
+    ("blocked", lambda r: f"on {_WAIT_WORDS[r.waiting_on or 'unknown']}"),
+    ("busy", lambda r: f"in {r.where.function if r.where else '?'}"),
+)
 
 
 def _location(report: ThreadReport) -> str:
