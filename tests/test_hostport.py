@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from autoglm_exporter.base.hostport import HostPort, HostPortError, parse_host_port, url_host_port
+from autoglm_exporter.commands.doctor import local_exporter_url
+from autoglm_exporter.web.server import ListenAddressError, parse_listen_address
 
 
 @pytest.mark.parametrize(
@@ -100,3 +102,24 @@ def test_a_urls_address_fills_the_schemes_port(url: str, where: HostPort) -> Non
 def test_an_unreadable_url_gets_a_clear_error(url: str, message: str) -> None:
     with pytest.raises(HostPortError, match=message):
         url_host_port(url)
+
+
+@pytest.mark.parametrize(
+    ("listen", "where", "doctor_asks"),
+    [
+        (":9877", ("0.0.0.0", 9877), "http://127.0.0.1:9877"),
+        ("[::]:9877", ("::", 9877), "http://[::1]:9877"),
+        ("[::1]:9877", ("::1", 9877), "http://[::1]:9877"),
+        ("127.0.0.1:0", ("127.0.0.1", 0), "http://127.0.0.1:0"),
+    ],
+)
+def test_the_listen_address_and_where_doctor_finds_the_exporter(
+    listen: str, where: tuple[str, int], doctor_asks: str
+) -> None:
+    assert parse_listen_address(listen) == where
+    assert local_exporter_url(listen) == doctor_asks
+
+
+def test_a_bad_listen_address_says_why() -> None:
+    with pytest.raises(ListenAddressError, match=r"'::1:9877'.*must be in brackets"):
+        parse_listen_address("::1:9877")
