@@ -21,7 +21,7 @@ phases; failures.py classifies what went wrong into REASONS; collector.py runs t
 the metrics.
 """
 
-from .collector import DURATION_BUCKETS, ProbeCollector, ProbeFacts, ProbeOutcome, TargetFacts
+from .collector import DURATION_BUCKETS, ProbeCollector
 from .failures import REASONS, ProbeFailure, classify_http_error, classify_os_error
 from .timing import PHASES
 
@@ -30,10 +30,7 @@ __all__ = [
     "PHASES",
     "REASONS",
     "ProbeCollector",
-    "ProbeFacts",
     "ProbeFailure",
-    "ProbeOutcome",
-    "TargetFacts",
     "classify_http_error",
     "classify_os_error",
 ]
