@@ -57,7 +57,7 @@ from ..config.credentials import SecretError, read_secret
 from ..facts.redis import RedisFacts, RedisInstanceFacts
 from ..metrics.spec import Families, Family, counter, gauge
 from .base import Collector, Result
-from .errors import refused, short_message
+from .errors import ReasonedFailure, refused, short_message
 from .failurelog import FailureLog
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,8 @@ FAILURES = counter(
 )
 
 
-class _Down(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+class _Down(ReasonedFailure):
+    """The instance could not be read, for one of FAILURES' reasons."""
 
 
 class RedisCollector(Collector):

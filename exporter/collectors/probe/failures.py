@@ -8,6 +8,8 @@ import ssl
 
 import httpx
 
+from ..errors import ReasonedFailure
+
 REASONS = (
     "dns",
     "connect_refused",
@@ -22,12 +24,8 @@ REASONS = (
 )
 
 
-class ProbeFailure(Exception):
-    """A probe failed for `reason` (one of REASONS); the message says how, for people."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+class ProbeFailure(ReasonedFailure):
+    """A probe failed for `reason` (one of REASONS)."""
 
 
 def classify_http_error(exc: httpx.HTTPError) -> tuple[str, str]:
