@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+import pytest
+
 from autoglm_exporter.base.health import CollectorHealth
 from autoglm_exporter.base.thresholds import QUEUE_MIN_DEPTH, SAME_CYCLE_SECONDS
 from autoglm_exporter.config import EngineConfig, ProbeTarget
@@ -93,6 +95,35 @@ def test_connect_timeout_points_at_the_network_path() -> None:
     result = diagnose(facts, HEALTH, now=NOW)
     assert (result.verdict.layer, result.verdict.reason) == ("network", "connect_timeout")
     assert "firewall" in result.verdict.summary
+
+
+@pytest.mark.parametrize(
+    ("url", "module", "where", "command"),
+    [
+        (
+            "http://[::1]:8080/inference",
+            "inference",
+            "[::1]:8080",
+            "nc -vz -w 5 ::1 8080; ss -ltn 'sport = :8080'",
+        ),
+        (
+            "https://api.internal/v1/chat/completions",
+            "openai_chat",
+            "api.internal:443",
+            "nc -vz -w 5 api.internal 443; ss -ltn 'sport = :443'",
+        ),
+        ("10.0.0.7:6379", "tcp", "10.0.0.7:6379", "nc -vz -w 5 10.0.0.7 6379; ss -ltn 'sport = :6379'"),
+    ],
+)
+def test_a_connect_timeout_names_the_address_the_probe_dials(
+    url: str, module: str, where: str, command: str
+) -> None:
+    # IPv6 in brackets, a URL's default port, a tcp target's HOST:PORT: the command must run as given.
+    failed = target(ok=False, reason="connect_timeout", url=url, module=module)
+    result = diagnose({"process": processes(), "probe": probes(failed)}, HEALTH, now=NOW)
+    assert (result.verdict.layer, result.verdict.reason) == ("network", "connect_timeout")
+    assert result.verdict.summary.startswith(f"connect to {where} timed out")
+    assert result.verdict.next_command == command
 
 
 def test_connects_but_no_answer_with_no_deeper_cause_is_the_client_verdict() -> None:

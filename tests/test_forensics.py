@@ -44,6 +44,7 @@ from autoglm_exporter.linux.subprocesses import unreaped_count
 from .conftest import DEBIAN_PYTHON, require_binary, wait_until
 
 SERVICES = Path(__file__).resolve().with_name("stuck_services.py")
+FIXTURES = Path(__file__).resolve().with_name("fixtures") / "forensics"
 RUN_SERVICE = (
     f"import runpy, sys; sys.argv[0] = {str(SERVICES)!r}; runpy.run_path(sys.argv[0], run_name='__main__')"
 )
@@ -194,6 +195,9 @@ def test_without_native_frames_a_wait_inside_c_is_never_called_a_deadlock(start_
         "worker-b": ("idle", "unknown"),
         "MainThread": ("blocked", "join"),  # threading.py's frames say so without native help
     }
+    [main] = analysis.in_state("blocked")
+    assert main.where is not None
+    assert analysis.summary == f"1 thread blocked: MainThread on a thread join at {main.where.location}"
 
 
 def test_a_spinning_worker_is_busy_in_its_function_not_blocked(start_service, py_spy, interpreter) -> None:
@@ -630,6 +634,44 @@ def test_capture_names_cannot_leave_the_directory(real_capture, tmp_path: Path) 
             with pytest.raises(CaptureNotFound):
                 store.read_bytes(name)
     assert [capture.name for capture in store.list()] == [saved.name]  # junk is not listed
+
+
+def test_a_capture_saved_before_the_store_used_pydantic_loads_and_saves_the_same(tmp_path: Path) -> None:
+    # Written by the hand-written to_dict of 0.x from a real capture of the deadlocked service.
+    old = FIXTURES / "20261206T154504.260344Z-inference-probe_failing.json"
+    store = CaptureStore(tmp_path / "old", max_count=5, max_bytes=10_000_000)
+    store.directory.mkdir()
+    (store.directory / old.name).write_bytes(old.read_bytes())
+
+    [listed] = store.list()
+    loaded = store.load(old.name)
+
+    assert (listed.service, listed.reason, listed.pid, listed.deadlock_suspected) == (
+        "inference",
+        "probe_failing",
+        30820,
+        True,
+    )
+    assert loaded.analysis.deadlock_suspected and len(loaded.dumps) == 2
+    assert {thread.name: thread.state for thread in loaded.analysis.threads} == {
+        "MainThread": "blocked",
+        "worker-a": "blocked",
+        "worker-b": "blocked",
+    }
+    assert loaded.analysis.threads[1].where is not None
+    assert loaded.analysis.threads[1].where.location == "tests/stuck_services.py:48"
+    again = CaptureStore(tmp_path / "again").save("inference", "probe_failing", loaded.dumps, loaded.analysis)
+    assert json.loads(again.path.read_bytes()) == json.loads(old.read_bytes())  # the format did not change
+
+
+def test_a_capture_file_that_is_not_a_capture_is_not_found(tmp_path: Path) -> None:
+    store = CaptureStore(tmp_path, max_count=5, max_bytes=10_000_000)
+    name = "20200101T000000.000000Z-inference-api.json"
+    (tmp_path / name).write_text(json.dumps({"service": "inference", "reason": "api", "time": "soon"}))
+
+    assert store.list() == []
+    with pytest.raises(CaptureNotFound, match="cannot be read"):
+        store.load(name)
 
 
 def test_store_limits_are_checked(tmp_path: Path) -> None:

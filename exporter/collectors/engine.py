@@ -55,7 +55,7 @@ from ..facts.engine import EngineFacts, EngineInstanceFacts
 from ..logs.urls import display_url
 from ..metrics.spec import Families, Family, counter, gauge
 from .base import Collector, Result
-from .errors import refused, short_message
+from .errors import ReasonedFailure, refused, short_message
 from .failurelog import FailureLog
 
 log = logging.getLogger(__name__)
@@ -137,10 +137,8 @@ FAILURES = counter(
 )
 
 
-class _Failure(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+class _Failure(ReasonedFailure):
+    """The engine's metrics could not be read, for one of FAILURES' reasons."""
 
 
 @dataclass(frozen=True)

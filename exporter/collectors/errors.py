@@ -7,6 +7,15 @@ import errno
 MAX_MESSAGE = 200  # characters of an error message kept for facts, logs and pages
 
 
+class ReasonedFailure(Exception):
+    """A read that failed for a bounded `reason` (a label value of the collector's failures
+    counter, a reason the verdict knows); the message says how, for people."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def refused(exc: BaseException) -> bool:
     """Whether a connection was refused somewhere down the exception's cause chain."""
     seen: BaseException | None = exc

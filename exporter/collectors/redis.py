@@ -51,12 +51,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from ..base.hostport import HostPortError, parse_host_port
 from ..config import RedisConfig, RedisQueue
 from ..config.credentials import SecretError, read_secret
 from ..facts.redis import RedisFacts, RedisInstanceFacts
 from ..metrics.spec import Families, Family, counter, gauge
 from .base import Collector, Result
-from .errors import refused, short_message
+from .errors import ReasonedFailure, refused, short_message
 from .failurelog import FailureLog
 
 log = logging.getLogger(__name__)
@@ -108,10 +109,8 @@ FAILURES = counter(
 )
 
 
-class _Down(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+class _Down(ReasonedFailure):
+    """The instance could not be read, for one of FAILURES' reasons."""
 
 
 class RedisCollector(Collector[RedisFacts]):
@@ -218,14 +217,13 @@ class RedisCollector(Collector[RedisFacts]):
         if cached is not None and cached[0] == digest:
             return cached[1]
         self._drop_client(instance.name)
-        host, _, port = instance.address.rpartition(":")
         try:
-            port_number = int(port)
-        except ValueError:
-            raise _Down("error", f"bad address {instance.address!r}, expected HOST:PORT") from None
+            where = parse_host_port(instance.address)
+        except HostPortError as exc:
+            raise _Down("error", f"bad address {instance.address!r}, expected HOST:PORT ({exc})") from None
         client = redis.Redis(
-            host=host.strip("[]") or "127.0.0.1",
-            port=port_number,
+            host=where.host,
+            port=where.port,
             db=instance.db,
             username=instance.username,
             password=password,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ..base.hostport import HostPort
 from ..collectors import build_collectors
 from ..config import ConfigError, load_config
 from ..core.daemon import Options
@@ -46,7 +47,7 @@ def local_exporter_url(listen_address: str) -> str:
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"http://{HostPort(host, port)}"
 
 
 _MARKS = {True: ("✔", "\033[32m"), False: ("✘", "\033[31m"), None: ("?", "\033[33m")}

@@ -16,6 +16,7 @@ from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
+from ..base.hostport import HostPortError, parse_host_port
 from ..logs.redact import redact
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
@@ -231,9 +232,10 @@ def check_address(value: Any, credentials: str = "") -> str:
     text = _text(value)
     if "@" in text:
         raise _credentials_refused(credentials)
-    host, sep, port = text.rpartition(":")
-    if "/" in host or not sep or not host.strip("[]") or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise _fail("address", "must be HOST:PORT, got {value}", value=shown_value(text))
+    try:
+        parse_host_port(text)
+    except HostPortError:
+        raise _fail("address", "must be HOST:PORT, got {value}", value=shown_value(text)) from None
     return text
 
 

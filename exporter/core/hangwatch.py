@@ -32,8 +32,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
+from ..base.hostport import HostPortError, url_host_port
 from ..config import ForensicsConfig
 from ..diagnosis.workers import stuck_worker
 from ..facts.engine import EngineFacts
@@ -341,16 +341,8 @@ def _reached(service: ServiceFacts, url: str) -> bool:
     port (stacks of the service would not explain that process's silence)."""
     if service.main_pid is None:
         return False
-    port = _port_of(url)
-    return not (port is not None and port == service.expected_port and not service.expected_port_listening)
-
-
-def _port_of(url: str) -> int | None:
-    if "://" in url:
-        try:
-            parts = urlsplit(url)
-            return parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            return None
-    port = url.rpartition(":")[2]  # tcp targets: HOST:PORT
-    return int(port) if port.isdigit() else None
+    try:
+        port = url_host_port(url).port
+    except HostPortError:
+        return True  # the config refuses such a URL; no port to hold
+    return not (port == service.expected_port and not service.expected_port_listening)

@@ -16,7 +16,7 @@ from ..facts.inflight import InFlightProbe
 from ..facts.probe import TargetFacts
 from ..facts.process import ServiceFacts
 from .facts import Facts
-from .model import Link, host_port_of, pid_list, port_of
+from .model import Link, address_of, pid_list
 
 _CONNECT_FAILURES = {"connect_refused", "connect_timeout", "unreachable", "dns", "tls"}
 _CLIENT_REASONS = {
@@ -156,8 +156,8 @@ def _network_link(
         # process collector's next reading says which.
         ran_before = process_at is not None and target.finished_at > process_at and service.up
         return replace(refused, awaits="process") if ran_before else refused
-    host_port = host_port_of(target.url)
-    port = host_port.rsplit(":", 1)[-1]
+    where = address_of(target.url)
+    host_port, host, port = (str(where), where.host, str(where.port)) if where else (target.url,) * 3
     summaries = {
         "connect_refused": f"connection refused: nothing listens on {host_port}",
         "connect_timeout": f"connect to {host_port} timed out: firewall, routing or a full accept queue",
@@ -167,9 +167,9 @@ def _network_link(
     }
     commands = {
         "connect_refused": f"ss -tlnp | grep :{port}",
-        "connect_timeout": f"nc -vz -w 5 {host_port.replace(':', ' ')}; ss -ltn 'sport = :{port}'",
+        "connect_timeout": f"nc -vz -w 5 {host} {port}; ss -ltn 'sport = :{port}'",
         "unreachable": "ip route",
-        "dns": f"getent hosts {host_port.rsplit(':', 1)[0]}",
+        "dns": f"getent hosts {host}",
         "tls": f"openssl s_client -connect {host_port} </dev/null",
     }
     return _link(target, reason, summaries[reason], evidence, commands[reason])
@@ -179,8 +179,9 @@ def _refused_by(
     target: TargetFacts, service: ServiceFacts, evidence: tuple[str, ...], process_at: float | None
 ) -> Link:
     """A refusal explained by what the process reading of the same moment shows."""
-    host_port = host_port_of(target.url)
-    port = port_of(target.url) or service.expected_port
+    where = address_of(target.url)
+    host_port = str(where) if where else target.url
+    port = where.port if where else service.expected_port
     listening = ", ".join(str(p) for p in service.listening_ports[:8])
     # Seconds from the process reading to the refusal (> 0: the reading came first).
     gap = None if process_at is None else target.finished_at - process_at

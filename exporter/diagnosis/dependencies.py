@@ -10,7 +10,7 @@ from ..facts.probe import TargetFacts
 from ..facts.redis import RedisInstanceFacts
 from .client import hung_probe
 from .facts import Facts
-from .model import Link, engine_subject, number
+from .model import Link, engine_subject, number, redis_cli
 
 
 def dependency_links(facts: Facts, hang_after: float) -> list[Link]:
@@ -45,7 +45,6 @@ def _redis_link(instance: RedisInstanceFacts) -> Link:
         return Link(
             name, "dependencies", True, f"PING {ping}{clients}", source="redis", subject=instance.name
         )
-    host, _, port = instance.address.rpartition(":")
     return Link(
         name,
         "dependencies",
@@ -53,7 +52,7 @@ def _redis_link(instance: RedisInstanceFacts) -> Link:
         f"Redis at {instance.address} is down ({instance.failure})",
         "redis_down",
         (f"{instance.address}: {instance.error}",),
-        f"redis-cli -h {host.strip('[]')} -p {port} ping",
+        f"{redis_cli(instance.address)} ping",
         source="redis",
         subject=instance.name,
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
+from ..base.hostport import HostPort, HostPortError, parse_host_port, url_host_port
 from ..facts.engine import EngineInstanceFacts
 from ..facts.process import ServiceFacts
 from ..logs.redact import redact
@@ -161,17 +161,21 @@ def pid_list(service: ServiceFacts) -> str:
     return ", ".join(str(pid) for pid in service.pids[:5])
 
 
-def host_port_of(url: str) -> str:
-    rest = url.split("://", 1)[-1]
-    return rest.split("/", 1)[0]
-
-
-def port_of(url: str) -> int | None:
-    """The TCP port a probe URL (or a tcp target's HOST:PORT) connects to; None when unreadable."""
+def redis_cli(address: str) -> str:
+    """The redis-cli command line that reaches a Redis at a configured HOST:PORT."""
     try:
-        parts = urlsplit(url if "://" in url else f"tcp://{url}")
-        return parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-    except ValueError:
+        where = parse_host_port(address)
+    except HostPortError:
+        return "redis-cli"  # the config refuses such an address: no -h/-p to suggest
+    return f"redis-cli -h {where.host} -p {where.port}"
+
+
+def address_of(url: str) -> HostPort | None:
+    """Where a probe URL (or a tcp target's HOST:PORT) connects; None when unreadable (the config
+    refuses such targets, so only facts built by hand can hold one)."""
+    try:
+        return url_host_port(url)
+    except HostPortError:
         return None
 
 

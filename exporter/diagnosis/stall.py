@@ -17,7 +17,7 @@ from ..facts.forensics import ForensicsFacts
 from ..facts.gpu import GpuFacts
 from .client import hung_probe
 from .facts import Facts
-from .model import Link, engine_subject, number
+from .model import Link, engine_subject, number, redis_cli
 from .trends import Trends
 from .workers import worker_links
 
@@ -89,7 +89,6 @@ def stall_links(facts: Facts, trends: Trends, hang_after: float) -> list[Link]:
             rises, began = trends.queue_rises(redis_instance.name, key)
             if depth is None or depth < QUEUE_MIN_DEPTH or rises < QUEUE_GROWTH_READINGS - 1:
                 continue
-            host, _, port = redis_instance.address.rpartition(":")
             links.append(
                 Link(
                     f"queue {key} on redis {redis_instance.name}",
@@ -98,7 +97,7 @@ def stall_links(facts: Facts, trends: Trends, hang_after: float) -> list[Link]:
                     f"queue {key} keeps growing: {depth} waiting, deeper at each of {rises + 1} readings",
                     "queue_backlog_growing",
                     (f"{redis_instance.name} {key}: depth {depth}",),
-                    f"redis-cli -h {host.strip('[]')} -p {port} type '{key}'",
+                    f"{redis_cli(redis_instance.address)} type '{key}'",
                     source="redis",
                     subject=redis_instance.name,
                     held=rises,

@@ -39,9 +39,8 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .pyspy import Dump, Frame, ThreadStack
 
@@ -185,35 +184,6 @@ class ThreadReport:
     active_samples: int  # of those, dumps where py-spy saw it on a CPU
     description: str  # one sentence
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "thread_id": self.thread_id,
-            "os_thread_id": self.os_thread_id,
-            "name": self.name,
-            "state": self.state,
-            "waiting_on": self.waiting_on,
-            "where": None if self.where is None else self.where.to_dict(),
-            "samples": self.samples,
-            "active_samples": self.active_samples,
-            "description": self.description,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ThreadReport:
-        where = data.get("where")
-        os_tid = data.get("os_thread_id")
-        return cls(
-            thread_id=int(data["thread_id"]),
-            os_thread_id=None if os_tid is None else int(os_tid),
-            name=str(data["name"]),
-            state=str(data["state"]),
-            waiting_on=data.get("waiting_on"),
-            where=None if where is None else Frame.from_dict(where),
-            samples=int(data["samples"]),
-            active_samples=int(data["active_samples"]),
-            description=str(data["description"]),
-        )
-
 
 @dataclass(frozen=True)
 class Analysis:
@@ -232,30 +202,6 @@ class Analysis:
 
     def in_state(self, state: str) -> tuple[ThreadReport, ...]:
         return tuple(thread for thread in self.threads if thread.state == state)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "pid": self.pid,
-            "dumps": self.dumps,
-            "span_seconds": self.span_seconds,
-            "native": self.native,
-            "deadlock_suspected": self.deadlock_suspected,
-            "summary": self.summary,
-            "counts": self.counts(),
-            "threads": [thread.to_dict() for thread in self.threads],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Analysis:
-        return cls(
-            pid=int(data["pid"]),
-            dumps=int(data["dumps"]),
-            span_seconds=float(data["span_seconds"]),
-            native=bool(data["native"]),
-            threads=tuple(ThreadReport.from_dict(thread) for thread in data["threads"]),
-            deadlock_suspected=bool(data["deadlock_suspected"]),
-            summary=str(data["summary"]),
-        )
 
 
 def is_stdlib(filename: str) -> bool:
@@ -459,20 +405,12 @@ def _summary(reports: tuple[ThreadReport, ...], dumps: int) -> str:
     if dumps == 0:
         return "no stack dumps to compare"
     parts = []
-    blocked = [r for r in reports if r.state == "blocked"]
-    busy = [r for r in reports if r.state == "busy"]
-    if blocked:
-        listed = ", ".join(
-            f"{r.name} on {_WAIT_WORDS[r.waiting_on or 'unknown']} at {_location(r)}" for r in blocked[:3]
-        )
-        more = f" and {len(blocked) - 3} more" if len(blocked) > 3 else ""
-        parts.append(f"{len(blocked)} thread{'s' if len(blocked) > 1 else ''} blocked: {listed}{more}")
-    if busy:
-        listed = ", ".join(
-            f"{r.name} in {r.where.function if r.where else '?'} at {_location(r)}" for r in busy[:3]
-        )
-        more = f" and {len(busy) - 3} more" if len(busy) > 3 else ""
-        parts.append(f"{len(busy)} thread{'s' if len(busy) > 1 else ''} busy: {listed}{more}")
+    for state, what in _SUMMARY_DETAILS:
+        threads = [r for r in reports if r.state == state]
+        if threads:
+            listed = ", ".join(f"{r.name} {what(r)} at {_location(r)}" for r in threads[:3])
+            more = f" and {len(threads) - 3} more" if len(threads) > 3 else ""
+            parts.append(f"{len(threads)} thread{'s' if len(threads) > 1 else ''} {state}: {listed}{more}")
     if parts:
         return "; ".join(parts)
     counted = Counter(r.state for r in reports)
@@ -480,6 +418,13 @@ def _summary(reports: tuple[ThreadReport, ...], dumps: int) -> str:
     return (
         f"no blocked or busy threads ({states or 'no threads'}) across {dumps} dump{'s' if dumps > 1 else ''}"
     )
+
+
+# What the summary says of each blocked or busy thread, before its line.
+_SUMMARY_DETAILS: tuple[tuple[str, Callable[[ThreadReport], str]], ...] = (
+    ("blocked", lambda r: f"on {_WAIT_WORDS[r.waiting_on or 'unknown']}"),
+    ("busy", lambda r: f"in {r.where.function if r.where else '?'}"),
+)
 
 
 def _location(report: ThreadReport) -> str:

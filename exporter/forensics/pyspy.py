@@ -97,25 +97,6 @@ class Frame:
         """`file:line` as people read it (the short file name)."""
         return f"{self.short_filename or os.path.basename(self.filename)}:{self.line}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "function": self.function,
-            "filename": self.filename,
-            "line": self.line,
-            "short_filename": self.short_filename,
-            "native": self.native,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Frame:
-        return cls(
-            function=str(data["function"]),
-            filename=str(data["filename"]),
-            line=int(data["line"]),
-            short_filename=str(data.get("short_filename") or ""),
-            native=bool(data.get("native", False)),
-        )
-
 
 @dataclass(frozen=True)
 class ThreadStack:
@@ -132,29 +113,6 @@ class ThreadStack:
     def python_frames(self) -> tuple[Frame, ...]:
         return tuple(frame for frame in self.frames if not frame.native)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "thread_id": self.thread_id,
-            "os_thread_id": self.os_thread_id,
-            "name": self.name,
-            "active": self.active,
-            "owns_gil": self.owns_gil,
-            "frames": [frame.to_dict() for frame in self.frames],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ThreadStack:
-        os_tid = data.get("os_thread_id")
-        name = data.get("name")
-        return cls(
-            thread_id=int(data["thread_id"]),
-            os_thread_id=None if os_tid is None else int(os_tid),
-            name=None if name is None else str(name),
-            active=bool(data["active"]),
-            owns_gil=bool(data["owns_gil"]),
-            frames=tuple(Frame.from_dict(frame) for frame in data["frames"]),
-        )
-
 
 @dataclass(frozen=True)
 class Dump:
@@ -165,25 +123,6 @@ class Dump:
     threads: tuple[ThreadStack, ...]
     native: bool = False  # whether native frames were asked for and given
     duration: float = 0.0  # seconds py-spy took (the process is paused while it reads)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "time": self.time,
-            "pid": self.pid,
-            "native": self.native,
-            "duration": self.duration,
-            "threads": [thread.to_dict() for thread in self.threads],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Dump:
-        return cls(
-            time=float(data["time"]),
-            pid=int(data["pid"]),
-            threads=tuple(ThreadStack.from_dict(thread) for thread in data["threads"]),
-            native=bool(data.get("native", False)),
-            duration=float(data.get("duration", 0.0)),
-        )
 
 
 def parse_dump(output: bytes | str, pid: int, started: float, native: bool, duration: float = 0.0) -> Dump:

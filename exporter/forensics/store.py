@@ -10,6 +10,9 @@ a capture. After every save the oldest files beyond `max_count`, or beyond `max_
 are deleted; the newest capture is always kept, even alone above `max_bytes` (the evidence of the
 hang that just happened is the one that matters). `load()` and `read_bytes()` accept only names
 of this form, so no name can reach outside the directory.
+
+The records (pyspy's Dump, analysis's Analysis) are plain dataclasses; pydantic writes and reads
+them as the file's `dumps` and `analysis`, so their fields are the format (FORMAT 1 since 0.x).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, SerializerFunctionWrapHandler, TypeAdapter, field_serializer
 
 from ..logs.redact import redact_data
 from .analysis import Analysis
@@ -53,16 +58,36 @@ class StoredCapture:
     deadlock_suspected: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "time": self.time,
-            "service": self.service,
-            "reason": self.reason,
-            "pid": self.pid,
-            "size": self.size,
-            "summary": self.summary,
-            "deadlock_suspected": self.deadlock_suspected,
-        }
+        """What the API lists about a capture: everything but where it lies on disk."""
+        return _STORED_CAPTURE.dump_python(self, mode="json", exclude={"path"})
+
+
+_STORED_CAPTURE = TypeAdapter(StoredCapture)
+
+
+class _Header(BaseModel):
+    """The top of a capture file: what listing reads (other keys are ignored here)."""
+
+    format: int = FORMAT
+    service: str
+    reason: str
+    time: float  # epoch seconds of the first dump (of the save when there were none)
+    time_iso: str
+    pid: int = 0
+    summary: str = ""
+    deadlock_suspected: bool = False
+
+
+class _Document(_Header):
+    """A whole capture file: the header, the analysis and the dumps it was made from."""
+
+    analysis: Analysis
+    dumps: tuple[Dump, ...]
+
+    @field_serializer("analysis", mode="wrap")
+    def _with_counts(self, analysis: Analysis, serialize: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Threads by state, for whoever reads the file; loading computes them again.
+        return {**serialize(analysis), "counts": analysis.counts()}
 
 
 @dataclass(frozen=True)
@@ -89,18 +114,17 @@ class CaptureStore:
     def save(self, service: str, reason: str, dumps: Sequence[Dump], analysis: Analysis) -> StoredCapture:
         """Write one capture, then delete the oldest beyond the limits. Returns what was saved."""
         when = dumps[0].time if dumps else dt.datetime.now(dt.UTC).timestamp()
-        document = {
-            "format": FORMAT,
-            "service": service,
-            "reason": reason,
-            "time": when,
-            "time_iso": _iso(when),
-            "pid": analysis.pid,
-            "summary": analysis.summary,
-            "deadlock_suspected": analysis.deadlock_suspected,
-            "analysis": analysis.to_dict(),
-            "dumps": [one.to_dict() for one in dumps],
-        }
+        document = _Document(
+            service=service,
+            reason=reason,
+            time=when,
+            time_iso=_iso(when),
+            pid=analysis.pid,
+            summary=analysis.summary,
+            deadlock_suspected=analysis.deadlock_suspected,
+            analysis=analysis,
+            dumps=tuple(dumps),
+        ).model_dump(mode="json")
         data = json.dumps(redact_data(document), indent=1).encode()  # a thread name may hold anything
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -136,14 +160,10 @@ class CaptureStore:
         """The capture called `name` with its dumps and analysis; CaptureNotFound otherwise."""
         path = self.path_of(name)
         try:
-            document = json.loads(path.read_bytes())
+            document = _Document.model_validate_json(path.read_bytes())
             with self._lock:
                 info = self._info(path)
-            return LoadedCapture(
-                info=info,
-                dumps=tuple(Dump.from_dict(one) for one in document["dumps"]),
-                analysis=Analysis.from_dict(document["analysis"]),
-            )
+            return LoadedCapture(info=info, dumps=document.dumps, analysis=document.analysis)
         except FileNotFoundError:
             raise CaptureNotFound(f"no capture named {name!r}") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -193,17 +213,9 @@ class CaptureStore:
         cached = self._cache.get(path.name)
         if cached is not None and cached[0] == key:
             return cached[1]
-        document = json.loads(path.read_bytes())
+        header = _Header.model_validate_json(path.read_bytes())
         info = StoredCapture(
-            name=path.name,
-            path=path,
-            time=float(document["time"]),
-            service=str(document["service"]),
-            reason=str(document["reason"]),
-            pid=int(document.get("pid") or 0),
-            size=stat.st_size,
-            summary=str(document.get("summary", "")),
-            deadlock_suspected=bool(document.get("deadlock_suspected", False)),
+            name=path.name, path=path, size=stat.st_size, **header.model_dump(exclude={"format", "time_iso"})
         )
         self._cache[path.name] = (key, info)
         return info

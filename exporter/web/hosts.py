@@ -17,7 +17,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from urllib.parse import urlsplit
+
+from ..base.hostport import HostPortError, parse_host_port
 
 _NAME = re.compile(
     r"(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*"
@@ -56,12 +57,9 @@ class HostPolicy:
         if host_header is None:
             return True
         try:
-            host = urlsplit(f"//{host_header.strip()}").hostname
-        except ValueError:
+            host = parse_host_port(host_header.strip(), default_port=80).host.lower().rstrip(".")
+        except HostPortError:
             return False
-        if not host:
-            return False
-        host = host.rstrip(".")
         try:
             ipaddress.ip_address(host)
             return True

@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__
 from ..base.health import CollectorHealth
+from ..base.hostport import DEFAULT_PORTS, HostPortError, parse_host_port, url_host_port
 from ..diagnosis import to_dict
 from ..logs.redact import redact, redact_data
 from . import connections, logsetup, statuspage
@@ -58,7 +59,6 @@ DEFAULT_MAX_REQUESTS = 256
 MIN_LISTEN_BACKLOG = 1024
 MAX_BODY_BYTES = 65536  # the bodies we accept are a log level or nothing
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _THROTTLED = {"Retry-After": "1", "Connection": "close"}
 
 
@@ -89,11 +89,12 @@ class ListenAddressError(ValueError):
 
 def parse_listen_address(address: str) -> tuple[str, int]:
     """':9877' (all interfaces), '127.0.0.1:9877' or '[::1]:9877' -> (host, port)."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ListenAddressError(f"invalid listen address {address!r}: expected HOST:PORT or :PORT")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port_text)
+    try:
+        parsed = parse_host_port(address, empty_host=True, port_zero=True)
+    except HostPortError as exc:
+        expected = "expected HOST:PORT or :PORT"
+        raise ListenAddressError(f"invalid listen address {address!r}: {expected} ({exc})") from None
+    return parsed.host or "0.0.0.0", parsed.port
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
@@ -503,14 +504,15 @@ def _framing_problem(headers: email.message.Message) -> tuple[int, bytes] | None
 
 def _origin(url: str) -> tuple[str, str, int] | None:
     """(scheme, host, port) of an origin or URL, default ports filled in; None when it has none."""
-    try:
-        parts = urlsplit(url.strip())
-        scheme, port = parts.scheme.lower(), parts.port
-    except ValueError:
-        return None
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+    url = url.strip()
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme not in DEFAULT_PORTS:
         return None  # "null" (a sandboxed page or a file) is nobody's origin
-    return scheme, parts.hostname, port or _DEFAULT_PORTS[scheme]
+    try:
+        where = url_host_port(url)
+    except HostPortError:
+        return None
+    return scheme, where.host, where.port
 
 
 def _reason(status: int) -> str:
