@@ -12,8 +12,8 @@ it connected), so the verdict does not depend on how they are gathered.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, cast
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..collectors.container import ContainerFacts
@@ -68,22 +68,16 @@ class Facts:
 
     @classmethod
     def of(cls, facts: Mapping[str, object]) -> Facts:
-        """The store's facts by collector name (forensics: the stack captures' evidence)."""
-        return cls(
-            system=cast("SystemFacts | None", facts.get("system")),
-            process=cast("ProcessFacts | None", facts.get("process")),
-            container=cast("ContainerFacts | None", facts.get("container")),
-            probe=cast("ProbeFacts | None", facts.get("probe")),
-            inflight=cast("InFlight | None", facts.get("inflight")),
-            redis=cast("RedisFacts | None", facts.get("redis")),
-            engine=cast("EngineFacts | None", facts.get("engine")),
-            logs=cast("LogsFacts | None", facts.get("logs")),
-            gpu=cast("GpuFacts | None", facts.get("gpu")),
-            environment=cast("EnvironmentFacts | None", facts.get("environment")),
-            forensics=cast("ForensicsFacts | None", facts.get("forensics")),
-        )
+        """The store's facts by collector name (forensics: the stack captures' evidence). Each
+        field is named as the collector declared (config/collectors.py) and typed as its declared
+        facts type (tests/test_declared_collectors.py checks both); the runner refuses a Result
+        whose facts are not of that type, so none arrives here as another."""
+        return cls(**{name: facts.get(name) for name in _FIELDS})  # type: ignore[arg-type]
 
     @property
     def services(self) -> Mapping[str, ServiceFacts]:
         """The one membership result of this cycle: each configured service's processes."""
         return self.process.services if self.process is not None else {}
+
+
+_FIELDS = tuple(field.name for field in fields(Facts))
