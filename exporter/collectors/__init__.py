@@ -78,6 +78,10 @@ def enabled(config: Config, overrides: Mapping[str, bool] | None = None) -> list
 def build_collectors(config: Config, overrides: Mapping[str, bool] | None = None) -> list[Collector]:
     """Instances of every enabled collector (their modules imported now, the others never)."""
     shared = _Shared(config)
-    return [
-        declaration.build(declaration.load(), config, shared) for declaration in enabled(config, overrides)
-    ]
+    return [_build(declaration, config, shared) for declaration in enabled(config, overrides)]
+
+
+def _build(declaration: CollectorDeclaration, config: Config, shared: _Shared) -> Collector:
+    collector: Collector = declaration.build(declaration.load(), config, shared)
+    collector.facts_type = declaration.facts_type()
+    return collector

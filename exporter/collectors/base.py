@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from ..core.health import ERROR_KINDS as ERROR_KINDS
 from ..metrics.spec import Family, MetricSpec
@@ -25,12 +25,15 @@ class CollectorError(Exception):
         self.kind = kind
 
 
+FactsT = TypeVar("FactsT")
+
+
 @dataclass
-class Result:
+class Result(Generic[FactsT]):
     """One finished run: the metric families to serve and the typed facts the diagnosis reads."""
 
     families: list[Family] = field(default_factory=list)
-    facts: Any = None
+    facts: FactsT | None = None
 
 
 class Collector(abc.ABC):
@@ -45,6 +48,9 @@ class Collector(abc.ABC):
     # changes some of them hands the state of the others to the new instance (adopt).
     items_attribute: ClassVar[str] = ""
     state_per_item: ClassVar[tuple[str, ...]] = ()
+    # The type its declaration says its facts are (set by the registry when it builds it): the
+    # runner fails a run whose facts are of another type instead of handing the verdict those.
+    facts_type: type | None = None
 
     @abc.abstractmethod
     def collect(self) -> Result:
