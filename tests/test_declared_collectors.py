@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from autoglm_exporter.collectors import collector_names, declarations
 from autoglm_exporter.collectors.base import Collector, Result
 from autoglm_exporter.core.runner import CollectorRunner
 from autoglm_exporter.core.store import Store
 from autoglm_exporter.diagnosis.facts import Facts
+from autoglm_exporter.diagnosis.model import Link
 
 from .conftest import ExporterProcess, sample
 from .support import REPO, free_port, start_logged, stop_process, wait_until
@@ -127,3 +130,11 @@ def test_a_run_whose_facts_are_not_of_the_declared_type_fails_instead_of_reachin
     collector.facts_type = str
     assert CollectorRunner(collector, store, timeout=10.0).run_once()
     assert store.facts()["counting"] == "three"
+
+
+def test_a_link_counts_only_a_declared_collectors_readings_and_awaits_only_what_it_declares() -> None:
+    with pytest.raises(ValueError, match="'procss' is not a declared collector"):
+        Link("process open-autoglm", "service", True, "up", source="procss")
+    with pytest.raises(ValueError, match="system does not declare that it awaits probe"):
+        Link("system", "resources", True, "fine", source="system", awaits="probe")
+    assert Link("process x", "service", True, "up", source="process", awaits="probe").awaits == "probe"

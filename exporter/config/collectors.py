@@ -190,3 +190,11 @@ DECLARED: list[CollectorDeclaration] = [
         lambda cls, config, shared: cls(_load(f"{_PACKAGE}.exporter:dependencies_of")(config)),
     ),
 ]
+
+
+def declared(name: str) -> CollectorDeclaration:
+    """The declaration of the collector called `name` (KeyError: none is)."""
+    for declaration in DECLARED:
+        if declaration.name == name:
+            return declaration
+    raise KeyError(f"no collector is declared as {name!r}")

@@ -22,7 +22,7 @@ from pydantic import ConfigDict, Field, ValidationError, ValidatorFunctionWrapHa
 from pydantic.dataclasses import dataclass, rebuild_dataclass
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .collectors import DECLARED, CollectorDeclaration, CollectorSettings, Interval, Timeout
+from .collectors import DECLARED, CollectorDeclaration, CollectorSettings, Interval, Timeout, declared
 from .types import (
     Boolean,
     Choice,
@@ -524,9 +524,7 @@ class Config:
 
     def collector(self, name: str) -> CollectorConfig:
         """A collector's settings, resolved: what the file says, else its own default, else `global`."""
-        declaration = next((d for d in DECLARED if d.name == name), None)
-        if declaration is None:
-            raise KeyError(f"no collector is declared as {name!r}")
+        declaration = declared(name)
         given = getattr(self.collectors, name, None) or declaration.section()
         return CollectorConfig(
             enabled=given.enabled,
