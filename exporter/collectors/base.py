@@ -36,7 +36,9 @@ class Result(Generic[FactsT]):
     facts: FactsT | None = None
 
 
-class Collector(abc.ABC):
+class Collector(abc.ABC, Generic[FactsT]):
+    """A collector whose runs hand the verdict facts of type FactsT (`Collector[SystemFacts]`)."""
+
     name: ClassVar[str]
     metrics: ClassVar[tuple[MetricSpec, ...]]
     # What the collector was built from: a reload keeps an instance (and its state, such as
@@ -53,7 +55,7 @@ class Collector(abc.ABC):
     facts_type: type | None = None
 
     @abc.abstractmethod
-    def collect(self) -> Result:
+    def collect(self) -> Result[FactsT]:
         """Read the world once. Raise CollectorError (or anything) on failure."""
 
     def adopt(self, previous: Collector) -> None:
