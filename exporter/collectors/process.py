@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from ..config import ServiceConfig
-from ..diagnosis.thresholds import WORKER_STUCK_READINGS
+from ..facts.process import ProcessFacts, ServiceFacts, WorkerFacts
 from ..linux import procfs
 from ..linux.processes import Membership, ProcfsUnreadable, ServiceMatcher
 from ..logs.redact import redact
@@ -111,80 +111,7 @@ WORKER_IDLE_READINGS = gauge(
 
 MAX_PORTS_PER_SERVICE = 32
 MAX_WORKERS_READ = 16  # child processes of a service read each cycle (the rest are only counted)
-# A child in one of these states is stuck whatever its counters say (WorkerFacts.stuck says when):
-# stopped (SIGSTOP, a debugger), blocked in the kernel, or dead and not reaped.
-STUCK_STATES = ("stopped", "zombie", "disk_sleep")
 MAX_COMMAND_CHARS = 256  # of a process's command line quoted in the verdict
-
-
-@dataclass(frozen=True)
-class WorkerFacts:
-    """One child process of the service (vLLM's engine core, a server's worker)."""
-
-    pid: int
-    ppid: int
-    name: str  # what it calls itself: argv[0] or its setproctitle title
-    state: str  # one of procfs.THREAD_STATE_NAMES (of its main thread)
-    start_ticks: int
-    cpu_user_seconds: float
-    cpu_system_seconds: float
-    threads: int
-    thread_states: dict[str, int]
-    voluntary_ctxt_switches: int
-    involuntary_ctxt_switches: int
-    state_readings: int = 1  # readings in a row it has been in this state
-    idle_readings: int = 0  # readings in a row it used no CPU and made no context switch (the worker only)
-    idle_since: float | None = None  # time.time() of the first of them
-    letter: str = "?"  # the state as /proc and ps show it: R, S, D, T (a signal), t (a tracer), Z, I, X
-
-    @property
-    def stuck(self) -> bool:
-        """Stopped by a signal (T: SIGSTOP stays until SIGCONT) at once; held by a tracer (t), blocked
-        in the kernel (D) or a zombie (Z) at WORKER_STUCK_READINGS readings in a row (a debugger or
-        py-spy holds a process for a moment, I/O blocks one for a moment, a parent reaps its child)."""
-        if self.state not in STUCK_STATES:
-            return False
-        return self.letter == "T" or self.state_readings >= WORKER_STUCK_READINGS
-
-
-@dataclass
-class ServiceFacts:
-    name: str
-    pids: list[int] = field(default_factory=list)
-    main_pid: int | None = None  # the oldest process: where stacks and the environment are read
-    start_time: float = 0.0
-    restarts: int = 0
-    cpu_user_seconds: float = 0.0
-    cpu_system_seconds: float = 0.0
-    rss_bytes: int = 0
-    threads: int = 0
-    open_fds: int = 0
-    thread_states: dict[str, int] = field(default_factory=dict)
-    voluntary_ctxt_switches: int = 0
-    involuntary_ctxt_switches: int = 0
-    listening_ports: list[int] = field(default_factory=list)
-    expected_port: int | None = None
-    expected_port_listening: bool = False
-    # Processes outside the service that listen on its expected port: (pid, command line, redacted).
-    port_taken_by: list[tuple[int, str]] = field(default_factory=list)
-    child_processes: int = 0
-    # The children read this cycle (at most MAX_WORKERS_READ), stuck ones first, then by CPU used.
-    children: list[WorkerFacts] = field(default_factory=list)
-    worker: WorkerFacts | None = None  # the direct child whose subtree works most: vLLM's engine core
-
-    @property
-    def up(self) -> bool:
-        return bool(self.pids)
-
-    @property
-    def stuck_child(self) -> WorkerFacts | None:
-        """A child stopped, blocked in the kernel or a zombie: the first suspect when the service hangs."""
-        return next((child for child in self.children if child.stuck), None)
-
-
-@dataclass(frozen=True)
-class ProcessFacts:
-    services: dict[str, ServiceFacts]
 
 
 class ProcessCollector(Collector):

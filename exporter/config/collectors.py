@@ -3,10 +3,10 @@ the verdict, how the daemon treats its readings, and where its code lives.
 
 The config model builds its `collectors:` section from these, the registry (collectors/__init__.py)
 builds instances from them, the daemon schedules by them and the verdict's `Facts` is checked
-against them. A declaration names its code and its facts type by import path, so knowing a
-collector costs nothing: only an enabled collector's module (and its third-party libraries:
-NVML, redis, httpx) is ever imported. A collector outside this list (a test's, a plugin's) is
-added with `declare`.
+against them. A declaration names its code by import path, so knowing a collector costs
+nothing: only an enabled collector's module (and its third-party libraries: NVML, redis, httpx)
+is ever imported; its facts type (exporter/facts/) is a plain record, imported here. A collector
+outside this list (a test's, a plugin's) is added with `config.declare`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,17 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from ..facts.container import ContainerFacts
+from ..facts.engine import EngineFacts
+from ..facts.environment import EnvironmentFacts
+from ..facts.exporter import ExporterFacts
+from ..facts.gpu import GpuFacts
+from ..facts.inflight import InFlightFacts
+from ..facts.logs import LogsFacts
+from ..facts.probe import ProbeFacts
+from ..facts.process import ProcessFacts
+from ..facts.redis import RedisFacts
+from ..facts.system import SystemFacts
 from .types import Boolean, Duration
 
 if TYPE_CHECKING:
@@ -67,8 +78,8 @@ class CollectorDeclaration:
     # Builds it from the config; receives the class `implementation` names (so declaring it
     # imports nothing) and what the collectors of this build share.
     build: Callable[[Any, Config, Shared], Any]
-    # "module:Type" of its Result.facts, the verdict's input (None: it hands the verdict nothing).
-    facts: str | None = None
+    # The type of its Result.facts, the verdict's input (exporter/facts/; None: it hands none).
+    facts: type | None = None
     section: type[CollectorSettings] = CollectorSettings  # its `collectors.NAME` section
     interval: Callable[[Config], float] = _global_interval  # when its section gives none
     timeout: Callable[[Config], float] = _global_timeout
@@ -84,9 +95,6 @@ class CollectorDeclaration:
     def load(self) -> Any:
         """The collector's class (imports its module)."""
         return _load(self.implementation)
-
-    def facts_type(self) -> type | None:
-        return _load(self.facts) if self.facts else None
 
 
 def _load(path: str) -> Any:
@@ -107,13 +115,13 @@ DECLARED: list[CollectorDeclaration] = [
         "system",
         f"{_PACKAGE}.system:SystemCollector",
         lambda cls, config, shared: cls(config.proc_root),
-        facts=f"{_PACKAGE}.system:SystemFacts",
+        facts=SystemFacts,
     ),
     CollectorDeclaration(
         "process",
         f"{_PACKAGE}.process:ProcessCollector",
         lambda cls, config, shared: cls(config.services, config.proc_root, shared.matcher()),
-        facts=f"{_PACKAGE}.process:ProcessFacts",
+        facts=ProcessFacts,
         read_again_soon=True,
         awaits=("probe",),
         shares_service_matcher=True,
@@ -124,14 +132,14 @@ DECLARED: list[CollectorDeclaration] = [
         lambda cls, config, shared: cls(
             config.services, config.proc_root, f"{config.sys_root}/fs/cgroup", shared.matcher()
         ),
-        facts=f"{_PACKAGE}.container:ContainerFacts",
+        facts=ContainerFacts,
         shares_service_matcher=True,
     ),
     CollectorDeclaration(
         "probe",
         f"{_PACKAGE}.probe:ProbeCollector",
         lambda cls, config, shared: cls(config.targets, shared.probes_in_flight),
-        facts=f"{_PACKAGE}.probe:ProbeFacts",
+        facts=ProbeFacts,
         timeout=_probe_timeout,
         read_again_soon=True,
         awaits=("process",),
@@ -140,27 +148,27 @@ DECLARED: list[CollectorDeclaration] = [
         "inflight",  # probes still waiting, read every second
         f"{_PACKAGE}.inflight:InFlightCollector",
         lambda cls, config, shared: cls(config.targets, shared.probes_in_flight, config.forensics.hang_after),
-        facts=f"{_PACKAGE}.inflight:InFlightFacts",
+        facts=InFlightFacts,
         interval=lambda config: min(config.interval, INFLIGHT_INTERVAL),
     ),
     CollectorDeclaration(
         "redis",
         f"{_PACKAGE}.redis:RedisCollector",
         lambda cls, config, shared: cls(config.redis),
-        facts=f"{_PACKAGE}.redis:RedisFacts",
+        facts=RedisFacts,
         read_again_soon=True,
     ),
     CollectorDeclaration(
         "engine",
         f"{_PACKAGE}.engine:EngineCollector",
         lambda cls, config, shared: cls(config.engines, config.collector("engine").interval),
-        facts=f"{_PACKAGE}.engine:EngineFacts",
+        facts=EngineFacts,
     ),
     CollectorDeclaration(
         "logs",
         f"{_PACKAGE}.logs:LogsCollector",
         lambda cls, config, shared: cls(config.logs),
-        facts=f"{_PACKAGE}.logs:LogsFacts",
+        facts=LogsFacts,
         read_again_soon=True,
     ),
     CollectorDeclaration(
@@ -169,7 +177,7 @@ DECLARED: list[CollectorDeclaration] = [
         lambda cls, config, shared: cls(
             config.gpu, config.services, config.proc_root, matcher=shared.matcher()
         ),
-        facts=f"{_PACKAGE}.gpu.collector:GpuFacts",
+        facts=GpuFacts,
         timeout=lambda config: max(config.timeout, config.gpu.call_timeout + 2.0),
         shares_service_matcher=True,
     ),
@@ -179,7 +187,7 @@ DECLARED: list[CollectorDeclaration] = [
         lambda cls, config, shared: cls(
             config.services, config.environment, config.proc_root, shared.matcher()
         ),
-        facts=f"{_PACKAGE}.environment:EnvironmentFacts",
+        facts=EnvironmentFacts,
         interval=lambda config: max(config.interval, ENVIRONMENT_INTERVAL),
         timeout=lambda config: ENVIRONMENT_TIMEOUT,
         shares_service_matcher=True,
@@ -188,6 +196,7 @@ DECLARED: list[CollectorDeclaration] = [
         "exporter",  # the exporter's own process and configured chain
         f"{_PACKAGE}.exporter:ExporterCollector",
         lambda cls, config, shared: cls(_load(f"{_PACKAGE}.exporter:dependencies_of")(config)),
+        facts=ExporterFacts,
     ),
 ]
 

@@ -11,8 +11,8 @@ from ..config.collectors import declared
 from ..logs.redact import redact
 
 if TYPE_CHECKING:
-    from ..collectors.engine import EngineInstanceFacts
-    from ..collectors.process import ServiceFacts
+    from ..facts.engine import EngineInstanceFacts
+    from ..facts.process import ServiceFacts
 
 LAYERS = ("client", "network", "service", "dependencies", "resources", "stall", "exporter")
 
