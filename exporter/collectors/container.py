@@ -92,7 +92,7 @@ class _Previous:
     oom_kills: int | None
 
 
-class ContainerCollector(Collector):
+class ContainerCollector(Collector[ContainerFacts]):
     name = "container"
     metrics = (
         FOUND,
@@ -125,7 +125,7 @@ class ContainerCollector(Collector):
         self.matcher = matcher or ServiceMatcher(services, proc_root)
         self._previous: dict[str, _Previous] = {}
 
-    def collect(self) -> Result:
+    def collect(self) -> Result[ContainerFacts]:
         try:
             membership = self.matcher.current()
         except ProcfsUnreadable as exc:

@@ -157,7 +157,7 @@ class _Reading:
         )
 
 
-class EngineCollector(Collector):
+class EngineCollector(Collector[EngineFacts]):
     name = "engine"
     metrics = (UP, WAITING, RUNNING, KV_CACHE, GENERATION_TOKENS, PROMPT_TOKENS, STALLED, FAILURES)
     items_attribute = "engines"
@@ -188,7 +188,7 @@ class EngineCollector(Collector):
             log, "engine", "engine metrics cannot be read", "engine metrics readable again"
         )
 
-    def collect(self) -> Result:
+    def collect(self) -> Result[EngineFacts]:
         facts = {engine.name: self._read(engine) for engine in self.engines}
         return Result(self._families(facts), EngineFacts(facts))
 

@@ -39,7 +39,7 @@ SNAPSHOT_TIMEOUT = 60.0
 MAX_CHANGES = 20
 
 
-class EnvironmentCollector(Collector):
+class EnvironmentCollector(Collector[EnvironmentFacts]):
     name = "environment"
     metrics = (DRIFT, CONFLICTS, BASELINE_TIME)
     items_attribute = "services"
@@ -59,7 +59,7 @@ class EnvironmentCollector(Collector):
         self.matcher = matcher or ServiceMatcher(services, proc_root)
         self._baselines: dict[str, dict[str, Any]] = {}
 
-    def collect(self) -> Result:
+    def collect(self) -> Result[EnvironmentFacts]:
         try:
             membership = self.matcher.current()
         except ProcfsUnreadable as exc:

@@ -51,7 +51,7 @@ def dependencies_of(config: Config) -> tuple[Dependency, ...]:
     )
 
 
-class ExporterCollector(Collector):
+class ExporterCollector(Collector[ExporterFacts]):
     name = "exporter"
     metrics = (CPU, RESIDENT, VIRTUAL, START, OPEN_FDS, MAX_FDS, THREADS, DEPENDENCY)
 
@@ -61,7 +61,7 @@ class ExporterCollector(Collector):
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._boot_time: float | None = None
 
-    def collect(self) -> Result:
+    def collect(self) -> Result[ExporterFacts]:
         # Our own /proc/self, whatever `paths.proc` says: that may be the host's, seen from a container.
         try:
             stat = procfs.parse_pid_stat(procfs.read_text("/proc/self/stat"))

@@ -72,7 +72,7 @@ class InFlightRegistry:
         }
 
 
-class InFlightCollector(Collector):
+class InFlightCollector(Collector[InFlightFacts]):
     name = "inflight"
     metrics = (IN_FLIGHT,)
 
@@ -84,7 +84,7 @@ class InFlightCollector(Collector):
         self.hang_after = hang_after
         self.settings = (targets, hang_after)
 
-    def collect(self) -> Result:
+    def collect(self) -> Result[InFlightFacts]:
         names = {target.name for target in self.targets}
         probes = {name: probe for name, probe in self.registry.snapshot().items() if name in names}
         families = Families(self.metrics)

@@ -343,7 +343,7 @@ def _shown(line: str) -> str:
     return line
 
 
-class LogsCollector(Collector):
+class LogsCollector(Collector[LogsFacts]):
     name = "logs"
     metrics = (ERRORS, LINES, PRESENT, INFO, LAST_MATCH, TRUNCATED, TRACE_DURATION, TRACE_INVALID)
     items_attribute = "logs"
@@ -354,7 +354,7 @@ class LogsCollector(Collector):
         self.settings = (logs,)
         self._states = {log.name: _LogState(log) for log in logs}
 
-    def collect(self) -> Result:
+    def collect(self) -> Result[LogsFacts]:
         now = time.time()
         facts = {name: state.read(now) for name, state in self._states.items()}
         return Result(self._families(facts), LogsFacts(facts))

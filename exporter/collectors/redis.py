@@ -114,7 +114,7 @@ class _Down(Exception):
         self.reason = reason
 
 
-class RedisCollector(Collector):
+class RedisCollector(Collector[RedisFacts]):
     name = "redis"
     metrics = (
         UP,
@@ -141,7 +141,7 @@ class RedisCollector(Collector):
             log, "redis", "redis instance cannot be read", "redis instance answers again"
         )
 
-    def collect(self) -> Result:
+    def collect(self) -> Result[RedisFacts]:
         facts = {instance.name: self._read(instance) for instance in self.instances}
         return Result(self._families(facts), RedisFacts(facts))
 

@@ -40,7 +40,7 @@ MEMINFO_FIELDS = {
 }
 
 
-class SystemCollector(Collector):
+class SystemCollector(Collector[SystemFacts]):
     name = "system"
     metrics = (
         CONTEXT_SWITCHES,
@@ -59,7 +59,7 @@ class SystemCollector(Collector):
         self.settings = (proc_root,)
         self._previous: tuple[float, procfs.SystemStat] | None = None
 
-    def collect(self) -> Result:
+    def collect(self) -> Result[SystemFacts]:
         try:
             stat = procfs.parse_stat(procfs.read_text(f"{self.proc_root}/stat"))
             meminfo = procfs.parse_meminfo(procfs.read_text(f"{self.proc_root}/meminfo"))
