@@ -52,7 +52,7 @@ declare(
         "demo",
         f"{__name__}:DemoCollector",
         lambda cls, config, shared: cls(config.collectors.demo.path),
-        facts=DemoFacts,
+        facts=f"{__name__}:DemoFacts",
         section=DemoSettings,
         read_again_soon=True,
     )

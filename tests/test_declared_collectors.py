@@ -97,7 +97,7 @@ def test_a_disabled_collectors_module_and_libraries_are_never_imported(tmp_path:
 def test_the_verdicts_facts_are_the_declared_collectors_facts() -> None:
     """Facts has one field per collector that declares facts (and the stack captures' own), each
     typed as the declared facts type: Facts.of reads them by those names."""
-    declared = {d.name: d.facts for d in declarations() if d.facts is not None}
+    declared = {d.name: d.facts_type() for d in declarations() if d.facts is not None}
     hints = typing.get_type_hints(Facts)
     assert set(hints) == set(declared) | {"forensics"}
     for name, facts_type in declared.items():

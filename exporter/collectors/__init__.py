@@ -83,5 +83,5 @@ def build_collectors(config: Config, overrides: Mapping[str, bool] | None = None
 
 def _build(declaration: CollectorDeclaration, config: Config, shared: _Shared) -> Collector:
     collector: Collector = declaration.build(declaration.load(), config, shared)
-    collector.facts_type = declaration.facts
+    collector.facts_type = declaration.facts_type()
     return collector

@@ -5,8 +5,8 @@ The config model builds its `collectors:` section from these, the registry (coll
 builds instances from them, the daemon schedules by them and the verdict's `Facts` is checked
 against them. A declaration names its code by import path, so knowing a collector costs
 nothing: only an enabled collector's module (and its third-party libraries: NVML, redis, httpx)
-is ever imported; its facts type (exporter/facts/) is a plain record, imported here. A collector
-outside this list (a test's, a plugin's) is added with `config.declare`.
+is ever imported; its facts type (a plain record of exporter/facts/) is named the same way. A
+collector outside this list (a test's, a plugin's) is added with `config.declare`.
 """
 
 from __future__ import annotations
@@ -18,17 +18,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from ..facts.container import ContainerFacts
-from ..facts.engine import EngineFacts
-from ..facts.environment import EnvironmentFacts
-from ..facts.exporter import ExporterFacts
-from ..facts.gpu import GpuFacts
-from ..facts.inflight import InFlightFacts
-from ..facts.logs import LogsFacts
-from ..facts.probe import ProbeFacts
-from ..facts.process import ProcessFacts
-from ..facts.redis import RedisFacts
-from ..facts.system import SystemFacts
 from .types import Boolean, Duration
 
 if TYPE_CHECKING:
@@ -78,8 +67,9 @@ class CollectorDeclaration:
     # Builds it from the config; receives the class `implementation` names (so declaring it
     # imports nothing) and what the collectors of this build share.
     build: Callable[[Any, Config, Shared], Any]
-    # The type of its Result.facts, the verdict's input (exporter/facts/; None: it hands none).
-    facts: type | None = None
+    # "module:Type" of its Result.facts, the verdict's input (exporter/facts/; None: it hands
+    # none). By name: the facts stand above the config in the package's layers.
+    facts: str | None = None
     section: type[CollectorSettings] = CollectorSettings  # its `collectors.NAME` section
     interval: Callable[[Config], float] = _global_interval  # when its section gives none
     timeout: Callable[[Config], float] = _global_timeout
@@ -96,6 +86,9 @@ class CollectorDeclaration:
         """The collector's class (imports its module)."""
         return _load(self.implementation)
 
+    def facts_type(self) -> type | None:
+        return _load(self.facts) if self.facts else None
+
 
 def _load(path: str) -> Any:
     module, _, name = path.partition(":")
@@ -108,6 +101,7 @@ def _probe_timeout(config: Config) -> float:
 
 
 _PACKAGE = "autoglm_exporter.collectors"
+_FACTS = "autoglm_exporter.facts"
 
 # In the chain's order (doctor prints it so, the flags are listed so).
 DECLARED: list[CollectorDeclaration] = [
@@ -115,13 +109,13 @@ DECLARED: list[CollectorDeclaration] = [
         "system",
         f"{_PACKAGE}.system:SystemCollector",
         lambda cls, config, shared: cls(config.proc_root),
-        facts=SystemFacts,
+        facts=f"{_FACTS}.system:SystemFacts",
     ),
     CollectorDeclaration(
         "process",
         f"{_PACKAGE}.process:ProcessCollector",
         lambda cls, config, shared: cls(config.services, config.proc_root, shared.matcher()),
-        facts=ProcessFacts,
+        facts=f"{_FACTS}.process:ProcessFacts",
         read_again_soon=True,
         awaits=("probe",),
         shares_service_matcher=True,
@@ -132,14 +126,14 @@ DECLARED: list[CollectorDeclaration] = [
         lambda cls, config, shared: cls(
             config.services, config.proc_root, f"{config.sys_root}/fs/cgroup", shared.matcher()
         ),
-        facts=ContainerFacts,
+        facts=f"{_FACTS}.container:ContainerFacts",
         shares_service_matcher=True,
     ),
     CollectorDeclaration(
         "probe",
         f"{_PACKAGE}.probe:ProbeCollector",
         lambda cls, config, shared: cls(config.targets, shared.probes_in_flight),
-        facts=ProbeFacts,
+        facts=f"{_FACTS}.probe:ProbeFacts",
         timeout=_probe_timeout,
         read_again_soon=True,
         awaits=("process",),
@@ -148,27 +142,27 @@ DECLARED: list[CollectorDeclaration] = [
         "inflight",  # probes still waiting, read every second
         f"{_PACKAGE}.inflight:InFlightCollector",
         lambda cls, config, shared: cls(config.targets, shared.probes_in_flight, config.forensics.hang_after),
-        facts=InFlightFacts,
+        facts=f"{_FACTS}.inflight:InFlightFacts",
         interval=lambda config: min(config.interval, INFLIGHT_INTERVAL),
     ),
     CollectorDeclaration(
         "redis",
         f"{_PACKAGE}.redis:RedisCollector",
         lambda cls, config, shared: cls(config.redis),
-        facts=RedisFacts,
+        facts=f"{_FACTS}.redis:RedisFacts",
         read_again_soon=True,
     ),
     CollectorDeclaration(
         "engine",
         f"{_PACKAGE}.engine:EngineCollector",
         lambda cls, config, shared: cls(config.engines, config.collector("engine").interval),
-        facts=EngineFacts,
+        facts=f"{_FACTS}.engine:EngineFacts",
     ),
     CollectorDeclaration(
         "logs",
         f"{_PACKAGE}.logs:LogsCollector",
         lambda cls, config, shared: cls(config.logs),
-        facts=LogsFacts,
+        facts=f"{_FACTS}.logs:LogsFacts",
         read_again_soon=True,
     ),
     CollectorDeclaration(
@@ -177,7 +171,7 @@ DECLARED: list[CollectorDeclaration] = [
         lambda cls, config, shared: cls(
             config.gpu, config.services, config.proc_root, matcher=shared.matcher()
         ),
-        facts=GpuFacts,
+        facts=f"{_FACTS}.gpu:GpuFacts",
         timeout=lambda config: max(config.timeout, config.gpu.call_timeout + 2.0),
         shares_service_matcher=True,
     ),
@@ -187,7 +181,7 @@ DECLARED: list[CollectorDeclaration] = [
         lambda cls, config, shared: cls(
             config.services, config.environment, config.proc_root, shared.matcher()
         ),
-        facts=EnvironmentFacts,
+        facts=f"{_FACTS}.environment:EnvironmentFacts",
         interval=lambda config: max(config.interval, ENVIRONMENT_INTERVAL),
         timeout=lambda config: ENVIRONMENT_TIMEOUT,
         shares_service_matcher=True,
@@ -196,7 +190,7 @@ DECLARED: list[CollectorDeclaration] = [
         "exporter",  # the exporter's own process and configured chain
         f"{_PACKAGE}.exporter:ExporterCollector",
         lambda cls, config, shared: cls(_load(f"{_PACKAGE}.exporter:dependencies_of")(config)),
-        facts=ExporterFacts,
+        facts=f"{_FACTS}.exporter:ExporterFacts",
     ),
 ]
 
