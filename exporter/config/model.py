@@ -22,7 +22,16 @@ from pydantic import ConfigDict, Field, ValidationError, ValidatorFunctionWrapHa
 from pydantic.dataclasses import dataclass, rebuild_dataclass
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .collectors import DECLARED, CollectorDeclaration, CollectorSettings, Interval, Timeout, declared
+from .collectors import (
+    DAY,
+    DECLARED,
+    HOUR,
+    CollectorDeclaration,
+    CollectorSettings,
+    Interval,
+    Timeout,
+    declared,
+)
 from .types import (
     Boolean,
     Choice,
@@ -39,7 +48,7 @@ from .types import (
     check_url,
 )
 
-MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+MINUTE = 60.0
 
 DEFAULT_INTERVAL = 10.0
 DEFAULT_TIMEOUT = 8.0
