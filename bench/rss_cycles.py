@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark 3: resident memory after 10,000 collection cycles.
 
-One process builds a Store, a SystemCollector and a ProcessCollector (the default config's
-services plus one matching a real child process with 64 threads), wraps each in a CollectorRunner
+One process builds a Store and, as the daemon does (collectors.build_collectors, the other
+collectors switched off as --no-collector.NAME would), a SystemCollector and a ProcessCollector
+(the default config's services plus one matching a real child process with 64 threads): only the
+modules of those two are imported. It wraps each in a CollectorRunner
 and calls run_once() on both, 10,000 times, rendering the store every 10 cycles as scrapes would
 (plain text, and gzip with Prometheus' Accept header). VmRSS is read after the warm-up (cycle
 1,000) and at the end. Targets: final RSS <= 50 MB and growth from cycle 1,000 to 10,000 < 1 MB.
@@ -15,6 +17,7 @@ them warm-up, a child of 8 threads.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import re
@@ -25,9 +28,8 @@ from pathlib import Path
 
 import _common as c
 
-from autoglm_exporter.collectors.process import ProcessCollector
-from autoglm_exporter.collectors.system import SystemCollector
-from autoglm_exporter.config import DEFAULT_SERVICES, ProcessMatch, ServiceConfig
+from autoglm_exporter.collectors import build_collectors, collector_names
+from autoglm_exporter.config import DEFAULT_SERVICES, ProcessMatch, ServiceConfig, default_config
 from autoglm_exporter.core.runner import CollectorRunner
 from autoglm_exporter.core.store import Store
 from tests.support import stop_process
@@ -36,6 +38,7 @@ MB = 1_000_000
 TARGET_FINAL_BYTES = 50 * MB
 TARGET_GROWTH_BYTES = 1 * MB
 RENDER_EVERY = 10
+MEASURED = ("system", "process")
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1"
 )
@@ -67,10 +70,9 @@ def main() -> int:
             child = c.start_threaded_child(Path(tmp), marker, threads)
             services = (*DEFAULT_SERVICES, ServiceConfig("bench", ProcessMatch(cmdline=re.escape(marker))))
             store = Store()
-            runners = [
-                CollectorRunner(SystemCollector(), store, timeout=10.0),
-                CollectorRunner(ProcessCollector(services), store, timeout=10.0),
-            ]
+            config = dataclasses.replace(default_config(), services=services)
+            only = {name: name in MEASURED for name in collector_names()}
+            runners = [CollectorRunner(c, store, timeout=10.0) for c in build_collectors(config, only)]
             store.set_collectors(r.name for r in runners)
             gc.collect()
             rss_start = c.rss_bytes()
@@ -78,6 +80,7 @@ def main() -> int:
                 f"service: pid {child.pid} with {c.thread_count(child.pid)} threads; services: "
                 f"{', '.join(s.name for s in services)}; {c.count_processes()[0]} processes on the machine"
             )
+            print(f"collector modules imported: {', '.join(_collector_modules())}")
             print(f"RSS before the first cycle: {rss_start / MB:.2f} MB", flush=True)
             started = time.monotonic()
             deadline = started + args.max_seconds
@@ -162,6 +165,12 @@ def main() -> int:
         )
     )
     return 0
+
+
+def _collector_modules() -> list[str]:
+    """The collector modules this process imported (the disabled collectors' must be absent)."""
+    prefix = "autoglm_exporter.collectors."
+    return sorted(name.removeprefix(prefix) for name in sys.modules if name.startswith(prefix))
 
 
 if __name__ == "__main__":

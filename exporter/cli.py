@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import __version__
-from .collectors import COLLECTOR_CLASSES
+from .collectors import collector_names
 from .commands import tools
 from .config import ConfigError, json_schema, load_config, parse_duration
 from .core.daemon import Daemon, Options
@@ -119,7 +119,7 @@ def _daemon_flags() -> argparse.ArgumentParser:
             default=_env(flag.name, flag.default),
             help=flag.help + default,
         )
-    for name in COLLECTOR_CLASSES:
+    for name in collector_names():
         group = parser.add_mutually_exclusive_group()
         group.add_argument(
             f"--collector.{name}",
@@ -203,7 +203,7 @@ def _seconds(text: str) -> float:
 
 def options_from(args: argparse.Namespace) -> Options:
     overrides = {}
-    for name in COLLECTOR_CLASSES:
+    for name in collector_names():
         flag_value = getattr(args, f"collector_{name}")
         value = flag_value if flag_value is not None else _env_bool(f"collector.{name}")
         if value is not None:
@@ -280,7 +280,7 @@ def _check_config(path: str) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
-    enabled = [name for name in COLLECTOR_CLASSES if config.collector(name).enabled]
+    enabled = [name for name in collector_names() if config.collector(name).enabled]
     services = ", ".join(s.name for s in config.services) or "none"
     print(f"{path}: OK (collectors: {', '.join(enabled) or 'none'}; services: {services})")
     return EXIT_OK

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_exporter.collectors import COLLECTOR_CLASSES, build_collectors
+from autoglm_exporter.collectors import build_collectors, collector_names
 from autoglm_exporter.collectors.container import ContainerCollector
 from autoglm_exporter.collectors.gpu.collector import GpuCollector
 from autoglm_exporter.collectors.process import ProcessCollector
@@ -116,7 +116,7 @@ logs: []
 
 
 SERVICE_COLLECTORS = ("process", "container", "gpu", "environment")
-ONLY_THEM = {name: name in SERVICE_COLLECTORS for name in COLLECTOR_CLASSES}
+ONLY_THEM = {name: name in SERVICE_COLLECTORS for name in collector_names()}
 
 
 def test_one_look_at_proc_per_cycle_however_many_collectors_ask(tmp_path, monkeypatch) -> None:

@@ -40,6 +40,8 @@ class Result(Generic[FactsT]):
 
 
 class Collector(abc.ABC, Generic[FactsT]):
+    """A collector whose runs hand the verdict facts of type FactsT (`Collector[SystemFacts]`)."""
+
     name: ClassVar[str]
     metrics: ClassVar[tuple[MetricSpec, ...]]
     # What the collector was built from: a reload keeps an instance (and its state, such as
@@ -51,6 +53,9 @@ class Collector(abc.ABC, Generic[FactsT]):
     # changes some of them hands the state of the others to the new instance (adopt).
     items_attribute: ClassVar[str] = ""
     state_per_item: ClassVar[tuple[str, ...]] = ()
+    # The type its declaration says its facts are (set by the registry when it builds it): the
+    # runner fails a run whose facts are of another type instead of handing the verdict those.
+    facts_type: type | None = None
 
     @abc.abstractmethod
     def collect(self) -> Result[FactsT]:

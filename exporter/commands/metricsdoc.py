@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from ..collectors import COLLECTOR_CLASSES
+from ..collectors import declarations
 from ..core.hangwatch import FORENSICS_METRICS
 from ..core.store import SELF_METRICS
 from ..diagnosis import DIAGNOSIS_METRICS
@@ -31,8 +31,8 @@ def _table(title: str, specs: tuple[MetricSpec, ...]) -> list[str]:
 
 def render() -> str:
     lines = [BEGIN, ""]
-    for name, cls in COLLECTOR_CLASSES.items():
-        lines += _table(f"collector `{name}`", cls.metrics)
+    for declaration in declarations():
+        lines += _table(f"collector `{declaration.name}`", declaration.load().metrics)
     lines += _table("the verdict", DIAGNOSIS_METRICS)
     lines += _table("start-up", STARTUP_METRICS)
     lines += _table("hang forensics (py-spy stacks)", FORENSICS_METRICS)

@@ -6,6 +6,7 @@ before any value is built, `references` checks names across sections, `errors` w
 `loader` ties them together, `credentials` reads the secrets a config names when they are used.
 """
 
+from .collectors import ENVIRONMENT_INTERVAL, CollectorDeclaration
 from .errors import ConfigError
 from .loader import default_config, json_schema, load_config, parse_config
 from .model import (
@@ -20,10 +21,8 @@ from .model import (
     DEFAULT_TARGETS,
     DEFAULT_TIMEOUT,
     ENGINE_KINDS,
-    ENVIRONMENT_INTERVAL,
     INFERENCE_BODY,
     INFERENCE_TIMEOUT,
-    KNOWN_COLLECTORS,
     PROBE_LAYERS,
     PROBE_MODULES,
     QUEUE_TYPES,
@@ -48,6 +47,7 @@ from .model import (
     Secret,
     ServiceConfig,
     TlsClientConfig,
+    declare,
 )
 from .types import parse_duration
 
@@ -66,11 +66,11 @@ __all__ = [
     "ENVIRONMENT_INTERVAL",
     "INFERENCE_BODY",
     "INFERENCE_TIMEOUT",
-    "KNOWN_COLLECTORS",
     "PROBE_LAYERS",
     "PROBE_MODULES",
     "QUEUE_TYPES",
     "CollectorConfig",
+    "CollectorDeclaration",
     "CollectorSettings",
     "CollectorsConfig",
     "Config",
@@ -92,6 +92,7 @@ __all__ = [
     "Secret",
     "ServiceConfig",
     "TlsClientConfig",
+    "declare",
     "default_config",
     "json_schema",
     "load_config",

@@ -9,16 +9,22 @@ the same way, and what `check-config` accepts the daemon runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from . import filesystem, references, yamlfile
+from .collectors import DECLARED
 from .errors import ConfigError, Problem, problems_of, render
 from .model import Config
 
-_CONFIG: TypeAdapter[Config] = TypeAdapter(Config)
+
+@functools.cache
+def _adapter(collectors: int) -> TypeAdapter[Config]:
+    """The validator of Config with this many collectors declared (model.declare adds some)."""
+    return TypeAdapter(Config)
 
 
 def default_config() -> Config:
@@ -64,7 +70,7 @@ def parse_config(text: str, source: str = "<string>", empty_ok: bool = True) -> 
     problems: list[Problem] = []
     config = None
     try:
-        config = _CONFIG.validate_python(raw)
+        config = _adapter(len(DECLARED)).validate_python(raw)
     except ValidationError as exc:
         problems += problems_of(exc, Config)
     except RecursionError:  # the YAML limits keep this away; never a traceback anyway
@@ -103,7 +109,7 @@ def _fit_defaults(config: Config, raw: dict[str, Any]) -> Config:
 
 def json_schema() -> str:
     """The config file's JSON Schema (for editors: completion and checking as you type)."""
-    schema = _CONFIG.json_schema(by_alias=True, mode="validation")
+    schema = _adapter(len(DECLARED)).json_schema(by_alias=True, mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "autoglm-exporter configuration"
     return json.dumps(schema, indent=2, sort_keys=True)

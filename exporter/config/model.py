@@ -16,12 +16,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping
 from functools import partial
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import ConfigDict, Field, ValidationError, ValidatorFunctionWrapHandler, model_validator
-from pydantic.dataclasses import dataclass
+from pydantic.dataclasses import dataclass, rebuild_dataclass
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from .collectors import (
+    DAY,
+    DECLARED,
+    HOUR,
+    CollectorDeclaration,
+    CollectorSettings,
+    Interval,
+    Timeout,
+    declared,
+)
 from .types import (
     Boolean,
     Choice,
@@ -38,14 +48,11 @@ from .types import (
     check_url,
 )
 
-MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+MINUTE = 60.0
 
 DEFAULT_INTERVAL = 10.0
 DEFAULT_TIMEOUT = 8.0
 DEFAULT_JITTER = 1.0
-ENVIRONMENT_INTERVAL = 300.0  # running each service's interpreter to list packages is not a 10 s job
-ENVIRONMENT_TIMEOUT = 120.0
-INFLIGHT_INTERVAL = 1.0  # how long the probes now waiting have waited: cheap, and a hang is news at once
 PROBE_MODULES = ("inference", "openai_chat", "http", "tcp")
 PROBE_LAYERS = ("client", "dependencies")
 QUEUE_TYPES = ("list", "stream", "zset", "stream_pending")
@@ -60,8 +67,6 @@ DEFAULT_ERROR_LOG = "/var/log/open-autoglm/error.log"
 # Strict: a key the schema does not declare is an error (a typo must not switch a check off).
 STRICT = ConfigDict(extra="forbid", populate_by_name=True)
 
-Interval = Annotated[float, Duration(maximum=DAY)]
-Timeout = Annotated[float, Duration(maximum=HOUR)]
 CallTimeout = Annotated[float, Duration(maximum=10 * MINUTE)]
 
 
@@ -161,16 +166,6 @@ class PathsConfig:
     sys: Text = "/sys"
 
 
-@dataclass(frozen=True, config=STRICT)
-class CollectorSettings:
-    """One collector's section; intervals and timeouts left out come from `global` (or the
-    collector's own default, see Config.collector)."""
-
-    enabled: Boolean = True
-    interval: Interval | None = None
-    timeout: Timeout | None = None
-
-
 @dataclasses.dataclass(frozen=True)
 class CollectorConfig:
     """A collector's settings resolved against `global` and its own defaults (not a file section)."""
@@ -180,22 +175,23 @@ class CollectorConfig:
     timeout: float = DEFAULT_TIMEOUT
 
 
-@dataclass(frozen=True, config=STRICT)
-class CollectorsConfig:
-    system: CollectorSettings = CollectorSettings()
-    process: CollectorSettings = CollectorSettings()
-    probe: CollectorSettings = CollectorSettings()
-    inflight: CollectorSettings = CollectorSettings()  # probes still waiting, read every second
-    redis: CollectorSettings = CollectorSettings()
-    engine: CollectorSettings = CollectorSettings()
-    logs: CollectorSettings = CollectorSettings()
-    gpu: CollectorSettings = CollectorSettings()
-    container: CollectorSettings = CollectorSettings()
-    environment: CollectorSettings = CollectorSettings()
-    exporter: CollectorSettings = CollectorSettings()  # the exporter's own process and configured chain
+def _collectors_section(declared: list[CollectorDeclaration]) -> type:
+    """The `collectors:` section: one key per declared collector, its section type the value."""
+    fields = [(d.name, d.section, dataclasses.field(default=d.section())) for d in declared]
+    section = dataclasses.make_dataclass("CollectorsConfig", fields, frozen=True)
+    section.__module__ = __name__
+    return dataclass(frozen=True, config=STRICT)(section)
 
 
-KNOWN_COLLECTORS = tuple(field.name for field in dataclasses.fields(CollectorsConfig))
+if TYPE_CHECKING:
+
+    class CollectorsConfig:
+        """For the type checker: a CollectorSettings per declared collector, by name."""
+
+        def __getattr__(self, name: str) -> CollectorSettings: ...
+
+else:
+    CollectorsConfig = _collectors_section(DECLARED)
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -537,26 +533,24 @@ class Config:
 
     def collector(self, name: str) -> CollectorConfig:
         """A collector's settings, resolved: what the file says, else its own default, else `global`."""
-        given = getattr(self.collectors, name, None) or CollectorSettings()
+        declaration = declared(name)
+        given = getattr(self.collectors, name, None) or declaration.section()
         return CollectorConfig(
             enabled=given.enabled,
-            interval=given.interval or self._default_interval(name),
-            timeout=given.timeout or self._default_timeout(name),
+            interval=given.interval or declaration.interval(self),
+            timeout=given.timeout or declaration.timeout(self),
         )
 
-    def _default_interval(self, name: str) -> float:
-        if name == "environment":
-            return max(self.interval, ENVIRONMENT_INTERVAL)
-        if name == "inflight":
-            return min(self.interval, INFLIGHT_INTERVAL)
-        return self.interval
 
-    def _default_timeout(self, name: str) -> float:
-        # Probes wait up to their own timeouts; their collector's deadline must leave room for that.
-        if name == "probe":
-            return max([self.timeout] + [target.timeout + 2.0 for target in self.targets])
-        if name == "gpu":
-            return max(self.timeout, self.gpu.call_timeout + 2.0)
-        if name == "environment":
-            return ENVIRONMENT_TIMEOUT
-        return self.timeout
+def declare(declaration: CollectorDeclaration) -> None:
+    """Add a collector declared outside config/collectors.py (a test's, a plugin's), before the
+    config is read: its section joins `collectors:` of every config parsed from now on, and the
+    registry builds it like the others."""
+    if any(d.name == declaration.name for d in DECLARED):
+        raise ValueError(f"a collector named {declaration.name!r} is already declared")
+    DECLARED.append(declaration)
+    section = _collectors_section(DECLARED)
+    globals()["CollectorsConfig"] = section  # what Config's annotation names, resolved again below
+    field = Config.__dataclass_fields__["collectors"]
+    field.default, field.type = section(), section
+    rebuild_dataclass(Config, force=True)  # type: ignore[arg-type]  # pydantic types its own dataclasses apart

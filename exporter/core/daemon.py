@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .. import __version__
 from ..base.deadline import DeadlinePassed, DeadlineWorker, StillBusy
-from ..collectors import build_collectors
+from ..collectors import build_collectors, declarations
 from ..collectors.base import Collector
 from ..config import Config, ConfigError, load_config
 from ..forensics import CaptureNotFound
@@ -26,13 +26,10 @@ from .scheduler import CollectorScheduler
 log = logging.getLogger(__name__)
 
 SCRAPE_SWITCH_INTERVAL = 0.001  # seconds
-# A new state seen by these collectors (or awaited from them) is read again this many seconds later
-# instead of an interval later, so an instant failure (HTTP 500, refused, a process gone, Redis
-# down, a CUDA OOM line) is named in seconds while one failed request still changes nothing. Only
-# collectors whose readings are facts of the moment (a process's CPU share over a shorter span is
-# still its share): the others' readings are trends over their interval (tokens per reading, GPU
-# utilisation), which a reading seconds later would not measure.
-READ_AGAIN_SOON = frozenset({"probe", "process", "redis", "logs"})
+# A new state seen by a collector declared read_again_soon (or awaited from it) is read again this
+# many seconds later instead of an interval later, so an instant failure (HTTP 500, refused, a
+# process gone, Redis down, a CUDA OOM line) is named in seconds while one failed request still
+# changes nothing.
 READ_AGAIN_AFTER = 2.0  # seconds
 # A reload reads its files (config, web config, the files they name) at most this long: a FIFO or
 # a hung mount fails the reload, never holds it (or SIGHUP's reloads) forever.
@@ -70,8 +67,9 @@ class Daemon:
         pipeline = Pipeline.build(config)
         self.store, self.hangwatch, self.diagnoser = pipeline.store, pipeline.hangwatch, pipeline.diagnoser
         self.scheduler = CollectorScheduler()
+        read_again = frozenset(d.name for d in declarations() if d.read_again_soon)
         self.diagnoser.when_unconfirmed(
-            lambda sources: self.scheduler.read_again_soon(sources & READ_AGAIN_SOON, READ_AGAIN_AFTER)
+            lambda sources: self.scheduler.read_again_soon(sources & read_again, READ_AGAIN_AFTER)
         )
         self.runners: dict[str, CollectorRunner] = {}
         self.config = config

@@ -136,6 +136,12 @@ class CollectorRunner:
     def _publish(self, result: object, error: BaseException | None, duration: float) -> bool:
         if error is None and not isinstance(result, Result):
             error = CollectorError("internal", f"collect() returned {type(result).__name__}, not Result")
+        expected = self.collector.facts_type
+        facts = result.facts if isinstance(result, Result) else None
+        if error is None and expected is not None and facts is not None and not isinstance(facts, expected):
+            error = CollectorError(
+                "internal", f"facts of type {type(facts).__name__}, declared {expected.__name__}"
+            )
         if error is None and isinstance(result, Result):
             self.store.publish_success(self.name, result, duration)
             return True

@@ -1,18 +1,20 @@
-"""The facts the verdict reads, typed: each collector's own record (exporter/facts/), gathered in one.
+"""The facts the verdict reads, typed: each collector's declared facts type (exporter/facts/),
+gathered in one record by collector name.
 
-The verdict reads the records, never the collectors that gather them. The store hands facts over
-by collector name; `Facts.of` names them.
+A field per collector that declares facts (config/collectors.py), named and typed as declared
+(tests/test_declared_collectors.py checks it), and the stack captures' own; `Facts.of` reads the
+store's facts by those names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, fields
 
 from ..facts.container import ContainerFacts
 from ..facts.engine import EngineFacts
 from ..facts.environment import EnvironmentFacts
+from ..facts.exporter import ExporterFacts
 from ..facts.forensics import ForensicsFacts
 from ..facts.gpu import GpuFacts
 from ..facts.inflight import InFlightFacts
@@ -37,26 +39,20 @@ class Facts:
     logs: LogsFacts | None = None
     gpu: GpuFacts | None = None
     environment: EnvironmentFacts | None = None
+    exporter: ExporterFacts | None = None
     forensics: ForensicsFacts | None = None
 
     @classmethod
     def of(cls, facts: Mapping[str, object]) -> Facts:
-        """The store's facts by collector name (forensics: the stack captures' evidence)."""
-        return cls(
-            system=cast("SystemFacts | None", facts.get("system")),
-            process=cast("ProcessFacts | None", facts.get("process")),
-            container=cast("ContainerFacts | None", facts.get("container")),
-            probe=cast("ProbeFacts | None", facts.get("probe")),
-            inflight=cast("InFlightFacts | None", facts.get("inflight")),
-            redis=cast("RedisFacts | None", facts.get("redis")),
-            engine=cast("EngineFacts | None", facts.get("engine")),
-            logs=cast("LogsFacts | None", facts.get("logs")),
-            gpu=cast("GpuFacts | None", facts.get("gpu")),
-            environment=cast("EnvironmentFacts | None", facts.get("environment")),
-            forensics=cast("ForensicsFacts | None", facts.get("forensics")),
-        )
+        """The store's facts by collector name (forensics: the stack captures' evidence). The
+        runner refuses a Result whose facts are not of the declared type, so none arrives here
+        as another."""
+        return cls(**{name: facts.get(name) for name in _FIELDS})  # type: ignore[arg-type]
 
     @property
     def services(self) -> Mapping[str, ServiceFacts]:
         """The one membership result of this cycle: each configured service's processes."""
         return self.process.services if self.process is not None else {}
+
+
+_FIELDS = tuple(field.name for field in fields(Facts))

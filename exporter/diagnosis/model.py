@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 from ..base.hostport import HostPort, HostPortError, parse_host_port, url_host_port
+from ..config.collectors import declared
 from ..facts.engine import EngineInstanceFacts
 from ..facts.process import ServiceFacts
 from ..logs.redact import redact
@@ -96,6 +97,16 @@ class Link:
             )
         if self.ok is False and self.reason == "ok":
             raise ValueError(f"link {self.name!r}: a broken link needs a reason")
+        # The readings a link counts and waits for are a declared collector's, as declared.
+        if self.source:
+            try:
+                source = declared(self.source)
+            except KeyError:
+                raise ValueError(f"link {self.name!r}: {self.source!r} is not a declared collector") from None
+            if self.awaits is not None and self.awaits not in source.awaits:
+                raise ValueError(
+                    f"link {self.name!r}: {self.source} does not declare that it awaits {self.awaits}"
+                )
         # Every surface (metrics, /api/diagnosis, the page, doctor, the history) shows links, so a
         # link never holds a secret: what the world wrote into it (an address with user:password@,
         # an error message, a command line) is redacted when it is made, replace() included.
