@@ -4,11 +4,13 @@ and its rule as the rule files hold it, with the runbook link every alert carrie
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ..config import RUNBOOK_BASE, SEVERITY, duration
 
-# What an alert is in an incident (see the package's docstring); "" for alerts outside the chain.
-ROLES = ("cause", "node", "network", "symptom", "slo", "")
+# What an alert is in an incident (see the package's docstring); "" for alerts that gate nothing
+# and wait for nothing. A Literal, so that mypy rejects a misspelt role.
+Role = Literal["cause", "node", "network", "symptom", "slo", ""]
 
 # increase() extrapolates (1 event can read 1.05): counts are printed as whole numbers.
 COUNT = '{{ printf "%.0f" $value }}'
@@ -27,7 +29,7 @@ class Alert:
     summary: str
     description: str
     for_: float | None = None  # seconds; None: fire on the first evaluation that matches
-    role: str = ""  # one of ROLES
+    role: Role = ""
     labels: dict[str, str] = field(default_factory=dict)  # static labels besides severity
     # seconds the alert stays firing after its expression stops matching (a scrape gap, an exporter
     # restart): None for alerts that read no exporter series

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..rules import serving_elsewhere
-from .alert import Alert
+from .alert import Alert, Role
 
 
-def _names(groups: dict[str, list[Alert]], *roles: str) -> str:
+def _names(groups: dict[str, list[Alert]], *roles: Role) -> str:
     return "|".join(sorted({a.name for alerts in groups.values() for a in alerts if a.role in roles}))
 
 
@@ -43,7 +43,7 @@ def gated(groups: dict[str, list[Alert]]) -> dict[str, list[Alert]]:
             return f" unless on (instance, service) {links}"
         return f" unless on (service) max_over_time({causes}[{alert.labels['short']}])"
 
-    gated_roles = ("symptom", "slo", "network")
+    gated_roles: tuple[Role, ...] = ("symptom", "slo", "network")
     return {
         name: [replace(a, expr=f"({a.expr}){gate(a)}") if a.role in gated_roles else a for a in alerts]
         for name, alerts in groups.items()
@@ -51,7 +51,7 @@ def gated(groups: dict[str, list[Alert]]) -> dict[str, list[Alert]]:
 
 
 # The roles of the alerts about one replica: they page only when no other replica of the service serves.
-REPLICA_ROLES = ("cause", "network", "symptom")
+REPLICA_ROLES: tuple[Role, ...] = ("cause", "network", "symptom")
 
 
 def fleet_gated(groups: dict[str, list[Alert]]) -> dict[str, list[Alert]]:
@@ -73,7 +73,7 @@ def fleet_gated(groups: dict[str, list[Alert]]) -> dict[str, list[Alert]]:
 
 
 # The roles of the alerts that name a cause: each pages in a group of its own (mixin/alertmanager.py).
-CAUSE_ROLES = ("cause", "network", "node")
+CAUSE_ROLES: tuple[Role, ...] = ("cause", "network", "node")
 
 
 def naming_each_other(groups: dict[str, list[Alert]]) -> dict[str, list[Alert]]:
