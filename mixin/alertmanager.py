@@ -7,7 +7,7 @@ One incident, one page:
   that watches a shared Redis or engine is one notification, updated every 30 s as the incident
   goes on; a new incident is a new group (it pages after the initial wait and never carries the
   last incident's resolved alerts, which Prometheus re-sends for 15 minutes); a second cause pages
-  in its own group, its description naming the causes already firing (mixin/alerts.py). The
+  in its own group, its description naming the causes already firing (mixin/alerts/incidents.py). The
   symptoms no cause explains are grouped by `service`; critical alerts without one (a node's GPU,
   the exporter down) by `instance`: one page per node;
 - a cause silences the symptoms of the service it breaks (inhibit_rules), a process gone or not
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import yaml
 
 from . import alerts, config
+from .alerts.incidents import CAUSE_ROLES
 from .config import ROUTE_TIMING, SEVERITY, Timing, duration
 
 ALERTMANAGER_FILE = "deploy/alertmanager/alertmanager.yml"
@@ -78,7 +79,7 @@ def _names(role: str) -> list[str]:
 
 
 def _cause_names() -> list[str]:
-    return sorted({a.name for a in alerts.all_alerts() if a.role in alerts.CAUSE_ROLES})
+    return sorted({a.name for a in alerts.all_alerts() if a.role in CAUSE_ROLES})
 
 
 def _any_of(names: list[str] | tuple[str, ...]) -> Matcher:
@@ -97,7 +98,7 @@ def routes() -> list[Route]:
     return [
         Route("watchdog", (Matcher("alertname", "=", WATCHDOG),), ("alertname",), t["watchdog"]),
         # a cause: one group per cause and service (every node that sees a shared Redis down is in
-        # it); a second cause pages in its own, naming the first (mixin/alerts.py)
+        # it); a second cause pages in its own, naming the first (mixin/alerts/incidents.py)
         Route(
             "page",
             (severity("critical"), HAS_SERVICE, _any_of(_cause_names())),

@@ -2,7 +2,13 @@
 
 A dashboard is a list of rows; a row is a list of panels laid out left to right, wrapping at 24
 columns, so positions never overlap and ids are unique. Every query goes to the Prometheus data
-source picked by the `datasource` variable."""
+source picked by the `datasource` variable.
+
+Not Grafana's typed SDK (grafana-foundation-sdk, checked at 1769699520!11.4.0 and "next"): its
+dashboard schema has no fields for a Prometheus annotation's `useValueForTime`, `titleFormat`,
+`textFormat`, `tagKeys` or `step` (without useValueForTime a verdict change is a region as long as
+its series, not a mark where it happened), nor for a query variable's `definition`; the tests in
+tests/test_dashboards.py check both."""
 
 from __future__ import annotations
 

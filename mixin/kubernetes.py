@@ -126,7 +126,7 @@ def queue_query(target: ScaleTarget = TARGET) -> str:
 
 
 def prometheus_rule() -> dict:
-    from .alerts import rule_groups  # late: alerts.py is the larger module, loaded only when needed
+    from .alerts import rule_groups  # late: alerts/ is the larger package, loaded only when needed
 
     return {
         "apiVersion": "monitoring.coreos.com/v1",

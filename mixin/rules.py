@@ -4,6 +4,8 @@ shipped window (rate5m) even when the end-to-end test scales the window itself d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from . import config
 from .config import RATE_WINDOW, Objective, duration, prometheus_duration
 
@@ -25,9 +27,36 @@ AFFECTED = "instance_dependency:autoglm_affected_service:info"
 SOLE = "instance_dependency:autoglm_sole_service:info"
 
 _DEPENDS_ON = "autoglm_service_dependency_info"
+# A probe target of a user-facing service: a client probe, joined for its `service` label.
+CLIENT_TARGETS = 'autoglm_probe_target_info{layer="client", service!=""}'
 
 
-def _relabel(expr: str, target: str, source: str) -> str:
+@dataclass(frozen=True)
+class LinkKind:
+    """A kind of link of the chain: the `kind` of autoglm_service_dependency_info, and the label
+    that names a link of that kind (service="...", redis="...", engine="...")."""
+
+    name: str
+    # The series a link of this kind has from the exporter's first scrape on, the first one per link.
+    series: tuple[str, ...]
+    # One thing that every node names alike (several nodes' exporters watch the same Redis under
+    # the same name): its fault is one incident however many nodes see it. Engines and processes
+    # are per node.
+    shared: bool = False
+
+
+LINK_KINDS = {
+    kind.name: kind
+    for kind in (
+        LinkKind("service", ("autoglm_process_up", CLIENT_TARGETS)),
+        LinkKind("redis", ("autoglm_redis_up",), shared=True),
+        LinkKind("engine", ("autoglm_engine_up",)),
+    )
+}
+
+
+def relabel(expr: str, target: str, source: str) -> str:
+    """`expr` with label `target` set to the value of label `source`."""
     return f'label_replace({expr}, "{target}", "$1", "{source}", "(.+)")'
 
 
@@ -35,27 +64,29 @@ def _set(expr: str, label: str, value: str) -> str:
     return f'label_replace({expr}, "{label}", "{value}", "", "")'
 
 
-def _own_incident(kind: str, label: str, metric: str) -> str:
-    """Redis instances or engines (their `label`, one series each from `metric`) no service
+def _own_incident(kind: LinkKind) -> str:
+    """Redis instances or engines (named by their kind's label, one series each) no service
     depends on, as edges to a service of their own name."""
-    links = f"group by (instance, job, {label}) ({metric})"
-    used = _relabel(f'group by (instance, dependency) ({_DEPENDS_ON}{{kind="{kind}"}})', label, "dependency")
+    label = kind.name
+    links = f"group by (instance, job, {label}) ({kind.series[0]})"
+    used = relabel(f'group by (instance, dependency) ({_DEPENDS_ON}{{kind="{label}"}})', label, "dependency")
     orphans = f"({links} unless on (instance, {label}) {used})"
-    return _set(_relabel(_relabel(orphans, "dependency", label), "service", label), "kind", kind)
+    return _set(relabel(relabel(orphans, "dependency", label), "service", label), "kind", label)
 
 
 def affected_edges(kind: str | None = None) -> str:
     """AFFECTED's expression: every kind of link, or only links of `kind` (service, redis, engine)."""
-    depended_on = _relabel(
+    depended_on = relabel(
         f'group by (instance, dependency) ({_DEPENDS_ON}{{kind="service"}})', "service", "dependency"
     )
-    services = "group by (instance, job, service) (autoglm_process_up)"
+    process, client = LINK_KINDS["service"].series
+    services = f"group by (instance, job, service) ({process})"
     independent = f"({services} unless on (instance, service) {depended_on})"
-    called = 'group by (instance, job, service) (autoglm_probe_target_info{layer="client", service!=""})'
+    called = f"group by (instance, job, service) ({client})"
     own = {
-        "service": _set(_relabel(f"({independent} or {called})", "dependency", "service"), "kind", "service"),
-        "redis": _own_incident("redis", "redis", "autoglm_redis_up"),
-        "engine": _own_incident("engine", "engine", "autoglm_engine_up"),
+        "service": _set(relabel(f"({independent} or {called})", "dependency", "service"), "kind", "service"),
+        "redis": _own_incident(LINK_KINDS["redis"]),
+        "engine": _own_incident(LINK_KINDS["engine"]),
     }
     kinds = list(own) if kind is None else [kind]
     edges = _DEPENDS_ON if kind is None else f'{_DEPENDS_ON}{{kind="{kind}"}}'
@@ -69,7 +100,7 @@ def sole_edges(kind: str | None = None, affected: str | None = None) -> str:
     affected = f"({affected_edges(kind)})" if affected is None else affected
     shared = f"(count by (instance, kind, dependency) ({affected}) > 1)"
     alone = f"({affected} unless on (instance, kind, dependency) {shared})"
-    named = _relabel(
+    named = relabel(
         f"group by (instance, job, kind, dependency) ({affected} and on (instance, kind, dependency) "
         f"{shared})",
         "service",
@@ -83,9 +114,6 @@ def link_rules() -> list[tuple[str, str]]:
 
 
 # --- service level objectives ----------------------------------------------------------------------
-
-# A probe target of a user-facing service: a client probe, joined for its `service` label.
-CLIENT_TARGETS = 'autoglm_probe_target_info{layer="client", service!=""}'
 
 
 def per_service(expr: str) -> str:
@@ -179,7 +207,7 @@ def rate_rules() -> list[tuple[str, str]]:
         ("engine:autoglm_engine_requests_waiting:sum", "sum by (engine) (autoglm_engine_requests_waiting)"),
         # max, not sum: every node's exporter reads the same shared queue
         ("queue:autoglm_redis_queue_depth:max", "max by (redis, queue) (autoglm_redis_queue_depth)"),
-        # the dashboards (mixin/dashboards.py) read these rates and ratios
+        # the dashboards (mixin/dashboards/) read these rates and ratios
         (
             "instance_gpu:autoglm_gpu_memory_used:ratio",
             "autoglm_gpu_memory_used_bytes / autoglm_gpu_memory_total_bytes",
@@ -263,8 +291,8 @@ def per_token_rules() -> list[tuple[str, str]]:
 
 def recording_rules() -> list[tuple[str, str]]:
     """The recording group's rules, in evaluation order. The SLO ratios are recorded in the group of
-    the burn-rate alerts instead (mixin/alerts.py), so that an alert reads the ratio recorded in the
-    same evaluation, never the one before."""
+    the burn-rate alerts instead (mixin/alerts/objectives.py), so that an alert reads the ratio
+    recorded in the same evaluation, never the one before."""
     return link_rules() + fleet_rules() + rate_rules() + per_token_rules()
 
 

@@ -44,7 +44,7 @@ import pytest
 
 from autoglm_exporter.base.thresholds import RESTART_LOOP_WINDOW_SECONDS, RESTART_LOOP_YOUNG_SECONDS
 from mixin import config as mixin_config
-from mixin import fleet as mixin_fleet
+from mixin.dashboards import fleet as mixin_fleet
 from mixin.grafana import concrete
 
 from .alertreceiver import WebhookReceiver
@@ -536,7 +536,7 @@ def dashboard_problems(fleet: Fleet, broken_node: Node | None) -> list[str]:
     """Every query of the fleet dashboard runs and returns data; the node table ranks the broken
     node first."""
     found = []
-    for where, expr in mixin_fleet.fleet().queries():
+    for where, expr in mixin_fleet.dashboard().queries():
         answer = fleet.prometheus.query(concrete(expr))
         if answer.get("status") != "success":
             found.append(f"fleet dashboard {where}: {answer.get('error')}")

@@ -1,4 +1,4 @@
-"""The fleet dashboard: every replica (a service on a node) and every node, worst first.
+"""AutoGLM / Fleet: every replica (a service on a node) and every node, worst first.
 
 One exporter per node gives each series its `instance`; a service's replicas are its series on
 several instances. The tables rank by one severity number, so the rows that need someone come
@@ -8,14 +8,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import config
-from .grafana import NONE, Dashboard, Link, Panel, Row, State, Target, Variable, stat, table
-
-INST = 'instance=~"$instance"'
-SVC = f'{INST}, service=~"$service"'
-
-INSTANCE_VAR = Variable("instance", "Instance", "autoglm_exporter_build_info", "instance")
-SERVICE_VAR = Variable("service", "Service", f"autoglm_process_up{{{INST}}}", "service")
+from .. import config
+from ..grafana import NONE, Dashboard, Link, Panel, Row, State, Target, stat, table
+from .panels import INST, INSTANCE_VAR, SERVICE_VAR, SVC
 
 # What a row's severity number means; the tables sort by it, highest first.
 HEALTHY, DEGRADED, HURT, BLIND = 0, 1, 2, 3
@@ -125,7 +120,7 @@ def ranking_row() -> Row:
     )
 
 
-def fleet() -> Dashboard:
+def dashboard() -> Dashboard:
     return Dashboard(
         "autoglm-fleet",
         "AutoGLM / Fleet",
