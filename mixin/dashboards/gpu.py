@@ -3,6 +3,8 @@ event reasons, XID and ECC errors, CUDA compatibility with each service."""
 
 from __future__ import annotations
 
+from autoglm_exporter.base.thresholds import XID_APPLICATION, XID_CRITICAL, XID_WARNING
+
 from ..grafana import (
     BYTES,
     CELSIUS,
@@ -173,13 +175,18 @@ def gpu_utilization_row() -> Row:
     )
 
 
+def _listed(numbers: tuple[int, ...]) -> str:
+    return ", ".join(str(n) for n in numbers)
+
+
 def gpu_errors_row() -> Row:
     return Row(
         "Errors",
         (
             timeseries(
                 "XID errors",
-                "XID events by number; 48, 63, 64, 74, 79, 94, 95 and 119/120 mean the GPU needs attention.",
+                f"XID events by number; {_listed(XID_CRITICAL)} page (the GPU needs attention), "
+                f"{_listed(XID_WARNING)} warns, {_listed(XID_APPLICATION)} are the application's.",
                 (
                     Target(
                         increase("autoglm_gpu_xid_errors_total", GPU, "instance, gpu, xid"),
