@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 from .. import __version__
 from ..diagnosis import to_dict
 from ..logs.redact import redact, redact_data
-from . import connections, logsetup, statuspage
+from . import connections, logsetup, requesthead, statuspage
 from .connections import DEFAULT_MAX_CONNECTIONS, ConnectionGuard
 from .hosts import HostPolicy
 from .webconfig import WebConfig
@@ -221,6 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     timeout = CONNECTION_IDLE_TIMEOUT  # each read's; the server's idle_timeout replaces it in setup()
     server_version = f"autoglm-exporter/{__version__}"
+    raw_requestline: bytes  # set by BaseHTTPRequestHandler.handle_one_request
 
     def setup(self) -> None:
         self._web_config = self.server.web_config  # renewed for each request in _dispatch
@@ -256,6 +257,17 @@ class _Handler(BaseHTTPRequestHandler):
             super().handle_one_request()
         finally:
             guard.unwatch(self.connection)
+
+    def parse_request(self) -> bool:
+        # The plain heads scrapers send skip the email parser (requesthead.py): it cost more than
+        # the rest of a scrape. Any other head is the standard library's to read or refuse.
+        head = requesthead.read(self.raw_requestline, cast(io.BufferedReader, self.rfile))
+        if head is None:
+            return super().parse_request()
+        self.command, self.path, self.request_version = head.command, head.path, head.version
+        self.requestline, self.headers = head.requestline, head.headers
+        self.close_connection = not head.keep_alive
+        return True
 
     def finish(self) -> None:
         try:
