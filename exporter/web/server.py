@@ -141,7 +141,11 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self.telemetry_path = telemetry_path
         self.web_config = web_config
         # Requests in flight beyond the limit are answered 503 at once (0: no limit).
-        self._in_flight = threading.BoundedSemaphore(max_requests) if max_requests > 0 else None
+        # A count under a lock: nothing ever waits for a place, and a semaphore's condition
+        # variable cost a scrape more than its page.
+        self._max_requests = max_requests
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
         # Connections held at once (a thread each); more are refused by the accept loop.
         self.connections = ConnectionGuard(max_connections)
         self.idle_timeout = idle_timeout
@@ -165,11 +169,15 @@ class ExporterHTTPServer(ThreadingHTTPServer):
 
     def admit(self) -> bool:
         """Take a place for one request in flight; False when all are taken."""
-        return self._in_flight is None or self._in_flight.acquire(blocking=False)
+        with self._in_flight_lock:
+            if 0 < self._max_requests <= self._in_flight:
+                return False
+            self._in_flight += 1
+            return True
 
     def release(self) -> None:
-        if self._in_flight is not None:
-            self._in_flight.release()
+        with self._in_flight_lock:
+            self._in_flight -= 1
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # In the accept loop: a connection over the cap, or from a client that failed to log in too
