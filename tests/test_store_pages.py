@@ -25,7 +25,11 @@ ACCEPTS = (
 # Values whose texts differ although some compare equal (0.0 == -0.0, 1 == 1.0 == True).
 VALUES = st.sampled_from([0.0, -0.0, 1, 1.0, True, 2.5, float("inf"), float("nan"), 1e-300])
 
-publish = st.tuples(st.just("publish"), st.sampled_from(COLLECTORS), st.lists(VALUES, min_size=1, max_size=3))
+# A timestamp's OpenMetrics text differs for 1 and 1.0 too.
+TIMESTAMPS = st.sampled_from([None, 1, 1.0])
+publish = st.tuples(
+    st.just("publish"), st.sampled_from(COLLECTORS), st.lists(VALUES, min_size=1, max_size=3), TIMESTAMPS
+)
 fail = st.tuples(st.just("fail"), st.sampled_from(COLLECTORS))
 collectors = st.tuples(st.just("collectors"), st.lists(st.sampled_from(COLLECTORS), unique=True))
 stuck = st.tuples(st.just("stuck"), st.sampled_from(COLLECTORS), st.booleans())
@@ -33,13 +37,15 @@ other = st.tuples(st.sampled_from(["touch", "reload_ok", "reload_failed", "scrap
 OPERATIONS = st.lists(st.one_of(publish, fail, collectors, stuck, other), max_size=25)
 
 
-def families_of(name: str, values: list[object]) -> list[Metric]:
+def families_of(name: str, values: list[object], timestamp: float | None = None) -> list[Metric]:
     gauge = GaugeMetricFamily(f"autoglm_test_{name}_value", f"A value of {name}.", labels=["index"])
     counter = CounterMetricFamily(f"autoglm_test_{name}_events", "Events.", labels=["index"])
+    stamped = GaugeMetricFamily(f"autoglm_test_{name}_stamped", "A value with a timestamp.")
     for index, value in enumerate(values):
         gauge.add_metric([str(index)], value)  # type: ignore[arg-type]
         counter.add_metric([str(index)], abs(float(value)))  # type: ignore[arg-type]
-    return [gauge, counter]
+    stamped.add_metric([], 1.0, timestamp=timestamp)
+    return [gauge, counter, stamped]
 
 
 class Verdict:
@@ -76,7 +82,7 @@ def served(store: Store, accept: str, compressed: bool) -> bytes:
     return gzip.decompress(body) if compressed else body
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(OPERATIONS)
 def test_every_scrape_gets_the_whole_page_of_the_latest_publish(operations: list[tuple]) -> None:
     verdict = Verdict()
@@ -87,7 +93,7 @@ def test_every_scrape_gets_the_whole_page_of_the_latest_publish(operations: list
     for operation in operations:
         kind = operation[0]
         if kind == "publish" and operation[1] in enabled:
-            results[operation[1]] = families_of(operation[1], operation[2])
+            results[operation[1]] = families_of(operation[1], operation[2], operation[3])
             store.publish_success(operation[1], Result(results[operation[1]]), 0.01)
         elif kind == "fail":
             results.pop(operation[1], None)
@@ -120,3 +126,15 @@ def test_a_publish_of_one_collector_leaves_the_text_of_the_others_as_it_was() ->
     unchanged = b'autoglm_test_system_value{index="0"} 1.0\n'
     assert unchanged in before and unchanged in after
     assert after.index(b"autoglm_test_system") < after.index(b"autoglm_test_process")  # order kept
+
+
+def test_a_family_changed_in_place_and_published_again_is_served_as_it_is_now() -> None:
+    store = Store()
+    store.set_collectors(["probe"])
+    families = families_of("probe", [1.0])
+    store.publish_success("probe", Result(families), 0.01)
+    assert b'autoglm_test_probe_value{index="0"} 1.0' in store.render()[0]
+    sample = families[0].samples[0]
+    families[0].samples[0] = sample._replace(labels={"index": "renamed"})  # same value, same object
+    store.publish_success("probe", Result(families), 0.01)
+    assert b'autoglm_test_probe_value{index="renamed"} 1.0' in store.render()[0]

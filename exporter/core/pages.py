@@ -8,8 +8,9 @@ publish and the end of its render, a scrape gets the page of the publish before:
 
 A render costs what changed, not the whole page: the page is a sequence of parts (one per
 collector's result, the verdict, the self-metrics), and a part the store marks as unchanged since
-the last render keeps its text. Each text is encoded once per render and compressed from there
-for gzip. A render holds the GIL the scrapes need, and collectors publish every few seconds
+the last render keeps its text; in a part that changed, a family equal to the one of the same name
+last time keeps its text too. Each format's text is made once per render and compressed from
+there for gzip. A render holds the GIL the scrapes need, and collectors publish every few seconds
 each: a whole-page render per publish was most of the exporter's CPU and its scrape tail latency.
 """
 
@@ -19,11 +20,13 @@ import functools
 import gzip
 import threading
 import time
+from array import array
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import cast
 
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.samples import Sample
 
 from ..metrics.spec import Family
 
@@ -46,7 +49,7 @@ class Pages:
         self._render_lock = threading.Lock()  # guards _texts too
         self._pages: dict[Format, tuple[int, bytes]] = {}
         self._asked: dict[Format, float] = {}
-        self._texts: dict[str, dict[Hashable, bytes]] = {}  # content type -> part key -> its text
+        self._texts: dict[str, _Texts] = {}  # content type -> the texts of its last render
 
     def page(self, accept: str, compressed: bool) -> tuple[bytes, str]:
         """The page for this Accept header and its content type: bytes already rendered if any."""
@@ -85,7 +88,9 @@ class Pages:
         rendered = {}
         for content_type, compressed in formats:
             if content_type not in texts:
-                texts[content_type] = self._text(content_type, parts)
+                if content_type not in self._texts:
+                    self._texts[content_type] = _Texts(_ENCODERS[content_type])
+                texts[content_type] = self._texts[content_type].page(parts)
             body = texts[content_type]
             if compressed:
                 body = gzip.compress(body, compresslevel=1)
@@ -97,23 +102,70 @@ class Pages:
                     self._pages[key] = page
         return rendered
 
-    def _text(self, content_type: str, parts: list[Part]) -> bytes:
-        """The page's text in this format: kept texts of unchanged parts, the others encoded."""
-        encoder = _ENCODERS[content_type]
-        trailer = _trailer(encoder)
-        kept = self._texts.get(content_type, {})
-        now: dict[Hashable, bytes] = {}
+
+class _Texts:
+    """One format's texts from the last render: of each keyed part, and of each family by name."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self._encoder = encoder
+        self._trailer = _trailer(encoder)
+        self._parts: dict[Hashable, tuple[bytes, tuple[str, ...]]] = {}  # key -> (text, family names)
+        self._families: dict[str, tuple[Family, bytes, bytes]] = {}  # name -> (family, values, text)
+
+    def page(self, parts: list[Part]) -> bytes:
+        """The page's text: kept texts of unchanged parts and families, the others encoded."""
+        parts_now: dict[Hashable, tuple[bytes, tuple[str, ...]]] = {}
+        families_now: dict[str, tuple[Family, bytes, bytes]] = {}
         chunks = []
         for key, families in parts:
-            text = kept.get(key) if key is not None else None
-            if text is None:
-                text = _part_text(encoder, trailer, families)
+            kept = self._parts.get(key) if key is not None else None
+            if kept is None:
+                text = b"".join(self._family_text(family, families_now) for family in families)
+                kept = (text, tuple(family.name for family in families))
+            else:
+                for name in kept[1]:  # still on the page: remember them for when the part changes
+                    if name in self._families:
+                        families_now[name] = self._families[name]
             if key is not None:
-                now[key] = text
-            chunks.append(text)
-        chunks.append(trailer)
-        self._texts[content_type] = now  # parts gone from the page are forgotten
+                parts_now[key] = kept
+            chunks.append(kept[0])
+        chunks.append(self._trailer)
+        self._parts, self._families = parts_now, families_now  # what left the page is forgotten
         return b"".join(chunks)
+
+    def _family_text(self, family: Family, families_now: dict[str, tuple[Family, bytes, bytes]]) -> bytes:
+        values = _values(family)
+        last = self._families.get(family.name)
+        # The very same object may have been changed since: only an equal other one is the same.
+        if (
+            values is not None
+            and last is not None
+            and last[0] is not family
+            and last[1] == values
+            and last[0] == family
+        ):
+            text = last[2]
+        else:
+            text = _part_text(self._encoder, self._trailer, (family,))
+        if values is not None:
+            families_now[family.name] = (family, values, text)
+        return text
+
+
+_PLAIN_SAMPLE_TAIL = (None,) * (len(Sample._fields) - 3)  # no timestamp, exemplar or histogram
+
+
+def _values(family: Family) -> bytes | None:
+    """The family's sample values as the bits of doubles; None when equality is not enough to
+    say its text is the same (a timestamp or an exemplar, whose text differs for 1 and 1.0).
+
+    Equal families have the same text but for the sign of a zero (0.0 == -0.0): the bits tell."""
+    samples = cast(Metric, family).samples
+    try:
+        values = array("d", [sample.value for sample in samples if sample[3:] == _PLAIN_SAMPLE_TAIL])
+    except TypeError:  # a value that is not a number
+        return None
+    return values.tobytes() if len(values) == len(samples) else None
 
 
 def _part_text(encoder: Encoder, trailer: bytes, families: Sequence[Family]) -> bytes:
