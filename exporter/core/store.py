@@ -251,8 +251,9 @@ class Store:
         return self._pages.page(accept, compressed)
 
     def _page_parts(self) -> tuple[int, list[Part]]:
-        """The version and what the page shows, in its order: each result's families, the
-        derived ones, the self-metrics (new at every change: never kept)."""
+        """The version and what the page shows, in its order: each result's families (the same
+        part until its collector publishes again), the derived ones, the self-metrics (built
+        anew each time: the page compares them family by family)."""
         with self._lock:
             parts: list[Part] = [
                 (("result", name, self._published_version[name]), result.families)
