@@ -159,13 +159,13 @@ def test_a_scrape_reads_the_page_the_publisher_rendered(monkeypatch) -> None:
     from autoglm_exporter.core import store as store_module
 
     renders: list[str] = []
-    real_collect = store_module._StoreView.collect
+    real_parts = store_module.Store._page_parts
 
-    def counting(view):  # type: ignore[no-untyped-def]
+    def counting(store):  # type: ignore[no-untyped-def]
         renders.append(threading.current_thread().name)
-        return real_collect(view)
+        return real_parts(store)
 
-    monkeypatch.setattr(store_module._StoreView, "collect", counting)
+    monkeypatch.setattr(store_module.Store, "_page_parts", counting)
     store = Store()
     store.set_collectors(["failing"])
     runner = CollectorRunner(Failing(), store, timeout=5)

@@ -29,7 +29,7 @@ from autoglm_exporter import cli
 from autoglm_exporter.core.store import Store
 from autoglm_exporter.web import webconfig
 from autoglm_exporter.web.connections import DEFAULT_MAX_CONNECTIONS
-from autoglm_exporter.web.server import DEFAULT_MAX_REQUESTS, ExporterHTTPServer, ServerHooks
+from autoglm_exporter.web.server import DEFAULT_MAX_REQUESTS, ExporterHTTPServer, ServerHooks, _send_all
 from autoglm_exporter.web.webconfig import WebConfig, WebConfigError, build_web_config
 
 from .conftest import ExporterProcess, free_port, require_binary, stop_process, wait_until
@@ -117,6 +117,31 @@ def serve() -> Iterator[Callable[..., Served]]:
             served.server.stop()
         else:
             served.server.server_close()
+
+
+# --- sending ---------------------------------------------------------------------------------------
+
+
+def test_a_page_larger_than_the_socket_buffer_arrives_whole() -> None:
+    """Head and body go out in one call; what the send buffer did not take is sent after it."""
+    head, body = b"HTTP/1.1 200 OK\r\nContent-Length: 4000000\r\n\r\n", bytes(range(256)) * 15625
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ours.settimeout(TIMEOUT)  # as the server's connections: a deadline on every send
+        received: list[bytes] = []
+
+        def read() -> None:
+            theirs.settimeout(TIMEOUT)
+            while chunk := theirs.recv(65536):
+                received.append(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        _send_all(ours, head, body)
+        ours.shutdown(socket.SHUT_WR)
+        reader.join(TIMEOUT)
+    assert b"".join(received) == head + body
 
 
 # --- the listen backlog ---------------------------------------------------------------------------

@@ -5,7 +5,9 @@ in the publishing thread and one at a time, by the observers of the published fa
 forensics trigger) and then by the deriver (the verdict); a scrape only reads what the last
 derivation left. The page is rendered by the publisher too (pages.py): the bytes of each format
 are ready before a scrape asks, so a scrape costs a dictionary lookup, never a render, a
-collector run, a diagnosis or a capture.
+collector run, a diagnosis or a capture. The store tells the page which parts changed: a
+collector's families are rendered once per publish of that collector, not once per publish of
+any collector.
 """
 
 from __future__ import annotations
@@ -16,18 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import Any, cast
-
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
+from typing import Any
 
 from .. import __version__
 from ..base.health import CollectorHealth
 from ..base.published import Published
 from ..collectors.base import Result
 from ..metrics.spec import Family, counter, gauge, info
-from .pages import Pages
+from .pages import Pages, Part
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +79,20 @@ class Store:
         self._deriver = deriver
         self._observers = tuple(observers)
         self._derived: tuple[list[Family], object] | None = None
+        self._derived_version = 0  # the version the derivation was stored at: its part's key
         # One derivation at a time, in the order of the publishes: the deriver keeps history.
         self._derive_lock = threading.Lock()
         self._lock = threading.Lock()
         self._results: dict[str, Result[object]] = {}
+        # The version each result was published at: its families' part of the page is the same
+        # as long as this is (a collector hands over fresh families with every run).
+        self._published_version: dict[str, int] = {}
         self._observed_at: dict[str, float] = {}
         self._health: dict[str, CollectorHealth] = {}
         self._reload_ok = True
         self._reload_time = time.time()
         self._version = 0
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(_StoreView(self))
-        self._pages = Pages(self._registry, lambda: self._version)
+        self._pages = Pages(self._page_parts)
 
     # --- writers ----------------------------------------------------------------------------
 
@@ -102,6 +102,7 @@ class Store:
             wanted = list(names)
             self._health = {name: self._health.get(name) or CollectorHealth() for name in wanted}
             self._results = {name: r for name, r in self._results.items() if name in self._health}
+            self._published_version = {n: v for n, v in self._published_version.items() if n in self._results}
             self._observed_at = {n: t for n, t in self._observed_at.items() if n in self._health}
             self._version += 1
             reload = self._derived is not None
@@ -124,6 +125,7 @@ class Store:
             self._results[name] = result
             self._observed_at[name] = now
             self._version += 1
+            self._published_version[name] = self._version
         # Derive right away, in the publishing thread: the verdict (and what remembers it over
         # time) sees every change, not only those a scrape happens to look at.
         self._derive(name)
@@ -145,6 +147,7 @@ class Store:
             health.errors[kind] = health.errors.get(kind, 0) + 1
             health.stuck = health.stuck or stuck
             self._results.pop(name, None)
+            self._published_version.pop(name, None)
             self._observed_at[name] = time.time()
             self._version += 1
         self._derive(name)
@@ -207,10 +210,6 @@ class Store:
         with self._lock:
             return self._derived[1] if self._derived is not None else None
 
-    def _derived_families(self) -> list[Family]:
-        with self._lock:
-            return list(self._derived[0]) if self._derived is not None else []
-
     def _derive(self, publisher: str | None) -> None:
         """Tell the observers, then derive: once per publish, in the publishing thread."""
         if self._deriver is None and not self._observers:
@@ -232,6 +231,7 @@ class Store:
             with self._lock:
                 self._derived = derived
                 self._version += 1  # the page now carries the new verdict: render it again
+                self._derived_version = self._version
 
     def ready(self) -> bool:
         """Ready once every enabled collector has finished at least one run."""
@@ -242,23 +242,21 @@ class Store:
         """The page for this Accept header (text format or OpenMetrics) and its content type."""
         return self._pages.page(accept, compressed)
 
-    def _snapshot(self) -> tuple[list[Family], dict[str, CollectorHealth], bool, float]:
+    def _page_parts(self) -> tuple[int, list[Part]]:
+        """The version and what the page shows, in its order: each result's families (the same
+        part until its collector publishes again), the derived ones, the self-metrics (built
+        anew each time: the page compares them family by family)."""
         with self._lock:
-            families = [family for result in self._results.values() for family in result.families]
-            return families, self._copy_health(), self._reload_ok, self._reload_time
-
-
-class _StoreView(Collector):
-    """A prometheus_client collector over the store's snapshot plus the self-metrics."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def collect(self) -> Iterable[Metric]:
-        families, health, reload_ok, reload_time = self.store._snapshot()
-        families += self.store._derived_families()
-        families += _self_metrics(health, reload_ok, reload_time)
-        return cast(list[Metric], families)
+            parts: list[Part] = [
+                (("result", name, self._published_version[name]), result.families)
+                for name, result in self._results.items()
+            ]
+            if self._derived is not None:
+                parts.append((("derived", self._derived_version), self._derived[0]))
+            health, reload_ok, reload_time = self._copy_health(), self._reload_ok, self._reload_time
+            version = self._version
+        parts.append((None, _self_metrics(health, reload_ok, reload_time)))
+        return version, parts
 
 
 def _self_metrics(health: dict[str, CollectorHealth], reload_ok: bool, reload_time: float) -> list[Family]:

@@ -6,14 +6,15 @@ address may hold half the places at most, so a single flooding host leaves room 
 connection may wait for its next request at most the idle timeout, and then deliver that
 request's head and body within the request timeout: a slowloris that sends a byte every few
 seconds, which a per-read socket timeout never catches, is cut when its deadline passes. One
-reaper thread watches every deadline and shuts the overdue sockets down, which wakes the thread
-blocked reading them.
+reaper thread looks at every deadline each REAP_INTERVAL and shuts the overdue sockets down,
+which wakes the thread blocked reading them. Setting a deadline is a dictionary write: a
+connection sets two per request, and a queue of deadlines grew by tens of thousands a second
+under load, which the reaper then sifted with the GIL held.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import socket
 import threading
 import time
@@ -39,9 +40,7 @@ class ConnectionGuard:
         self._lock = threading.Lock()
         self._open = 0
         self._by_client: dict[str, int] = {}
-        self._deadlines: dict[socket.socket, float] = {}
-        self._queue: list[tuple[float, int, socket.socket]] = []  # (deadline, tie-break, socket)
-        self._count = 0
+        self._deadlines: dict[socket.socket, float] = {}  # at most one a connection: the cap bounds it
         self._wake = threading.Condition(self._lock)
         self._stopped = False
         self._reaper: threading.Thread | None = None
@@ -74,15 +73,13 @@ class ConnectionGuard:
         deadline = time.monotonic() + seconds
         with self._lock:
             self._deadlines[sock] = deadline
-            self._count += 1
-            heapq.heappush(self._queue, (deadline, self._count, sock))
             if self._reaper is None:
                 self._reaper = threading.Thread(target=self._reap, name="http-deadlines", daemon=True)
                 self._reaper.start()
 
     def unwatch(self, sock: socket.socket) -> None:
         with self._lock:
-            self._deadlines.pop(sock, None)  # its queue entry is dropped when it comes up
+            self._deadlines.pop(sock, None)
 
     def stop(self) -> None:
         with self._lock:
@@ -93,16 +90,12 @@ class ConnectionGuard:
         with self._lock:
             while not self._stopped:
                 now = time.monotonic()
-                while self._queue and self._queue[0][0] <= now:
-                    deadline, _, sock = heapq.heappop(self._queue)
-                    if self._deadlines.get(sock) == deadline:
-                        del self._deadlines[sock]
-                        _shut(sock)
-                if len(self._queue) > 2 * len(self._deadlines) + 64:  # drop entries of unwatched sockets
-                    self._queue = [e for e in self._queue if self._deadlines.get(e[2]) == e[0]]
-                    heapq.heapify(self._queue)
+                overdue = [sock for sock, deadline in self._deadlines.items() if deadline <= now]
+                for sock in overdue:
+                    del self._deadlines[sock]
+                    _shut(sock)
                 # At most REAP_INTERVAL late: cheaper than waking at each new deadline (one a request).
-                self._wake.wait(min(REAP_INTERVAL, self._queue[0][0] - now) if self._queue else REAP_INTERVAL)
+                self._wake.wait(REAP_INTERVAL)
 
 
 def refuse(sock: socket.socket, answer: bytes, plain_http: bool) -> None:
