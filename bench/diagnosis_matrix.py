@@ -604,10 +604,12 @@ REAL_FAULTS = (
     Fault(
         "engine_core_killed",
         "vllm",
-        "network/process_dead",
+        "service/worker_died",
         lambda w: w.signal_engine_core(signal.SIGKILL),
         lambda w: w.restart_vllm(),
         clear_is_start=True,
+        # The API server answers 500, then closes its port: symptoms the dead core explains.
+        on_the_way=("client/http_error", "client/reset", "network/not_listening"),
     ),
 )
 REAL_FAULTS_BY_NAME = {fault.name: fault for fault in REAL_FAULTS}

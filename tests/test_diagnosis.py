@@ -8,7 +8,7 @@ import itertools
 
 from autoglm_exporter.collectors.container import ContainerFacts, ContainerServiceFacts
 from autoglm_exporter.collectors.engine import EngineFacts
-from autoglm_exporter.collectors.process import ProcessFacts, WorkerFacts
+from autoglm_exporter.collectors.process import DeadWorker, ProcessFacts, WorkerFacts
 from autoglm_exporter.config import EngineConfig, ProbeTarget
 from autoglm_exporter.core.health import CollectorHealth
 from autoglm_exporter.diagnosis import REASONS, chains_of, diagnose, to_dict, verdict_families
@@ -677,9 +677,60 @@ def test_a_child_held_by_a_tracer_or_blocked_for_one_reading_only_is_not_stuck()
 
 def test_a_health_200_is_no_proof_of_life_of_a_stopped_engine_core() -> None:
     health = target("vllm-health", module="http", layer="dependencies", url="http://127.0.0.1:8080/health")
-    facts = {"process": _with_worker(_worker("zombie")), "probe": probes(target(), health)}
+    facts = {"process": _with_worker(_worker("stopped")), "probe": probes(target(), health)}
     assert verdict({**facts, "inflight": waiting(9.0)}) == ("stall", "worker_stuck")
-    assert verdict(facts) is None  # every probe answers: a zombie child alone hurts nobody
+    assert verdict(facts) is None  # every probe answers: a stopped child alone hurts nobody
+
+
+# --- a worker child dead while its parent lives (vLLM's engine core killed) ---------------------------
+
+
+def _dead(ended: str | None = "killed by SIGKILL", **fields) -> ProcessFacts:
+    dead = DeadWorker(5151, "VLLM::EngineCore", 4242, T0 - 12, T0 - 2, ended)
+    return processes(service(dead_worker=dead, **fields))
+
+
+def test_a_dead_engine_core_is_named_while_its_parent_answers_500() -> None:
+    facts = {"process": _dead(), "probe": failing("http_status", at=T0)}
+    assert verdict(facts) == ("service", "worker_died")
+    cause = diagnose(facts, HEALTH, now=NOW).verdict
+    assert cause.summary.startswith(
+        "worker process VLLM::EngineCore (pid 5151) died while its parent lived: killed by SIGKILL; "
+        "probe inference fails"
+    )
+    assert any("its parent, api pid 4242, outlived it" in line for line in cause.evidence)
+    # Nothing broken since: a worker gone alone hurts nobody (a server may run on without it).
+    assert verdict({"process": _dead(), "probe": probes(target())}) is None
+
+
+def test_a_dead_worker_outranks_the_refusal_and_the_exit_it_causes() -> None:
+    """vLLM's API server closes its port seconds after its engine core dies, and exits a minute later."""
+    refused = failing("connect_refused", at=T0)
+    port_closed = {"process": _dead(ended=None, ports=()), "probe": refused}
+    assert verdict(port_closed) == ("service", "worker_died")
+    assert (
+        "gone (its parent reaped it: how it ended is not known)"
+        in diagnose(port_closed, HEALTH, now=NOW).verdict.summary
+    )
+    assert verdict({**port_closed, "process": processes(service(ports=()))}) == ("network", "not_listening")
+    exited = {"process": _dead(up=False), "probe": refused}
+    assert verdict(exited) == ("service", "worker_died")
+    assert "api exited after it" in diagnose(exited, HEALTH, now=NOW).verdict.summary
+
+
+def test_a_probe_failure_read_before_the_worker_died_is_not_blamed_on_it() -> None:
+    stale = {"process": _dead(), "probe": failing("http_status", at=T0 - 60)}
+    assert verdict(stale) == ("client", "http_error")
+
+
+def test_a_dead_engine_core_is_believed_at_once_when_it_explains_the_failing_probe() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    feed.publish("probe", failing("http_status", at=feed.now))
+    feed.publish("probe", failing("http_status", at=feed.now))
+    assert feed.verdict() == ("client", "http_error")
+    feed.publish("process", _dead())
+    assert feed.verdict() == ("service", "worker_died")  # it says why: no second reading needed
 
 
 def test_an_idle_worker_is_stuck_only_while_its_engine_has_work() -> None:

@@ -18,7 +18,6 @@ from .facts import Facts
 from .model import Link, engine_subject, number
 from .thresholds import FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_READINGS, QUEUE_MIN_DEPTH
 from .trends import Trends
-from .workers import worker_links
 
 if TYPE_CHECKING:
     from ..collectors.engine import EngineFacts, EngineInstanceFacts
@@ -68,7 +67,7 @@ def gpu_idle_links(engine: EngineFacts | None, gpu: GpuFacts | None) -> list[Lin
 
 def stall_links(facts: Facts, trends: Trends, hang_after: float) -> list[Link]:
     engine, redis = facts.engine, facts.redis
-    links = gpu_idle_links(engine, facts.gpu) + worker_links(facts, hang_after)
+    links = gpu_idle_links(engine, facts.gpu)
     for instance in engine.engines.values() if engine is not None else []:
         flat = instance.flat_readings
         corroborated = flat >= 1 and _engine_probe_hangs(facts, instance, hang_after)
