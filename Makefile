@@ -49,7 +49,7 @@ demo-vllm: vllm venv
 	VENV=$(VENV) scripts/vllm/demo.sh
 
 docs: deps
-	$(PY) -m autoglm_exporter.metrics.doc README.md
+	$(PY) -m autoglm_exporter.commands.metricsdoc README.md
 
 # Alert and recording rules, dashboards and the Kubernetes PrometheusRule, from mixin/ (tests check drift).
 mixin: venv

@@ -69,8 +69,8 @@ sys.path.insert(0, str(ROOT))
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from prometheus_client.samples import Sample  # noqa: E402
 
+from autoglm_exporter.base.thresholds import RECENT_LOG_SECONDS
 from autoglm_exporter.config import load_config  # noqa: E402
-from autoglm_exporter.diagnosis.thresholds import RECENT_LOG_SECONDS  # noqa: E402
 
 POLL = 0.5  # seconds between two readings of /api/diagnosis
 HOLD_INTERVALS = 6

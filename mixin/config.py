@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from autoglm_exporter.base import thresholds as verdict
 from autoglm_exporter.collectors.probe import DURATION_BUCKETS
-from autoglm_exporter.diagnosis import thresholds as verdict
 
 MINUTE = 60.0
 HOUR = 3600.0

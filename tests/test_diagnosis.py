@@ -6,15 +6,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from autoglm_exporter.collectors.container import ContainerFacts, ContainerServiceFacts
-from autoglm_exporter.collectors.engine import EngineFacts
-from autoglm_exporter.collectors.process import DeadWorker, ProcessFacts, WorkerFacts
+from autoglm_exporter.base.health import CollectorHealth
+from autoglm_exporter.base.thresholds import QUEUE_MIN_DEPTH, SAME_CYCLE_SECONDS
 from autoglm_exporter.config import EngineConfig, ProbeTarget
-from autoglm_exporter.core.health import CollectorHealth
 from autoglm_exporter.diagnosis import REASONS, chains_of, diagnose, to_dict, verdict_families
 from autoglm_exporter.diagnosis.model import Link
 from autoglm_exporter.diagnosis.ranking import Broken, pick
-from autoglm_exporter.diagnosis.thresholds import QUEUE_MIN_DEPTH, SAME_CYCLE_SECONDS
+from autoglm_exporter.facts.container import ContainerFacts, ContainerServiceFacts
+from autoglm_exporter.facts.engine import EngineFacts
+from autoglm_exporter.facts.process import DeadWorker, ProcessFacts, WorkerFacts
 
 from .verdict_facts import (
     CONFIG,

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from autoglm_exporter.collectors.engine import FAILURE_REASONS, EngineCollector, EngineFacts
+from autoglm_exporter.collectors.engine import FAILURE_REASONS, EngineCollector
 from autoglm_exporter.config import EngineConfig
+from autoglm_exporter.facts.engine import EngineFacts
 
 from .conftest import FIXTURES, assert_promtool_clean, free_port, registry_of, require_binary
 

@@ -6,9 +6,9 @@ import uuid
 
 from prometheus_client import generate_latest
 
+from autoglm_exporter.base.health import CollectorHealth
 from autoglm_exporter.collectors.environment import EnvironmentCollector
 from autoglm_exporter.config import EnvironmentConfig, ProcessMatch, ServiceConfig
-from autoglm_exporter.core.store import CollectorHealth
 from autoglm_exporter.diagnosis import diagnose
 from autoglm_exporter.snapshot import take_snapshot, write_snapshot
 

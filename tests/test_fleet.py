@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 import pytest
 
-from autoglm_exporter.diagnosis.thresholds import RESTART_LOOP_WINDOW_SECONDS, RESTART_LOOP_YOUNG_SECONDS
+from autoglm_exporter.base.thresholds import RESTART_LOOP_WINDOW_SECONDS, RESTART_LOOP_YOUNG_SECONDS
 from mixin import config as mixin_config
 from mixin import fleet as mixin_fleet
 from mixin.grafana import concrete

@@ -22,12 +22,12 @@ from autoglm_exporter.collectors.gpu.collector import (
     NO_GPU,
     NVML_CALLS_PER_GPU,
     GpuCollector,
-    GpuFacts,
     GpuStuckError,
 )
 from autoglm_exporter.config import GpuConfig, ProcessMatch, ServiceConfig
 from autoglm_exporter.core.runner import CollectorRunner
 from autoglm_exporter.core.store import Store
+from autoglm_exporter.facts.gpu import GpuFacts
 from autoglm_exporter.linux import subprocesses
 
 from .conftest import assert_promtool_clean, parse_metrics, registry_of, sample, wait_until

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_exporter.collectors.engine import EngineFacts, EngineInstanceFacts
 from autoglm_exporter.collectors.gpu.collector import NO_GPU, GpuCollector
 from autoglm_exporter.config import GpuConfig
 from autoglm_exporter.diagnosis import diagnose
+from autoglm_exporter.facts.engine import EngineFacts, EngineInstanceFacts
 
 from .fakes.fake_pynvml import LIBRARY_NOT_FOUND, FakeGpu, FakeNvml, Scenario, gpu_uuid
 from .fakes.proc import FakeProc

@@ -23,8 +23,9 @@ from autoglm_exporter.collectors.inflight import InFlightCollector, InFlightRegi
 from autoglm_exporter.collectors.probe import ProbeCollector
 from autoglm_exporter.collectors.process import ProcessCollector
 from autoglm_exporter.config import ForensicsConfig, ProbeTarget, ProcessMatch, ServiceConfig
+from autoglm_exporter.core.hangwatch import RETRY_COOLDOWN, HangWatch
 from autoglm_exporter.diagnosis import diagnose
-from autoglm_exporter.forensics.hangwatch import RETRY_COOLDOWN, ForensicsFacts, HangWatch, ServiceEvidence
+from autoglm_exporter.facts.forensics import ForensicsFacts, ServiceEvidence
 
 from . import faultservers as fs
 from .conftest import REPO, free_port, sample, wait_until

@@ -18,12 +18,10 @@ from autoglm_exporter.collectors.logs import (
     MAX_MATCH_LINE,
     MAX_OPEN_REQUESTS,
     MAX_STAGES,
-    LogFacts,
-    LogMatch,
     LogsCollector,
-    LogsFacts,
 )
 from autoglm_exporter.config import LogConfig, LogPattern
+from autoglm_exporter.facts.logs import LogFacts, LogMatch, LogsFacts
 from autoglm_exporter.logs.redact import redact
 
 from .conftest import assert_promtool_clean, registry_of, wait_until

@@ -5,14 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from autoglm_exporter.metrics import doc as metricsdoc
+from autoglm_exporter.commands import metricsdoc
 
 from .conftest import REPO
 
 
 def test_readme_metrics_reference_matches_the_code() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "autoglm_exporter.metrics.doc", "--check", str(REPO / "README.md")],
+        [sys.executable, "-m", "autoglm_exporter.commands.metricsdoc", "--check", str(REPO / "README.md")],
         capture_output=True,
         text=True,
         timeout=30,

@@ -11,9 +11,9 @@ import uuid
 
 import psutil
 
+from autoglm_exporter.base.health import CollectorHealth
 from autoglm_exporter.collectors.process import ProcessCollector
 from autoglm_exporter.config import ProcessMatch, ServiceConfig
-from autoglm_exporter.core.health import CollectorHealth
 from autoglm_exporter.diagnosis import diagnose
 
 from .conftest import free_port, registry_of

@@ -9,8 +9,9 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from autoglm_exporter.collectors.redis import FAILURE_REASONS, RedisCollector, RedisFacts
+from autoglm_exporter.collectors.redis import FAILURE_REASONS, RedisCollector
 from autoglm_exporter.config import RedisConfig, RedisQueue
+from autoglm_exporter.facts.redis import RedisFacts
 
 from .conftest import RedisServer, assert_promtool_clean, free_port, registry_of, require_binary, wait_until
 

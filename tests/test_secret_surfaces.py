@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from autoglm_exporter.collectors.base import Result
-from autoglm_exporter.collectors.redis import RedisFacts, RedisInstanceFacts
 from autoglm_exporter.commands.doctor import Running, render_json, render_text
 from autoglm_exporter.core.store import Store
 from autoglm_exporter.diagnosis import Diagnoser, to_dict
+from autoglm_exporter.facts.redis import RedisFacts, RedisInstanceFacts
 from autoglm_exporter.forensics.analysis import Analysis
 from autoglm_exporter.forensics.pyspy import Dump, Frame, ThreadStack
 from autoglm_exporter.forensics.store import CaptureStore

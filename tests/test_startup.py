@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from autoglm_exporter.collectors.probe import ProbeFacts, ProbeOutcome, TargetFacts
-from autoglm_exporter.collectors.process import ProcessFacts, ServiceFacts
 from autoglm_exporter.diagnosis.startup import StartupTracker
+from autoglm_exporter.facts.probe import ProbeFacts, ProbeOutcome, TargetFacts
+from autoglm_exporter.facts.process import ProcessFacts, ServiceFacts
 
 START = 1_800_000_000.0
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from autoglm_exporter.base.published import Published
 from autoglm_exporter.collectors.base import Result
-from autoglm_exporter.core.store import Published, Store
+from autoglm_exporter.core.store import Store
 from autoglm_exporter.diagnosis import Diagnoser, Diagnosis
 
 from .conftest import parse_metrics, sample

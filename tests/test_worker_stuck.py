@@ -25,10 +25,10 @@ import httpx
 import pytest
 from prometheus_client import generate_latest
 
-from autoglm_exporter.collectors.inflight import InFlightFacts, InFlightProbe
 from autoglm_exporter.collectors.process import ProcessCollector
 from autoglm_exporter.config import ForensicsConfig, ProcessMatch, ServiceConfig
-from autoglm_exporter.forensics.hangwatch import HangWatch
+from autoglm_exporter.core.hangwatch import HangWatch
+from autoglm_exporter.facts.inflight import InFlightFacts, InFlightProbe
 
 from .conftest import REPO, assert_promtool_clean, registry_of, sample, wait_until
 

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from autoglm_exporter.collectors.container import ContainerFacts, ContainerServiceFacts
-from autoglm_exporter.collectors.engine import EngineFacts, EngineInstanceFacts
-from autoglm_exporter.collectors.logs import LogFacts, LogMatch, LogsFacts
-from autoglm_exporter.collectors.probe import ProbeFacts, ProbeOutcome, TargetFacts
-from autoglm_exporter.collectors.process import ProcessFacts, ServiceFacts
-from autoglm_exporter.collectors.redis import RedisFacts, RedisInstanceFacts
-from autoglm_exporter.collectors.system import SystemFacts
+from autoglm_exporter.base.health import CollectorHealth
+from autoglm_exporter.base.published import Published
 from autoglm_exporter.config import (
     Config,
     EngineConfig,
@@ -20,11 +15,16 @@ from autoglm_exporter.config import (
     RedisConfig,
     ServiceConfig,
 )
-from autoglm_exporter.core.health import CollectorHealth
-from autoglm_exporter.core.store import Published
 from autoglm_exporter.diagnosis import Diagnoser, Diagnosis
+from autoglm_exporter.facts.container import ContainerFacts, ContainerServiceFacts
+from autoglm_exporter.facts.engine import EngineFacts, EngineInstanceFacts
+from autoglm_exporter.facts.forensics import ForensicsFacts, ServiceEvidence
+from autoglm_exporter.facts.logs import LogFacts, LogMatch, LogsFacts
+from autoglm_exporter.facts.probe import ProbeFacts, ProbeOutcome, TargetFacts
+from autoglm_exporter.facts.process import ProcessFacts, ServiceFacts
+from autoglm_exporter.facts.redis import RedisFacts, RedisInstanceFacts
+from autoglm_exporter.facts.system import SystemFacts
 from autoglm_exporter.forensics.analysis import Analysis, ThreadReport
-from autoglm_exporter.forensics.hangwatch import ForensicsFacts, ServiceEvidence
 from autoglm_exporter.linux.procfs import SystemStat
 
 T0 = 1_800_000_000.0

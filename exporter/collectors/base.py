@@ -11,7 +11,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..core.health import ERROR_KINDS as ERROR_KINDS
+from ..base.health import ERROR_KINDS
 from ..metrics.spec import Family, MetricSpec
 
 

@@ -25,7 +25,7 @@ does not expose is absent here too, never 0.
 Stall, judged over a window: a reading is flat when requests wait (waiting > 0) and the
 generated-token counter did not move since the previous reading; the engine is stalled once
 ENGINE_FLAT_READINGS readings in a row were flat and they span as many intervals of this collector
-(ENGINE_STALL_WINDOW_SECONDS at the default interval, diagnosis/thresholds.py). A slow engine that
+(ENGINE_STALL_WINDOW_SECONDS at the default interval, base/thresholds.py). A slow engine that
 still adds a token within the window is never stalled, not even for one reading. There is no
 verdict on the first reading or after the counter went down (the engine restarted). SGLang adds a
 request's generated tokens when the request finishes, so with SGLang a few long generations can
@@ -49,8 +49,9 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..base.thresholds import ENGINE_FLAT_READINGS, READING_SECONDS
 from ..config import EngineConfig
-from ..diagnosis.thresholds import ENGINE_FLAT_READINGS, READING_SECONDS
+from ..facts.engine import EngineFacts, EngineInstanceFacts
 from ..logs.urls import display_url
 from ..metrics.spec import Families, Family, counter, gauge
 from .base import Collector, Result
@@ -134,32 +135,6 @@ FAILURES = counter(
     "engine",
     "reason",
 )
-
-
-@dataclass(frozen=True)
-class EngineInstanceFacts:
-    name: str
-    kind: str
-    service: str | None
-    up: bool
-    # What a down engine leaves out is None (unknown), never 0.
-    failure: str | None = None  # one of FAILURE_REASONS when down
-    error: str | None = None  # why it is down, or a hint when it is up but exposes none of the known series
-    waiting: float | None = None
-    running: float | None = None
-    kv_cache_usage: float | None = None  # 0-1
-    generation_tokens: float | None = None
-    tokens_since_last: float | None = None  # None on the first reading or after a counter reset
-    stalled: bool = False  # flat over the whole window (ENGINE_FLAT_READINGS readings and their intervals)
-    stalled_since: float | None = None  # time of the first flat reading of the row, while it lasts
-    prompt_tokens: float | None = None
-    url: str = ""  # the metrics URL without credentials, for the verdict's next command
-    flat_readings: int = 0  # readings in a row with requests waiting and no new token
-
-
-@dataclass(frozen=True)
-class EngineFacts:
-    engines: dict[str, EngineInstanceFacts]
 
 
 class _Failure(Exception):

@@ -8,10 +8,10 @@ its baseline: a snapshot file named in the config, or else the first snapshot th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import EnvironmentConfig, ServiceConfig
+from ..facts.environment import EnvironmentFacts, ServiceEnvironment
 from ..linux.processes import ProcfsUnreadable, ServiceMatcher
 from ..metrics.spec import Families, Family, gauge
 from ..snapshot import DRIFT_COMPONENTS, diff_snapshots, drift_components, read_snapshot, take_snapshot
@@ -37,22 +37,6 @@ BASELINE_TIME = gauge(
 
 SNAPSHOT_TIMEOUT = 60.0
 MAX_CHANGES = 20
-
-
-@dataclass(frozen=True)
-class ServiceEnvironment:
-    name: str
-    pid: int | None
-    drifted: tuple[str, ...] = ()  # components that differ from the baseline
-    changes: tuple[str, ...] = ()  # what changed, in plain words (at most MAX_CHANGES)
-    conflicts: int | None = None
-    baseline_taken_at: float | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class EnvironmentFacts:
-    services: dict[str, ServiceEnvironment] = field(default_factory=dict)
 
 
 class EnvironmentCollector(Collector):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass
 
 from ..config import Config
+from ..facts.exporter import Dependency, ExporterFacts
 from ..linux import procfs
 from ..metrics.spec import Families, counter, gauge, info
 from .base import Collector, CollectorError, Result
@@ -35,13 +35,6 @@ DEPENDENCY = info(
 )
 
 
-@dataclass(frozen=True)
-class Dependency:
-    service: str
-    kind: str  # redis | engine | service
-    dependency: str
-
-
 def dependencies_of(config: Config) -> tuple[Dependency, ...]:
     """Every depends_on edge with the kind of what it names (a name may be an engine and a service)."""
     kinds = (
@@ -56,14 +49,6 @@ def dependencies_of(config: Config) -> tuple[Dependency, ...]:
         for kind, names in kinds
         if name in names
     )
-
-
-@dataclass(frozen=True)
-class ExporterFacts:
-    resident_bytes: int
-    open_fds: int
-    threads: int
-    dependencies: tuple[Dependency, ...]
 
 
 class ExporterCollector(Collector):

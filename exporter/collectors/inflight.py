@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from ..config import ProbeTarget
+from ..facts.inflight import InFlightFacts, InFlightProbe
 from ..logs.urls import display_url
 from ..metrics.spec import Families, gauge
 from .base import Collector, Result
@@ -22,25 +23,6 @@ IN_FLIGHT = gauge(
     "How long the target's probe now in flight has waited for its answer so far, 0 when none is in flight.",
     "target",
 )
-
-
-@dataclass(frozen=True)
-class InFlightProbe:
-    target: str
-    service: str | None
-    layer: str
-    url: str  # without credentials
-    started_at: float  # seconds since the epoch
-    waited: float  # seconds from its start to when these facts were taken
-    connected: bool  # the TCP connection is up: the peer accepted it and has not answered yet
-
-
-@dataclass(frozen=True)
-class InFlightFacts:
-    targets: dict[str, InFlightProbe]  # only the targets with a probe in flight
-    # The config's forensics.hang_after: a connected client probe unanswered this long is a hang
-    # (the stack capture starts then), so the verdict can judge by the same number.
-    hang_after: float = 5.0
 
 
 @dataclass

@@ -40,6 +40,7 @@ from typing import Any
 from prometheus_client.utils import floatToGoString
 
 from ..config import LogConfig
+from ..facts.logs import LogFacts, LogMatch, LogsFacts
 from ..logs.follow import LogFollower
 from ..logs.redact import redact
 from ..metrics.spec import Family, counter, gauge, histogram, info
@@ -186,30 +187,6 @@ TRACE_INVALID = counter(
     "Lines of the trace log that are not valid trace points (bad JSON, fields, or time order).",
     "log",
 )
-
-
-@dataclass(frozen=True)
-class LogMatch:
-    timestamp: float  # when the line was read, seconds since the epoch
-    pattern: str
-    line: str  # redacted, at most MAX_MATCH_LINE characters
-
-
-@dataclass(frozen=True)
-class LogFacts:
-    name: str
-    path: str
-    service: str | None
-    present: bool
-    error: str | None
-    counts: dict[str, int]  # matched lines since start, by pattern
-    new_matches: dict[str, int]  # matched lines in this run, by pattern
-    recent: tuple[LogMatch, ...]  # the last RECENT_MATCHES matches, newest last
-
-
-@dataclass(frozen=True)
-class LogsFacts:
-    logs: dict[str, LogFacts]
 
 
 @dataclass

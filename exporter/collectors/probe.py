@@ -29,7 +29,6 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,6 +38,7 @@ from prometheus_client.utils import floatToGoString
 
 from ..config import INFERENCE_BODY, ProbeTarget
 from ..config.credentials import SecretError, authorization
+from ..facts.probe import ProbeFacts, ProbeOutcome, TargetFacts
 from ..logs.redact import redact
 from ..logs.urls import display_url
 from ..metrics.spec import Families, Family, MetricSpec, counter, gauge, histogram, info
@@ -120,35 +120,6 @@ TARGET_INFO = info(
     "service",
     "url",
 )
-
-
-@dataclass(frozen=True)
-class ProbeOutcome:
-    success: bool
-    reason: str | None = None  # one of REASONS when it failed
-    error: str | None = None  # a short human message, never a secret
-    status: int | None = None
-    duration: float = 0.0
-    phases: dict[str, float] = field(default_factory=dict)
-    connected: bool = False  # a TCP connection was established
-    ttft: float | None = None
-
-
-@dataclass(frozen=True)
-class TargetFacts:
-    name: str
-    module: str
-    layer: str
-    service: str | None
-    url: str
-    outcome: ProbeOutcome
-    consecutive_failures: int
-    finished_at: float
-
-
-@dataclass(frozen=True)
-class ProbeFacts:
-    targets: dict[str, TargetFacts]
 
 
 class ProbeFailure(Exception):

@@ -7,8 +7,8 @@ often looks from outside the service, so these are part of the chain's resources
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
+from ..facts.system import SystemFacts
 from ..linux import procfs
 from ..metrics.spec import Family, counter, gauge
 from .base import Collector, CollectorError, Result
@@ -38,17 +38,6 @@ MEMINFO_FIELDS = {
     "swap_total": "SwapTotal",
     "swap_free": "SwapFree",
 }
-
-
-@dataclass(frozen=True)
-class SystemFacts:
-    """The latest reading plus per-second rates since the previous one (None on the first run)."""
-
-    stat: procfs.SystemStat
-    memory: dict[str, int]
-    load: tuple[float, float, float]
-    context_switches_per_second: float | None
-    cpu_busy_ratio: float | None  # share of all CPU time not idle or iowait since the last run
 
 
 class SystemCollector(Collector):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 from ..config import Config
+from ..core.hangwatch import HangWatch
 from ..forensics import CaptureError, profile
-from ..forensics.hangwatch import HangWatch
 from ..linux.processes import ProcfsUnreadable, ServiceMatcher
 from ..snapshot import diff_snapshots, read_snapshot, take_snapshot, write_snapshot
 

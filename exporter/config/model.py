@@ -471,7 +471,7 @@ class DiagnosisConfig:
     # only says more about the same symptom): one noisy reading never flips the verdict.
     confirm_readings: Annotated[int, WholeNumber(1, 100)] = 2
     # A crash loop: the service's process died younger than `restart_loop_young`, twice within
-    # `restart_loop_window` (the defaults of diagnosis/thresholds.py). A service that restarts slowly
+    # `restart_loop_window` (the defaults of base/thresholds.py). A service that restarts slowly
     # by design, or a test that runs time faster, sets its own.
     restart_loop_young: Annotated[float, Duration(maximum=DAY)] = 60.0
     restart_loop_window: Annotated[float, Duration(maximum=DAY)] = 120.0

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .. import __version__
+from ..base.deadline import DeadlinePassed, DeadlineWorker, StillBusy
 from ..collectors import build_collectors
 from ..collectors.base import Collector
 from ..config import Config, ConfigError, load_config
@@ -18,7 +19,6 @@ from ..linux import subprocesses
 from ..web.connections import DEFAULT_MAX_CONNECTIONS
 from ..web.server import DEFAULT_MAX_REQUESTS, ExporterHTTPServer, ServerHooks, parse_listen_address
 from ..web.webconfig import WebConfig, WebConfigError, build_web_config
-from .deadline import DeadlinePassed, DeadlineWorker, StillBusy
 from .pipeline import Pipeline
 from .runner import CollectorRunner
 from .scheduler import CollectorScheduler

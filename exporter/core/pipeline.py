@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..base.published import Published
 from ..config import Config
 from ..diagnosis import Diagnoser
 from ..diagnosis.startup import StartupTracker
-from ..forensics.hangwatch import HangWatch
 from ..metrics.spec import Family
-from .store import Deriver, Published, Store
+from .hangwatch import HangWatch
+from .store import Deriver, Store
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..base.deadline import WATCHDOG, DeadlineWorker
 from ..collectors.base import Collector, CollectorError, Result
-from .deadline import WATCHDOG, DeadlineWorker
 from .store import Store
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -23,9 +23,10 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from .. import __version__
+from ..base.health import CollectorHealth
+from ..base.published import Published
 from ..collectors.base import Result
 from ..metrics.spec import Family, counter, gauge, info
-from .health import CollectorHealth as CollectorHealth
 from .pages import Pages
 
 log = logging.getLogger(__name__)
@@ -65,17 +66,8 @@ BUILD_INFO = info(
     "version",
     "python_version",
 )
+
 SELF_METRICS = (SUCCESS, DURATION, LAST_SUCCESS, ERRORS, STUCK, RELOAD_OK, RELOAD_TIME, BUILD_INFO)
-
-
-@dataclass(frozen=True)
-class Published:
-    """What the store holds right after a publish: copies, safe to read in any thread."""
-
-    facts: dict[str, object]  # collector name -> the facts of its latest successful run
-    observed_at: dict[str, float]  # collector name -> when its latest run (failed too) finished
-    health: dict[str, CollectorHealth]
-    publisher: str | None  # the collector that just published; None: something else changed
 
 
 # Computes what follows from the facts (the verdict): its metric families and an object for the API.

@@ -10,8 +10,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from ..base.health import CollectorHealth
 from ..config import ForensicsConfig
-from ..core.health import CollectorHealth
 from .chains import Chains, chains_named
 from .facts import Facts
 from .links import all_links
@@ -21,7 +21,7 @@ from .service import recent_errors, with_drift
 from .trends import Trends
 
 if TYPE_CHECKING:
-    from ..collectors.environment import EnvironmentFacts
+    from ..facts.environment import EnvironmentFacts
 
 # A verdict in these layers hurts the service's users even while its own probe still answers.
 HURTING_LAYERS = ("client", "network", "service", "stall")

@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from ..base.thresholds import SAME_CYCLE_SECONDS
 from .facts import Facts, InFlightProbe
 from .model import Link, host_port_of, pid_list, port_of
-from .thresholds import SAME_CYCLE_SECONDS
 
 if TYPE_CHECKING:
-    from ..collectors.probe import TargetFacts
-    from ..collectors.process import ServiceFacts
+    from ..facts.probe import TargetFacts
+    from ..facts.process import ServiceFacts
 
 _CONNECT_FAILURES = {"connect_refused", "connect_timeout", "unreachable", "dns", "tls"}
 _CLIENT_REASONS = {

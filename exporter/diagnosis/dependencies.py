@@ -11,9 +11,9 @@ from .facts import Facts
 from .model import Link, engine_subject, number
 
 if TYPE_CHECKING:
-    from ..collectors.engine import EngineInstanceFacts
-    from ..collectors.probe import TargetFacts
-    from ..collectors.redis import RedisInstanceFacts
+    from ..facts.engine import EngineInstanceFacts
+    from ..facts.probe import TargetFacts
+    from ..facts.redis import RedisInstanceFacts
 
 
 def dependency_links(facts: Facts, hang_after: float) -> list[Link]:

@@ -29,8 +29,8 @@ from .tracker import LinkTracker
 from .trends import Trends
 
 if TYPE_CHECKING:
+    from ..base.published import Published
     from ..config import Config
-    from ..core.store import Published
 
 _NOT_YET = ("",)  # a chain's verdict before the first derivation
 

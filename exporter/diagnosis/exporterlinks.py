@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..core.health import CollectorHealth
+from ..base.health import CollectorHealth
 from .model import Link
 
 

@@ -16,16 +16,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
 
 if TYPE_CHECKING:
-    from ..collectors.container import ContainerFacts
-    from ..collectors.engine import EngineFacts
-    from ..collectors.environment import EnvironmentFacts
-    from ..collectors.gpu.collector import GpuFacts
-    from ..collectors.logs import LogsFacts
-    from ..collectors.probe import ProbeFacts
-    from ..collectors.process import ProcessFacts, ServiceFacts
-    from ..collectors.redis import RedisFacts
-    from ..collectors.system import SystemFacts
-    from ..forensics.hangwatch import ForensicsFacts
+    from ..facts.container import ContainerFacts
+    from ..facts.engine import EngineFacts
+    from ..facts.environment import EnvironmentFacts
+    from ..facts.forensics import ForensicsFacts
+    from ..facts.gpu import GpuFacts
+    from ..facts.logs import LogsFacts
+    from ..facts.probe import ProbeFacts
+    from ..facts.process import ProcessFacts, ServiceFacts
+    from ..facts.redis import RedisFacts
+    from ..facts.system import SystemFacts
 
 
 class InFlightProbe(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..core.health import CollectorHealth
+from ..base.health import CollectorHealth
 from .client import client_links, probed_unrefused
 from .dependencies import dependency_links
 from .exporterlinks import exporter_links

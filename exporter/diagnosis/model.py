@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 from ..logs.redact import redact
 
 if TYPE_CHECKING:
-    from ..collectors.engine import EngineInstanceFacts
-    from ..collectors.process import ServiceFacts
+    from ..facts.engine import EngineInstanceFacts
+    from ..facts.process import ServiceFacts
 
 LAYERS = ("client", "network", "service", "dependencies", "resources", "stall", "exporter")
 

@@ -12,9 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ..core.health import CollectorHealth
-from .model import Link, gib, used_of
-from .thresholds import (
+from ..base.health import CollectorHealth
+from ..base.thresholds import (
     CONTEXT_SWITCHES_PER_CPU_STORM,
     CPU_SATURATED_RATIO,
     CPU_THROTTLED_RATIO,
@@ -26,13 +25,14 @@ from .thresholds import (
     XID_LOST,
     XID_WARNING,
 )
+from .model import Link, gib, used_of
 from .trends import Trends
 
 if TYPE_CHECKING:
-    from ..collectors.container import ContainerFacts, ContainerServiceFacts
-    from ..collectors.gpu.collector import GpuDeviceFacts, GpuFacts
-    from ..collectors.process import ServiceFacts
-    from ..collectors.system import SystemFacts
+    from ..facts.container import ContainerFacts, ContainerServiceFacts
+    from ..facts.gpu import GpuDeviceFacts, GpuFacts
+    from ..facts.process import ServiceFacts
+    from ..facts.system import SystemFacts
 
 
 def resource_links(

@@ -6,18 +6,15 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ..core.health import CollectorHealth
+from ..base.health import CollectorHealth
+from ..base.thresholds import RECENT_LOG_SECONDS, RESTART_LOOP_RESTARTS
 from .model import SAME_FAULT, Link, duration, pid_list
-from .thresholds import (
-    RECENT_LOG_SECONDS,
-    RESTART_LOOP_RESTARTS,
-)
 from .trends import Trends
 
 if TYPE_CHECKING:
-    from ..collectors.environment import EnvironmentFacts
-    from ..collectors.logs import LogFacts, LogsFacts
-    from ..collectors.process import ProcessFacts, ServiceFacts
+    from ..facts.environment import EnvironmentFacts
+    from ..facts.logs import LogFacts, LogsFacts
+    from ..facts.process import ProcessFacts, ServiceFacts
 
 SEVERE_LOG_PATTERNS = ("cuda_oom", "model_load_failure", "config_not_found", "nccl_error", "oom_killed")
 

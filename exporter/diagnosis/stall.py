@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..base.thresholds import FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_READINGS, QUEUE_MIN_DEPTH
 from .client import hung_probe
 from .facts import Facts
 from .model import Link, engine_subject, number
-from .thresholds import FORENSICS_RECENT_SECONDS, QUEUE_GROWTH_READINGS, QUEUE_MIN_DEPTH
 from .trends import Trends
 
 if TYPE_CHECKING:
-    from ..collectors.engine import EngineFacts, EngineInstanceFacts
-    from ..collectors.gpu.collector import GpuFacts
-    from ..forensics.hangwatch import ForensicsFacts
+    from ..facts.engine import EngineFacts, EngineInstanceFacts
+    from ..facts.forensics import ForensicsFacts
+    from ..facts.gpu import GpuFacts
 
 
 def _engine_probe_hangs(facts: Facts, instance: EngineInstanceFacts, hang_after: float) -> bool:

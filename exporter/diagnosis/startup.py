@@ -19,8 +19,8 @@ from ..metrics.spec import Family, gauge
 from .facts import Facts
 
 if TYPE_CHECKING:
-    from ..collectors.probe import ProbeFacts
-    from ..collectors.process import ServiceFacts
+    from ..facts.probe import ProbeFacts
+    from ..facts.process import ServiceFacts
 
 STARTUP = gauge(
     "autoglm_service_startup_seconds",

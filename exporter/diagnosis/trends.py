@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..base.thresholds import QUEUE_GROWTH_STALL, RESTART_LOOP_WINDOW_SECONDS, RESTART_LOOP_YOUNG_SECONDS
 from .facts import Facts
-from .thresholds import QUEUE_GROWTH_STALL, RESTART_LOOP_WINDOW_SECONDS, RESTART_LOOP_YOUNG_SECONDS
 
 
 @dataclass(frozen=True)

@@ -21,21 +21,21 @@ the one at fault is named with its pid:
   counts only while the service hangs: a probe of it connected and waited `hang_after` (a
   generation, never a `/health` 200 as proof of life), or timed out after connecting, or its engine
   has requests waiting and produced no token at its latest reading. The stack capture
-  (forensics/hangwatch.py) asks `stuck_worker` too, so it takes the stacks of the stuck process.
+  (core/hangwatch.py) asks `stuck_worker` too, so it takes the stacks of the stuck process.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..base.thresholds import READING_SECONDS, WORKER_IDLE_READINGS
 from .client import hung_probe
 from .facts import Facts
 from .model import Link, clock, duration
-from .thresholds import READING_SECONDS, WORKER_IDLE_READINGS
 
 if TYPE_CHECKING:
-    from ..collectors.engine import EngineFacts
-    from ..collectors.process import DeadWorker, ServiceFacts, WorkerFacts
+    from ..facts.engine import EngineFacts
+    from ..facts.process import DeadWorker, ServiceFacts, WorkerFacts
 
 _WHAT = {
     "stopped": "stopped (SIGSTOP or a debugger holds it)",

@@ -1,7 +1,7 @@
 """Declared metrics: one MetricSpec per family, so the code and the metrics reference agree.
 
 Collectors build their families from these specs; the README's metrics reference is generated
-from the same list (see exporter/metrics/doc.py) and a test fails when the two drift apart.
+from the same list (see exporter/commands/metricsdoc.py) and a test fails when the two drift apart.
 """
 
 from __future__ import annotations

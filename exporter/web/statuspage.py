@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import __version__
-from ..core.health import CollectorHealth
+from ..base.health import CollectorHealth
 from ..diagnosis import LAYERS, ChainVerdict, Change, Diagnosis, Link
 from ..diagnosis.model import clock, since_text
 from ..logs.redact import redact

@@ -14,7 +14,7 @@
   and only that field is absent: the rest of the cycle goes on.
 
 The hang guard is not here: nvmlreader.py runs every NVML call of a cycle in one
-core/deadline.py DeadlineWorker.
+base/deadline.py DeadlineWorker.
 """
 
 from __future__ import annotations

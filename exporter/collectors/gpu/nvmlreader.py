@@ -1,7 +1,7 @@
 """Reading the GPUs through NVML: sessions, the per-GPU calls of a cycle, and the XID event set.
 
 `NvmlReader` owns one NVML session at a time (nvmlInit, identity of each GPU read once, the XID
-event set) and runs every call of a cycle in one DeadlineWorker (core/deadline.py), so a wedged
+event set) and runs every call of a cycle in one DeadlineWorker (base/deadline.py), so a wedged
 driver can hang that thread but never the caller: past the deadline the cycle fails with
 DeadlinePassed, and until the stuck call returns every cycle fails at once with StillBusy,
 starting no NVML call and no thread. What the calls return becomes a GpuReading
@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ...core.deadline import DeadlineWorker
+from ...base.deadline import DeadlineWorker
 from . import cuda
 from .nvml import (
     DRIVER_NOT_LOADED,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from ...diagnosis.thresholds import XID_APPLICATION, XID_CRITICAL, XID_WARNING
+from ...base.thresholds import XID_APPLICATION, XID_CRITICAL, XID_WARNING
 
 # Every classified XID is a series at 0 from the first scrape, so an alert's increase() sees the first event.
 COMMON_XIDS = tuple(sorted(XID_CRITICAL + XID_WARNING + XID_APPLICATION))

@@ -30,20 +30,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..collectors.engine import EngineFacts
-from ..collectors.inflight import InFlightFacts
-from ..collectors.probe import ProbeFacts
-from ..collectors.process import STUCK_STATES, ProcessFacts, ServiceFacts
 from ..config import ForensicsConfig
 from ..diagnosis.workers import stuck_worker
+from ..facts.engine import EngineFacts
+from ..facts.forensics import ForensicsFacts, ServiceEvidence
+from ..facts.inflight import InFlightFacts
+from ..facts.probe import ProbeFacts
+from ..facts.process import STUCK_STATES, ProcessFacts, ServiceFacts
+from ..forensics import CAPTURE_ERROR_KINDS, STATES, CaptureError, CaptureStore
+from ..forensics import analyse as analyse_dumps
+from ..forensics import capture as capture_stacks
 from ..metrics.spec import Families, Family, counter, gauge
-from . import CAPTURE_ERROR_KINDS, STATES, Analysis, CaptureError, CaptureStore, StoredCapture
-from . import analyse as analyse_dumps
-from . import capture as capture_stacks
 
 log = logging.getLogger(__name__)
 
@@ -80,29 +81,8 @@ DEADLOCK = gauge(
     "the service has neither answered again nor been restarted since.",
     "service",
 )
+
 FORENSICS_METRICS = (CAPTURES, FAILURES, LAST_CAPTURE, THREADS, DEADLOCK)
-
-
-@dataclass(frozen=True)
-class ServiceEvidence:
-    service: str
-    at: float  # when the last capture (or failed attempt) finished
-    capture: StoredCapture | None = None
-    analysis: Analysis | None = None
-    error_kind: str | None = None
-    error: str | None = None  # with the hint, e.g. "... (add SYS_PTRACE)"
-    pid: int | None = None  # the process whose stacks these are
-    # When that is a stuck child of the service rather than its main process: its name, pid and
-    # state when the capture began, e.g. "VLLM::EngineCore (pid 4321, state T)".
-    process: str | None = None
-    # False once the service answered its probes again or another process replaced it:
-    # the stacks are history then and no longer speak for the service (verdict, deadlock gauge).
-    current: bool = True
-
-
-@dataclass(frozen=True)
-class ForensicsFacts:
-    services: dict[str, ServiceEvidence] = field(default_factory=dict)
 
 
 class HangWatch:

@@ -1,0 +1,1 @@
+"""Leaf types and constants every layer may import: nothing here imports the rest of the package."""
