@@ -744,3 +744,26 @@ def test_an_idle_worker_is_stuck_only_while_its_engine_has_work() -> None:
     )
     assert (result.verdict.layer, result.verdict.reason) == ("stall", "worker_stuck")
     assert "is idle: no CPU used and no context switch at 3 readings" in result.verdict.summary
+
+
+# --- an engine asleep on purpose (vLLM 0.32's sleep mode) ------------------------------------------
+
+
+def test_a_sleeping_engine_with_requests_waiting_is_named_asleep_never_stalled_or_stuck() -> None:
+    config = dataclasses.replace(CONFIG, engines=(EngineConfig("vllm", service="api"),))
+    asleep = dataclasses.replace(
+        engine(waiting=3).engines["vllm"], service="api", sleeping=True, sleep_level=1
+    )
+    # Its worker idles on purpose too: no worker_stuck for it.
+    facts = {
+        "process": _with_worker(_worker(idle=3)),
+        "inflight": waiting(9.0),
+        "engine": EngineFacts({"vllm": asleep}),
+    }
+    result = diagnose(facts, HEALTH, now=NOW, chains=chains_of(config))
+    assert (result.verdict.layer, result.verdict.reason) == ("dependencies", "engine_sleeping")
+    assert "was put to sleep (level 1: weights offloaded): 3 requests wait" in result.verdict.summary
+    assert "/wake_up" in result.verdict.next_command
+    # Asleep with nothing waiting on it: nothing is broken.
+    idle = {"engine": EngineFacts({"vllm": dataclasses.replace(asleep, waiting=0.0)})}
+    assert diagnose(idle, HEALTH, now=NOW, chains=chains_of(config)).verdict is None

@@ -36,7 +36,13 @@ REASONS: dict[str, tuple[str, ...]] = {
         "log_errors",
         "worker_died",
     ),
-    "dependencies": ("redis_down", "engine_down", "engine_not_generating", "dependency_probe_failed"),
+    "dependencies": (
+        "redis_down",
+        "engine_down",
+        "engine_not_generating",
+        "engine_sleeping",
+        "dependency_probe_failed",
+    ),
     "resources": (
         "memory_low",
         "cpu_saturated",

@@ -69,6 +69,9 @@ def stall_links(facts: Facts, trends: Trends, hang_after: float) -> list[Link]:
     engine, redis = facts.engine, facts.redis
     links = gpu_idle_links(engine, facts.gpu)
     for instance in engine.engines.values() if engine is not None else []:
+        if instance.up and instance.sleeping:
+            links += _sleeping(facts, instance, hang_after)
+            continue
         flat = instance.flat_readings
         corroborated = flat >= 1 and _engine_probe_hangs(facts, instance, hang_after)
         if instance.up and (instance.stalled or corroborated):
@@ -109,6 +112,36 @@ def stall_links(facts: Facts, trends: Trends, hang_after: float) -> list[Link]:
                 )
             )
     return links
+
+
+_SLEEP_LEVELS = {0: "scheduling paused", 1: "weights offloaded", 2: "weights discarded"}
+
+
+def _sleeping(facts: Facts, instance: EngineInstanceFacts, hang_after: float) -> list[Link]:
+    """An engine put to sleep on purpose (vLLM's sleep mode) generates nothing, by design: never a
+    stall. It is named only while requests wait on it or a probe of its service hangs."""
+    waiting = instance.waiting or 0
+    if not waiting and not _engine_probe_hangs(facts, instance, hang_after):
+        return []
+    level = instance.sleep_level
+    how = f"level {level}: {_SLEEP_LEVELS[level]}" if level in _SLEEP_LEVELS else "asleep"
+    host = instance.url.split("/metrics", 1)[0]
+    return [
+        Link(
+            f"engine {instance.name} sleep",
+            "dependencies",
+            False,
+            f"engine {instance.name} was put to sleep ({how}): {number(waiting)} requests wait for it to wake",
+            "engine_sleeping",
+            (
+                f"vllm:engine_sleep_state says no engine core is awake ({how})",
+                "sleep mode is deliberate (POST /sleep): nothing is stuck; requests wait for POST /wake_up",
+            ),
+            f"curl -s {host}/is_sleeping; curl -s -X POST {host}/wake_up",
+            source="engine",
+            subject=engine_subject(instance),
+        )
+    ]
 
 
 def forensics_links(forensics: ForensicsFacts | None, now: float) -> list[Link]:

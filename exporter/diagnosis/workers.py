@@ -44,10 +44,13 @@ _WHAT = {
 
 
 def engine_busy(engine: EngineFacts | None, service: str) -> bool:
-    """Whether an engine that runs in `service` has requests waiting or running."""
+    """Whether an awake engine that runs in `service` has requests waiting or running (a sleeping
+    one idles its worker on purpose)."""
     instances = engine.engines.values() if engine is not None else ()
     return any(
-        e.up and ((e.waiting or 0) > 0 or (e.running or 0) > 0) for e in instances if e.service == service
+        e.up and not e.sleeping and ((e.waiting or 0) > 0 or (e.running or 0) > 0)
+        for e in instances
+        if e.service == service
     )
 
 
