@@ -28,11 +28,12 @@ log = logging.getLogger(__name__)
 SCRAPE_SWITCH_INTERVAL = 0.001  # seconds
 # A new state seen by these collectors (or awaited from them) is read again this many seconds later
 # instead of an interval later, so an instant failure (HTTP 500, refused, a process gone, Redis
-# down, a CUDA OOM line) is named in seconds while one failed request still changes nothing. Only
-# collectors whose readings are facts of the moment (a process's CPU share over a shorter span is
-# still its share): the others' readings are trends over their interval (tokens per reading, GPU
-# utilisation), which a reading seconds later would not measure.
-READ_AGAIN_SOON = frozenset({"probe", "process", "redis", "logs"})
+# down, a CUDA OOM line, nvidia-smi hung past its deadline) is named in seconds while one failed
+# request still changes nothing. Only collectors whose readings are facts of the moment (a process's
+# CPU share over a shorter span is still its share; the GPU's state, events and utilisation are the
+# driver's own samples): the others' readings are trends over their interval (tokens per reading,
+# the machine's CPU), which a reading seconds later would not measure.
+READ_AGAIN_SOON = frozenset({"probe", "process", "redis", "logs", "gpu"})
 READ_AGAIN_AFTER = 2.0  # seconds
 # A reload reads its files (config, web config, the files they name) at most this long: a FIFO or
 # a hung mount fails the reload, never holds it (or SIGHUP's reloads) forever.
