@@ -132,7 +132,11 @@ def test_a_killed_engine_core_is_named_with_its_pid_before_its_api_server_exits(
         seen.append(_reason(exporter))
         return seen[-1] == "service/worker_died"
 
-    wait_until(named, timeout=WITHIN, interval=0.5)
+    try:
+        wait_until(named, timeout=WITHIN, interval=0.5)
+    except AssertionError:
+        print("verdicts:", " -> ".join(dict.fromkeys(seen)), exporter.get("/api/diagnosis").json()["links"])
+        raise
     named_after = time.monotonic() - killed_at
     verdict = exporter.get("/api/diagnosis", timeout=10).json()["verdict"]
     assert f"worker process VLLM::EngineCore (pid {core}) died while its parent lived" in verdict["summary"]

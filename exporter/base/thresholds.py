@@ -75,8 +75,11 @@ WORKER_IDLE_READINGS = 2
 WORKER_STUCK_READINGS = 2
 
 # A service's worker is known (not a passing child such as a command it runs) once it was seen alive
-# at this many readings in a row; dead while its parent lives, it is named (diagnosis/workers.py).
+# at this many readings in a row, or seen alive after running this long (an exporter started beside
+# a running vLLM knows its engine core at once); dead while its parent lives, it is named
+# (diagnosis/workers.py).
 WORKER_SEEN_READINGS = 2
+WORKER_SEEN_SECONDS = READING_SECONDS
 # A worker that died while its service serves on (its port still listening) speaks for the service's
 # failures this long; while its port is closed or no process of the service runs, until a restart.
 DEAD_WORKER_RECENT_SECONDS = 300.0

@@ -14,7 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from ..base.thresholds import DEAD_WORKER_RECENT_SECONDS, WORKER_SEEN_READINGS, WORKER_STUCK_READINGS
+from ..base.thresholds import (
+    DEAD_WORKER_RECENT_SECONDS,
+    WORKER_SEEN_READINGS,
+    WORKER_SEEN_SECONDS,
+    WORKER_STUCK_READINGS,
+)
 from ..config import ServiceConfig
 from ..facts.process import DeadWorker, ProcessFacts, ServiceFacts, WorkerFacts
 from ..linux import procfs
@@ -292,7 +297,9 @@ class ProcessCollector(Collector):
         if seen is None:
             return None
         (pid, start), readings, parent, last_seen = seen
-        if readings < WORKER_SEEN_READINGS or parent != main:
+        started = self._boot() + start / procfs.CLOCK_TICKS
+        known = readings >= WORKER_SEEN_READINGS or last_seen - started >= WORKER_SEEN_SECONDS
+        if not known or parent != main:
             return None  # a passing child, or its parent is another process now (a restart)
         ended = _ended(self.proc_root, pid, start)
         if ended is None:

@@ -131,7 +131,7 @@ def _sleeping(facts: Facts, instance: EngineInstanceFacts, hang_after: float) ->
             f"engine {instance.name} sleep",
             "dependencies",
             False,
-            f"engine {instance.name} was put to sleep ({how}): {number(waiting)} requests wait for it to wake",
+            f"engine {instance.name} was put to sleep ({how}): {number(waiting)} requests wait on it",
             "engine_sleeping",
             (
                 f"vllm:engine_sleep_state says no engine core is awake ({how})",

@@ -6,12 +6,12 @@ goes on answering `/health` with 200 for a while, so a failure of the service is
 its child processes too (the process collector reads them from the service's process tree), and
 the one at fault is named with its pid:
 
-- `service/worker_died`: the worker (seen alive at WORKER_SEEN_READINGS readings, not a passing
-  child) is gone or a zombie while its parent lives, and the service is broken since: its port is
-  closed while the parent lives, or the parent exited after it (vLLM's API server closes its port
-  seconds after its engine core dies and exits a minute later), or a probe of it failed or hangs.
-  The death is what broke first, so it stays the verdict through the parent's exit, until a new
-  main process or a new worker takes over;
+- `service/worker_died`: the worker (seen alive at WORKER_SEEN_READINGS readings or after
+  WORKER_SEEN_SECONDS of life: not a passing child) is gone or a zombie while its parent lives, and
+  the service is broken since: its port is closed while the parent lives, or the parent exited
+  after it (vLLM's API server closes its port seconds after its engine core dies and exits a minute
+  later), or a probe of it failed or hangs. The death is what broke first, so it stays the verdict
+  through the parent's exit, until a new main process or a new worker takes over;
 - `stall/worker_stuck`: a child stopped by a signal (T: SIGSTOP) is stuck at once; one held by a
   tracer (t) or blocked in the kernel (D) at WORKER_STUCK_READINGS readings in a row (py-spy holds
   a process for a moment, I/O blocks one for a moment); the worker (the busiest child) that used no

@@ -80,9 +80,10 @@ class ServiceFacts:
     # The children read this cycle (at most MAX_WORKERS_READ), stuck ones first, then by CPU used.
     children: list[WorkerFacts] = field(default_factory=list)
     worker: WorkerFacts | None = None  # the direct child whose subtree works most: vLLM's engine core
-    # The worker seen alive at WORKER_SEEN_READINGS readings that then died while the main process
-    # lived; kept while that process lives (or none does: it exited after), until a new main
-    # process or a new worker takes over, or for DEAD_WORKER_RECENT_SECONDS while the service serves.
+    # The worker seen alive at WORKER_SEEN_READINGS readings (or after WORKER_SEEN_SECONDS of life)
+    # that died while the main process lived; kept while that process lives (or none does: it exited
+    # after), until a new main process or a new worker takes over, or for DEAD_WORKER_RECENT_SECONDS
+    # while the service serves.
     dead_worker: DeadWorker | None = None
 
     @property
