@@ -764,6 +764,13 @@ def test_a_sleeping_engine_with_requests_waiting_is_named_asleep_never_stalled_o
     assert (result.verdict.layer, result.verdict.reason) == ("dependencies", "engine_sleeping")
     assert "was put to sleep (level 1: weights offloaded): 3 requests wait" in result.verdict.summary
     assert "/wake_up" in result.verdict.next_command
+    # Its probe timed out and took its request away: still asleep, still the cause.
+    timed_out = {
+        "engine": EngineFacts({"vllm": dataclasses.replace(asleep, waiting=0.0)}),
+        "probe": failing(),
+    }
+    result = diagnose(timed_out, HEALTH, now=NOW, chains=chains_of(config))
+    assert (result.verdict.layer, result.verdict.reason) == ("dependencies", "engine_sleeping")
     # Asleep with nothing waiting on it: nothing is broken.
     idle = {"engine": EngineFacts({"vllm": dataclasses.replace(asleep, waiting=0.0)})}
     assert diagnose(idle, HEALTH, now=NOW, chains=chains_of(config)).verdict is None

@@ -119,9 +119,13 @@ _SLEEP_LEVELS = {0: "scheduling paused", 1: "weights offloaded", 2: "weights dis
 
 def _sleeping(facts: Facts, instance: EngineInstanceFacts, hang_after: float) -> list[Link]:
     """An engine put to sleep on purpose (vLLM's sleep mode) generates nothing, by design: never a
-    stall. It is named only while requests wait on it or a probe of its service hangs."""
+    stall. It is named only while requests wait on it, or a probe of its service hangs or failed
+    (a probe that timed out took its request away: the queue is empty until the next one)."""
     waiting = instance.waiting or 0
-    if not waiting and not _engine_probe_hangs(facts, instance, hang_after):
+    owner = engine_subject(instance)
+    finished = facts.probe.targets.values() if facts.probe is not None else ()
+    failed = any((t.service or t.name) == owner and not t.outcome.success for t in finished)
+    if not waiting and not failed and not _engine_probe_hangs(facts, instance, hang_after):
         return []
     level = instance.sleep_level
     how = f"level {level}: {_SLEEP_LEVELS[level]}" if level in _SLEEP_LEVELS else "asleep"
