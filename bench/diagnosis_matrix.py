@@ -33,9 +33,10 @@ config: 10 s interval, 30 s probe timeout):
 `--engine real` serves the tiny Llama with the real vLLM (its CPU build, through
 tests/vllm_harness.py; VLLM_VENV and VLLM_MODEL_DIR say where it is installed) and judges its own
 faults the same way: its engine core stopped (SIGSTOP) or killed, a flood of concurrent requests
-that keeps tokens flowing (busy, not stalled: healthy, or the busy machine alone), and probes the
-server must refuse (a prompt longer than --max-model-len; a model it does not serve). One vLLM
-serves every fault (it takes minutes to start); the fault that kills it runs last.
+that keeps tokens flowing (busy, not stalled: healthy, or the busy machine alone), put to sleep on
+purpose (its sleep mode, level 0: requests wait, which is no stall), and probes the server must
+refuse (a prompt longer than --max-model-len; a model it does not serve). One vLLM serves every
+fault (it takes minutes to start); the fault that kills it runs last.
 
 Peer: none but the targets themselves; the idle and hog runs of the same fault are the pair.
 """
@@ -243,6 +244,14 @@ class World:
             self.paused.add("engine_core")
         elif sig == signal.SIGCONT:
             self.paused.discard("engine_core")
+
+    def engine_sleep(self, asleep: bool) -> None:
+        """Put the real vLLM to sleep (level 0: scheduling paused, the only level its CPU build has)
+        or wake it (its development endpoints, on in the matrix's vLLM)."""
+        path = "/sleep?level=0" if asleep else "/wake_up"
+        request = urllib.request.Request(f"{self.vllm.url}{path}", data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            answer.read()
 
     def restart_vllm(self) -> None:
         """Start the real vLLM again (on a new port), and tell the exporter where it is now."""
@@ -593,6 +602,15 @@ REAL_FAULTS = (
         lambda w: w.reconfigure(),
     ),
     Fault(
+        "engine_asleep",
+        "vllm",
+        "dependencies/engine_sleeping",
+        lambda w: w.engine_sleep(True),
+        lambda w: w.engine_sleep(False),
+        hangs=True,
+        on_the_way=(NOT_ANSWERING,),
+    ),
+    Fault(
         "engine_core_stopped",
         "vllm",
         "stall/worker_stuck",
@@ -604,10 +622,12 @@ REAL_FAULTS = (
     Fault(
         "engine_core_killed",
         "vllm",
-        "network/process_dead",
+        "service/worker_died",
         lambda w: w.signal_engine_core(signal.SIGKILL),
         lambda w: w.restart_vllm(),
         clear_is_start=True,
+        # The API server answers 500, then closes its port: symptoms the dead core explains.
+        on_the_way=("client/http_error", "client/reset", "network/not_listening"),
     ),
 )
 REAL_FAULTS_BY_NAME = {fault.name: fault for fault in REAL_FAULTS}
@@ -684,7 +704,9 @@ class RealEngine:
             self.logs = Path(tempfile.mkdtemp(prefix="matrix-vllm-"))
         self.starts += 1
         try:
-            self.server = vllm_harness.start_vllm(self.logs / f"vllm-{self.starts}.log")
+            # Its development endpoints on: POST /sleep and /wake_up (the engine_asleep fault).
+            log = self.logs / f"vllm-{self.starts}.log"
+            self.server = vllm_harness.start_vllm(log, env={"VLLM_SERVER_DEV_MODE": "1"})
         except AssertionError as exc:  # not ready in time, or it exited: its log says why
             self.server = None
             raise RuntimeError(f"the real vLLM did not start: {str(exc)[-1500:]}") from None

@@ -16,7 +16,7 @@ from autoglm_exporter.diagnosis.model import Link
 from autoglm_exporter.diagnosis.ranking import Broken, pick
 from autoglm_exporter.facts.container import ContainerFacts, ContainerServiceFacts
 from autoglm_exporter.facts.engine import EngineFacts
-from autoglm_exporter.facts.process import ProcessFacts, WorkerFacts
+from autoglm_exporter.facts.process import DeadWorker, ProcessFacts, WorkerFacts
 
 from .verdict_facts import (
     CONFIG,
@@ -708,9 +708,60 @@ def test_a_child_held_by_a_tracer_or_blocked_for_one_reading_only_is_not_stuck()
 
 def test_a_health_200_is_no_proof_of_life_of_a_stopped_engine_core() -> None:
     health = target("vllm-health", module="http", layer="dependencies", url="http://127.0.0.1:8080/health")
-    facts = {"process": _with_worker(_worker("zombie")), "probe": probes(target(), health)}
+    facts = {"process": _with_worker(_worker("stopped")), "probe": probes(target(), health)}
     assert verdict({**facts, "inflight": waiting(9.0)}) == ("stall", "worker_stuck")
-    assert verdict(facts) is None  # every probe answers: a zombie child alone hurts nobody
+    assert verdict(facts) is None  # every probe answers: a stopped child alone hurts nobody
+
+
+# --- a worker child dead while its parent lives (vLLM's engine core killed) ---------------------------
+
+
+def _dead(ended: str | None = "killed by SIGKILL", **fields) -> ProcessFacts:
+    dead = DeadWorker(5151, "VLLM::EngineCore", 4242, T0 - 12, T0 - 2, ended)
+    return processes(service(dead_worker=dead, **fields))
+
+
+def test_a_dead_engine_core_is_named_while_its_parent_answers_500() -> None:
+    facts = {"process": _dead(), "probe": failing("http_status", at=T0)}
+    assert verdict(facts) == ("service", "worker_died")
+    cause = diagnose(facts, HEALTH, now=NOW).verdict
+    assert cause.summary.startswith(
+        "worker process VLLM::EngineCore (pid 5151) died while its parent lived: killed by SIGKILL; "
+        "probe inference fails"
+    )
+    assert any("its parent, api pid 4242, outlived it" in line for line in cause.evidence)
+    # Nothing broken since: a worker gone alone hurts nobody (a server may run on without it).
+    assert verdict({"process": _dead(), "probe": probes(target())}) is None
+
+
+def test_a_dead_worker_outranks_the_refusal_and_the_exit_it_causes() -> None:
+    """vLLM's API server closes its port seconds after its engine core dies, and exits a minute later."""
+    refused = failing("connect_refused", at=T0)
+    port_closed = {"process": _dead(ended=None, ports=()), "probe": refused}
+    assert verdict(port_closed) == ("service", "worker_died")
+    assert (
+        "gone (its parent reaped it: how it ended is not known)"
+        in diagnose(port_closed, HEALTH, now=NOW).verdict.summary
+    )
+    assert verdict({**port_closed, "process": processes(service(ports=()))}) == ("network", "not_listening")
+    exited = {"process": _dead(up=False), "probe": refused}
+    assert verdict(exited) == ("service", "worker_died")
+    assert "api exited after it" in diagnose(exited, HEALTH, now=NOW).verdict.summary
+
+
+def test_a_probe_failure_read_before_the_worker_died_is_not_blamed_on_it() -> None:
+    stale = {"process": _dead(), "probe": failing("http_status", at=T0 - 60)}
+    assert verdict(stale) == ("client", "http_error")
+
+
+def test_a_dead_engine_core_is_believed_at_once_when_it_explains_the_failing_probe() -> None:
+    feed = Feed()
+    feed.healthy_start()
+    feed.publish("probe", failing("http_status", at=feed.now))
+    feed.publish("probe", failing("http_status", at=feed.now))
+    assert feed.verdict() == ("client", "http_error")
+    feed.publish("process", _dead())
+    assert feed.verdict() == ("service", "worker_died")  # it says why: no second reading needed
 
 
 def test_an_idle_worker_is_stuck_only_while_its_engine_has_work() -> None:
@@ -724,3 +775,33 @@ def test_an_idle_worker_is_stuck_only_while_its_engine_has_work() -> None:
     )
     assert (result.verdict.layer, result.verdict.reason) == ("stall", "worker_stuck")
     assert "is idle: no CPU used and no context switch at 3 readings" in result.verdict.summary
+
+
+# --- an engine asleep on purpose (vLLM 0.32's sleep mode) ------------------------------------------
+
+
+def test_a_sleeping_engine_with_requests_waiting_is_named_asleep_never_stalled_or_stuck() -> None:
+    config = dataclasses.replace(CONFIG, engines=(EngineConfig("vllm", service="api"),))
+    asleep = dataclasses.replace(
+        engine(waiting=3).engines["vllm"], service="api", sleeping=True, sleep_level=1
+    )
+    # Its worker idles on purpose too: no worker_stuck for it.
+    facts = {
+        "process": _with_worker(_worker(idle=3)),
+        "inflight": waiting(9.0),
+        "engine": EngineFacts({"vllm": asleep}),
+    }
+    result = diagnose(facts, HEALTH, now=NOW, chains=chains_of(config))
+    assert (result.verdict.layer, result.verdict.reason) == ("dependencies", "engine_sleeping")
+    assert "was put to sleep (level 1: weights offloaded): 3 requests wait" in result.verdict.summary
+    assert "/wake_up" in result.verdict.next_command
+    # Its probe timed out and took its request away: still asleep, still the cause.
+    timed_out = {
+        "engine": EngineFacts({"vllm": dataclasses.replace(asleep, waiting=0.0)}),
+        "probe": failing(),
+    }
+    result = diagnose(timed_out, HEALTH, now=NOW, chains=chains_of(config))
+    assert (result.verdict.layer, result.verdict.reason) == ("dependencies", "engine_sleeping")
+    # Asleep with nothing waiting on it: nothing is broken.
+    idle = {"engine": EngineFacts({"vllm": dataclasses.replace(asleep, waiting=0.0)})}
+    assert diagnose(idle, HEALTH, now=NOW, chains=chains_of(config)).verdict is None

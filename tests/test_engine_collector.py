@@ -391,3 +391,51 @@ def test_fixtures_are_valid_exposition_for_promtool() -> None:
         # Engines' own names break lint rules (colons: exit 3); a parse error is exit 1.
         assert checked.returncode in (0, 3), (path, checked)
         assert b"error while linting" not in checked.stderr + checked.stdout, (path, checked)
+
+
+def _vllm_032(waiting: float, awake: int = 1, level: str = "") -> bytes:
+    """The page recorded from the real vLLM 0.32, with its queue and sleep state set."""
+    page = (FIXTURES / "golden" / "vllm-0.32.0.metrics").read_text()
+    page = page.replace(
+        'vllm:num_requests_waiting{engine="0",model_name="tiny-llama"} 0.0',
+        f'vllm:num_requests_waiting{{engine="0",model_name="tiny-llama"}} {waiting}',
+    )
+    for state in ("awake", "weights_offloaded", "discard_all"):
+        value = float(awake) if state == "awake" else float(state == level)
+        series = f'vllm:engine_sleep_state{{engine="0",model_name="tiny-llama",sleep_state="{state}"}}'
+        page = page.replace(f"{series} {1.0 if state == 'awake' else 0.0}", f"{series} {value}")
+    return page.encode()
+
+
+def test_a_sleeping_vllm_is_said_and_its_waiting_requests_are_never_a_stall(metrics_server) -> None:
+    """vLLM 0.32's sleep mode holds requests on purpose: the sleep state, not a stall."""
+    server = metrics_server()
+    clock = Clock()
+    collector = EngineCollector((_engine(server.url),), interval=10.0, clock=clock)
+    server.serve(_vllm_032(waiting=0))
+    registry, facts = _registry(collector)
+    assert facts.engines["vllm"].sleeping is False and _value(registry, "sleeping") == 0
+
+    server.serve(_vllm_032(waiting=3, awake=0))  # level 0: scheduling paused
+    for _ in range(5):  # flat tokens with requests waiting, over more than the stall window
+        clock.now += 10
+        registry, facts = _registry(collector)
+        asleep = facts.engines["vllm"]
+        assert asleep.sleeping and asleep.sleep_level == 0 and asleep.waiting == 3
+        assert not asleep.stalled and asleep.flat_readings == 0 and _value(registry, "stalled") == 0
+        assert _value(registry, "sleeping") == 1
+    server.serve(_vllm_032(waiting=3, awake=0, level="discard_all"))
+    assert collector.collect().facts.engines["vllm"].sleep_level == 2
+
+    # Awake again with requests waiting and flat tokens: a stall is judged again, from a new row.
+    server.serve(_vllm_032(waiting=3))
+    clock.now += 10
+    awake = collector.collect().facts.engines["vllm"]
+    assert awake.sleeping is False and awake.flat_readings == 1
+
+
+def test_an_engine_that_does_not_say_whether_it_sleeps_has_no_sleep_series(metrics_server) -> None:
+    server = metrics_server()
+    server.serve(fixture("vllm_healthy.txt"))  # written in 0.11's names: no engine_sleep_state
+    registry, facts = _registry(EngineCollector((_engine(server.url),)))
+    assert facts.engines["vllm"].sleeping is None and _value(registry, "sleeping") is None

@@ -167,6 +167,34 @@ def test_every_series_we_read_is_on_each_recorded_vllm_page(recorded: Path) -> N
     assert not problems, "\n".join(problems)
 
 
+def sleep_state_problems(text: str) -> list[str]:
+    """vLLM 0.32's sleep state, as the engine collector reads it: a gauge per engine core with a
+    `sleep_state` label whose values include `awake` (1 while awake), beside the sleep levels."""
+    names = ENGINE_NAMES["vllm"].sleep_state
+    page = Page(text)
+    served = [name for name in names if name in page.types]
+    if not served:
+        return [f"engine collector: sleep_state: none of {names} is served"]
+    states = {
+        sample.labels.get("sleep_state")
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == served[0]
+    }
+    problems = [] if page.types[served[0]] == "gauge" else [f"{served[0]} is a {page.types[served[0]]}"]
+    if not {"awake", "weights_offloaded", "discard_all"} <= states:
+        problems.append(f"{served[0]}: sleep_state values {sorted(map(str, states))}")
+    return problems
+
+
+def test_the_sleep_state_is_served_as_the_engine_collector_reads_it(vllm_server: VllmServer) -> None:
+    for text in (vllm_server.metrics(), RECORDED_0_32.read_text()):
+        assert not sleep_state_problems(text), sleep_state_problems(text)
+    # Awake, it says so: the collector reads it as not sleeping.
+    engine = EngineConfig("vllm", "vllm", f"{vllm_server.url}/metrics", timeout=10)
+    assert EngineCollector((engine,)).collect().facts.engines["vllm"].sleeping is False
+
+
 def test_the_engine_collector_reads_every_field_from_the_real_engine(vllm_server: VllmServer) -> None:
     engine = EngineConfig("vllm", "vllm", f"{vllm_server.url}/metrics", timeout=10)
     collector = EngineCollector((engine,))

@@ -142,10 +142,12 @@ def start_vllm(
     model: str = SERVED_MODEL_NAME,
     max_model_len: int = MAX_MODEL_LEN,
     timeout: float = STARTUP_TIMEOUT,
+    env: dict[str, str] | None = None,
 ) -> VllmServer:
     """Start serve.sh on a free port; return once /health and a chat completion answer 200.
 
-    Raises AssertionError (with the server's log) when it exits or is not ready within `timeout`."""
+    `env`: more environment for it (VLLM_SERVER_DEV_MODE=1 serves /sleep and /wake_up). Raises
+    AssertionError (with the server's log) when it exits or is not ready within `timeout`."""
     reason = missing()
     if reason:
         raise RuntimeError(f"{reason}: run `make deps` (scripts/vllm/install.sh) first")
@@ -157,6 +159,7 @@ def start_vllm(
         "VLLM_PORT": str(port),
         "VLLM_SERVED_MODEL_NAME": model,
         "VLLM_MAX_MODEL_LEN": str(max_model_len),
+        **(env or {}),
     }
     # Its own process group, so stop() reaches the engine core and its workers too.
     process = start_logged([str(SERVE), *extra_args], log_path, env=env, start_new_session=True)

@@ -1,6 +1,6 @@
 """A service shaped like vLLM, for the tests: a parent that serves HTTP and a child that does the work.
 
-    python tests/worker_tree.py TAG
+    python tests/worker_tree.py TAG [--close-when-child-dies]
 
 The parent listens on 127.0.0.1 (a free port), answers GET /health with 200 whatever its child
 does, and answers every POST by handing a line to its child and waiting for the child's reply.
@@ -8,6 +8,10 @@ The child renames itself as vLLM's engine core does (setproctitle): it execs its
 argv[0] `TEST::EngineCore` and writes its kernel name to /proc/self/comm, so no command-line
 rule of the parent (which carries TAG) matches it. Stop the child (SIGSTOP) and every POST hangs
 while /health stays 200. The parent prints `ready pid=PARENT child=CHILD port=PORT` once it serves.
+
+Kill the child and the parent lives on. By default it never reaps it (the child stays a zombie) and
+goes on listening, its POSTs failing. With --close-when-child-dies it does what vLLM's API server does
+when its engine core dies: it reaps the child, closes its listening port and lives on without it.
 """
 
 from __future__ import annotations
@@ -67,11 +71,20 @@ def main() -> None:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    if "--close-when-child-dies" in sys.argv[2:]:
+        threading.Thread(target=_close_when_dead, args=(engine, server), daemon=True).start()
     print(f"ready pid={os.getpid()} child={engine.pid} port={server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
+        threading.Event().wait()  # the port is closed; the process lives on, as vLLM's API server does
     finally:
         engine.kill()
+
+
+def _close_when_dead(engine: subprocess.Popen[str], server: ThreadingHTTPServer) -> None:
+    engine.wait()  # reaps it
+    server.shutdown()
+    server.server_close()
 
 
 if __name__ == "__main__":

@@ -68,10 +68,21 @@ ENGINE_STALL_WINDOW_SECONDS = (ENGINE_FLAT_READINGS - 1) * READING_SECONDS
 # A service's worker child (vLLM's engine core) that used no CPU and made no context switch at this
 # many process readings in a row, while its engine has requests, is stuck (diagnosis/workers.py).
 WORKER_IDLE_READINGS = 2
-# A child held by a tracer (t), blocked in the kernel (D) or a zombie (Z) at this many readings in a
-# row is stuck (py-spy holds a process for a moment, I/O blocks one for a moment); one stopped by a
-# signal (T: SIGSTOP) is stuck at once: it stays stopped until someone continues it.
+# A child held by a tracer (t) or blocked in the kernel (D) at this many readings in a row is stuck
+# (py-spy holds a process for a moment, I/O blocks one for a moment); one stopped by a signal (T:
+# SIGSTOP) is stuck at once: it stays stopped until someone continues it. A worker that is a zombie
+# at this many readings (its parent does not reap it) is dead.
 WORKER_STUCK_READINGS = 2
+
+# A service's worker is known (not a passing child such as a command it runs) once it was seen alive
+# at this many readings in a row, or seen alive after running this long (an exporter started beside
+# a running vLLM knows its engine core at once); dead while its parent lives, it is named
+# (diagnosis/workers.py).
+WORKER_SEEN_READINGS = 2
+WORKER_SEEN_SECONDS = READING_SECONDS
+# A worker that died while its service serves on (its port still listening) speaks for the service's
+# failures this long; while its port is closed or no process of the service runs, until a restart.
+DEAD_WORKER_RECENT_SECONDS = 300.0
 
 # --- the verdict over time ------------------------------------------------------------------------
 # A probe's refusal is judged against the process reading only when both were taken this close

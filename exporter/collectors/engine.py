@@ -31,6 +31,12 @@ verdict on the first reading or after the counter went down (the engine restarte
 request's generated tokens when the request finishes, so with SGLang a few long generations can
 look flat for a while.
 
+Sleep: vLLM 0.32 serves vllm:engine_sleep_state (per engine core, label sleep_state: awake,
+weights_offloaded, discard_all). With no engine core awake the engine sleeps on purpose (its sleep
+mode: POST /sleep; level 0 pauses scheduling, 1 offloads the weights, 2 discards them):
+autoglm_engine_sleeping is 1, and its waiting requests make no flat row and no stall. 0.11 and SGLang
+do not say: the series is absent for them.
+
 Failures (autoglm_engine_failures_total, every reason from the first scrape on):
 connect_refused (nothing listens), timeout (no connection, no answer or no complete body within the
 timeout), http_status (an answer other than 2xx, redirects included), bad_body (not Prometheus text
@@ -73,6 +79,9 @@ class _Names:
     kv_cache: tuple[str, ...]
     generation: tuple[str, ...]
     prompt: tuple[str, ...]
+    # A gauge by sleep state (label `sleep_state`): 1 on "awake" while the engine is awake; its other
+    # states say the sleep level. Engines that have no sleep mode (or do not say) leave it empty.
+    sleep_state: tuple[str, ...] = ()
 
 
 ENGINE_NAMES = {
@@ -82,6 +91,7 @@ ENGINE_NAMES = {
         kv_cache=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
         generation=("vllm:generation_tokens_total",),
         prompt=("vllm:prompt_tokens_total",),
+        sleep_state=("vllm:engine_sleep_state",),
     ),
     "sglang": _Names(
         waiting=("sglang:num_queue_reqs",),
@@ -123,6 +133,12 @@ PROMPT_TOKENS = counter(
     "Prompt tokens the engine processed, as its own counter reports them (resets when it restarts).",
     "engine",
 )
+SLEEPING = gauge(
+    "autoglm_engine_sleeping",
+    "1 while the engine says it sleeps on purpose (vLLM 0.32+ sleep mode: vllm:engine_sleep_state awake 0 "
+    "on every engine core), else 0; absent when the engine does not say.",
+    "engine",
+)
 STALLED = gauge(
     "autoglm_engine_stalled",
     "1 when requests have waited in the engine with no new token at several readings in a row spanning "
@@ -148,6 +164,8 @@ class _Reading:
     kv_cache: float | None
     generation: float | None
     prompt: float | None
+    says_sleep: bool = False  # the engine serves its sleep state (vLLM 0.32+)
+    sleep_level: int | None = None  # None: awake, or the engine does not say; 0-2: asleep at that level
 
     def empty(self) -> bool:
         return all(
@@ -157,7 +175,7 @@ class _Reading:
 
 class EngineCollector(Collector[EngineFacts]):
     name = "engine"
-    metrics = (UP, WAITING, RUNNING, KV_CACHE, GENERATION_TOKENS, PROMPT_TOKENS, STALLED, FAILURES)
+    metrics = (UP, WAITING, RUNNING, KV_CACHE, GENERATION_TOKENS, PROMPT_TOKENS, SLEEPING, STALLED, FAILURES)
     items_attribute = "engines"
     state_per_item = ("_failures", "_previous_tokens", "_flat", "_failure_log")
 
@@ -206,7 +224,9 @@ class EngineCollector(Collector[EngineFacts]):
             self._previous_tokens[engine.name] = reading.generation
         else:
             self._previous_tokens.pop(engine.name, None)
-        flat, flat_since = self._flat_row(engine.name, reading.waiting, since_last)
+        # A sleeping engine holds its requests on purpose (vLLM's sleep mode): no stall to judge.
+        asleep = reading.sleep_level is not None
+        flat, flat_since = self._flat_row(engine.name, None if asleep else reading.waiting, since_last)
         hint = f"none of the {engine.kind} metrics are in the body" if reading.empty() else None
         return EngineInstanceFacts(
             name=engine.name,
@@ -224,6 +244,8 @@ class EngineCollector(Collector[EngineFacts]):
             stalled_since=flat_since if flat else None,
             prompt_tokens=reading.prompt,
             url=display_url(engine.metrics_url),
+            sleeping=asleep if reading.says_sleep else None,
+            sleep_level=reading.sleep_level,
         )
 
     def _flat_row(self, engine: str, waiting: float | None, since_last: float | None) -> tuple[int, float]:
@@ -290,6 +312,8 @@ class EngineCollector(Collector[EngineFacts]):
             add(KV_CACHE, [name], facts.kv_cache_usage)
             add(GENERATION_TOKENS, [name], facts.generation_tokens)
             add(PROMPT_TOKENS, [name], facts.prompt_tokens)
+            if facts.sleeping is not None:
+                add(SLEEPING, [name], 1 if facts.sleeping else 0)
             add(STALLED, [name], 1 if facts.stalled else 0)
         return families.list()
 
@@ -304,11 +328,17 @@ def _parse(body: bytes, names: _Names) -> _Reading:
         *names.prompt,
     }
     values: dict[str, list[float]] = {}
+    sleep_states: dict[str, list[float]] = {}  # sleep_state -> its values over the engine cores
     try:
         for family in text_string_to_metric_families(body.decode("utf-8", errors="replace")):
             for sample in family.samples:
-                if sample.name in wanted and math.isfinite(sample.value):
+                if not math.isfinite(sample.value):
+                    continue
+                if sample.name in wanted:
                     values.setdefault(sample.name, []).append(float(sample.value))
+                elif sample.name in names.sleep_state:
+                    state = sample.labels.get("sleep_state", "")
+                    sleep_states.setdefault(state, []).append(float(sample.value))
     except Exception as exc:  # untrusted input: whatever the parser chokes on is a bad body
         raise _Failure("bad_body", f"not Prometheus text format: {short_message(exc)}") from None
 
@@ -324,7 +354,19 @@ def _parse(body: bytes, names: _Names) -> _Reading:
         kv_cache=first(names.kv_cache, highest=True),
         generation=first(names.generation),
         prompt=first(names.prompt),
+        says_sleep="awake" in sleep_states,
+        sleep_level=_sleep_level(sleep_states),
     )
+
+
+def _sleep_level(states: dict[str, list[float]]) -> int | None:
+    """The sleep level when no engine core is awake (vLLM: level 1 offloads the weights, level 2
+    discards them, level 0 only pauses scheduling); None when one is awake or nothing says."""
+    if "awake" not in states or max(states["awake"]) > 0:
+        return None
+    if max(states.get("discard_all", [0.0])) > 0:
+        return 2
+    return 1 if max(states.get("weights_offloaded", [0.0])) > 0 else 0
 
 
 def _redact(text: str, url: str) -> str:

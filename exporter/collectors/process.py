@@ -9,12 +9,19 @@ read it is simply not counted: that race is normal.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from ..base.thresholds import (
+    DEAD_WORKER_RECENT_SECONDS,
+    WORKER_SEEN_READINGS,
+    WORKER_SEEN_SECONDS,
+    WORKER_STUCK_READINGS,
+)
 from ..config import ServiceConfig
-from ..facts.process import ProcessFacts, ServiceFacts, WorkerFacts
+from ..facts.process import DeadWorker, ProcessFacts, ServiceFacts, WorkerFacts
 from ..linux import procfs
 from ..linux.processes import Membership, ProcfsUnreadable, ServiceMatcher
 from ..logs.redact import redact
@@ -112,6 +119,7 @@ WORKER_IDLE_READINGS = gauge(
 MAX_PORTS_PER_SERVICE = 32
 MAX_WORKERS_READ = 16  # child processes of a service read each cycle (the rest are only counted)
 MAX_COMMAND_CHARS = 256  # of a process's command line quoted in the verdict
+_DEAD_STATES = ("zombie", "dead")  # a worker in one of these has ended, reaped or not
 
 
 class ProcessCollector(Collector[ProcessFacts]):
@@ -139,7 +147,7 @@ class ProcessCollector(Collector[ProcessFacts]):
         WORKER_IDLE_READINGS,
     )
     items_attribute = "services"
-    state_per_item = ("_main_process", "_restarts", "_last_worker", "_child_states")
+    state_per_item = ("_main_process", "_restarts", "_last_worker", "_child_states", "_worker_seen", "_dead")
 
     def __init__(
         self,
@@ -157,6 +165,9 @@ class ProcessCollector(Collector[ProcessFacts]):
         self._last_look: float | None = None  # when the membership of its previous reading was taken
         self._last_worker: dict[str, WorkerFacts] = {}  # service -> its worker at the previous reading
         self._child_states: dict[str, dict[int, tuple[int, str, int]]] = {}  # pid -> (start, state, readings)
+        # service -> its worker alive: (pid, start ticks), readings in a row, the main process then, when
+        self._worker_seen: dict[str, tuple[tuple[int, int], int, tuple[int, int] | None, float]] = {}
+        self._dead: dict[str, DeadWorker] = {}  # service -> its worker that died while the parent lived
 
     def collect(self) -> Result[ProcessFacts]:
         try:
@@ -209,6 +220,7 @@ class ProcessCollector(Collector[ProcessFacts]):
             facts.name, [c for pid in pids[:MAX_WORKERS_READ] if (c := self._child(pid))]
         )
         busiest = _busiest_subtree(children)
+        facts.dead_worker = self._note_dead_worker(facts, busiest)
         worker = self._note_worker(facts.name, busiest) if busiest is not None else None
         if worker is None:
             self._last_worker.pop(facts.name, None)
@@ -253,7 +265,71 @@ class ProcessCollector(Collector[ProcessFacts]):
             threads.voluntary_ctxt_switches,
             threads.nonvoluntary_ctxt_switches,
             letter=stat.state,
+            exit_code=stat.exit_code if stat.state == "Z" else None,
         )
+
+    def _note_dead_worker(self, facts: ServiceFacts, worker: WorkerFacts | None) -> DeadWorker | None:
+        """The worker that died while the service's main process lived (ServiceFacts.dead_worker)."""
+        name, now = facts.name, time.time()
+        main = self._main_process.get(name) if facts.up else None
+        seen = self._worker_seen.pop(name, None)
+        if worker is not None and worker.state not in _DEAD_STATES:
+            key = (worker.pid, worker.start_ticks)
+            count = seen[1] + 1 if seen is not None and seen[0] == key else 1
+            self._worker_seen[name] = (key, count, main, now)
+        dead = self._dead.get(name)
+        if dead is not None and self._past(dead, facts, worker, main, now):
+            del self._dead[name]
+            dead = None
+        if dead is not None or main is None:
+            return dead
+        if (
+            worker is not None
+            and worker.state in _DEAD_STATES
+            and worker.state_readings >= WORKER_STUCK_READINGS
+        ):
+            # A zombie its parent has not reaped for a while, whether or not we saw it alive.
+            found = DeadWorker(
+                worker.pid, worker.name, main[0], None, now, exit_status(worker.exit_code) or None
+            )
+            self._dead[name] = found
+            return found
+        if seen is None:
+            return None
+        (pid, start), readings, parent, last_seen = seen
+        started = self._boot() + start / procfs.CLOCK_TICKS
+        known = readings >= WORKER_SEEN_READINGS or last_seen - started >= WORKER_SEEN_SECONDS
+        if not known or parent != main:
+            return None  # a passing child, or its parent is another process now (a restart)
+        ended = _ended(self.proc_root, pid, start)
+        if ended is None:
+            return None  # alive still (another child is the busiest now)
+        before = self._last_worker.get(name)
+        what = before.name if before is not None and before.pid == pid else f"pid {pid}"
+        self._dead[name] = DeadWorker(pid, what, main[0], last_seen, now, ended or None)
+        return self._dead[name]
+
+    def _past(
+        self,
+        dead: DeadWorker,
+        facts: ServiceFacts,
+        worker: WorkerFacts | None,
+        main: tuple[int, int] | None,
+        now: float,
+    ) -> bool:
+        """Whether the service is past its dead worker: another main process runs, a worker started
+        since took its place (a server replaced it), or it has served on without it for
+        DEAD_WORKER_RECENT_SECONDS. Never while no process runs: its parent exited after it."""
+        if main is None:
+            return False
+        if main[0] != dead.parent_pid:
+            return True
+        if worker is not None and worker.pid != dead.pid and worker.state not in _DEAD_STATES:
+            started = self._boot() + worker.start_ticks / procfs.CLOCK_TICKS
+            if started >= (dead.last_seen_at or dead.found_at) - 1.0:  # started after it was last seen alive
+                return True
+        serving = facts.expected_port is None or facts.expected_port_listening
+        return serving and now - dead.found_at > DEAD_WORKER_RECENT_SECONDS
 
     def _note_worker(self, service: str, worker: WorkerFacts) -> WorkerFacts:
         """Readings in a row at which the same worker used no CPU and made no context switch."""
@@ -371,3 +447,33 @@ def _counters(worker: WorkerFacts) -> tuple[float, float, int, int]:
         worker.voluntary_ctxt_switches,
         worker.involuntary_ctxt_switches,
     )
+
+
+def _ended(proc_root: str, pid: int, start_ticks: int) -> str | None:
+    """How the process `pid` (started at `start_ticks`) ended: None while it lives, "" when it is
+    gone (reaped: how is not known), its exit status while it is a zombie."""
+    try:
+        stat = procfs.parse_pid_stat(procfs.read_text(f"{proc_root}/{pid}/stat"))
+    except (FileNotFoundError, ProcessLookupError, procfs.ProcParseError):
+        return ""
+    except PermissionError:
+        return None
+    if stat.start_ticks != start_ticks:
+        return ""  # its pid was taken by another process since
+    if procfs.THREAD_STATES.get(stat.state) not in _DEAD_STATES:
+        return None
+    return exit_status(stat.exit_code)
+
+
+def exit_status(code: int | None) -> str:
+    """A waitpid(2) status in words: "killed by SIGKILL", "exited with status 1"."""
+    if code is None:
+        return ""
+    if code & 0x7F:
+        number = code & 0x7F
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"killed by {name}" + (" (core dumped)" if code & 0x80 else "")
+    return f"exited with status {(code >> 8) & 0xFF}"

@@ -74,8 +74,8 @@ class CollectorDeclaration:
     interval: Callable[[Config], float] = _global_interval  # when its section gives none
     timeout: Callable[[Config], float] = _global_timeout
     # A new state seen by it (or awaited from it) is read again seconds later instead of an
-    # interval later: readings that are facts of the moment (a refusal, a process gone), not
-    # trends over the interval (tokens per reading, GPU utilisation).
+    # interval later: readings that are facts of the moment (a refusal, a process gone, the GPU
+    # driver's own samples), not trends over the interval (tokens per reading, the machine's CPU).
     read_again_soon: bool = False
     # The collectors whose next reading may explain a state it sees (Link.awaits).
     awaits: tuple[str, ...] = ()
@@ -173,6 +173,9 @@ DECLARED: list[CollectorDeclaration] = [
         ),
         facts=f"{_FACTS}.gpu:GpuFacts",
         timeout=lambda config: max(config.timeout, config.gpu.call_timeout + 2.0),
+        # The GPU's state, events and utilisation are the driver's own samples, facts of the
+        # moment: a hung nvidia-smi or a lost GPU is confirmed seconds later, not an interval.
+        read_again_soon=True,
         shares_service_matcher=True,
     ),
     CollectorDeclaration(

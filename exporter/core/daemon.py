@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 SCRAPE_SWITCH_INTERVAL = 0.001  # seconds
 # A new state seen by a collector declared read_again_soon (or awaited from it) is read again this
 # many seconds later instead of an interval later, so an instant failure (HTTP 500, refused, a
-# process gone, Redis down, a CUDA OOM line) is named in seconds while one failed request still
-# changes nothing.
+# process gone, Redis down, a CUDA OOM line, nvidia-smi hung past its deadline) is named in seconds
+# while one failed request still changes nothing.
 READ_AGAIN_AFTER = 2.0  # seconds
 # A reload reads its files (config, web config, the files they name) at most this long: a FIFO or
 # a hung mount fails the reload, never holds it (or SIGHUP's reloads) forever.

@@ -6,8 +6,8 @@ so no collector or scrape ever waits for py-spy. A capture can also be asked for
 /api/capture, `autoglm-exporter capture`).
 
 Stacks explain a hang, nothing else, so only a hang of a live process triggers a capture. It takes
-the stacks of the process that is stuck: a child of the service stopped, blocked in the kernel or a
-zombie, or its idle worker while its engine has requests (vLLM's engine core: the API server goes
+the stacks of the process that is stuck: a child of the service stopped or blocked in the kernel,
+or its idle worker while its engine has requests (vLLM's engine core: the API server goes
 on answering while it hangs; diagnosis/workers.py decides), else the service's main process.
 Triggers:
 - a probe of the service (a client's, or a generation probe of an engine the API depends on)
@@ -318,9 +318,9 @@ class HangWatch:
 
 def _suspect(service: ServiceFacts, engine: EngineFacts | None) -> tuple[int, str | None] | None:
     """The pid to capture: the service's stuck child (with its name and state), else its main process;
-    None while a child was seen stopped, blocked or dead at one reading only (not yet known stuck)."""
+    None while a child was seen stopped or blocked at one reading only (not yet known stuck)."""
     child = stuck_worker(service, engine)
-    if child is not None and child.state != "zombie":  # a zombie has no stacks: its parent's say why
+    if child is not None:
         return child.pid, f"{child.name} (pid {child.pid}, state {child.letter})"
     if child is None and any(c.state in STUCK_STATES for c in service.children):
         return None

@@ -14,6 +14,7 @@ from .resources import container_links, gpu_links, resource_links
 from .service import environment_links, log_links, service_links
 from .stall import forensics_links, stall_links
 from .trends import Trends
+from .workers import worker_links
 
 
 def all_links(
@@ -34,6 +35,7 @@ def all_links(
         + gpu_links(facts.gpu)
         + forensics_links(facts.forensics, now)
         + stall_links(facts, trends, hang_after)
+        + worker_links(facts, hang_after, now)
         + environment_links(facts.environment)
         + exporter_links(health)
     )

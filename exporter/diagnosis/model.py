@@ -26,8 +26,21 @@ REASONS: dict[str, tuple[str, ...]] = {
         "dns",
         "tls",
     ),
-    "service": ("process_missing", "port_not_listening", "port_taken", "restarting", "log_errors"),
-    "dependencies": ("redis_down", "engine_down", "engine_not_generating", "dependency_probe_failed"),
+    "service": (
+        "process_missing",
+        "port_not_listening",
+        "port_taken",
+        "restarting",
+        "log_errors",
+        "worker_died",
+    ),
+    "dependencies": (
+        "redis_down",
+        "engine_down",
+        "engine_not_generating",
+        "engine_sleeping",
+        "dependency_probe_failed",
+    ),
     "resources": (
         "memory_low",
         "cpu_saturated",

@@ -2,7 +2,8 @@
 
 Broken links fall into groups, and the first group with a broken link names the cause:
 
-1. what is wrong with the service or what it depends on: its threads (stacks), a refusal the
+1. what is wrong with the service or what it depends on: its threads (stacks), a worker process
+   of it stuck or dead (vLLM's engine core), a refusal the
    process explains (dead, not listening, wrong port), its process, port, log errors, its
    cgroup or GPU, Redis, the engine, a stalled engine or queue, pressure on the machine that is
    the service's own. Within the group the link that broke FIRST wins; on a tie, the more
@@ -73,6 +74,8 @@ def specificity(link: Link) -> int:
         return STACKS  # where the service's threads are stuck, or which of its processes is
     if link.layer == "stall":
         return STALLED
+    if link.layer == "service" and link.reason == "worker_died":
+        return STACKS  # which of its processes died: what its refusals and its exit then mean
     if link.layer == "service" and link.reason == "restarting":
         return CRASH_LOOP
     if link.layer == "network":

@@ -19,7 +19,6 @@ from .client import hung_probe
 from .facts import Facts
 from .model import Link, engine_subject, number, redis_cli
 from .trends import Trends
-from .workers import worker_links
 
 
 def _engine_probe_hangs(facts: Facts, instance: EngineInstanceFacts, hang_after: float) -> bool:
@@ -64,8 +63,11 @@ def gpu_idle_links(engine: EngineFacts | None, gpu: GpuFacts | None) -> list[Lin
 
 def stall_links(facts: Facts, trends: Trends, hang_after: float) -> list[Link]:
     engine, redis = facts.engine, facts.redis
-    links = gpu_idle_links(engine, facts.gpu) + worker_links(facts, hang_after)
+    links = gpu_idle_links(engine, facts.gpu)
     for instance in engine.engines.values() if engine is not None else []:
+        if instance.up and instance.sleeping:
+            links += _sleeping(facts, instance, hang_after)
+            continue
         flat = instance.flat_readings
         corroborated = flat >= 1 and _engine_probe_hangs(facts, instance, hang_after)
         if instance.up and (instance.stalled or corroborated):
@@ -105,6 +107,40 @@ def stall_links(facts: Facts, trends: Trends, hang_after: float) -> list[Link]:
                 )
             )
     return links
+
+
+_SLEEP_LEVELS = {0: "scheduling paused", 1: "weights offloaded", 2: "weights discarded"}
+
+
+def _sleeping(facts: Facts, instance: EngineInstanceFacts, hang_after: float) -> list[Link]:
+    """An engine put to sleep on purpose (vLLM's sleep mode) generates nothing, by design: never a
+    stall. It is named only while requests wait on it, or a probe of its service hangs or failed
+    (a probe that timed out took its request away: the queue is empty until the next one)."""
+    waiting = instance.waiting or 0
+    owner = engine_subject(instance)
+    finished = facts.probe.targets.values() if facts.probe is not None else ()
+    failed = any((t.service or t.name) == owner and not t.outcome.success for t in finished)
+    if not waiting and not failed and not _engine_probe_hangs(facts, instance, hang_after):
+        return []
+    level = instance.sleep_level
+    how = f"level {level}: {_SLEEP_LEVELS[level]}" if level in _SLEEP_LEVELS else "asleep"
+    host = instance.url.split("/metrics", 1)[0]
+    return [
+        Link(
+            f"engine {instance.name} sleep",
+            "dependencies",
+            False,
+            f"engine {instance.name} was put to sleep ({how}): {number(waiting)} requests wait on it",
+            "engine_sleeping",
+            (
+                f"vllm:engine_sleep_state says no engine core is awake ({how})",
+                "sleep mode is deliberate (POST /sleep): nothing is stuck; requests wait for POST /wake_up",
+            ),
+            f"curl -s {host}/is_sleeping; curl -s -X POST {host}/wake_up",
+            source="engine",
+            subject=engine_subject(instance),
+        )
+    ]
 
 
 def forensics_links(forensics: ForensicsFacts | None, now: float) -> list[Link]:

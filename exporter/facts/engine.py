@@ -24,6 +24,9 @@ class EngineInstanceFacts:
     prompt_tokens: float | None = None
     url: str = ""  # the metrics URL without credentials, for the verdict's next command
     flat_readings: int = 0  # readings in a row with requests waiting and no new token
+    # Asleep on purpose (vLLM's sleep mode): its requests wait until it is woken, which is no stall.
+    sleeping: bool | None = None  # None: the engine does not say (vLLM before 0.32, SGLang)
+    sleep_level: int | None = None  # 0: scheduling paused; 1: weights offloaded; 2: weights discarded
 
 
 @dataclass(frozen=True)

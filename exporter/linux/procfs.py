@@ -121,6 +121,8 @@ class PidStat:
     num_threads: int
     start_ticks: int  # since boot, in clock ticks: with the pid it identifies one process instance
     rss_bytes: int
+    # How it ended, as waitpid(2) reports it (field 52, Linux 3.5+): meaningful for a zombie only.
+    exit_code: int | None = None
 
 
 def parse_pid_stat(text: str) -> PidStat:
@@ -143,6 +145,7 @@ def parse_pid_stat(text: str) -> PidStat:
         num_threads=int(rest[17]),
         start_ticks=int(rest[19]),
         rss_bytes=int(rest[21]) * PAGE_SIZE,
+        exit_code=int(rest[49]) if len(rest) > 49 else None,
     )
 
 
