@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .support import FIXTURES as FIXTURES  # re-exported: tests import these two from here
 from .support import REPO as REPO
-from .support import find_binary, free_port, start_logged, stop_process, wait_until
+from .support import START_WITHIN, find_binary, free_port, start_logged, stop_process, wait_until
 from .vllm_harness import vllm_server as vllm_server  # one real vLLM for the test session
 
 # The longest end-to-end runs, started first: they mostly wait on alert timing, and `make test`
@@ -155,7 +155,7 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
                 assert process.poll() is None, f"exporter exited early:\n{exporter.log()}"
                 return exporter.get("/-/ready", **http).status_code == 200
 
-            wait_until(ready, timeout=15)
+            wait_until(ready, timeout=START_WITHIN)
         return exporter
 
     yield start
@@ -243,7 +243,7 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
             except redis.RedisError:
                 return False
 
-        wait_until(answers, timeout=10)
+        wait_until(answers, timeout=START_WITHIN)
         return server
 
     yield start
