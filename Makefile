@@ -9,7 +9,14 @@ VLLM_VENV ?= .venv-vllm
 VLLM_MODEL_DIR ?= .cache/vllm-tiny-llama
 export VLLM_VENV VLLM_MODEL_DIR
 
-.PHONY: run test deps venv lint typecheck unit bench docs doctor mixin vllm vllm-serve demo-vllm
+# Tests run side by side (pytest-xdist): most wait on real processes rather than compute.
+# --dist loadgroup keeps an xdist_group (the session's one real vLLM) on one worker.
+TEST_WORKERS ?= 4
+XDIST := -n $(TEST_WORKERS) --dist loadgroup
+# More pytest options for both test runs, e.g. PYTEST_ARGS=--durations=30
+PYTEST_ARGS ?=
+
+.PHONY: run test deps base-deps venv lint typecheck unit real-engine bench docs doctor mixin vllm vllm-serve demo-vllm
 
 run: venv
 	$(VENV)/bin/autoglm-exporter $(ARGS)
@@ -17,10 +24,15 @@ run: venv
 doctor: venv
 	$(VENV)/bin/autoglm-exporter doctor $(ARGS)
 
-test: deps lint typecheck unit
+# Everything but the real vLLM first (install, lint, types, tests); then the real vLLM's install
+# (minutes once, cached after) and the tests that drive it. Any failure fails `make test`.
+test: base-deps lint typecheck unit real-engine
 
 deps:
 	VENV=$(VENV) scripts/install-deps.sh
+
+base-deps:
+	WITH_VLLM=0 VENV=$(VENV) scripts/install-deps.sh
 
 venv:
 	PYTHON_ONLY=1 VENV=$(VENV) scripts/install-deps.sh
@@ -33,7 +45,11 @@ typecheck:
 	$(VENV)/bin/mypy exporter mixin demo
 
 unit:
-	CI=$${CI:-} $(PY) -m pytest
+	CI=$${CI:-} $(PY) -m pytest $(XDIST) -m "not real_engine" $(PYTEST_ARGS)
+
+# The tests of the real vLLM (marker real_engine): the session's server and the fault matrix's own.
+real-engine: base-deps vllm
+	CI=$${CI:-} $(PY) -m pytest -n 2 --dist loadgroup -m real_engine $(PYTEST_ARGS)
 
 # The real vLLM in its own venv and the tiny model (`make deps` does this too).
 vllm:

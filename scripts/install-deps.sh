@@ -3,6 +3,8 @@
 # the real components the tests drive (Debian packages), the Python venv, and the real vLLM
 # (CPU build, its own venv) with the tiny model it serves (scripts/vllm/install.sh).
 # Idempotent: does nothing that is already there.
+#   PYTHON_ONLY=1  only the venv (make run): no Debian package, no vLLM
+#   WITH_VLLM=0    everything but the real vLLM (make test installs it after the other tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,10 +56,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/pip" install -q -e '.[test]'
+  # The venv's own pip installs the project (editable, from pyproject) as it is; upgrading it first
+  # cost a download on every fresh clone. pip's cache keeps the wheels between clones.
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
   touch "$stamp"
 fi
 
 # The real engine the contract tests run (several GB, minutes the first time; cached after).
-[ "${PYTHON_ONLY:-0}" = 1 ] || PYTHON="$PYTHON" scripts/vllm/install.sh
+[ "${PYTHON_ONLY:-0}" = 1 ] || [ "${WITH_VLLM:-1}" = 0 ] || PYTHON="$PYTHON" scripts/vllm/install.sh

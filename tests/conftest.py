@@ -23,8 +23,28 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .support import FIXTURES as FIXTURES  # re-exported: tests import these two from here
 from .support import REPO as REPO
-from .support import find_binary, free_port, start_logged, stop_process, wait_until
+from .support import START_WITHIN, find_binary, free_port, start_logged, stop_process, wait_until
 from .vllm_harness import vllm_server as vllm_server  # one real vLLM for the test session
+
+# The longest end-to-end runs, started first: they mostly wait on alert timing, and `make test`
+# (pytest-xdist) runs the rest of the suite beside them instead of after them.
+RUN_FIRST = ("tests/test_e2e_paging.py", "tests/test_fleet.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test of the real vLLM (the session's `vllm_server`) is marked `real_engine` and kept in one
+    xdist group, so the one server starts once, on one worker; the longest runs go first."""
+    for item in items:
+        if "vllm_server" in item.fixturenames:
+            item.add_marker(pytest.mark.real_engine)
+            item.add_marker(pytest.mark.xdist_group("vllm"))
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::")[0]
+        return RUN_FIRST.index(path) if path in RUN_FIRST else len(RUN_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -135,7 +155,7 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
                 assert process.poll() is None, f"exporter exited early:\n{exporter.log()}"
                 return exporter.get("/-/ready", **http).status_code == 200
 
-            wait_until(ready, timeout=15)
+            wait_until(ready, timeout=START_WITHIN)
         return exporter
 
     yield start
@@ -223,7 +243,7 @@ def redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
             except redis.RedisError:
                 return False
 
-        wait_until(answers, timeout=10)
+        wait_until(answers, timeout=START_WITHIN)
         return server
 
     yield start

@@ -27,6 +27,7 @@ from mixin import config as mixin_config
 
 from .alertreceiver import WebhookReceiver
 from .conftest import REPO, require_binary, stop_process, wait_until
+from .support import START_WITHIN
 
 TIME_SCALE = 1 / 20  # the one factor every shipped duration is multiplied by
 
@@ -68,7 +69,7 @@ def start_redis(processes: Processes, port: int, name: str = "redis") -> None:
     args = [require_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
     args += ["--save", "", "--dir", str(data), "--appendonly", "no", "--maxmemory", "256mb"]
     processes.spawn(name, args)
-    wait_until(lambda: answers_tcp(port), timeout=10)
+    wait_until(lambda: answers_tcp(port), timeout=START_WITHIN)
 
 
 def start_alertmanager(processes: Processes, port: int, webhook: WebhookReceiver) -> None:
@@ -82,7 +83,7 @@ def start_alertmanager(processes: Processes, port: int, webhook: WebhookReceiver
     processes.spawn(
         "alertmanager", [*args, f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
     )
-    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/-/ready").status_code == 200, timeout=20)
+    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/-/ready").status_code == 200, timeout=START_WITHIN)
 
 
 def start_prometheus(
@@ -113,7 +114,7 @@ def start_prometheus(
     args = [binary, f"--config.file={path}", f"--storage.tsdb.path={processes.tmp / 'prom-data'}"]
     args += [f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s"]
     processes.spawn("prometheus", args)
-    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/-/ready").status_code == 200, timeout=20)
+    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/-/ready").status_code == 200, timeout=START_WITHIN)
 
 
 class PrometheusApi:

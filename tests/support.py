@@ -23,6 +23,10 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
+# How long a component the tests start (the exporter, redis-server, Prometheus, Alertmanager...) may
+# take to answer. Generous: CI shares its 2 cores with other work, and `make test` runs tests side
+# by side; a component that exits fails the wait at once, with its log, so a broken one costs no time.
+START_WITHIN = 60.0
 
 
 class BackgroundHTTPServer:
@@ -95,7 +99,9 @@ def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, ti
     return int(process.returncode)
 
 
-def wait_http_ok(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
+def wait_http_ok(
+    url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = START_WITHIN
+) -> None:
     """Wait until `url` answers 200; fail at once, with the log, when the server exits."""
 
     def ok() -> bool:

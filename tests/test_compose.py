@@ -33,7 +33,7 @@ from mixin.config import EXPORTER_JOB
 
 from .alertreceiver import WebhookReceiver, point_webhooks_at
 from .conftest import REPO, check_config, free_port, require_binary, stop_process, wait_until
-from .support import wait_http_ok
+from .support import START_WITHIN, wait_http_ok
 
 COMPOSE = REPO / "docker-compose.yml"
 GPU_OVERRIDE = REPO / "deploy/compose/gpu.yml"
@@ -459,7 +459,7 @@ def test_real_prometheus_scrapes_the_compose_exporter(tmp_path: Path, spawn, sta
     local_config = tmp_path / "exporter.yml"
     local_config.write_text(text)
     exporter = start_exporter("run", f"--config.file={local_config}", wait_ready=False)
-    wait_until(lambda: exporter.get("/metrics").status_code == 200, timeout=15)
+    wait_until(lambda: exporter.get("/metrics").status_code == 200, timeout=START_WITHIN)
 
     port = free_port()
     prometheus_config = _prometheus_config_for_this_host(

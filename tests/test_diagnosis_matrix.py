@@ -33,6 +33,7 @@ def test_quick_mode_runs_its_faults_to_a_final_line() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.real_engine
 @pytest.mark.timeout(STARTUP_TIMEOUT + 900)
 def test_real_engine_mode_runs_a_fault_of_the_real_vllm_to_a_final_line() -> None:
     reason = missing()
