@@ -23,7 +23,8 @@ import pytest
 from .conftest import sample, wait_until
 from .vllm_harness import TEST_TIMEOUT, VllmServer, start_vllm
 
-pytestmark = pytest.mark.timeout(TEST_TIMEOUT)
+# Its own vLLM (development endpoints): with the real-engine tests, in a worker group of its own.
+pytestmark = [pytest.mark.timeout(TEST_TIMEOUT), pytest.mark.real_engine, pytest.mark.xdist_group("vllm-dev")]
 
 # The default schedule: a process reading every 10 s, and the one taken again 2 s after a new state.
 # Room for a busy 2-core machine; the verdict is waited on, never slept for.
