@@ -754,6 +754,7 @@ class Row:
     note: str = ""
     timeline: list[tuple[float, str]] = field(default_factory=list)  # (seconds after the fault, verdict)
     ended_at: float = 0.0  # seconds after the fault began
+    kept_log: Path | None = None  # the exporter's log of a run that failed, kept to say why
 
     @property
     def right(self) -> bool:
@@ -861,6 +862,7 @@ def run_fault(fault: Fault, condition: str, mode: Mode) -> Row:
     with tempfile.TemporaryDirectory(prefix=f"matrix-{fault.name}-") as tmp:
         world = World(Path(tmp), fault.stack)
         exporter: Exporter | None = None
+        row: Row | None = None
         try:
             world.bring_up()
             config_path = world.config(mode)
@@ -873,10 +875,14 @@ def run_fault(fault: Fault, condition: str, mode: Mode) -> Row:
             before = Readings(exporter, time.monotonic())
             before.until(HEALTHY, 4 * interval)
             baseline = before.timeline[-1][1] if before.timeline else None
-            return _measure(fault, condition, world, exporter, interval, timeouts, baseline)
+            row = _measure(fault, condition, world, exporter, interval, timeouts, baseline)
+            return row
         finally:
             if exporter is not None:
                 exporter.stop()
+                if row is not None and not row.passed:  # the temp dir goes: keep what says why
+                    kept = Path(tempfile.mkdtemp(prefix=f"matrix-{fault.name}-failed-"))
+                    row.kept_log = Path(shutil.copyfile(exporter.log, kept / "exporter.log"))
             world.close()
 
 
@@ -1066,6 +1072,7 @@ def print_row(row: Row) -> None:
     changes = f"({row.changes})" if row.fault.kind == "churn" else str(row.changes)
     note = row.note + ("" if row.baseline == HEALTHY else f"; baseline was {row.baseline}")
     note += f"; also named {', '.join(row.detours)}" if row.detours else ""
+    note += f"; exporter log: {row.kept_log}" if row.kept_log else ""
     print(
         COLUMNS.format(
             row.fault.name,
