@@ -254,8 +254,10 @@ class World:
             answer.read()
 
     def restart_vllm(self) -> None:
-        """Start the real vLLM again (on a new port), and tell the exporter where it is now."""
-        self.vllm = REAL_ENGINE.ensure(wait_exit=60.0)
+        """Start the real vLLM again on its port, as its supervisor would (systemd, a pod's restart),
+        once the dying one has exited; the exporter's config is written again (the same one, unless
+        the dying server outlived the wait and a new port was needed)."""
+        self.vllm = REAL_ENGINE.ensure(wait_exit=60.0, port=self.port)
         self.port = self.vllm.port
         self.reconfigure()
 
@@ -626,8 +628,10 @@ REAL_FAULTS = (
         lambda w: w.signal_engine_core(signal.SIGKILL),
         lambda w: w.restart_vllm(),
         clear_is_start=True,
-        # The API server answers 500, then closes its port: symptoms the dead core explains.
-        on_the_way=("client/http_error", "client/reset", "network/not_listening"),
+        # The API server answers 500, then closes its port: symptoms the dead core explains. Its
+        # engine's /metrics on that port is refused as long (engine_down), and a restarted server
+        # is not listening until it has loaded: the truth of a restart, not a wrong cause.
+        on_the_way=("client/http_error", "client/reset", "network/not_listening", "dependencies/engine_down"),
     ),
 )
 REAL_FAULTS_BY_NAME = {fault.name: fault for fault in REAL_FAULTS}
@@ -689,9 +693,10 @@ class RealEngine:
         self.starts = 0
         self.logs: Path | None = None
 
-    def ensure(self, wait_exit: float = 0.0) -> Any:
-        """The running server; a new one when there is none or it died (waiting up to `wait_exit`
-        seconds for a dying one to exit: vLLM's API server exits when its engine core dies)."""
+    def ensure(self, wait_exit: float = 0.0, port: int | None = None) -> Any:
+        """The running server; a new one (on `port`, default a free one) when there is none or it
+        died (waiting up to `wait_exit` seconds for a dying one to exit: vLLM's API server exits
+        when its engine core dies)."""
         from tests import vllm_harness  # only here: the demo faults need no vLLM
 
         if self.server is not None:
@@ -706,7 +711,7 @@ class RealEngine:
         try:
             # Its development endpoints on: POST /sleep and /wake_up (the engine_asleep fault).
             log = self.logs / f"vllm-{self.starts}.log"
-            self.server = vllm_harness.start_vllm(log, env={"VLLM_SERVER_DEV_MODE": "1"})
+            self.server = vllm_harness.start_vllm(log, env={"VLLM_SERVER_DEV_MODE": "1"}, port=port)
         except AssertionError as exc:  # not ready in time, or it exited: its log says why
             self.server = None
             raise RuntimeError(f"the real vLLM did not start: {str(exc)[-1500:]}") from None

@@ -143,15 +143,17 @@ def start_vllm(
     max_model_len: int = MAX_MODEL_LEN,
     timeout: float = STARTUP_TIMEOUT,
     env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> VllmServer:
-    """Start serve.sh on a free port; return once /health and a chat completion answer 200.
+    """Start serve.sh on `port` (default: a free one); return once /health and a chat completion
+    answer 200.
 
     `env`: more environment for it (VLLM_SERVER_DEV_MODE=1 serves /sleep and /wake_up). Raises
     AssertionError (with the server's log) when it exits or is not ready within `timeout`."""
     reason = missing()
     if reason:
         raise RuntimeError(f"{reason}: run `make deps` (scripts/vllm/install.sh) first")
-    port = free_port()
+    port = port or free_port()
     env = {
         **os.environ,
         "VLLM_VENV": str(venv_dir()),
