@@ -9,73 +9,26 @@ way the verdict must name the dead worker with its pid, not the refusal or the p
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import signal
-import subprocess
-import sys
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from autoglm_exporter.collectors.process import ProcessCollector, exit_status
-from autoglm_exporter.config import ProcessMatch, ServiceConfig
 
-from .conftest import REPO, sample, wait_until
+from .conftest import sample, wait_until
+from .process_tree import Tree, process_trees
 
 PROCESS_READ_AT = "autoglm_exporter_collector_last_success_timestamp_seconds"
-
-TREE = REPO / "tests" / "worker_tree.py"
-
-
-@dataclass
-class Tree:
-    tag: str
-    parent: subprocess.Popen[bytes]
-    child: int
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def state(self) -> str | None:
-        with contextlib.suppress(FileNotFoundError):
-            return Path(f"/proc/{self.child}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return None
-
-    def service(self) -> ServiceConfig:
-        return ServiceConfig(
-            "engine", ProcessMatch(cmdline=f"worker_tree\\.py {self.tag}", port=self.port), port=self.port
-        )
 
 
 @pytest.fixture
 def start_tree() -> Iterator[Callable[..., Tree]]:
-    started: list[Tree] = []
-
-    def start(*flags: str) -> Tree:
-        tag = f"tree-{uuid.uuid4().hex[:10]}"
-        parent = subprocess.Popen([sys.executable, str(TREE), tag, *flags], stdout=subprocess.PIPE)
-        assert parent.stdout is not None
-        ready = re.fullmatch(rb"ready pid=(\d+) child=(\d+) port=(\d+)\n", parent.stdout.readline())
-        assert ready, "worker_tree.py did not start"
-        started.append(Tree(tag, parent, int(ready[2]), int(ready[3])))
-        return started[-1]
-
-    yield start
-    for tree in started:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(tree.child, signal.SIGKILL)
-        tree.parent.kill()
-        tree.parent.wait(5)
-        assert tree.parent.stdout is not None
-        tree.parent.stdout.close()
+    with process_trees() as start:
+        yield start
 
 
 def test_exit_statuses_read_as_people_say_them() -> None:

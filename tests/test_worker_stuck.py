@@ -8,17 +8,10 @@ its pid and state, and the automatic stack capture must take the child's stacks.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -26,60 +19,22 @@ import pytest
 from prometheus_client import generate_latest
 
 from autoglm_exporter.collectors.process import ProcessCollector
-from autoglm_exporter.config import ForensicsConfig, ProcessMatch, ServiceConfig
+from autoglm_exporter.config import ForensicsConfig
 from autoglm_exporter.core.hangwatch import HangWatch
 from autoglm_exporter.facts.inflight import InFlightFacts, InFlightProbe
 
-from .conftest import REPO, assert_promtool_clean, registry_of, sample, wait_until
-
-TREE = REPO / "tests" / "worker_tree.py"
-
-
-@dataclass
-class Tree:
-    tag: str
-    parent: subprocess.Popen[bytes]
-    child: int
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def state(self) -> str:
-        return Path(f"/proc/{self.child}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-    def stop_child(self) -> None:
-        os.kill(self.child, signal.SIGSTOP)
-        wait_until(lambda: self.state() == "T")
+from .conftest import assert_promtool_clean, registry_of, sample, wait_until
+from .process_tree import Tree, process_trees
 
 
 @pytest.fixture
 def tree() -> Iterator[Tree]:
-    tag = f"tree-{uuid.uuid4().hex[:10]}"
-    parent = subprocess.Popen([sys.executable, str(TREE), tag], stdout=subprocess.PIPE)
-    assert parent.stdout is not None
-    ready = re.fullmatch(rb"ready pid=(\d+) child=(\d+) port=(\d+)\n", parent.stdout.readline())
-    assert ready, "worker_tree.py did not start"
-    started = Tree(tag, parent, int(ready[2]), int(ready[3]))
-    yield started
-    for sig in (signal.SIGCONT, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(started.child, sig)
-    parent.kill()
-    parent.wait(5)
-    parent.stdout.close()
-
-
-def _service(tree: Tree) -> ServiceConfig:
-    # The built-in defaults' shape: the API server by its command line or its port.
-    return ServiceConfig(
-        "engine", ProcessMatch(cmdline=f"worker_tree\\.py {tree.tag}", port=tree.port), port=tree.port
-    )
+    with process_trees() as start:
+        yield start()
 
 
 def test_the_renamed_child_is_the_services_worker_with_its_pid_state_and_counters(tree: Tree) -> None:
-    collector = ProcessCollector((_service(tree),))
+    collector = ProcessCollector((tree.service(),))
     result = collector.collect()
     facts = result.facts.services["engine"]
     assert facts.pids == [tree.parent.pid]  # the renamed child is not matched by the parent's rule...
@@ -186,7 +141,7 @@ def test_a_stopped_worker_is_named_with_pid_and_state_and_its_stacks_are_taken(
 def test_the_capture_takes_the_stacks_of_the_stopped_child_not_of_the_parent(
     tree: Tree, tmp_path: Path
 ) -> None:
-    collector = ProcessCollector((_service(tree),))
+    collector = ProcessCollector((tree.service(),))
     watch = HangWatch(ForensicsConfig(hang_after=1.0, dumps=2, dump_interval=0.2, directory=str(tmp_path)))
     tree.stop_child()
     assert watch.observe({"process": collector.collect().facts, "inflight": _hung(tree)}) == ["engine"]
@@ -202,7 +157,7 @@ def test_a_child_held_for_one_reading_is_captured_only_once_the_next_reading_say
     tree: Tree, tmp_path: Path
 ) -> None:
     """A tracer holds a process for a moment (t): the capture waits for the next process reading."""
-    facts = ProcessCollector((_service(tree),)).collect().facts
+    facts = ProcessCollector((tree.service(),)).collect().facts
     service = facts.services["engine"]
     held = replace(service.worker, state="stopped", letter="t", state_readings=1)
     watch = HangWatch(ForensicsConfig(hang_after=1.0, dumps=1, directory=str(tmp_path)))
