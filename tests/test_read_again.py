@@ -8,7 +8,9 @@ test, every reading after the first at start-up is a read-again one.
 
 from __future__ import annotations
 
+import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -138,4 +140,56 @@ def test_a_collector_is_read_again_at_most_once_per_interval() -> None:
         time.sleep(0.5)  # ten times the delay asked for: a refused extra run would have come
         assert collector.runs == 2
     finally:
+        scheduler.stop()
+
+
+class Blocking(Collector):
+    """A collector whose first run waits like a call past its timeout (until released)."""
+
+    name = "blocking"
+    metrics = ()
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.release = threading.Event()
+
+    def collect(self) -> Result:
+        self.runs += 1
+        if self.runs == 1:
+            self.release.wait()
+        return Result([])
+
+
+def _read_again_at(scheduler: CollectorScheduler, name: str) -> datetime | None:
+    job = scheduler._scheduler.get_job(f"{name}:again") if scheduler._scheduler else None
+    return None if job is None else job.next_run_time
+
+
+def test_the_second_look_is_timed_from_the_start_of_the_first() -> None:
+    """A run that waited out the delay itself (a hung nvidia-smi killed at its deadline, a probe
+    that timed out) is looked at again at once; a quick run still waits the delay."""
+    store = Store()
+    store.set_collectors(["blocking", "counting"])
+    blocking, counting = Blocking(), Counting()
+    scheduler = CollectorScheduler()
+    runners = [CollectorRunner(blocking, store, timeout=60), CollectorRunner(counting, store, timeout=60)]
+    scheduler.start([(runner, LONG_INTERVAL) for runner in runners], jitter=0)
+    try:
+        wait_until(lambda: counting.runs == 1)
+        asked = datetime.now().astimezone()
+        scheduler.read_again_soon({"counting"}, 100.0)  # far beyond the time its run took
+        later = _read_again_at(scheduler, "counting")
+        assert later is not None and later >= asked + timedelta(seconds=50)
+
+        delay = 1.0
+        wait_until(lambda: time.monotonic() - runners[0].last_started > delay)  # the run spans the delay
+        blocking.release.set()
+        wait_until(lambda: store.health()["blocking"].runs == 1)
+        asked = datetime.now().astimezone()
+        scheduler.read_again_soon({"blocking"}, delay)
+        at_once = _read_again_at(scheduler, "blocking")
+        assert at_once is None or at_once <= asked + timedelta(seconds=delay / 2)  # None: it ran already
+        wait_until(lambda: blocking.runs == 2)
+    finally:
+        blocking.release.set()
         scheduler.stop()

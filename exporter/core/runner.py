@@ -49,6 +49,7 @@ class CollectorRunner:
         self._succeeds = succeeds  # until this runner's first run has adopted its state
         self._retired = False
         self._lock = threading.Lock()
+        self.last_started: float | None = None  # monotonic time the latest run began; None: never ran
 
     @property
     def name(self) -> str:
@@ -84,6 +85,7 @@ class CollectorRunner:
                     log.warning("collector still stuck, run skipped", extra={"collector": self.name})
                 return None  # else a run within its deadline (interval shorter than timeout): let it end
             run = _Run(time.monotonic())
+            self.last_started = run.started
             self._worker.start(self._collect, lambda result, error: self._finished(run, result, error))
             run.watch = WATCHDOG.watch(run.started + self.timeout, lambda: self._deadline(run))
         return run

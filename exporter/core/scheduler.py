@@ -89,10 +89,12 @@ class CollectorScheduler:
             self._jitter = jitter
 
     def read_again_soon(self, names: Iterable[str], delay: float) -> None:
-        """One extra run of each named collector `delay` seconds from now, besides its schedule: a
-        new state it saw is confirmed (or dropped) by a second reading in seconds, not an interval.
-        At most one extra run per interval, so a flapping reading cannot make a collector loop; none
-        when the next scheduled run comes about as soon."""
+        """One extra run of each named collector `delay` seconds after its latest run began, besides
+        its schedule: a new state it saw is confirmed (or dropped) by a second reading in seconds,
+        not an interval. Counted from the start, not the end: a run that waited out its deadline
+        (a hung nvidia-smi, a probe's timeout) already spans the delay, so its second look starts
+        at once. At most one extra run per interval, so a flapping reading cannot make a collector
+        loop; none when the next scheduled run comes about as soon."""
         with self._lock:
             scheduler = self._scheduler
             if scheduler is None:
@@ -105,9 +107,11 @@ class CollectorScheduler:
                 if now - self._read_again_at.get(name, float("-inf")) < job[1]:
                     continue
                 self._read_again_at[name] = now
+                began = job[0].last_started
+                wait = delay if began is None else max(0.0, delay - (now - began))
                 scheduler.add_job(
                     job[0].trigger,
-                    DateTrigger(datetime.now().astimezone() + timedelta(seconds=delay)),
+                    DateTrigger(datetime.now().astimezone() + timedelta(seconds=wait)),
                     id=f"{name}:again",
                     name=f"collector {name}, read again",
                     replace_existing=True,
