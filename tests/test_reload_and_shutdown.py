@@ -24,7 +24,7 @@ from autoglm_exporter.metrics.spec import gauge
 
 from .conftest import parse_metrics, sample, wait_until
 from .faultservers import FaultServer, answer
-from .support import free_port
+from .support import FIXTURES, free_port
 
 QUIET = """
 global: {interval: 300ms, timeout: 2s, jitter: 0}
@@ -101,6 +101,53 @@ def test_a_reload_keeps_unchanged_collectors_and_swaps_changed_ones(start_export
     assert _last_success(exporter, "process") > max(process_before, reloaded_at - 1)
     # The unchanged system collector kept its schedule: not run again by the reload.
     assert _last_success(exporter, "system") == system_before
+
+
+def _engine_config(api_port: int, engine_port: int, engine_interval: str) -> str:
+    return f"""
+global: {{interval: 600s, timeout: 3s, jitter: 0}}
+collectors:
+  engine: {{interval: {engine_interval}}}
+  system: {{enabled: false}}
+  gpu: {{enabled: false}}
+  environment: {{enabled: false}}
+  container: {{enabled: false}}
+services:
+  - {{name: api, match: {{port: {api_port}}}, depends_on: [engine]}}
+engines:
+  - {{name: engine, kind: vllm, metrics_url: 'http://127.0.0.1:{engine_port}/metrics'}}
+targets: []
+redis: []
+logs: []
+"""
+
+
+def _verdict(exporter) -> tuple[str, str] | None:
+    verdict = exporter.get("/api/diagnosis").json()["verdict"]
+    return (verdict["layer"], verdict["reason"]) if verdict else None
+
+
+def test_a_reload_that_moves_a_dependency_is_judged_by_the_new_collectors_first_reading(
+    start_exporter, tmp_path: Path
+) -> None:
+    """The engine moved to another port and the config followed it: the new engine collector's
+    first reading clears the old config's engine_down at once; the engine is read every 10 minutes
+    after the reload, so waiting for a second reading would keep the old fault named that long."""
+    metrics = (FIXTURES / "engine" / "vllm_healthy.txt").read_text()
+    with (
+        FaultServer(answer(200, "{}")) as api,
+        FaultServer(answer(200, metrics, "text/plain; version=0.0.4")) as engine,
+    ):
+        config = tmp_path / "autoglm.yml"
+        config.write_text(_engine_config(api.port, free_port(), "1s"))  # where it was: nothing listens
+        exporter = start_exporter(f"--config.file={config}")
+        wait_until(lambda: _verdict(exporter) == ("dependencies", "engine_down"), timeout=60)
+
+        config.write_text(_engine_config(api.port, engine.port, "600s"))
+        assert httpx.post(exporter.url + "/-/reload", timeout=30).status_code == 200
+        wait_until(lambda: exporter.get("/api/diagnosis").json()["healthy"], timeout=60)
+        history = exporter.get("/api/diagnosis").json()["history"]
+        assert [c["reason"] for c in history if c["kind"] == "verdict"] == ["engine_down", None], history
 
 
 def test_a_config_read_that_blocks_fails_the_reload_and_collection_goes_on(

@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 SCRAPE_SWITCH_INTERVAL = 0.001  # seconds
 # A new state seen by a collector declared read_again_soon (or awaited from it) is read again this
-# many seconds later instead of an interval later, so an instant failure (HTTP 500, refused, a
-# process gone, Redis down, a CUDA OOM line, nvidia-smi hung past its deadline) is named in seconds
-# while one failed request still changes nothing.
+# many seconds after the look that saw it began, instead of an interval later, so an instant
+# failure (HTTP 500, refused, a process gone, Redis down, a CUDA OOM line) is named in seconds, one
+# that took a whole timeout to see (nvidia-smi hung past its deadline) is looked at again at once,
+# and one failed request still changes nothing.
 READ_AGAIN_AFTER = 2.0  # seconds
 # A reload reads its files (config, web config, the files they name) at most this long: a FIFO or
 # a hung mount fails the reload, never holds it (or SIGHUP's reloads) forever.
@@ -123,6 +124,10 @@ class Daemon:
         for name, runner in world.runners.items():
             runner.timeout = world.timeouts[name]
         self.store.set_collectors(world.runners)
+        # Before the schedule starts the new runners: their first reading is the one after these.
+        runs = {name: health.runs for name, health in self.store.health().items()}
+        replaced = [name for name, old in self.runners.items() if world.runners.get(name) not in (None, old)]
+        self.diagnoser.collectors_replaced({name: runs.get(name, 0) for name in replaced})
         self.scheduler.update(world.jobs, world.config.jitter)
         self.hangwatch.reconfigure(world.config.forensics)
         self.diagnoser.reconfigure(world.config)

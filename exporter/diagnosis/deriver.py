@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from ..base.published import Published
@@ -58,6 +58,12 @@ class Diagnoser:
             self._hang_after = config.forensics.hang_after
             self._trends.restart_young = config.diagnosis.restart_loop_young
             self._trends.restart_window = config.diagnosis.restart_loop_window
+
+    def collectors_replaced(self, readings: Mapping[str, int]) -> None:
+        """A reload replaced these collectors (name -> readings so far): what they saw was about the
+        old settings, so each one's next reading decides the states it set."""
+        with self._lock:
+            self._tracker.reexamine(readings)
 
     def derive(self, published: Published) -> tuple[list[Family], Diagnosis]:
         with self._lock:

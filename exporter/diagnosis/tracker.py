@@ -12,6 +12,11 @@ another collector's facts (a refusal, once the process reading shows no process,
 process): the readings that saw it carry over. A link that `awaits` another collector is believed
 once that collector has read since the state was first seen, or after one reading more than
 `confirm_readings`, so one incident gets one verdict, not the side that happened to read first.
+
+A reload that replaces a collector (its settings changed: a service moved, an engine's URL) makes
+its earlier readings evidence about the old settings: each state that collector set is kept until
+the new collector's first reading, which then decides it alone (cleared or kept at once), so the
+verdict never names the old config's fault for an interval, nor goes healthy before a look.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ class _State:
     last_reading: tuple[str, int] | None = None
     # Each collector's readings when the pending state was first seen: has an awaited one read since?
     readings_then: Mapping[str, int] = field(default_factory=dict)
+    # Its collector was replaced by a reload after this many readings: the next one decides alone.
+    decide_after: int | None = None
 
 
 def state_of(link: Link | None) -> str | None:
@@ -77,6 +84,13 @@ class LinkTracker:
             )
         return changes
 
+    def reexamine(self, replaced: Mapping[str, int]) -> None:
+        """A reload replaced these collectors (name -> readings so far): their next reading decides
+        each state they set, without waiting for `confirm_readings`."""
+        for state in self._states.values():
+            if state.source in replaced:
+                state.decide_after = replaced[state.source]
+
     def believed(self) -> list[Broken]:
         return [Broken(s.believed, s.since) for s in self._states.values() if s.believed is not None]
 
@@ -116,6 +130,9 @@ class LinkTracker:
                 return []  # not broken and never was: nothing to remember
             state = self._states[name] = _State(source, None, None)
         state.source = source
+        decisive = state.decide_after is not None and reading[1] > state.decide_after
+        if decisive:
+            state.decide_after = None
         if observed == state_of(state.believed):
             state.has_pending, state.pending, state.count = False, None, 0
             if observed is None:
@@ -135,7 +152,8 @@ class LinkTracker:
             state.count += 1
             state.last_reading = reading
         state.count = max(state.count, link.held if link is not None else 0)
-        if state.count >= confirm + self._still_awaited(link, state, readings):
+        needed = 1 if decisive else confirm
+        if state.count >= needed + self._still_awaited(link, state, readings):
             return self._believe(name, state, link, state.pending_since)
         return []
 
