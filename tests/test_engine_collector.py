@@ -19,6 +19,7 @@ from autoglm_exporter.collectors.engine import FAILURE_REASONS, EngineCollector
 from autoglm_exporter.config import EngineConfig
 from autoglm_exporter.facts.engine import EngineFacts
 
+from . import faultservers as fs
 from .conftest import FIXTURES, assert_promtool_clean, free_port, registry_of, require_binary
 
 ENGINE_FIXTURES = FIXTURES / "engine"
@@ -341,6 +342,28 @@ def test_a_body_that_trickles_in_is_timeout_within_about_the_timeout(metrics_ser
     assert time.monotonic() - started < 1.5
     assert facts.engines["vllm"].failure == "timeout"
     assert "body not complete" in facts.engines["vllm"].error
+    assert _value(registry, "up") == 0
+
+
+def _head_a_byte_at_a_time(conn: socket.socket, server: fs.FaultServer) -> None:
+    """Each byte of the answer's head 0.2 s after the last: every read returns in time, the head
+    would take about 20 s."""
+    fs.read_request(conn, server)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Pad: " + b"a" * 60 + b"\r\n\r\n"
+    for byte in head:
+        if server.stopped.wait(0.2):
+            return
+        conn.sendall(bytes([byte]))
+
+
+def test_a_head_that_trickles_in_is_timeout_within_about_the_timeout() -> None:
+    with fs.FaultServer(_head_a_byte_at_a_time) as server:
+        collector = EngineCollector((_engine(f"{server.url}/metrics", timeout=0.5),))
+        started = time.monotonic()
+        registry, facts = _registry(collector)
+        assert time.monotonic() - started < 5  # the whole head: about 20 s
+    assert facts.engines["vllm"].failure == "timeout"
+    assert "no answer within 0.5s" in facts.engines["vllm"].error
     assert _value(registry, "up") == 0
 
 

@@ -1,7 +1,8 @@
 """The inference engine's own view: its queue, its KV cache, and whether it still generates tokens.
 
-Each run GETs every configured engine's Prometheus endpoint (at most 8 MiB; the connection, each
-read and the whole body are each bounded by the engine's timeout), parses it, and re-exports a few
+Each run GETs every configured engine's Prometheus endpoint (at most 8 MiB; the whole exchange,
+connection to last byte, is bounded by the engine's timeout: a server that trickles its headers or
+body a byte at a time fails at the timeout, never holds the run), parses it, and re-exports a few
 of its series under our names with an `engine` label. Values are summed over the engine's label
 sets (several models, several engine cores); the KV cache ratio takes the highest one, since one
 full cache is what makes requests wait.
@@ -46,8 +47,10 @@ When an engine cannot be read, up is 0 and its other series are absent.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,12 +194,8 @@ class EngineCollector(Collector[EngineFacts]):
         # readings taken again seconds apart never make a window on their own.
         self._stall_span = (ENGINE_FLAT_READINGS - 1) * interval - interval / 2
         self.settings = (engines, interval)
-        # Proxies from the environment would make a local engine look reachable (or not) for the
-        # wrong reason; redirects count as http_status. A fresh connection each run: a pooled one
-        # left over from before an engine restart would fail once for no reason the user has.
-        self._http = httpx.Client(
-            trust_env=False, follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=0)
-        )
+        # Built once: a client's default CA store costs milliseconds of CPU (with the GIL) to load.
+        self._trust = ssl.create_default_context()
         self._failures = {e.name: dict.fromkeys(FAILURE_REASONS, 0) for e in engines}
         self._previous_tokens: dict[str, float] = {}
         self._flat: dict[str, tuple[int, float]] = {}  # engine -> flat readings in a row, since when
@@ -258,26 +257,14 @@ class EngineCollector(Collector[EngineFacts]):
         return count + 1, since
 
     def _fetch(self, engine: EngineConfig) -> bytes:
-        deadline = time.monotonic() + engine.timeout
+        """The body of the engine's metrics page, within the engine's timeout as a whole (httpx's
+        own timeouts bound each read, not the sum: a head sent a byte at a time never ends)."""
+        answered: list[int] = []  # the status, once the answer's head has come
         try:
-            with self._http.stream(
-                "GET",
-                engine.metrics_url,
-                timeout=engine.timeout,
-                headers={"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1"},
-            ) as response:
-                if not 200 <= response.status_code < 300:
-                    raise _Failure("http_status", f"HTTP status {response.status_code}")
-                chunks: list[bytes] = []
-                size = 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    if size > MAX_BODY_BYTES:
-                        raise _Failure("bad_body", f"body larger than {MAX_BODY_BYTES} bytes")
-                    chunks.append(chunk)
-                    if time.monotonic() > deadline:
-                        raise _Failure("timeout", f"body not complete after {engine.timeout:g}s")
-                return b"".join(chunks)
+            return asyncio.run(self._fetch_within(engine, answered))
+        except TimeoutError:
+            what = "body not complete after" if answered else "no answer within"
+            raise _Failure("timeout", f"{what} {engine.timeout:g}s") from None
         except httpx.TimeoutException as exc:
             raise _Failure(
                 "timeout", f"no answer within {engine.timeout:g}s ({short_message(exc)})"
@@ -287,6 +274,31 @@ class EngineCollector(Collector[EngineFacts]):
             raise _Failure(reason, f"cannot connect: {short_message(exc)}") from None
         except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
             raise _Failure("error", short_message(exc)) from None
+
+    async def _fetch_within(self, engine: EngineConfig, answered: list[int]) -> bytes:
+        # Proxies from the environment would make a local engine look reachable (or not) for the
+        # wrong reason; redirects count as http_status. A fresh connection each run: a pooled one
+        # left over from before an engine restart would fail once for no reason the user has.
+        async with (
+            asyncio.timeout(engine.timeout),
+            httpx.AsyncClient(
+                trust_env=False, follow_redirects=False, verify=self._trust, timeout=engine.timeout
+            ) as client,
+            client.stream(
+                "GET", engine.metrics_url, headers={"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1"}
+            ) as response,
+        ):
+            answered.append(response.status_code)
+            if not 200 <= response.status_code < 300:
+                raise _Failure("http_status", f"HTTP status {response.status_code}")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise _Failure("bad_body", f"body larger than {MAX_BODY_BYTES} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
 
     def _down(self, engine: EngineConfig, reason: str, message: str) -> EngineInstanceFacts:
         self._failures[engine.name][reason] += 1
