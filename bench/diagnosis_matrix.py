@@ -19,7 +19,9 @@ config: 10 s interval, 30 s probe timeout):
   changes are shown, not judged);
 - back to healthy within 2 intervals after the fault ends, plus the rest of a probe still in
   flight when it ended, plus the log window for a log fault (which ends when it is written: its
-  line breaks the link until the window is over); under the CPU hog "healthy" includes the busy
+  line breaks the link until the window is over), plus `diagnosis.restart_loop_young` for process
+  churn (a crash loop is over once the process now running outlived a young death: a process
+  that has run for seconds may still be one of the loop); under the CPU hog "healthy" includes the busy
   machine alone (`resources/cpu_saturated` with users served): the hog is the condition, not the fault;
 - no automatic stack capture for a fault where the client's requests do not hang (refused, HTTP
   errors, bad answers, resets, a port taken): stacks explain nothing there. The `captures` column
@@ -880,7 +882,11 @@ def run_fault(fault: Fault, condition: str, mode: Mode) -> Row:
             before = Readings(exporter, time.monotonic())
             before.until(HEALTHY, 4 * interval)
             baseline = before.timeline[-1][1] if before.timeline else None
-            row = _measure(fault, condition, world, exporter, interval, timeouts, baseline)
+            # How long the verdict rightly holds after the fault ended, by the fault's own definition.
+            holds = {"log": RECENT_LOG_SECONDS, "churn": config.diagnosis.restart_loop_young}
+            row = _measure(
+                fault, condition, world, exporter, interval, timeouts, baseline, holds.get(fault.kind, 0.0)
+            )
             return row
         finally:
             if exporter is not None:
@@ -899,6 +905,7 @@ def _measure(
     interval: float,
     timeouts: dict[str, float],
     baseline: str | None,
+    holds_after: float,
 ) -> Row:
     hold = HOLD_INTERVALS * interval
     started = time.monotonic()
@@ -932,14 +939,14 @@ def _measure(
     ended = started if fault.kind == "log" else time.monotonic()
     flood = world.flood
     fault.clear(world)
-    budget = 2 * interval + max([0.0, *rests]) + (RECENT_LOG_SECONDS if fault.kind == "log" else 0.0)
+    budget = 2 * interval + max([0.0, *rests]) + holds_after
     if fault.clear_is_start:
         budget += time.monotonic() - ended  # the time the service took to start again
     # Under the hog the machine's own saturation is the condition, not the fault: it may remain.
     recovered = RECOVERED_UNDER_HOG if condition == "hog" else frozenset({HEALTHY})
     healthy_at = readings.until(recovered, ended + budget + 3 * interval - time.monotonic())
     notes = {
-        "churn": "no steady state: restarts",
+        "churn": f"no steady state: restarts; the loop holds {holds_after:g} s after it stops",
         "log": f"log fault: clears with its {RECENT_LOG_SECONDS:g} s window",
     }
     note = notes.get(fault.kind, "")

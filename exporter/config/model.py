@@ -432,7 +432,10 @@ class LogConfig:
 class GpuConfig:
     nvml: Boolean = True  # read through NVML (nvidia-ml-py); False goes straight to nvidia-smi
     nvidia_smi: Text = "nvidia-smi"  # the fallback command, a name on PATH or a path
-    call_timeout: CallTimeout = 5.0  # deadline of one NVML cycle or one nvidia-smi run
+    # Deadline of one NVML cycle or one nvidia-smi run: with persistence mode on (nvidia-persistenced,
+    # as GPU nodes run) nvidia-smi answers in well under a second; a hung one is looked at twice
+    # before the verdict names it, so interval + 2 x this is the time to that verdict (18 s).
+    call_timeout: CallTimeout = 4.0
 
 
 @dataclass(frozen=True, config=STRICT)
