@@ -13,6 +13,7 @@ from autoglm_exporter.collectors.redis import FAILURE_REASONS, RedisCollector
 from autoglm_exporter.config import RedisConfig, RedisQueue
 from autoglm_exporter.facts.redis import RedisFacts
 
+from . import faultservers as fs
 from .conftest import RedisServer, assert_promtool_clean, free_port, registry_of, require_binary, wait_until
 
 PASSWORD = "Tr0ub4dor-pw-7c1e9a"  # distinctive, so a leak anywhere is found by a plain search
@@ -192,6 +193,39 @@ def test_a_paused_server_times_out_within_the_timeout_and_recovers(redis_server)
     assert _failures(registry, "main")["timeout"] == 1
     admin.execute_command("CLIENT", "UNPAUSE")
     assert collector.collect().facts.instances["main"].up
+
+
+def _trickles_after(quick_replies: int) -> fs.Handler:
+    """A Redis look-alike: PONG to the first `quick_replies` commands, then a 2 kB reply 20 bytes
+    every 0.2 s (each read returns in time; the reply would take 20 s)."""
+
+    def handle(conn, server: fs.FaultServer) -> None:
+        answered = 0
+        while conn.recv(65536):
+            if answered < quick_replies:
+                conn.sendall(b"+PONG\r\n")
+                answered += 1
+                continue
+            reply = b"$2000\r\n" + b"a" * 2000 + b"\r\n"
+            for start in range(0, len(reply), 20):
+                if server.stopped.wait(0.2):
+                    return
+                conn.sendall(reply[start : start + 20])
+
+    return handle
+
+
+@pytest.mark.parametrize("quick_replies", [0, 2], ids=["first_reply", "pipelined_replies"])
+def test_replies_that_trickle_in_are_timeout_within_about_the_timeout(quick_replies: int) -> None:
+    with fs.FaultServer(_trickles_after(quick_replies)) as server:
+        instance = RedisConfig("main", address=f"127.0.0.1:{server.port}", timeout=0.5)
+        collector = RedisCollector((instance,))
+        started = time.monotonic()
+        registry, facts = _registry(collector)
+        assert time.monotonic() - started < 5  # the whole reply: 20 s
+    assert facts.instances["main"].failure == "timeout"
+    assert facts.instances["main"].error == "no complete answer within 0.5s"
+    assert registry.get_sample_value("autoglm_redis_up", {"redis": "main"}) == 0
 
 
 def test_password_from_env_and_from_file(redis_server, monkeypatch, tmp_path) -> None:

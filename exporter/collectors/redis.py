@@ -20,7 +20,9 @@ gauges and depths are absent (unknown is not 0), read_ok is 0 for each queue, an
 autoglm_redis_failures_total counts the run under one bounded reason:
 
     connect_refused  nothing listens at the address
-    timeout          no answer within the instance's timeout (connect or reply)
+    timeout          no complete answer within the instance's timeout (the whole run of the
+                     instance, connection to last reply: a server that trickles its replies a
+                     byte at a time is cut off at the timeout, never holds the run)
     auth             the server refused the credentials (wrong or missing password, ACL)
     auth_config      the password's environment variable or file could not be read
     error            anything else (reset, DNS, a protocol error, the server still loading)
@@ -51,6 +53,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from ..base.deadline import WATCHDOG
 from ..base.hostport import HostPortError, parse_host_port
 from ..config import RedisConfig, RedisQueue
 from ..config.credentials import SecretError, read_secret
@@ -162,6 +165,15 @@ class RedisCollector(Collector[RedisFacts]):
 
     def _query(self, instance: RedisConfig, client: redis.Redis) -> RedisInstanceFacts:
         queues = self._queues[instance.name]
+        # redis-py's socket timeout bounds each read, not their sum: at the instance's timeout the
+        # connection is closed under the reads still waiting, which then fail at once.
+        cut_off: list[bool] = []
+
+        def cut() -> None:
+            cut_off.append(True)
+            _disconnect(client)
+
+        watch = WATCHDOG.watch(time.monotonic() + instance.timeout, cut)
         try:
             client.ping()  # opens the connection and authenticates: not part of the timing
             started = time.perf_counter()
@@ -173,10 +185,15 @@ class RedisCollector(Collector[RedisFacts]):
             for _, queue in queues:
                 _queue_commands(pipe, queue)
             replies = iter(pipe.execute(raise_on_error=False))
-        except (RedisError, OSError, ValueError) as exc:
-            with contextlib.suppress(RedisError, OSError):
-                client.connection_pool.disconnect()  # start clean: a reply may still be on its way
+        except Exception as exc:
+            _disconnect(client)  # start clean: a reply may still be on its way
+            if cut_off:  # whatever the read cut short raised (redis-py's parser loses its buffer)
+                raise _Down("timeout", f"no complete answer within {instance.timeout:g}s") from None
+            if not isinstance(exc, RedisError | OSError | ValueError):
+                raise
             raise _Down(_classify(exc), short_message(exc)) from None
+        finally:
+            WATCHDOG.cancel(watch)
         clients, memory = next(replies), next(replies)
         depths: dict[str, int | None] = {}
         errors: dict[str, str] = {}
@@ -264,6 +281,11 @@ class RedisCollector(Collector[RedisFacts]):
                 add(MEMORY_USED, [name], facts.memory_used)
                 add(MEMORY_MAX, [name], facts.memory_max)
         return families.list()
+
+
+def _disconnect(client: redis.Redis) -> None:
+    with contextlib.suppress(RedisError, OSError):
+        client.connection_pool.disconnect()
 
 
 def queue_names(queues: tuple[RedisQueue, ...]) -> tuple[tuple[str, RedisQueue], ...]:
