@@ -21,7 +21,9 @@ config: 10 s interval, 30 s probe timeout):
   flight when it ended, plus the log window for a log fault (which ends when it is written: its
   line breaks the link until the window is over), plus `diagnosis.restart_loop_young` for process
   churn (a crash loop is over once the process now running outlived a young death: a process
-  that has run for seconds may still be one of the loop); under the CPU hog "healthy" includes the busy
+  that has run for seconds may still be one of the loop), plus one interval for a load the busy
+  machine's verdict may name (the machine's CPU is judged over the interval that ends at a
+  reading: the first reading after the load still saw it); under the CPU hog "healthy" includes the busy
   machine alone (`resources/cpu_saturated` with users served): the hog is the condition, not the fault;
 - no automatic stack capture for a fault where the client's requests do not hang (refused, HTTP
   errors, bad answers, resets, a port taken): stacks explain nothing there. The `captures` column
@@ -421,7 +423,9 @@ class Fault:
     expected: str  # layer/reason
     inject: Callable[[World], None]
     clear: Callable[[World], None]
-    kind: str = "steady"  # steady | churn (no steady state) | log (ends when written, clears with its window)
+    # steady | churn (no steady state) | log (ends when written, clears with its window) | busy (a
+    # steady load whose right verdict may be the busy machine, judged over the interval a reading ends)
+    kind: str = "steady"
     # The client's requests hang (connected, no answer): the only faults where a stack capture may
     # be taken, as stacks explain nothing about refused connections, HTTP errors or bad answers.
     hangs: bool = False
@@ -589,6 +593,7 @@ REAL_FAULTS = (
         HEALTHY,
         lambda w: w.start_flood(),
         lambda w: w.stop_flood(),
+        kind="busy",
         also_right=("resources/cpu_saturated", "resources/context_switch_storm"),
     ),
     Fault(
@@ -883,7 +888,11 @@ def run_fault(fault: Fault, condition: str, mode: Mode) -> Row:
             before.until(HEALTHY, 4 * interval)
             baseline = before.timeline[-1][1] if before.timeline else None
             # How long the verdict rightly holds after the fault ended, by the fault's own definition.
-            holds = {"log": RECENT_LOG_SECONDS, "churn": config.diagnosis.restart_loop_young}
+            holds = {
+                "log": RECENT_LOG_SECONDS,
+                "churn": config.diagnosis.restart_loop_young,
+                "busy": interval,  # the reading whose interval overlaps the end still saw the load
+            }
             row = _measure(
                 fault, condition, world, exporter, interval, timeouts, baseline, holds.get(fault.kind, 0.0)
             )
