@@ -564,6 +564,29 @@ def test_of_two_links_about_one_thing_the_more_specific_wins_even_when_it_broke_
     assert pick([redis_down, stalled]).cause.reason == "redis_down"
 
 
+def test_a_collector_stuck_on_a_saturated_machine_is_the_machines_evidence() -> None:
+    """A flood of requests on the real vLLM starved the 2-core machine: the exporter's own runs
+    passed their deadlines after the CPU was saturated. The saturation is the cause; the stuck
+    collector is its evidence. A command killed at its deadline (a hung nvidia-smi) is no
+    evidence of a busy machine, and a collector stuck before the machine was busy stays the cause."""
+
+    def broken(name: str, layer: str, reason: str, since: float) -> Broken:
+        return Broken(Link(name, layer, False, f"{name} is {reason}", reason), since)
+
+    saturated = broken("system", "resources", "cpu_saturated", 100.0)
+    stuck = broken("collector engine", "exporter", "collector_stuck", 120.0)
+    chosen = pick([saturated, stuck])
+    assert chosen is not None and chosen.cause.reason == "cpu_saturated"
+    assert any("collector engine, on the saturated machine" in line for line in chosen.cause.evidence)
+
+    alone = pick([stuck])
+    assert alone is not None and alone.cause.reason == "collector_stuck"
+    killed = pick([saturated, broken("collector gpu", "exporter", "collector_failed", 120.0)])
+    assert killed is not None and killed.cause.reason == "collector_failed"
+    stuck_first = pick([saturated, broken("collector gpu", "exporter", "collector_stuck", 90.0)])
+    assert stuck_first is not None and stuck_first.cause.reason == "collector_stuck"
+
+
 def test_a_process_replaced_again_and_again_is_a_crash_loop_until_it_stops() -> None:
     feed = Feed()
     feed.healthy_start()

@@ -17,7 +17,11 @@ Broken links fall into groups, and the first group with a broken link names the 
 4. the exporter's own collectors (a hung nvidia-smi, a failing read);
 5. the machine as a whole (CPU busy, memory low, context switches, threads blocked on I/O): the
    verdict when nothing else is broken; beside another cause it is evidence ("the machine (cpu
-   saturated): ...").
+   saturated): ..."). A collector stuck in a call of its own while the machine is saturated
+   counts here, as its evidence: a starved machine makes every run slow (a flood of requests on
+   the real vLLM made the exporter's runs pass their deadlines), and the saturation, which broke
+   first, is what the person paged must hear. A killed command past its deadline (nvidia-smi)
+   stays in group 4: a hung GPU tool hangs on an idle machine too.
 
 The user's failing probe, when it is not the cause itself, is listed as its symptom.
 """
@@ -94,14 +98,18 @@ def pick(broken: Sequence[Broken]) -> Pick | None:
     candidates = _most_specific_about_each(_absorb(broken))
     if not candidates:
         return None
-    best = min(candidates, key=_rank)
+    saturated = any(specificity(b.link) == HOST for b in candidates)
+    best = min(candidates, key=lambda b: _rank(b, saturated))
     symptoms = [b for b in candidates if _is_users_probe(b.link) and b is not best]
     symptom = (
         min(symptoms, key=lambda b: _time(b.since)) if symptoms and not _is_users_probe(best.link) else None
     )
     host = [b.link for b in candidates if specificity(b.link) == HOST and b is not best]
-    evidence = best.link.evidence + tuple(
-        f"the machine ({(link.reason or '').replace('_', ' ')}): {link.summary}" for link in host[:2]
+    starved = [b.link for b in candidates if saturated and _stuck(b.link) and b is not best]
+    evidence = (
+        best.link.evidence
+        + tuple(f"the machine ({(link.reason or '').replace('_', ' ')}): {link.summary}" for link in host[:2])
+        + tuple(f"{link.name}, on the saturated machine: {link.summary}" for link in starved[:2])
     )
     if symptom is None:
         return Pick(replace(best.link, evidence=evidence), best.since, None)
@@ -158,9 +166,15 @@ def _most_specific_about_each(broken: list[Broken]) -> list[Broken]:
     return [b for b in broken if not outdone(b)]
 
 
-def _rank(b: Broken) -> tuple[int, float, int, int, str]:
+def _rank(b: Broken, saturated: bool) -> tuple[int, float, int, int, str]:
     level = specificity(b.link)
-    return (_GROUP[level], _time(b.since), -level, LAYERS.index(b.link.layer), b.link.name)
+    group = _GROUP[HOST] if saturated and _stuck(b.link) else _GROUP[level]
+    return (group, _time(b.since), -level, LAYERS.index(b.link.layer), b.link.name)
+
+
+def _stuck(link: Link) -> bool:
+    """A collector stuck in a call of its own (not a command killed at its deadline)."""
+    return link.layer == "exporter" and link.reason == "collector_stuck"
 
 
 def _time(since: float | None) -> float:
