@@ -19,7 +19,7 @@ from . import __version__
 from .collectors import collector_names
 from .commands import tools
 from .config import ConfigError, json_schema, load_config, parse_duration
-from .core.daemon import Daemon, Options
+from .core.daemon import Daemon, Options, read_at_start
 from .web import logsetup
 from .web.connections import DEFAULT_MAX_CONNECTIONS
 from .web.hosts import AllowedHostsError, HostPolicy
@@ -263,7 +263,7 @@ def _tool(args: argparse.Namespace) -> int:
     if args.command == "diff":
         return tools.diff(args.before, args.after)
     try:
-        config = load_config(args.config_file)
+        config = read_at_start(lambda: load_config(args.config_file), _named(args.config_file))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -274,9 +274,13 @@ def _tool(args: argparse.Namespace) -> int:
     return tools.snapshot(config, args.service, args.model_dir, args.output)
 
 
+def _named(path: str | None) -> str:
+    return path if path is not None else "the built-in defaults"
+
+
 def _check_config(path: str) -> int:
     try:
-        config = load_config(path)
+        config = read_at_start(lambda: load_config(path), _named(path))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -288,8 +292,10 @@ def _check_config(path: str) -> int:
 
 def _run(options: Options) -> int:
     try:
-        config = load_config(options.config_file)
-        web_config = build_web_config(options.web_config_file)
+        config, web_config = read_at_start(
+            lambda: (load_config(options.config_file), build_web_config(options.web_config_file)),
+            _named(options.config_file),
+        )
         daemon = Daemon(options, config, web_config)
     except (ConfigError, WebConfigError, ListenAddressError) as exc:
         log.error("cannot start", extra={"error": str(exc)})

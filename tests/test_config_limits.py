@@ -4,6 +4,7 @@ a hang or gigabytes of memory; what check-config accepts, the daemon runs; no se
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,31 @@ def test_check_config_and_run_exit_2_without_a_traceback(hostile_dir: Path, name
     )
     assert started.returncode == 2
     assert "Traceback" not in started.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["check-config", "{path}"],
+        ["--config.file={path}", "--web.listen-address=127.0.0.1:0"],
+        ["doctor", "--config.file={path}"],
+    ],
+    ids=["check-config", "run", "doctor"],
+)
+def test_a_config_file_that_never_ends_is_an_error_not_a_hang(tmp_path: Path, command: list[str]) -> None:
+    """A FIFO no one writes (or a file on a hung mount): reading it blocks forever. Start-up,
+    check-config and doctor say so and exit 2, as a reload fails."""
+    fifo = tmp_path / "autoglm.yml"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        [sys.executable, "-m", "autoglm_exporter", *(part.format(path=fifo) for part in command)],
+        capture_output=True,
+        text=True,
+        timeout=120,  # bounded: without the read's deadline this hung until killed
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"reading {fifo} did not return within 5s" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_error_messages_never_echo_secrets_or_whole_values() -> None:

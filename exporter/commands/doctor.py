@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 from ..base.hostport import HostPort
 from ..collectors import build_collectors
 from ..config import ConfigError, load_config
-from ..core.daemon import Options
+from ..core.daemon import Options, read_at_start
 from ..core.runner import CollectorRunner
 from ..core.store import Store
 from ..diagnosis import Diagnosis, Link, chains_of, diagnose, to_dict
@@ -66,7 +66,8 @@ def run_doctor(
     options: Options, as_json: bool = False, color: bool = False, exporter_url: str | None = None
 ) -> int:
     try:
-        config = load_config(options.config_file)
+        named = options.config_file or "the built-in defaults"
+        config = read_at_start(lambda: load_config(options.config_file), named)
     except ConfigError as exc:
         print(redact(str(exc)), file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -6,8 +6,9 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .. import __version__
 from ..base.deadline import DeadlinePassed, DeadlineWorker, StillBusy
@@ -33,8 +34,20 @@ SCRAPE_SWITCH_INTERVAL = 0.001  # seconds
 # and one failed request still changes nothing.
 READ_AGAIN_AFTER = 2.0  # seconds
 # A reload reads its files (config, web config, the files they name) at most this long: a FIFO or
-# a hung mount fails the reload, never holds it (or SIGHUP's reloads) forever.
+# a hung mount fails the reload, never holds it (or SIGHUP's reloads) forever. The same bound holds
+# at start-up and for the commands that read a config (read_at_start).
 CONFIG_READ_TIMEOUT = 5.0  # seconds
+
+T = TypeVar("T")
+
+
+def read_at_start(read: Callable[[], T], what: str) -> T:
+    """read() (config files) within CONFIG_READ_TIMEOUT: a file that never ends (a FIFO, a hung
+    mount) is a ConfigError that says so, not a command that hangs without a word."""
+    try:
+        return DeadlineWorker("config-read").run(read, CONFIG_READ_TIMEOUT, lambda: f"reading {what}")
+    except DeadlinePassed as exc:
+        raise ConfigError(what, [f"{exc}: a FIFO, or a file on a hung mount?"]) from None
 
 
 @dataclass(frozen=True)
