@@ -374,6 +374,21 @@ def test_a_killed_service_gets_one_verdict_whichever_collector_reads_first() -> 
         assert feed.diagnosis.chains[0].since == killed_at + 0.5, order  # the first reading that saw it
 
 
+def test_a_killed_service_back_again_goes_straight_to_healthy() -> None:
+    """On the way back the user's probe answers twice before the process collector reads twice:
+    the service's side of the fault (process missing), which its own reading already saw fixed,
+    must not be named alone for a moment after the user's side cleared."""
+    feed = Feed()
+    feed.healthy_start()
+    _killed(feed, ("process", "probe", "process", "probe"))
+    assert feed.verdict() == ("network", "process_dead")
+    feed.publish("process", processes(service(pid=5151)), after=5)  # started again: seen once
+    feed.publish("probe", probes(target(at=feed.now + 0.5)), after=0.5)
+    feed.publish("probe", probes(target(at=feed.now + 2)), after=2)  # the user's side confirmed fixed
+    assert feed.verdict() is None
+    assert feed.verdict_changes() == [("network", "process_dead"), (None, None)]
+
+
 def test_a_vanished_process_waits_for_the_users_probe_at_most_one_reading() -> None:
     feed = Feed()
     feed.healthy_start()

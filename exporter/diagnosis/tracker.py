@@ -101,6 +101,11 @@ class LinkTracker:
         awaited = {s.pending.awaits for s in pending if s.pending is not None and s.pending.awaits}
         return {s.source for s in pending} | awaited
 
+    def clearing(self) -> list[Link]:
+        """Believed broken links that a reading of their own collector has since seen fixed."""
+        fixed = [s for s in self._states.values() if s.has_pending and state_of(s.pending) is None]
+        return [s.believed for s in fixed if s.believed is not None]
+
     def pending_broken(self) -> list[Link]:
         return [s.pending for s in self._states.values() if s.pending is not None and s.pending.ok is False]
 
