@@ -389,6 +389,25 @@ def test_a_killed_service_back_again_goes_straight_to_healthy() -> None:
     assert feed.verdict_changes() == [("network", "process_dead"), (None, None)]
 
 
+def test_a_freed_port_goes_straight_to_healthy() -> None:
+    """Another process held the service's port (its users got its HTTP errors). Once the service
+    listens again, the process reading clears its side and the probe, read again, answers: the
+    users' side must not be named alone for a moment on the way back."""
+    feed = Feed()
+    feed.healthy_start()
+    taken = service(ports=(), port_taken_by=[(999, "python3 -m http.server 8080")])
+    for _ in range(2):
+        feed.publish("process", processes(taken), after=5)
+        feed.publish("probe", failing("http_status", at=feed.now + 1), after=1)
+    assert feed.verdict() == ("service", "port_taken")
+    feed.publish("process", processes(service(pid=5151)), after=5)  # listening again: seen once
+    assert "probe" in feed.read_again  # its users' side is asked at once
+    feed.publish("probe", probes(target(at=feed.now + 0.5)), after=0.5)  # answers
+    feed.publish("process", processes(service(pid=5151)), after=2)  # the service's side confirmed
+    assert feed.verdict() is None
+    assert feed.verdict_changes() == [("service", "port_taken"), (None, None)]
+
+
 def test_a_vanished_process_waits_for_the_users_probe_at_most_one_reading() -> None:
     feed = Feed()
     feed.healthy_start()

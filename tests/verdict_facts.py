@@ -171,6 +171,11 @@ class Feed:
         self.health: dict[str, CollectorHealth] = {}
         self.diagnosis: Diagnosis | None = None
         self.families: list = []
+        self.read_again: set[str] = set()  # what the diagnoser asked to read again soon, last derive
+        self.diagnoser.when_unconfirmed(self._asked)
+
+    def _asked(self, sources: set[str]) -> None:
+        self.read_again = set(sources)
 
     def publish(self, name: str, facts: object, after: float = 1.0) -> Diagnosis:
         """One reading of collector `name` (None: its run failed), `after` seconds after the last."""

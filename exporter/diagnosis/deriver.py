@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from ..base.published import Published
@@ -23,9 +23,10 @@ from .exposition import verdict_families
 from .facts import Facts
 from .history import History
 from .links import all_links
-from .model import SAME_FAULT, ChainVerdict, Change, Diagnosis, Link
+from .model import ChainVerdict, Change, Diagnosis
 from .ranking import pick, refines
 from .service import recent_errors
+from .together import ClearTogether
 from .tracker import LinkTracker
 from .trends import Trends
 
@@ -38,6 +39,7 @@ class Diagnoser:
         self.started_at = clock()
         self._lock = threading.Lock()
         self._tracker = LinkTracker()
+        self._together = ClearTogether()
         self._trends = Trends()
         self._history = History()
         self._named: dict[str, tuple[str, ...] | None] = {}  # chain -> (layer, reason, link) it names
@@ -76,9 +78,10 @@ class Diagnoser:
         readings = {name: health.runs for name, health in published.health.items()}
         self._trends.update(facts, readings, published.observed_at)
         links = all_links(facts, published.health, now, published.observed_at, self._trends, self._hang_after)
+        service_faults = self._together.service_faults(self._tracker)
         changes = self._tracker.update(links, readings, published.observed_at, now, self._confirm)
-        changes += self._clear_what_users_see_fixed(links)
-        self._on_unconfirmed(self._tracker.unconfirmed_sources())
+        changes += self._together.clear(self._tracker, links, service_faults)
+        self._on_unconfirmed(self._tracker.unconfirmed_sources() | self._together.read_again(self._tracker))
         for service in self._chains.members:
             changes += self._sharpen(service)
         chains = []
@@ -103,18 +106,6 @@ class Diagnoser:
             one_shot=False,
             started_at=self.started_at,
         )
-
-    def _clear_what_users_see_fixed(self, links: Sequence[Link]) -> list[Change]:
-        """The service's side of a fault the user's side names too (its process missing, its port
-        closed) is cleared at once when its own collector saw it fixed and the user's probe of the
-        service answers: two collectors agree, as good as a second reading. Else, once the probe's
-        side cleared, the service's side alone was the verdict for a moment on the way back."""
-        answering = {link.subject for link in links if link.layer == "client" and link.ok is True}
-        changes: list[Change] = []
-        for link in self._tracker.clearing():
-            if link.layer == "service" and link.reason in SAME_FAULT and link.subject in answering:
-                changes += self._tracker.believe_now(link.name)
-        return changes
 
     def _sharpen(self, service: str) -> list[Change]:
         """Believe at once what says more about the symptom this chain names."""
