@@ -715,6 +715,28 @@ def test_a_hung_generation_probe_corroborates_one_flat_reading_of_a_stalled_engi
     assert feed.verdict() == ("stall", "engine_stalled")
 
 
+def test_a_generation_hanging_on_an_engine_reads_the_engine_again_and_names_the_stall() -> None:
+    """The engine's last reading still saw tokens (the stall began after it); its generation probe
+    then hangs past hang_after. The hang awaits the engine's next reading, asked for at once, which
+    sees the flat tokens: the stall is named then, not an interval later behind the probe alone."""
+    generate = ProbeTarget(
+        "vllm-generate", "openai_chat", "http://127.0.0.1:8000/v1/chat/completions", "dependencies", "vllm"
+    )
+    feed = Feed(config=dataclasses.replace(CONFIG, targets=(*CONFIG.targets, generate)))
+    feed.healthy_start()
+    answered = target("vllm-generate", module="openai_chat", layer="dependencies", service="vllm")
+    feed.publish("probe", probes(target(), answered))  # its last generation answered
+    feed.publish("engine", engine(waiting=4), after=10)  # tokens still came since the last reading
+    hung = waiting(8.0, name="vllm-generate", service="vllm", layer="dependencies")
+    feed.publish("inflight", hung)
+    assert "engine" in feed.read_again
+    feed.publish("inflight", waiting(9.0, name="vllm-generate", service="vllm", layer="dependencies"))
+    assert feed.verdict() is None  # the hang waits for the engine's reading (at most one more of its own)
+    feed.publish("engine", engine(waiting=4, flat=1), after=1)  # read again: no token since
+    assert feed.verdict() == ("stall", "engine_stalled")
+    assert feed.verdict_changes() == [("stall", "engine_stalled")]
+
+
 # --- a worker child stuck while its parent answers (vLLM's engine core) ----------------------------
 
 

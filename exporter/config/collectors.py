@@ -83,7 +83,8 @@ class CollectorDeclaration:
     timeout: Callable[[Config], float] = _global_timeout
     # A new state seen by it (or awaited from it) is read again seconds later instead of an
     # interval later: readings that are facts of the moment (a refusal, a process gone, the GPU
-    # driver's own samples), not trends over the interval (tokens per reading, the machine's CPU).
+    # driver's own samples) or trends judged over time rather than by their count (the engine's
+    # tokens), not averages over the interval itself (the machine's CPU).
     read_again_soon: bool = False
     # The collectors whose next reading may explain a state it sees (Link.awaits).
     awaits: tuple[str, ...] = ()
@@ -153,6 +154,7 @@ DECLARED: list[CollectorDeclaration] = [
         lambda cls, config, shared: cls(config.targets, shared.probes_in_flight, config.forensics.hang_after),
         facts=f"{_FACTS}.inflight:InFlightFacts",
         interval=lambda config: min(config.interval, INFLIGHT_INTERVAL),
+        awaits=("engine",),
     ),
     CollectorDeclaration(
         "redis",
@@ -166,6 +168,10 @@ DECLARED: list[CollectorDeclaration] = [
         f"{_PACKAGE}.engine:EngineCollector",
         lambda cls, config, shared: cls(config.engines, config.collector("engine").interval),
         facts=f"{_FACTS}.engine:EngineFacts",
+        # Its stall is judged over time (readings spanning two intervals), not by their count, so a
+        # reading taken again is one more look: an engine down, or the flat tokens behind a
+        # generation that hangs, are seen seconds later instead of an interval later.
+        read_again_soon=True,
     ),
     CollectorDeclaration(
         "logs",

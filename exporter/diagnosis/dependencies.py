@@ -23,7 +23,14 @@ def dependency_links(facts: Facts, hang_after: float) -> list[Link]:
         targets = [_as_of_now(t, facts, hang_after) for t in facts.probe.targets.values()]
         dependencies = [(t, source) for t, source in targets if t.layer == "dependencies"]
         siblings = [t for t, _ in dependencies]
-        links += [_dependency_probe_link(t, siblings, source) for t, source in dependencies]
+        engines = {engine_subject(e) for e in facts.engine.engines.values()} if facts.engine else set()
+        for target, source in dependencies:
+            link = _dependency_probe_link(target, siblings, source)
+            if source == "inflight" and not link.ok and link.subject in engines:
+                # A generation hanging on an engine: the engine's next reading may say it stalled
+                # (requests waiting, no token), which says more; it is read again at once.
+                link = replace(link, awaits="engine")
+            links.append(link)
     return links
 
 
