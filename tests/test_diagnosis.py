@@ -408,6 +408,24 @@ def test_a_freed_port_goes_straight_to_healthy() -> None:
     assert feed.verdict_changes() == [("service", "port_taken"), (None, None)]
 
 
+def test_redis_back_goes_straight_to_healthy_with_the_users_errors() -> None:
+    """Redis down made the service answer 500s. Redis answers again: the probe is read again while
+    Redis's fix is confirmed, and the 500s it no longer sees clear with their cause; the symptom is
+    not named alone for a moment on the way back."""
+    feed = Feed()
+    feed.healthy_start()
+    for _ in range(2):
+        feed.publish("redis", redis(up=False), after=5)
+        feed.publish("probe", failing("http_status", at=feed.now + 1), after=1)
+    assert feed.verdict() == ("dependencies", "redis_down")
+    feed.publish("redis", redis(), after=5)  # back: seen once
+    assert "probe" in feed.read_again
+    feed.publish("probe", probes(target(at=feed.now + 0.5)), after=0.5)  # the users' side answers
+    feed.publish("redis", redis(), after=2)  # Redis's fix confirmed
+    assert feed.verdict() is None
+    assert feed.verdict_changes() == [("dependencies", "redis_down"), (None, None)]
+
+
 def test_a_vanished_process_waits_for_the_users_probe_at_most_one_reading() -> None:
     feed = Feed()
     feed.healthy_start()

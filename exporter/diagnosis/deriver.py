@@ -23,7 +23,7 @@ from .exposition import verdict_families
 from .facts import Facts
 from .history import History
 from .links import all_links
-from .model import ChainVerdict, Change, Diagnosis
+from .model import ChainVerdict, Change, Diagnosis, Link
 from .ranking import pick, refines
 from .service import recent_errors
 from .together import ClearTogether
@@ -78,10 +78,11 @@ class Diagnoser:
         readings = {name: health.runs for name, health in published.health.items()}
         self._trends.update(facts, readings, published.observed_at)
         links = all_links(facts, published.health, now, published.observed_at, self._trends, self._hang_after)
-        service_faults = self._together.service_faults(self._tracker)
+        causes = self._causes()
         changes = self._tracker.update(links, readings, published.observed_at, now, self._confirm)
-        changes += self._together.clear(self._tracker, links, service_faults)
-        self._on_unconfirmed(self._tracker.unconfirmed_sources() | self._together.read_again(self._tracker))
+        changes += self._together.clear(self._tracker, causes, self._chains.holds)
+        read_again = self._tracker.unconfirmed_sources() | self._together.read_again(self._tracker, causes)
+        self._on_unconfirmed(read_again)
         for service in self._chains.members:
             changes += self._sharpen(service)
         chains = []
@@ -106,6 +107,12 @@ class Diagnoser:
             one_shot=False,
             started_at=self.started_at,
         )
+
+    def _causes(self) -> dict[str, Link]:
+        """The link each chain names now, by chain."""
+        believed = {b.link.name: b.link for b in self._tracker.believed()}
+        named = {chain: n[2] for chain, n in self._named.items() if n is not None and len(n) == 3}
+        return {chain: believed[name] for chain, name in named.items() if name in believed}
 
     def _sharpen(self, service: str) -> list[Change]:
         """Believe at once what says more about the symptom this chain names."""

@@ -1,59 +1,58 @@
-"""A fault of a service that both of its sides see clears as one.
+"""A fault clears as one: its cause, its other side and the symptom users met.
 
-A dead process, a closed port or a port another process holds is seen from two sides: the
-service's own (the process collector: process missing, port not listening, port taken) and its
-users' (the probe: refused, wrong port, an HTTP error from whoever holds the port). Each side's
-clear waits for `confirm_readings` readings of its own collector, so on the way back the side
-that cleared first left the other named alone for a moment: a cause nobody has any more (the
-fault matrix saw `service/process_missing` after a killed service came back, `client/http_error`
-after a taken port was freed). Here a side that its own collector has seen fixed clears at once
-when the other side agrees, as good as a second reading: the service's side when its users' probe
-answers, the users' side once the service's side was fixed. When the service's side is seen
-fixed the probe is read again soon, so the users' side agrees (or not) in seconds.
+One fault is often seen by several collectors: a dead process by the process reading (process
+missing) and by the user's probe (refused), Redis down by the Redis reading and by the probe of
+the service that needs it (HTTP 500). Each link's clear waits for `confirm_readings` readings of
+its own collector, so on the way back whichever cleared last was named alone for a moment, a cause
+nobody has any more (the fault matrix saw `service/process_missing` after a killed service came
+back, `client/http_error` after a taken port was freed or Redis came back).
+
+So once a chain's cause has cleared, the links of that chain that their own collector has since
+seen fixed clear with it: the users' side (the probe's links) and the links about the cause's own
+subject (the other side of the same thing). A link still failing at its latest reading stays, and
+clears as soon as its collector sees it fixed. While the cause is seen fixed but not yet cleared,
+the probe is read again soon, so the users' side has looked again by then.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Mapping
 
-from .model import SAME_FAULT, Change, Link
+from .model import Change, Link
 from .tracker import LinkTracker
 
-# The service's own faults that its users meet directly: a refusal, or someone else answering.
-USERS_MEET = frozenset({*SAME_FAULT, "port_taken"})
 USERS_SIDE = ("client", "network")
 
-
-def _service_side(link: Link) -> bool:
-    return link.layer == "service" and link.reason in USERS_MEET
+Holds = Callable[[str, Link], bool]  # does this chain (a service) hold this link
 
 
 class ClearTogether:
     def __init__(self) -> None:
-        self._fixed: set[str] = set()  # services whose own side was fixed while users' side was not yet
+        # chain -> the subjects of causes that cleared while links of the chain were still believed
+        self._cleared: dict[str, set[str]] = {}
 
-    @staticmethod
-    def service_faults(tracker: LinkTracker) -> set[str]:
-        """The services whose own side of such a fault is believed now."""
-        return {b.link.subject for b in tracker.believed() if _service_side(b.link) and b.link.subject}
-
-    def clear(self, tracker: LinkTracker, links: Sequence[Link], before: Iterable[str]) -> list[Change]:
-        """After an update: clear each side its own collector saw fixed when the other side agrees.
-        `before`: service_faults() before the update."""
-        self._fixed |= set(before) - self.service_faults(tracker)
-        answering = {link.subject for link in links if link.layer == "client" and link.ok is True}
+    def clear(self, tracker: LinkTracker, causes: Mapping[str, Link], holds: Holds) -> list[Change]:
+        """After an update: `causes` are the links each chain named before it."""
+        believed = {b.link.name for b in tracker.believed()}
+        for chain, cause in causes.items():
+            if cause.name not in believed:
+                self._cleared.setdefault(chain, set()).add(cause.subject or "")
         changes: list[Change] = []
-        for link in tracker.clearing():
-            if _service_side(link) and link.subject in answering:
-                changes += tracker.believe_now(link.name)
-                self._fixed.add(link.subject or "")
-            elif link.layer in USERS_SIDE and link.subject in self._fixed:
-                changes += tracker.believe_now(link.name)
-        still_met = {b.link.subject for b in tracker.believed() if b.link.layer in USERS_SIDE}
-        self._fixed &= still_met
+        for chain, subjects in list(self._cleared.items()):
+            for link in tracker.clearing():
+                if holds(chain, link) and self._with_cause(link, subjects):
+                    changes += tracker.believe_now(link.name)
+            left = [b.link for b in tracker.believed() if holds(chain, b.link)]
+            if not any(self._with_cause(link, subjects) for link in left):
+                del self._cleared[chain]
         return changes
 
     @staticmethod
-    def read_again(tracker: LinkTracker) -> set[str]:
-        """The probe, while the service's own side of such a fault is seen fixed but not cleared."""
-        return {"probe"} if any(_service_side(link) for link in tracker.clearing()) else set()
+    def _with_cause(link: Link, subjects: set[str]) -> bool:
+        return link.layer in USERS_SIDE or (link.subject or "") in subjects
+
+    @staticmethod
+    def read_again(tracker: LinkTracker, causes: Mapping[str, Link]) -> set[str]:
+        """The probe, while a chain's cause is seen fixed but not cleared yet."""
+        fixed = {link.name for link in tracker.clearing()}
+        return {"probe"} if any(cause.name in fixed for cause in causes.values()) else set()
