@@ -426,6 +426,19 @@ def test_redis_back_goes_straight_to_healthy_with_the_users_errors() -> None:
     assert feed.verdict_changes() == [("dependencies", "redis_down"), (None, None)]
 
 
+def test_users_errors_confirmed_before_redis_down_name_redis_down_at_once() -> None:
+    """Redis died: the probe's 500s were confirmed by its second reading before Redis's own down
+    state was (one reading of it so far). The symptom alone is never the verdict: Redis down,
+    seen once, explains it and is named at once."""
+    feed = Feed()
+    feed.healthy_start()
+    feed.publish("redis", redis(up=False), after=5)
+    feed.publish("probe", failing("http_status", at=feed.now + 0.5), after=0.5)
+    feed.publish("probe", failing("http_status", at=feed.now + 2), after=2)
+    assert feed.verdict() == ("dependencies", "redis_down")
+    assert feed.verdict_changes() == [("dependencies", "redis_down")]
+
+
 def test_a_vanished_process_waits_for_the_users_probe_at_most_one_reading() -> None:
     feed = Feed()
     feed.healthy_start()

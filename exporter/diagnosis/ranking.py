@@ -122,11 +122,16 @@ def refines(candidate: Link, current: Pick) -> bool:
     """Whether `candidate` says more about the same symptom than the current cause: then it
     replaces it at once, without waiting for more readings (not_answering -> threads_blocked)."""
     concerned = {current.cause.subject} | ({current.symptom.subject} if current.symptom else set())
-    return (
+    about_it = (
         candidate.subject is not None
         and candidate.subject in concerned
         and specificity(candidate) > specificity(current.cause)
     )
+    # The users' symptom alone names no cause: a fault in the service's chain (what it depends on,
+    # its process) that was seen once explains it (Redis down behind the service's 500s), as a
+    # refusal is explained by the process reading; else whichever confirmed first was named.
+    explains = specificity(current.cause) == SYMPTOM and _GROUP[specificity(candidate)] == 0
+    return about_it or explains
 
 
 def _absorb(broken: Sequence[Broken]) -> list[Broken]:
