@@ -211,6 +211,16 @@ def test_a_probe_still_waiting_past_hang_after_is_not_answering_so_far() -> None
     assert verdict({**facts, "inflight": waiting(3.0)}, hang_after=5.0) is None  # still a normal wait
 
 
+def test_a_wait_the_exporter_itself_spent_stalled_is_not_a_hang() -> None:
+    """The exporter starved for 6 s of a probe's 8.7 s wait (the real vLLM flood on 2 cores): the
+    answer may be there, unread. It is judged by the 2.7 s the exporter watched, a hang once that
+    passes hang_after."""
+    facts = {"process": processes(), "probe": probes(target()), "inflight": waiting(8.7, stalled=6.0)}
+    assert verdict(facts, hang_after=5.0) is None
+    later = {**facts, "inflight": waiting(11.5, stalled=6.0)}
+    assert verdict(later, hang_after=5.0) == ("client", "not_answering")
+
+
 def test_a_waiting_probe_to_a_dead_process_is_not_a_hang() -> None:
     facts = {"process": processes(service(up=False)), "probe": probes(target()), "inflight": waiting(9.0)}
     assert verdict(facts) == ("service", "process_missing")

@@ -69,7 +69,10 @@ NORMALISED_VALUES: tuple[tuple[str, str], ...] = (
     (r"autoglm_redis_ping_duration_seconds", "<duration>"),
     (r"autoglm_redis_(connected_clients|memory_used_bytes)", "<redis>"),  # the server's own state
     (r"autoglm_service_startup_seconds", "<duration>"),  # from the recorded start time to now
-    (r"process_.*|autoglm_exporter_threads", "<exporter process>"),  # this test's own process
+    (
+        r"process_.*|autoglm_exporter_(threads|stalled_seconds_total)",
+        "<exporter process>",
+    ),  # this test's own process
 )
 # Label values that depend on the run: (label name, the part of its value that does, placeholder).
 NORMALISED_LABELS: tuple[tuple[str, str, str], ...] = (

@@ -169,9 +169,18 @@ def test_a_child_held_for_one_reading_is_captured_only_once_the_next_reading_say
     assert evidence.pid == tree.child and evidence.process == f"TEST::EngineCore (pid {tree.child}, state t)"
 
 
-def _hung(tree: Tree) -> InFlightFacts:
-    """A probe of the service that connected and has waited 9 s for its answer."""
-    probe = InFlightProbe(
-        "generate", "engine", "dependencies", f"{tree.url}/generate", time.time(), 9.0, True
-    )
+def test_no_capture_for_a_wait_the_exporter_itself_spent_stalled(tree: Tree, tmp_path: Path) -> None:
+    """8.7 s in flight, 6 s of them with the exporter not scheduled (the real vLLM flood on 2 cores
+    took a wrong capture so): stacks only once the exporter watched it wait hang_after."""
+    facts = ProcessCollector((tree.service(),)).collect().facts
+    watch = HangWatch(ForensicsConfig(hang_after=5.0, dumps=1, directory=str(tmp_path)))
+    assert watch.observe({"process": facts, "inflight": _hung(tree, waited=8.7, stalled=6.0)}) == []
+    assert watch.observe({"process": facts, "inflight": _hung(tree, waited=11.2, stalled=6.0)}) == ["engine"]
+    wait_until(lambda: watch.facts().services.get("engine"), timeout=60, interval=0.1)
+
+
+def _hung(tree: Tree, waited: float = 9.0, stalled: float = 0.0) -> InFlightFacts:
+    """A probe of the service that connected and has waited `waited` s for its answer."""
+    url = f"{tree.url}/generate"
+    probe = InFlightProbe("generate", "engine", "dependencies", url, time.time(), waited, True, stalled)
     return InFlightFacts({"generate": probe})

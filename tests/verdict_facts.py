@@ -3,7 +3,7 @@ publishes them to the real Diagnoser one collector reading at a time, as the sto
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from autoglm_exporter.base.health import CollectorHealth
 from autoglm_exporter.base.published import Published
@@ -19,6 +19,7 @@ from autoglm_exporter.diagnosis import Diagnoser, Diagnosis
 from autoglm_exporter.facts.container import ContainerFacts, ContainerServiceFacts
 from autoglm_exporter.facts.engine import EngineFacts, EngineInstanceFacts
 from autoglm_exporter.facts.forensics import ForensicsFacts, ServiceEvidence
+from autoglm_exporter.facts.inflight import InFlightFacts, InFlightProbe
 from autoglm_exporter.facts.logs import LogFacts, LogMatch, LogsFacts
 from autoglm_exporter.facts.probe import ProbeFacts, ProbeOutcome, TargetFacts
 from autoglm_exporter.facts.process import ProcessFacts, ServiceFacts
@@ -75,25 +76,13 @@ def failing(reason: str = "read_timeout", at: float = T0) -> ProbeFacts:
     return probes(target(ok=False, reason=reason, connected=reason not in ("connect_refused",), at=at))
 
 
-@dataclass(frozen=True)
-class Waiting:
-    """An in-flight probe in the contract's shape (collector `inflight`)."""
-
-    target: str
-    service: str | None
-    layer: str
-    started_at: float
-    waited: float
-    connected: bool
-
-
-@dataclass(frozen=True)
-class InFlightFacts:
-    targets: dict[str, Waiting]
-
-
-def waiting(waited: float, connected: bool = True, name: str = "inference", **kwargs) -> InFlightFacts:
-    probe = Waiting(name, kwargs.get("service", "api"), kwargs.get("layer", "client"), T0, waited, connected)
+def waiting(
+    waited: float, connected: bool = True, name: str = "inference", stalled: float = 0.0, **kwargs
+) -> InFlightFacts:
+    """A probe in flight that has waited `waited` s, `stalled` s of them with the exporter itself stalled."""
+    url = f"http://127.0.0.1:8080/{name}"
+    service, layer = kwargs.get("service", "api"), kwargs.get("layer", "client")
+    probe = InFlightProbe(name, service, layer, url, T0, waited, connected, stalled)
     return InFlightFacts({name: probe})
 
 

@@ -10,6 +10,9 @@ is started again by the next call, so an abandoned worker leaves nothing behind.
 `Watchdog` is one thread for the whole process that calls a function at a moment unless it was
 cancelled first: the runner uses it to publish "past its deadline" while the run still hangs,
 without a second thread per run.
+
+Deadlines count the exporter's awake time (stall.py): a call is late when it had its time and did
+not return, not because the exporter itself was not scheduled (every deadline would pass at once).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+from .stall import STALL, StallClock
 
 T = TypeVar("T")
 
@@ -61,9 +66,11 @@ class _Call(Generic[T]):
 class DeadlineWorker:
     """One daemon thread that runs calls one at a time; see the module docstring."""
 
-    def __init__(self, name: str, idle_exit: float = 60.0) -> None:
+    def __init__(self, name: str, idle_exit: float = 60.0, stall: StallClock = STALL) -> None:
         self.name = name
         self.idle_exit = idle_exit
+        self._stall = stall
+        self._busy_stalled = 0.0  # the stall clock when the call in progress started
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._next: _Call[Any] | None = None
@@ -76,6 +83,12 @@ class DeadlineWorker:
         """time.monotonic() when the call in progress started; None when idle."""
         with self._lock:
             return self._busy_since
+
+    def busy_for(self) -> float | None:
+        """Seconds the call in progress has had so far, the exporter's own stalls left out; None when idle."""
+        with self._lock:
+            since, stalled_then = self._busy_since, self._busy_stalled
+        return None if since is None else self._stall.awake_since(since, stalled_then)
 
     def doing(self) -> str:
         """What the call in progress says it is doing (for messages)."""
@@ -92,7 +105,7 @@ class DeadlineWorker:
         call: _Call[T] = _Call(fn, lambda result, error: None)
         if self._submit(call, doing) is None:
             raise StillBusy(self.busy_since or time.monotonic(), self._doing())
-        if not call.finished.wait(timeout):
+        if not self._stall.wait(call.finished, timeout):
             raise DeadlinePassed(timeout, (doing or (lambda: ""))())
         if call.error is not None:
             raise call.error
@@ -103,6 +116,7 @@ class DeadlineWorker:
             if self._busy_since is not None:
                 return None
             self._busy_since = time.monotonic()
+            self._busy_stalled = self._stall.stalled()
             self._doing = doing or (lambda: "")
             self._next = call
             if self._thread is None:
@@ -134,18 +148,27 @@ class DeadlineWorker:
                 log.exception("deadline worker callback failed", extra={"worker": self.name})
 
 
+@dataclass
+class _Watch:
+    fn: Callable[[], None]
+    at: float  # time.monotonic() to call it, when the exporter does not stall meanwhile
+    stalled_then: float  # the stall clock when it was asked for
+
+
 class Watchdog:
     """One thread that calls each watched function at its moment, unless it was cancelled first.
 
     A cancelled watch is forgotten at once (its function released); its place in the time order
-    is skipped when its moment comes."""
+    is skipped when its moment comes. A moment is in awake time: when it comes after a stall of
+    the exporter, the watch moves on by that stall."""
 
-    def __init__(self, name: str = "watchdog") -> None:
+    def __init__(self, name: str = "watchdog", stall: StallClock = STALL) -> None:
         self.name = name
+        self._stall = stall
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._heap: list[tuple[float, int]] = []
-        self._watched: dict[int, Callable[[], None]] = {}
+        self._watched: dict[int, _Watch] = {}
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
 
@@ -153,7 +176,7 @@ class Watchdog:
         """Call fn() at time.monotonic() `at`; returns a handle for cancel()."""
         with self._lock:
             handle = next(self._ids)
-            self._watched[handle] = fn
+            self._watched[handle] = _Watch(fn, at, self._stall.stalled())
             heapq.heappush(self._heap, (at, handle))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
@@ -172,11 +195,16 @@ class Watchdog:
                     wait = self._heap[0][0] - time.monotonic() if self._heap else None
                     self._wake.wait(wait)
                 _, handle = heapq.heappop(self._heap)
-                fn = self._watched.pop(handle, None)
-            if fn is None:
-                continue  # cancelled
+                watched = self._watched.get(handle)
+                if watched is None:
+                    continue  # cancelled
+                moved = watched.at + (self._stall.stalled() - watched.stalled_then)
+                if moved > time.monotonic():
+                    heapq.heappush(self._heap, (moved, handle))  # the exporter stalled meanwhile
+                    continue
+                del self._watched[handle]
             try:
-                fn()
+                watched.fn()
             except Exception:  # a bug in one watched function must not end the watchdog
                 log.exception("watchdog callback failed")
 

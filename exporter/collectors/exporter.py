@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import resource
 
+from ..base.stall import STALL
 from ..config import Config
 from ..facts.exporter import Dependency, ExporterFacts
 from ..linux import procfs
@@ -23,6 +24,11 @@ VIRTUAL = gauge("process_virtual_memory_bytes", "Virtual memory size of the expo
 START = gauge("process_start_time_seconds", "Start time of the exporter since the unix epoch in seconds.")
 OPEN_FDS = gauge("process_open_fds", "Number of open file descriptors of the exporter.")
 MAX_FDS = gauge("process_max_fds", "Maximum number of open file descriptors of the exporter.")
+STALLED = counter(
+    "autoglm_exporter_stalled_seconds",
+    "Seconds the exporter wanted to run and was not scheduled (a starved machine, a CPU quota, a "
+    "frozen VM): deadlines and hang thresholds leave them out.",
+)
 THREADS = gauge(
     "autoglm_exporter_threads", "Threads of the exporter's process (all of them, not only Python's)."
 )
@@ -53,7 +59,7 @@ def dependencies_of(config: Config) -> tuple[Dependency, ...]:
 
 class ExporterCollector(Collector[ExporterFacts]):
     name = "exporter"
-    metrics = (CPU, RESIDENT, VIRTUAL, START, OPEN_FDS, MAX_FDS, THREADS, DEPENDENCY)
+    metrics = (CPU, RESIDENT, VIRTUAL, START, OPEN_FDS, MAX_FDS, STALLED, THREADS, DEPENDENCY)
 
     def __init__(self, dependencies: tuple[Dependency, ...]) -> None:
         self.dependencies = dependencies
@@ -82,6 +88,7 @@ class ExporterCollector(Collector[ExporterFacts]):
         families.add(START, [], self._boot_time + stat.start_ticks / procfs.CLOCK_TICKS)
         families.add(OPEN_FDS, [], open_fds)
         families.add(MAX_FDS, [], resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        families.add(STALLED, [], STALL.stalled())
         families.add(THREADS, [], stat.num_threads)
         for edge in self.dependencies:
             families.add(DEPENDENCY, [edge.service, edge.kind, edge.dependency], {})

@@ -3,7 +3,8 @@
 A probe waits up to its timeout (the seed's 30 s) before it fails, so its result alone can never
 say "hung" within seconds. The probe collector notes each probe in an InFlightRegistry while it
 waits; this small collector, run every second, publishes what the registry holds. The verdict
-and the stack capture then see "no answer for 6 s so far" while the probe still waits.
+and the stack capture then see "no answer for 6 s so far" while the probe still waits. Each wait
+says how much of it the exporter itself was stalled (an answer may be waiting to be read).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from ..base.stall import STALL, StallClock
 from ..config import ProbeTarget
 from ..facts.inflight import InFlightFacts, InFlightProbe
 from ..logs.urls import display_url
@@ -30,19 +32,22 @@ class _Waiting:
     target: ProbeTarget
     started_at: float
     started_monotonic: float
+    stalled_then: float  # the stall clock at its start
     connected: bool = False
 
 
 class InFlightRegistry:
     """The probes now waiting, filled by the probe collector's thread, read by the inflight one."""
 
-    def __init__(self) -> None:
+    def __init__(self, stall: StallClock = STALL) -> None:
         self._lock = threading.Lock()
         self._waiting: dict[str, _Waiting] = {}
+        self._stall = stall
 
     def started(self, target: ProbeTarget) -> None:
+        waiting = _Waiting(target, time.time(), time.monotonic(), self._stall.stalled())
         with self._lock:
-            self._waiting[target.name] = _Waiting(target, time.time(), time.monotonic())
+            self._waiting[target.name] = waiting
 
     def connected(self, name: str) -> None:
         with self._lock:
@@ -55,7 +60,7 @@ class InFlightRegistry:
             self._waiting.pop(name, None)
 
     def snapshot(self) -> dict[str, InFlightProbe]:
-        now = time.monotonic()
+        now, stalled = time.monotonic(), self._stall.stalled()
         with self._lock:
             waiting = list(self._waiting.values())
         return {
@@ -67,6 +72,7 @@ class InFlightRegistry:
                 w.started_at,
                 max(0.0, now - w.started_monotonic),
                 w.connected,
+                max(0.0, stalled - w.stalled_then),
             )
             for w in waiting
         }

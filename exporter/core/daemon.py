@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from .. import __version__
 from ..base.deadline import DeadlinePassed, DeadlineWorker, StillBusy
+from ..base.stall import STALL
 from ..collectors import build_collectors, declarations
 from ..collectors.base import Collector
 from ..config import Config, ConfigError, load_config
@@ -78,6 +79,8 @@ class World:
 class Daemon:
     def __init__(self, options: Options, config: Config, web_config: WebConfig | None) -> None:
         self.options = options
+        # Deadlines and hang thresholds count the exporter's awake time from here on (base/stall.py).
+        STALL.start()
         pipeline = Pipeline.build(config)
         self.store, self.hangwatch, self.diagnoser = pipeline.store, pipeline.hangwatch, pipeline.diagnoser
         self.scheduler = CollectorScheduler()

@@ -192,7 +192,8 @@ class HangWatch:
         for waiting in in_flight.targets.values() if in_flight is not None else []:
             # Any probe of the service: a generation probe of vLLM (a dependency of the API in front
             # of it) hangs on the same stuck engine core as a user's request.
-            if waiting.connected and waiting.waited >= self.config.hang_after:
+            # Not while the exporter itself stalled: the answer may be there, not yet read.
+            if waiting.connected and waiting.watched >= self.config.hang_after:
                 hangs(
                     waiting.service,
                     waiting.url,

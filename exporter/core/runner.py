@@ -76,9 +76,9 @@ class CollectorRunner:
 
     def _start(self) -> _Run | None:
         with self._lock:
-            busy_since = self._worker.busy_since
-            if busy_since is not None:
-                if time.monotonic() - busy_since >= self.timeout:
+            busy_for = self._worker.busy_for()
+            if busy_for is not None:
+                if busy_for >= self.timeout:
                     self.store.publish_failure(
                         self.name, "skipped_stuck", "previous run has not returned yet", 0.0, stuck=True
                     )

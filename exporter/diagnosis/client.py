@@ -59,9 +59,10 @@ def _client_targets(facts: Facts) -> list[str]:
 
 
 def hung_probe(facts: Facts, target: str, hang_after: float) -> InFlightProbe | None:
-    """The target's probe in flight, when it has waited `hang_after` for a process that lives."""
+    """The target's probe in flight, when it has waited `hang_after` for a process that lives (the
+    exporter's own stalls not counted: the answer may have come meanwhile)."""
     probe = facts.inflight.targets.get(target) if facts.inflight is not None else None
-    if probe is None or probe.waited < hang_after:
+    if probe is None or probe.watched < hang_after:
         return None
     service = facts.services.get(probe.service or "")
     if service is not None and not service.up:

@@ -14,6 +14,13 @@ class InFlightProbe:
     started_at: float  # seconds since the epoch
     waited: float  # seconds from its start to when these facts were taken
     connected: bool  # the TCP connection is up: the peer accepted it and has not answered yet
+    stalled: float = 0.0  # seconds of `waited` the exporter itself was stalled (base/stall.py)
+
+    @property
+    def watched(self) -> float:
+        """How long the exporter watched it wait: an answer may have come while it was stalled, so
+        hangs are judged by this, not by `waited`."""
+        return max(0.0, self.waited - self.stalled)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from ..grafana import (
     CORES,
     NONE,
     OPS,
+    RATIO,
     SECONDS,
     SHORT,
     Dashboard,
@@ -154,6 +155,20 @@ def exporter_process_row() -> Row:
                 ),
                 SHORT,
                 width=6,
+            ),
+            timeseries(
+                "Exporter stalled",
+                "Share of time the exporter wanted to run and was not scheduled (a starved machine, a CPU "
+                "quota, a frozen VM): its readings come that much later, and its deadlines leave that time "
+                "out.",
+                (
+                    Target(
+                        f"rate(autoglm_exporter_stalled_seconds_total{{{INST}}}[$__rate_interval])",
+                        "{{instance}}",
+                    ),
+                ),
+                RATIO,
+                width=24,
             ),
         ),
     )
