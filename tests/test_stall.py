@@ -18,8 +18,7 @@ FREEZE = 2.0  # seconds the child is held stopped
 # Run in the child: set up, print "ready", wait (the parent freezes it meanwhile), print the results.
 PRELUDE = """
 import json, threading, time
-from autoglm_exporter.base.stall import StallClock
-clock = StallClock()
+from autoglm_exporter.base.stall import STALL as clock  # the process's own, as the daemon starts it
 clock.start()
 """
 
@@ -122,3 +121,26 @@ print(json.dumps({**result, "stalled": clock.stalled()}))
 """
     )
     assert found["value"] == "answer"
+
+
+def test_a_command_is_not_killed_for_the_time_the_exporter_was_stalled() -> None:
+    """nvidia-smi, py-spy: `sleep` runs 2.6 s (not frozen: its own session) with a 1 s deadline
+    while the exporter is frozen 2 s of it; it had 0.6 s of the exporter's awake time: not killed."""
+    found = _frozen(
+        f"FREEZE = {FREEZE!r}\n"
+        """
+from autoglm_exporter.linux import subprocesses
+result = {}
+def run():
+    try:
+        result["code"] = subprocesses.run_with_deadline(["sleep", str(0.6 + FREEZE)], timeout=1.0).returncode
+    except subprocesses.CommandTimeout as exc:
+        result["code"] = str(exc)
+runner = threading.Thread(target=run)
+runner.start()
+print("ready", flush=True)
+runner.join(60)
+print(json.dumps(result))
+"""
+    )
+    assert found["code"] == 0

@@ -17,57 +17,39 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 TICK = 0.25  # seconds between the ticker's wake-ups
 GRACE = 0.1  # a wake-up later than this is a stall
 
 
 class StallClock:
-    def __init__(
-        self, tick: float = TICK, grace: float = GRACE, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.tick, self.grace = tick, grace
-        self._clock = clock
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._stalled = 0.0
         self._due: float | None = None  # when the ticker should wake next; None until started
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start measuring (once; later calls do nothing)."""
+        """Start measuring, for the life of the process (once; later calls do nothing)."""
         with self._lock:
-            if self._thread is not None:
+            if self._due is not None:
                 return
-            self._stop.clear()
-            self._due = self._clock() + self.tick
-            self._thread = threading.Thread(target=self._run, name="stall-clock", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        """Stop measuring; what was measured stays."""
-        with self._lock:
-            thread, self._thread = self._thread, None
-            self._due = None
-        self._stop.set()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            self._due = time.monotonic() + TICK
+        threading.Thread(target=self._run, name="stall-clock", daemon=True).start()
 
     def stalled(self) -> float:
         """Seconds this process has been stalled since start(), one going on now included."""
-        now = self._clock()
+        now = time.monotonic()
         with self._lock:
             return self._stalled + self._late(now)
 
     def awake_since(self, at: float, stalled_then: float) -> float:
-        """Seconds since `at` (this clock's time) that the process was not stalled, given what
+        """Seconds since `at` (time.monotonic()) that the process was not stalled, given what
         stalled() said at `at`."""
-        return max(0.0, self._clock() - at - (self.stalled() - stalled_then))
+        return max(0.0, time.monotonic() - at - (self.stalled() - stalled_then))
 
     def wait(self, event: threading.Event, timeout: float) -> bool:
         """event.wait(timeout), the timeout counted in awake time (a stall meanwhile adds to it)."""
-        start, stalled_then = self._clock(), self.stalled()
+        start, stalled_then = time.monotonic(), self.stalled()
         left = timeout
         while not event.wait(max(0.0, left)):
             left = timeout - self.awake_since(start, stalled_then)
@@ -80,16 +62,15 @@ class StallClock:
         if self._due is None:
             return 0.0
         late = now - self._due
-        return late if late > self.grace else 0.0
+        return late if late > GRACE else 0.0
 
     def _run(self) -> None:
-        while not self._stop.wait(self.tick):
-            now = self._clock()
+        while True:
+            time.sleep(TICK)
+            now = time.monotonic()
             with self._lock:
-                if self._due is None:
-                    return
                 self._stalled += self._late(now)
-                self._due = now + self.tick
+                self._due = now + TICK
 
 
 # The exporter's process: started by the daemon, read by deadlines and hang thresholds.

@@ -13,8 +13,11 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from ..base.stall import STALL
 
 REAP_GRACE = 0.5  # seconds to wait for a killed command to be reaped before handing it off
 MAX_OUTPUT = 4 * 1024 * 1024  # bytes of stdout kept; garbage output must not eat our memory
@@ -53,7 +56,7 @@ def run_with_deadline(argv: Sequence[str], timeout: float, env: dict[str, str] |
     with _unreaped_lock:
         _running.add(process)
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        stdout, stderr = _communicate_awake(process, timeout)
     except subprocess.TimeoutExpired:
         _kill_group(process)
         try:
@@ -65,6 +68,20 @@ def run_with_deadline(argv: Sequence[str], timeout: float, env: dict[str, str] |
         with _unreaped_lock:
             _running.discard(process)
     return Completed(process.returncode, stdout[:MAX_OUTPUT], stderr[:MAX_OUTPUT])
+
+
+def _communicate_awake(process: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes]:
+    """process.communicate(), its timeout in the exporter's awake time (base/stall.py): a command
+    is not killed as hung for the time the exporter itself was not scheduled."""
+    started, stalled_then = time.monotonic(), STALL.stalled()
+    left = timeout
+    while True:
+        try:
+            return process.communicate(timeout=left)
+        except subprocess.TimeoutExpired:
+            left = timeout - STALL.awake_since(started, stalled_then)
+            if left <= 0:
+                raise
 
 
 def kill_all() -> int:
