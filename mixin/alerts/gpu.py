@@ -48,11 +48,15 @@ def gpu_service(expr: str, window: str) -> str:
     )
     node_services = f"group by (instance, service) ({affected_edges('service')})"
     node_sole = f"({node_services} and on (instance) (count by (instance) ({node_services}) == 1))"
-    unused = f"(group by (instance, job, gpu) ({expr}) unless on (instance, gpu) {on_gpu})"
-    per_gpu = f"({on_gpu} or {unused} * on (instance) group_left (service) {node_sole})"
+    # PromQL shares no subexpression, so each part is written once where it can be: `A or on (instance,
+    # gpu) B` adds B only for GPUs A lacks (the same as `A or (B unless on (instance, gpu) A)`, with A
+    # once). Each copy of on_gpu reads 10 minutes of every GPU's process series: at 500 nodes the
+    # GPU alerts, with on_gpu 8 times each, took 169 s a 10 s evaluation.
+    gpus = f"group by (instance, job, gpu) ({expr})"
+    per_gpu = f"({on_gpu} or on (instance, gpu) ({gpus} * on (instance) group_left (service) {node_sole}))"
     sole = f"({per_gpu} and on (instance, gpu) (count by (instance, gpu) ({per_gpu}) == 1))"
-    joined = f"({expr}) * on (instance, gpu) group_left (service) {sole}"
-    return f"{joined} or ({expr} unless on (instance, gpu) {sole})"
+    # A GPU with no sole service joins a series without `service`: the alert keeps none.
+    return f"({expr}) * on (instance, gpu) group_left (service) ({sole} or on (instance, gpu) {gpus})"
 
 
 def gpu() -> list[Alert]:
