@@ -67,7 +67,7 @@ def test_a_watchdog_deadline_moves_on_by_a_stall_of_the_exporter() -> None:
         """
 from autoglm_exporter.base.deadline import Watchdog
 fired = threading.Event()
-watchdog = Watchdog(stall=clock)
+watchdog = Watchdog()
 started = time.monotonic()
 watchdog.watch(started + 1.0, fired.set)
 print("ready", flush=True)
@@ -84,7 +84,7 @@ def test_a_probe_in_flight_says_how_much_of_its_wait_the_exporter_was_stalled() 
         """
 from autoglm_exporter.collectors.inflight import InFlightRegistry
 from autoglm_exporter.config import ProbeTarget
-registry = InFlightRegistry(clock)
+registry = InFlightRegistry()
 registry.started(ProbeTarget(name="generate", url="http://127.0.0.1:9/v1/chat/completions"))
 print("ready", flush=True)
 time.sleep(3.5)
@@ -104,7 +104,7 @@ def test_a_deadline_worker_waits_its_timeout_in_awake_time() -> None:
         f"FREEZE = {FREEZE!r}\n"
         """
 from autoglm_exporter.base.deadline import DeadlineWorker, DeadlinePassed
-worker = DeadlineWorker("slow", stall=clock)
+worker = DeadlineWorker("slow")
 result = {}
 def wait():
     started = time.monotonic()

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from .stall import STALL, StallClock
+from .stall import STALL
 
 T = TypeVar("T")
 
@@ -66,10 +66,9 @@ class _Call(Generic[T]):
 class DeadlineWorker:
     """One daemon thread that runs calls one at a time; see the module docstring."""
 
-    def __init__(self, name: str, idle_exit: float = 60.0, stall: StallClock = STALL) -> None:
+    def __init__(self, name: str, idle_exit: float = 60.0) -> None:
         self.name = name
         self.idle_exit = idle_exit
-        self._stall = stall
         self._busy_stalled = 0.0  # the stall clock when the call in progress started
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -88,7 +87,7 @@ class DeadlineWorker:
         """Seconds the call in progress has had so far, the exporter's own stalls left out; None when idle."""
         with self._lock:
             since, stalled_then = self._busy_since, self._busy_stalled
-        return None if since is None else self._stall.awake_since(since, stalled_then)
+        return None if since is None else STALL.awake_since(since, stalled_then)
 
     def doing(self) -> str:
         """What the call in progress says it is doing (for messages)."""
@@ -105,7 +104,7 @@ class DeadlineWorker:
         call: _Call[T] = _Call(fn, lambda result, error: None)
         if self._submit(call, doing) is None:
             raise StillBusy(self.busy_since or time.monotonic(), self._doing())
-        if not self._stall.wait(call.finished, timeout):
+        if not STALL.wait(call.finished.wait, timeout):
             raise DeadlinePassed(timeout, (doing or (lambda: ""))())
         if call.error is not None:
             raise call.error
@@ -116,7 +115,7 @@ class DeadlineWorker:
             if self._busy_since is not None:
                 return None
             self._busy_since = time.monotonic()
-            self._busy_stalled = self._stall.stalled()
+            self._busy_stalled = STALL.stalled()
             self._doing = doing or (lambda: "")
             self._next = call
             if self._thread is None:
@@ -162,9 +161,8 @@ class Watchdog:
     is skipped when its moment comes. A moment is in awake time: when it comes after a stall of
     the exporter, the watch moves on by that stall."""
 
-    def __init__(self, name: str = "watchdog", stall: StallClock = STALL) -> None:
+    def __init__(self, name: str = "watchdog") -> None:
         self.name = name
-        self._stall = stall
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._heap: list[tuple[float, int]] = []
@@ -176,7 +174,7 @@ class Watchdog:
         """Call fn() at time.monotonic() `at`; returns a handle for cancel()."""
         with self._lock:
             handle = next(self._ids)
-            self._watched[handle] = _Watch(fn, at, self._stall.stalled())
+            self._watched[handle] = _Watch(fn, at, STALL.stalled())
             heapq.heappush(self._heap, (at, handle))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
@@ -198,7 +196,7 @@ class Watchdog:
                 watched = self._watched.get(handle)
                 if watched is None:
                     continue  # cancelled
-                moved = watched.at + (self._stall.stalled() - watched.stalled_then)
+                moved = watched.at + (STALL.stalled() - watched.stalled_then)
                 if moved > time.monotonic():
                     heapq.heappush(self._heap, (moved, handle))  # the exporter stalled meanwhile
                     continue

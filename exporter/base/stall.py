@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 TICK = 0.25  # seconds between the ticker's wake-ups
 GRACE = 0.1  # a wake-up later than this is a stall
@@ -47,11 +48,12 @@ class StallClock:
         stalled() said at `at`."""
         return max(0.0, time.monotonic() - at - (self.stalled() - stalled_then))
 
-    def wait(self, event: threading.Event, timeout: float) -> bool:
-        """event.wait(timeout), the timeout counted in awake time (a stall meanwhile adds to it)."""
+    def wait(self, wait_for: Callable[[float], bool], timeout: float) -> bool:
+        """Call wait_for(seconds) (an Event's wait, say: True once done) until it is done or
+        `timeout` of awake time has passed (a stall meanwhile adds to it); whether it is done."""
         start, stalled_then = time.monotonic(), self.stalled()
         left = timeout
-        while not event.wait(max(0.0, left)):
+        while not wait_for(max(0.0, left)):
             left = timeout - self.awake_since(start, stalled_then)
             if left <= 0:
                 return False

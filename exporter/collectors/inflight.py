@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..base.stall import STALL, StallClock
+from ..base.stall import STALL
 from ..config import ProbeTarget
 from ..facts.inflight import InFlightFacts, InFlightProbe
 from ..logs.urls import display_url
@@ -39,13 +39,12 @@ class _Waiting:
 class InFlightRegistry:
     """The probes now waiting, filled by the probe collector's thread, read by the inflight one."""
 
-    def __init__(self, stall: StallClock = STALL) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiting: dict[str, _Waiting] = {}
-        self._stall = stall
 
     def started(self, target: ProbeTarget) -> None:
-        waiting = _Waiting(target, time.time(), time.monotonic(), self._stall.stalled())
+        waiting = _Waiting(target, time.time(), time.monotonic(), STALL.stalled())
         with self._lock:
             self._waiting[target.name] = waiting
 
@@ -60,7 +59,7 @@ class InFlightRegistry:
             self._waiting.pop(name, None)
 
     def snapshot(self) -> dict[str, InFlightProbe]:
-        now, stalled = time.monotonic(), self._stall.stalled()
+        now, stalled = time.monotonic(), STALL.stalled()
         with self._lock:
             waiting = list(self._waiting.values())
         return {

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,33 +54,30 @@ def run_with_deadline(argv: Sequence[str], timeout: float, env: dict[str, str] |
     )
     with _unreaped_lock:
         _running.add(process)
+    outputs: list[tuple[bytes, bytes]] = []
+
+    def communicate(seconds: float) -> bool:
+        try:
+            outputs.append(process.communicate(timeout=seconds))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     try:
-        stdout, stderr = _communicate_awake(process, timeout)
-    except subprocess.TimeoutExpired:
+        # The timeout in the exporter's awake time (base/stall.py): a command is not killed as
+        # hung for the time the exporter itself was not scheduled.
+        if STALL.wait(communicate, timeout):
+            stdout, stderr = outputs[0]
+            return Completed(process.returncode, stdout[:MAX_OUTPUT], stderr[:MAX_OUTPUT])
         _kill_group(process)
         try:
             process.communicate(timeout=REAP_GRACE)
         except subprocess.TimeoutExpired:
             _reap_in_background(process)
-        raise CommandTimeout(os.path.basename(argv[0]), timeout) from None
+        raise CommandTimeout(os.path.basename(argv[0]), timeout)
     finally:
         with _unreaped_lock:
             _running.discard(process)
-    return Completed(process.returncode, stdout[:MAX_OUTPUT], stderr[:MAX_OUTPUT])
-
-
-def _communicate_awake(process: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes]:
-    """process.communicate(), its timeout in the exporter's awake time (base/stall.py): a command
-    is not killed as hung for the time the exporter itself was not scheduled."""
-    started, stalled_then = time.monotonic(), STALL.stalled()
-    left = timeout
-    while True:
-        try:
-            return process.communicate(timeout=left)
-        except subprocess.TimeoutExpired:
-            left = timeout - STALL.awake_since(started, stalled_then)
-            if left <= 0:
-                raise
 
 
 def kill_all() -> int:
