@@ -15,9 +15,16 @@ def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at))
 
 
+def _ten_minutes_ago_today() -> float:
+    """Ten minutes ago, or the start of today when that was yesterday (a run just after midnight):
+    the page shows a moment of today without its date."""
+    midnight = time.mktime((*time.localtime()[:3], 0, 0, 0, 0, 0, -1))
+    return max(time.time() - 600, midnight + 1)
+
+
 def broken_for_four_minutes() -> tuple[Feed, float]:
     feed = Feed()
-    feed.now = time.time() - 600  # today, so the page shows the time without the date
+    feed.now = _ten_minutes_ago_today()
     feed.healthy_start()
     feed.publish("redis", redis(up=False), after=10)
     broke = feed.now
@@ -56,7 +63,7 @@ def test_the_page_and_the_json_show_the_timeline_newest_first_on_the_page() -> N
 
 def test_healthy_since_the_start_and_healthy_again_since_it_healed() -> None:
     feed = Feed()
-    feed.now = time.time() - 600
+    feed.now = _ten_minutes_ago_today()
     feed.healthy_start()
     assert to_dict(feed.diagnosis)["since_text"] == "healthy since the exporter started"
     feed.publish("process", processes(service(up=False)), after=10)
